@@ -1,0 +1,605 @@
+//! The stateright model: the real [`Core`] inside a nondeterministic environment.
+//!
+//! The environment is everything the server does not control: callers that invite and may
+//! cancel; devices that are awake or asleep, wake when a push reaches them (or not), register
+//! (sometimes twice), and answer, ring, refuse or lose their flow; a push service that
+//! accepts, fails (transiently or for good) or silently loses a push; timers that fire in any
+//! order. Each [`Action`] is one such move. Applying it feeds the matching [`Event`] to
+//! [`Core::step`] — the function the server runs — and folds the [`Effect`]s back into the
+//! environment. Properties ([`properties`]) are named as in specs/parking.md.
+//!
+//! Time is abstract: any armed timer may fire at any moment, so the checker explores more
+//! timer orders than real time allows (sound for safety). Every environment move consumes a
+//! budget, so the state graph is finite and acyclic, which is what stateright's `eventually`
+//! needs to be trusted.
+
+mod properties;
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use stateright::{Model, Property};
+
+use crate::{
+    AorId, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Fault, Target, Timer,
+};
+
+pub use properties::{LIVENESS, SAFETY, SOMETIMES};
+
+/// The one callee of the model; all its devices belong to it.
+pub const CALLEE: AorId = AorId(0);
+
+/// A (call, device) pair: a push, a branch, a notice.
+pub type Pair = (CallId, DeviceId);
+
+/// What a device may answer to an INVITE it was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Answer {
+    /// 200 OK.
+    Accept,
+    /// 486 Busy Here.
+    Busy,
+    /// 603 Decline.
+    Decline,
+    /// No answer: the proxy's Timer C ends the branch with 408.
+    NoAnswer,
+}
+
+impl Answer {
+    fn code(self) -> u16 {
+        match self {
+            Answer::Accept => 200,
+            Answer::Busy => 486,
+            Answer::Decline => 603,
+            Answer::NoAnswer => 408,
+        }
+    }
+}
+
+/// How many times the environment may misbehave in one run; each move spends one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Budget {
+    /// Pushes the push service refuses with a transient error (429, 5xx).
+    pub transient_failures: u8,
+    /// Pushes refused because the token is dead (APNs 410, FCM UNREGISTERED).
+    pub permanent_failures: u8,
+    /// Pushes accepted but never delivered to the device.
+    pub lost_pushes: u8,
+    /// Forwarded INVITEs whose flow turns out dead (the device fell asleep).
+    pub flow_failures: u8,
+}
+
+/// A bounded configuration of the environment around the core.
+#[derive(Clone, Debug)]
+pub struct ParkModel {
+    /// Calls the callers place, one after another (each may overlap the others).
+    pub calls: u8,
+    /// Devices of the one callee.
+    pub devices: u8,
+    /// The first `awake` devices start with a live flow; the others sleep.
+    pub awake: u8,
+    /// Whether callers may CANCEL. Without it, the server alone must end every call.
+    pub callers_cancel: bool,
+    /// What a device may answer to a forwarded INVITE (any of them, each time).
+    pub answers: Vec<Answer>,
+    /// Whether a device may send a provisional (180) before its final answer.
+    pub ringing: bool,
+    /// REGISTERs a device may send on its own (refresh, retransmission, app opened).
+    pub extra_registers: u8,
+    /// The environment's misbehaviour.
+    pub budget: Budget,
+    /// The core's policy.
+    pub config: Config,
+    /// A deliberate defect in the core, for the fault tests.
+    pub fault: Option<Fault>,
+}
+
+impl ParkModel {
+    /// `calls` × `devices`, all asleep, callers that may cancel, devices that answer, are
+    /// busy or decline, one fault of each kind from the push service, one extra REGISTER.
+    pub fn new(calls: u8, devices: u8) -> Self {
+        Self {
+            calls,
+            devices,
+            awake: 0,
+            callers_cancel: true,
+            answers: vec![Answer::Accept, Answer::Busy, Answer::Decline],
+            ringing: false,
+            extra_registers: 1,
+            budget: Budget {
+                transient_failures: 1,
+                permanent_failures: 1,
+                lost_pushes: 1,
+                flow_failures: 0,
+            },
+            config: Config {
+                push_attempts: 2,
+                ..Config::default()
+            },
+            fault: None,
+        }
+    }
+
+    /// The model's time: abstract, so always zero (see the module docs).
+    const NOW: u64 = 0;
+
+    /// The configuration called `name` (see [`CONFIGURATIONS`]).
+    pub fn configuration(name: &str) -> Option<Self> {
+        let full = |calls, devices| Self {
+            ringing: true,
+            answers: vec![
+                Answer::Accept,
+                Answer::Busy,
+                Answer::Decline,
+                Answer::NoAnswer,
+            ],
+            ..Self::new(calls, devices)
+        };
+        let no_cancel = |calls, devices| Self {
+            callers_cancel: false,
+            ..Self::new(calls, devices)
+        };
+        Some(match name {
+            "1x1" => full(1, 1),
+            "1x2" => Self::new(1, 2),
+            "2x1" => Self::new(2, 1),
+            "2x2" => Self {
+                extra_registers: 0,
+                budget: Budget {
+                    permanent_failures: 1,
+                    ..Budget::default()
+                },
+                ..Self::new(2, 2)
+            },
+            "3x1" => Self::new(3, 1),
+            "1x2-no-cancel" => no_cancel(1, 2),
+            "2x1-no-cancel" => no_cancel(2, 1),
+            "1x2-flow" => Self {
+                awake: 1,
+                budget: Budget {
+                    flow_failures: 1,
+                    ..Self::new(1, 2).budget
+                },
+                ..Self::new(1, 2)
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// The bounded configurations CI checks exhaustively, with what each is for.
+pub const CONFIGURATIONS: [(&str, &str); 8] = [
+    (
+        "1x1",
+        "one call, one sleeping device; it may ring, answer, be busy, decline or not answer",
+    ),
+    ("1x2", "one call, two sleeping devices"),
+    ("2x1", "two calls parked for one sleeping device"),
+    (
+        "2x2",
+        "two calls, two sleeping devices; one dead token, no other push fault",
+    ),
+    ("3x1", "three calls parked for one sleeping device"),
+    (
+        "1x2-no-cancel",
+        "one call, two devices, a caller that never cancels",
+    ),
+    (
+        "2x1-no-cancel",
+        "two calls, one device, callers that never cancel",
+    ),
+    (
+        "1x2-flow",
+        "one call, one awake device whose flow may be dead, one sleeping device",
+    ),
+];
+
+/// A caller and what it has received.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Caller {
+    /// Final responses received (the property says: at most one).
+    pub finals: u8,
+    /// The first final response: code, and the device it came from if relayed.
+    pub response: Option<(u16, Option<DeviceId>)>,
+    /// A CANCEL was sent.
+    pub cancelled: bool,
+    /// The CANCEL reached the server before any final response was given.
+    pub cancelled_in_time: bool,
+    /// The park deadline fired.
+    pub deadline_fired: bool,
+    /// The first busy/decline a branch answered while the call was in progress.
+    pub first_rejection: Option<u16>,
+}
+
+/// A device and what it went through.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Device {
+    /// Has a live flow: reachable without a push.
+    pub awake: bool,
+    /// Calls whose push reached it and that it has not registered for yet.
+    pub woken_for: BTreeSet<CallId>,
+    /// Unsolicited REGISTERs left.
+    pub registers_left: u8,
+    /// The server forgot its push token.
+    pub token_forgotten: bool,
+    /// The push service said its token is dead.
+    pub token_dead: bool,
+}
+
+/// What happened so far, for the properties. Grows only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct History {
+    pub pushed: BTreeSet<Pair>,
+    /// Pairs whose last push failed transiently: one more push is allowed.
+    pub may_retry: BTreeSet<Pair>,
+    pub retried: BTreeSet<Pair>,
+    pub woken: BTreeSet<Pair>,
+    /// INVITEs that reached the device (a forward over a dead flow does not count).
+    pub forwarded: BTreeSet<Pair>,
+    pub answered: BTreeSet<Pair>,
+    pub hung_up: BTreeSet<Pair>,
+    pub told: BTreeSet<(CallId, DeviceId, EndReason)>,
+    pub push_failed_for_good: BTreeSet<Pair>,
+    /// A device registered after being woken for the call, within its notice window, and
+    /// its flow has stayed up since.
+    pub registered_after_wake: BTreeSet<Pair>,
+    /// Calls whose ended-notice window closed.
+    pub lingered: BTreeSet<CallId>,
+    pub forward_after_final: bool,
+    pub forwarded_twice: bool,
+    pub bad_push: bool,
+    pub push_after_deadline: bool,
+}
+
+/// The whole system: the core and its environment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct State {
+    pub core: Core,
+    /// Calls invited so far: `CallId(0)` to `CallId(invited - 1)`.
+    pub invited: u8,
+    pub callers: Vec<Caller>,
+    pub devices: Vec<Device>,
+    pub budget: Budget,
+    /// Push requests the push service has not answered.
+    pub pushes: BTreeSet<Pair>,
+    /// Forwarded INVITEs without a final response from the device.
+    pub branches: BTreeSet<Pair>,
+    /// Branches that sent a provisional.
+    pub rang: BTreeSet<Pair>,
+    /// Branches the server sent a CANCEL on.
+    pub cancelling: BTreeSet<Pair>,
+    /// Timers armed and not disarmed.
+    pub timers: BTreeSet<Timer>,
+    pub history: History,
+}
+
+impl State {
+    fn caller(&self, call: CallId) -> &Caller {
+        &self.callers[call.0 as usize]
+    }
+}
+
+/// One move of the environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// The next caller sends its INVITE.
+    Invite,
+    /// A caller sends CANCEL.
+    Cancel(CallId),
+    /// The push service accepts the push and it reaches the device.
+    PushDelivered(CallId, DeviceId),
+    /// The push service accepts the push, but it never reaches the device.
+    PushLost(CallId, DeviceId),
+    /// The push service refuses the push.
+    PushFailed(CallId, DeviceId, bool),
+    /// The device's REGISTER is accepted.
+    Register(DeviceId),
+    /// The device sends 180 Ringing.
+    Ring(CallId, DeviceId),
+    /// The device sends its final response (code).
+    Respond(CallId, DeviceId, u16),
+    /// The branch's flow is dead: the INVITE never reached the device.
+    FlowFails(CallId, DeviceId),
+    /// A timer fires.
+    Fire(Timer),
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Action::Invite => write!(f, "caller → server: INVITE"),
+            Action::Cancel(c) => write!(f, "caller → server: CANCEL {c}"),
+            Action::PushDelivered(c, d) => write!(f, "push service: {c} push delivered to {d}"),
+            Action::PushLost(c, d) => write!(f, "push service: {c} push to {d} accepted, lost"),
+            Action::PushFailed(c, d, true) => {
+                write!(f, "push service: {c} push to {d} failed, token dead")
+            }
+            Action::PushFailed(c, d, false) => {
+                write!(f, "push service: {c} push to {d} failed, transient")
+            }
+            Action::Register(d) => write!(f, "{d} → server: REGISTER"),
+            Action::Ring(c, d) => write!(f, "{d} → server: 180 Ringing ({c})"),
+            Action::Respond(c, d, code) => write!(f, "{d} → server: {code} ({c})"),
+            Action::FlowFails(c, d) => write!(f, "{d}: flow dead, INVITE {c} undeliverable"),
+            Action::Fire(t) => write!(f, "timer {t:?} fires"),
+        }
+    }
+}
+
+impl ParkModel {
+    fn device_ids(&self) -> impl Iterator<Item = DeviceId> {
+        (0..u64::from(self.devices)).map(DeviceId)
+    }
+
+    /// Applies the core's effects to the environment, recording what the properties check.
+    fn apply(&self, s: &mut State, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Push { call, device } => {
+                    let pair = (call, device);
+                    let h = &mut s.history;
+                    let repeat = h.pushed.contains(&pair);
+                    if s.pushes.contains(&pair)
+                        || h.forwarded.contains(&pair)
+                        || (repeat && !h.may_retry.contains(&pair))
+                    {
+                        h.bad_push = true;
+                    }
+                    if repeat {
+                        h.retried.insert(pair);
+                    }
+                    if s.callers[call.0 as usize].deadline_fired {
+                        h.push_after_deadline = true;
+                    }
+                    h.may_retry.remove(&pair);
+                    h.pushed.insert(pair);
+                    s.pushes.insert(pair);
+                }
+                Effect::Forward { call, device } => {
+                    let pair = (call, device);
+                    let h = &mut s.history;
+                    if s.callers[call.0 as usize].response.is_some() {
+                        h.forward_after_final = true;
+                    }
+                    if !h.forwarded.insert(pair) {
+                        h.forwarded_twice = true;
+                    }
+                    s.branches.insert(pair);
+                }
+                Effect::CancelBranch { call, device } => {
+                    s.cancelling.insert((call, device));
+                }
+                Effect::HangUpBranch { call, device } => {
+                    s.history.hung_up.insert((call, device));
+                }
+                Effect::RelayProvisional { .. } => {}
+                Effect::Respond { call, code, relay } => {
+                    let caller = &mut s.callers[call.0 as usize];
+                    caller.finals = caller.finals.saturating_add(1);
+                    caller.response.get_or_insert((code, relay));
+                }
+                Effect::ArmTimer { timer, .. } => {
+                    s.timers.insert(timer);
+                }
+                Effect::DisarmTimer { timer } => {
+                    s.timers.remove(&timer);
+                }
+                Effect::ForgetPushToken { device } => {
+                    s.devices[device.0 as usize].token_forgotten = true;
+                }
+                Effect::TellEnded {
+                    call,
+                    device,
+                    reason,
+                } => {
+                    s.history.told.insert((call, device, reason));
+                }
+            }
+        }
+    }
+}
+
+impl Model for ParkModel {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        let devices = (0..self.devices)
+            .map(|i| Device {
+                awake: i < self.awake,
+                registers_left: self.extra_registers,
+                ..Device::default()
+            })
+            .collect();
+        vec![State {
+            core: Core::with_fault(self.config.clone(), self.fault),
+            invited: 0,
+            callers: vec![Caller::default(); usize::from(self.calls)],
+            devices,
+            budget: self.budget,
+            pushes: BTreeSet::new(),
+            branches: BTreeSet::new(),
+            rang: BTreeSet::new(),
+            cancelling: BTreeSet::new(),
+            timers: BTreeSet::new(),
+            history: History::default(),
+        }]
+    }
+
+    fn actions(&self, s: &State, actions: &mut Vec<Action>) {
+        if s.invited < self.calls {
+            actions.push(Action::Invite);
+        }
+        if self.callers_cancel {
+            for (i, caller) in s.callers.iter().enumerate().take(usize::from(s.invited)) {
+                if !caller.cancelled && caller.response.is_none() {
+                    actions.push(Action::Cancel(CallId(i as u64)));
+                }
+            }
+        }
+        for &(c, d) in &s.pushes {
+            actions.push(Action::PushDelivered(c, d));
+            if s.budget.lost_pushes > 0 {
+                actions.push(Action::PushLost(c, d));
+            }
+            if s.budget.permanent_failures > 0 {
+                actions.push(Action::PushFailed(c, d, true));
+            }
+            if s.budget.transient_failures > 0 {
+                actions.push(Action::PushFailed(c, d, false));
+            }
+        }
+        for d in self.device_ids() {
+            let device = &s.devices[d.0 as usize];
+            if !device.woken_for.is_empty() || device.registers_left > 0 {
+                actions.push(Action::Register(d));
+            }
+        }
+        for &(c, d) in &s.branches {
+            if s.cancelling.contains(&(c, d)) {
+                // The CANCEL races the device's answer.
+                actions.push(Action::Respond(c, d, 487));
+                actions.push(Action::Respond(c, d, 200));
+                continue;
+            }
+            if self.ringing && !s.rang.contains(&(c, d)) {
+                actions.push(Action::Ring(c, d));
+            }
+            for answer in &self.answers {
+                actions.push(Action::Respond(c, d, answer.code()));
+            }
+            if s.budget.flow_failures > 0 {
+                actions.push(Action::FlowFails(c, d));
+            }
+        }
+        for &timer in &s.timers {
+            actions.push(Action::Fire(timer));
+        }
+    }
+
+    fn next_state(&self, last: &State, action: Action) -> Option<State> {
+        let mut s = last.clone();
+        let event = match action {
+            Action::Invite => {
+                let call = CallId(u64::from(s.invited));
+                s.invited += 1;
+                let targets = self
+                    .device_ids()
+                    .map(|d| Target {
+                        device: d,
+                        reachable: s.devices[d.0 as usize].awake,
+                        pushable: !s.devices[d.0 as usize].token_forgotten,
+                    })
+                    .collect();
+                Event::CallArrived {
+                    call,
+                    aor: CALLEE,
+                    callee: Callee::Devices(targets),
+                }
+            }
+            Action::Cancel(call) => {
+                let caller = &mut s.callers[call.0 as usize];
+                caller.cancelled = true;
+                caller.cancelled_in_time = caller.response.is_none();
+                Event::CallerCancelled { call }
+            }
+            Action::PushDelivered(call, device) => {
+                s.pushes.remove(&(call, device));
+                s.history.woken.insert((call, device));
+                s.devices[device.0 as usize].woken_for.insert(call);
+                Event::PushAccepted { call, device }
+            }
+            Action::PushLost(call, device) => {
+                s.pushes.remove(&(call, device));
+                s.budget.lost_pushes -= 1;
+                Event::PushAccepted { call, device }
+            }
+            Action::PushFailed(call, device, permanent) => {
+                s.pushes.remove(&(call, device));
+                if permanent {
+                    s.budget.permanent_failures -= 1;
+                    s.history.push_failed_for_good.insert((call, device));
+                    s.devices[device.0 as usize].token_dead = true;
+                } else {
+                    s.budget.transient_failures -= 1;
+                    s.history.may_retry.insert((call, device));
+                }
+                Event::PushFailed {
+                    call,
+                    device,
+                    permanent,
+                }
+            }
+            Action::Register(device) => {
+                let dev = &mut s.devices[device.0 as usize];
+                if dev.woken_for.is_empty() {
+                    dev.registers_left -= 1;
+                }
+                dev.awake = true;
+                for call in std::mem::take(&mut dev.woken_for) {
+                    if !s.history.lingered.contains(&call) {
+                        s.history.registered_after_wake.insert((call, device));
+                    }
+                }
+                Event::DeviceRegistered {
+                    aor: CALLEE,
+                    device,
+                }
+            }
+            Action::Ring(call, device) => {
+                s.rang.insert((call, device));
+                Event::BranchRang { call, device }
+            }
+            Action::Respond(call, device, code) => {
+                s.branches.remove(&(call, device));
+                s.cancelling.remove(&(call, device));
+                if code < 300 {
+                    s.history.answered.insert((call, device));
+                    Event::BranchAnswered { call, device }
+                } else {
+                    let caller = &mut s.callers[call.0 as usize];
+                    if caller.response.is_none() && matches!(code, 486 | 603) {
+                        caller.first_rejection.get_or_insert(code);
+                    }
+                    Event::BranchRejected { call, device, code }
+                }
+            }
+            Action::FlowFails(call, device) => {
+                // The INVITE never reached the device: it has not received the call, and
+                // with its flow gone nothing more can reach it until it registers again.
+                s.history.forwarded.remove(&(call, device));
+                s.history
+                    .registered_after_wake
+                    .retain(|&(_, d)| d != device);
+                s.branches.remove(&(call, device));
+                s.cancelling.remove(&(call, device));
+                s.budget.flow_failures -= 1;
+                s.devices[device.0 as usize].awake = false;
+                Event::BranchUnreachable { call, device }
+            }
+            Action::Fire(timer) => {
+                s.timers.remove(&timer);
+                match timer {
+                    Timer::Deadline(call) => s.callers[call.0 as usize].deadline_fired = true,
+                    Timer::Linger(call) => {
+                        s.history.lingered.insert(call);
+                    }
+                    Timer::PushRetry(..) => {}
+                }
+                Event::TimerFired(timer)
+            }
+        };
+        let mut effects = Vec::new();
+        s.core.step(Self::NOW, event, &mut effects);
+        self.apply(&mut s, effects);
+        Some(s)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        properties::all()
+    }
+
+    fn format_action(&self, action: &Action) -> String {
+        action.to_string()
+    }
+}

@@ -1,0 +1,166 @@
+//! The named properties of specs/parking.md, as the checker evaluates them.
+
+use stateright::{Model, Property};
+
+use super::{ParkModel, State};
+use crate::{CallId, EndReason};
+
+/// Invariants: no reachable state may break them.
+pub const SAFETY: [&str; 12] = [
+    "one_final_response_per_call",
+    "nothing_forwarded_after_final",
+    "no_device_gets_a_call_twice",
+    "one_push_per_device_per_call",
+    "sole_device_rejection_reaches_caller",
+    "cancel_gets_487",
+    "no_call_outlives_its_deadline",
+    "timers_match_state",
+    "dead_tokens_forgotten",
+    "late_answer_is_hung_up",
+    "quiescent_means_resolved",
+    "woken_device_learns_outcome",
+];
+
+/// Liveness: on every path.
+pub const LIVENESS: [&str; 1] = ["every_call_gets_a_final_response"];
+
+/// Reachability: proof that the interesting paths exist, so no invariant holds vacuously.
+pub const SOMETIMES: [&str; 8] = [
+    "call_delivered_after_push",
+    "call_timed_out",
+    "busy_reaches_caller",
+    "decline_reaches_caller",
+    "cancel_races_register",
+    "push_failure_while_other_device_answers",
+    "push_retried_after_transient_failure",
+    "late_answer_hung_up",
+];
+
+fn calls(s: &State) -> impl Iterator<Item = CallId> {
+    (0..u64::from(s.invited)).map(CallId)
+}
+
+/// No move of the environment is left: the system has come to rest.
+fn quiescent(m: &ParkModel, s: &State) -> bool {
+    let mut actions = Vec::new();
+    m.actions(s, &mut actions);
+    actions.is_empty()
+}
+
+fn all_answered(m: &ParkModel, s: &State) -> bool {
+    s.invited == m.calls && s.callers.iter().all(|c| c.response.is_some())
+}
+
+fn some_response(s: &State, wanted: impl Fn(CallId, u16, Option<crate::DeviceId>) -> bool) -> bool {
+    calls(s).any(|c| {
+        s.caller(c)
+            .response
+            .is_some_and(|(code, relay)| wanted(c, code, relay))
+    })
+}
+
+pub(super) fn all() -> Vec<Property<ParkModel>> {
+    vec![
+        // Safety. The order is the order of specs/parking.md.
+        Property::<ParkModel>::always("one_final_response_per_call", |_, s| {
+            s.callers.iter().all(|c| c.finals <= 1)
+        }),
+        Property::<ParkModel>::always("nothing_forwarded_after_final", |_, s| {
+            !s.history.forward_after_final
+        }),
+        Property::<ParkModel>::always("no_device_gets_a_call_twice", |_, s| {
+            !s.history.forwarded_twice
+        }),
+        Property::<ParkModel>::always("one_push_per_device_per_call", |_, s| !s.history.bad_push),
+        Property::<ParkModel>::always("sole_device_rejection_reaches_caller", |m, s| {
+            m.devices != 1
+                || s.callers
+                    .iter()
+                    .all(|c| match (c.first_rejection, c.response) {
+                        (Some(rejection), Some((code, _))) => code == rejection,
+                        _ => true,
+                    })
+        }),
+        Property::<ParkModel>::always("cancel_gets_487", |_, s| {
+            s.callers
+                .iter()
+                .all(|c| !c.cancelled_in_time || c.response.is_some_and(|(code, _)| code == 487))
+        }),
+        Property::<ParkModel>::always("no_call_outlives_its_deadline", |_, s| {
+            !s.history.push_after_deadline
+                && calls(s).all(|c| {
+                    let caller = s.caller(c);
+                    !caller.deadline_fired
+                        || caller.response.is_some()
+                        || s.branches.iter().any(|&(call, _)| call == c)
+                })
+        }),
+        Property::<ParkModel>::always("timers_match_state", |_, s| {
+            s.timers.iter().all(|&t| s.core.needs_timer(t))
+                && s.core.needed_timers().all(|t| s.timers.contains(&t))
+        }),
+        Property::<ParkModel>::always("dead_tokens_forgotten", |_, s| {
+            s.devices.iter().all(|d| !d.token_dead || d.token_forgotten)
+        }),
+        Property::<ParkModel>::always("late_answer_is_hung_up", |_, s| {
+            s.history.answered.iter().all(|&(c, d)| {
+                s.caller(c).response == Some((200, Some(d))) || s.history.hung_up.contains(&(c, d))
+            })
+        }),
+        Property::<ParkModel>::always("quiescent_means_resolved", |m, s| {
+            !quiescent(m, s)
+                || (all_answered(m, s)
+                    && s.core.is_empty()
+                    && s.timers.is_empty()
+                    && s.branches.is_empty()
+                    && s.pushes.is_empty())
+        }),
+        Property::<ParkModel>::always("woken_device_learns_outcome", |m, s| {
+            !quiescent(m, s)
+                || s.history.registered_after_wake.iter().all(|&(c, d)| {
+                    s.history.forwarded.contains(&(c, d))
+                        || s.history.told.iter().any(|&(tc, td, _)| (tc, td) == (c, d))
+                })
+        }),
+        // Liveness.
+        Property::<ParkModel>::eventually("every_call_gets_a_final_response", all_answered),
+        // Reachability.
+        Property::<ParkModel>::sometimes("call_delivered_after_push", |_, s| {
+            some_response(s, |c, code, relay| {
+                code == 200 && relay.is_some_and(|d| s.history.woken.contains(&(c, d)))
+            })
+        }),
+        Property::<ParkModel>::sometimes("call_timed_out", |_, s| {
+            some_response(s, |c, code, relay| {
+                code == 480 && relay.is_none() && s.caller(c).deadline_fired
+            })
+        }),
+        Property::<ParkModel>::sometimes("busy_reaches_caller", |_, s| {
+            some_response(s, |_, code, relay| code == 486 && relay.is_some())
+        }),
+        Property::<ParkModel>::sometimes("decline_reaches_caller", |_, s| {
+            some_response(s, |_, code, relay| code == 603 && relay.is_some())
+        }),
+        Property::<ParkModel>::sometimes("cancel_races_register", |_, s| {
+            s.history
+                .told
+                .iter()
+                .any(|&(_, _, reason)| reason == EndReason::CallerCancelled)
+        }),
+        Property::<ParkModel>::sometimes("push_failure_while_other_device_answers", |_, s| {
+            some_response(s, |c, code, relay| {
+                code == 200
+                    && s.history
+                        .push_failed_for_good
+                        .iter()
+                        .any(|&(fc, fd)| fc == c && Some(fd) != relay)
+            })
+        }),
+        Property::<ParkModel>::sometimes("push_retried_after_transient_failure", |_, s| {
+            !s.history.retried.is_empty()
+        }),
+        Property::<ParkModel>::sometimes("late_answer_hung_up", |_, s| {
+            !s.history.hung_up.is_empty()
+        }),
+    ]
+}

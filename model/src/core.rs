@@ -1,0 +1,745 @@
+//! The call-parking protocol as one pure transition function.
+//!
+//! specs/parking.md is the prose this code follows: each branch below cites the row of the
+//! outcome table or the rule it implements.
+
+use std::collections::BTreeMap;
+
+use crate::fault::Fault;
+use crate::{
+    AorId, CallId, Callee, Config, DeviceId, Effect, EndReason, Event, Millis, Target, Timer,
+};
+
+/// The decisions of the call-parking server for the callees it owns. Sans-IO: every input
+/// carries the time, every output is an instruction. `Clone + Eq + Hash` so the model
+/// checker can store and compare it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Core {
+    config: Config,
+    calls: BTreeMap<CallId, Call>,
+    /// Every call record of a callee, oldest first: parked calls are delivered in order.
+    by_aor: BTreeMap<AorId, Vec<CallId>>,
+    fault: Option<Fault>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Call {
+    aor: AorId,
+    deadline: Millis,
+    phase: Phase,
+    /// Armed only while the call has ended and devices pushed for it have not registered.
+    linger: bool,
+    legs: Vec<Leg>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Phase {
+    /// Waiting for devices; parked legs may still be delivered.
+    Parking,
+    /// The park deadline passed while a forwarded branch was still in progress: the call
+    /// lives on that branch (and any device that still wakes), but pushes no more.
+    Overdue,
+    /// The caller has its final response; what is left is cancelling branches and telling
+    /// late wakers.
+    Ended(EndReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Leg {
+    device: DeviceId,
+    /// The device has a push token.
+    pushable: bool,
+    /// Pushes sent to the device for this call: one, plus the retries of transient
+    /// failures.
+    pushes: u8,
+    /// The push service has not answered the last push yet.
+    push_outstanding: bool,
+    state: LegState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum LegState {
+    /// Pushed (the push outstanding or accepted); waiting for the device to register.
+    Parked,
+    /// The last push failed transiently; the retry timer is armed.
+    Backoff,
+    /// The INVITE was sent to the device; no final response yet.
+    Forwarded,
+    /// The call ended and the branch was cancelled; waiting for its final response.
+    Cancelling,
+    /// The call ended before the pushed device registered; it is told when it does.
+    Abandoned,
+    /// Nothing more will happen on this leg.
+    Done(Outcome),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Outcome {
+    Answered,
+    Rejected(u16),
+    /// Could not be reached: push failed or gave up, device went away, flow failed.
+    Unavailable,
+    /// Registered after the call ended and was told.
+    Told,
+}
+
+impl LegState {
+    /// Still able to produce a call for the caller (in the given phase).
+    fn is_live(self, phase: Phase) -> bool {
+        match self {
+            LegState::Forwarded => true,
+            LegState::Parked | LegState::Backoff => phase == Phase::Parking,
+            _ => false,
+        }
+    }
+}
+
+impl Call {
+    fn leg(&mut self, device: DeviceId) -> Option<&mut Leg> {
+        self.legs.iter_mut().find(|l| l.device == device)
+    }
+
+    fn is_pending(&self) -> bool {
+        !matches!(self.phase, Phase::Ended(_))
+    }
+}
+
+/// The final response a call gets when every branch is over and none answered
+/// (RFC 3261 §16.7 step 6): a device's own response beats the 480 the server makes up for
+/// devices it could not reach; 6xx first, then the lowest class, then the codes the
+/// caller can act on, then busy.
+fn best_response(legs: &[Leg], fault: Option<Fault>) -> (u16, Option<DeviceId>) {
+    let rank = |code: u16| {
+        let class = match code / 100 {
+            6 => 0,
+            c => c,
+        };
+        let preference = match code {
+            401 | 407 | 415 | 420 | 484 => 0,
+            486 => 1,
+            _ => 2,
+        };
+        (class, preference, code)
+    };
+    let best = legs
+        .iter()
+        .filter_map(|l| match l.state {
+            LegState::Done(Outcome::Rejected(code)) => Some((rank(code), code, l.device)),
+            _ => None,
+        })
+        .filter(|_| fault != Some(Fault::LoseBusyCode))
+        .min();
+    match best {
+        // A proxy does not pass a 503 upstream: the caller would take it for this server's
+        // overload (RFC 3261 §16.7 step 6).
+        Some((_, 503, _)) => (500, None),
+        Some((_, code, device)) => (code, Some(device)),
+        None => (480, None),
+    }
+}
+
+impl Core {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            calls: BTreeMap::new(),
+            by_aor: BTreeMap::new(),
+            fault: None,
+        }
+    }
+
+    /// A core with a deliberate defect, for the checker's fault tests.
+    #[cfg(feature = "checker")]
+    pub fn with_fault(config: Config, fault: Option<Fault>) -> Self {
+        Self {
+            fault,
+            ..Self::new(config)
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Call records held: calls in progress plus ended calls still waiting for branches to
+    /// finish or for pushed devices to register.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Holds no call at all: every call has left no trace.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty() && self.by_aor.is_empty()
+    }
+
+    /// Calls whose caller has no final response yet.
+    pub fn calls_in_progress(&self) -> usize {
+        self.calls.values().filter(|c| c.is_pending()).count()
+    }
+
+    /// Whether the state of the core needs `timer` armed now. Every timer the core arms
+    /// and has not disarmed satisfies this, and every timer it needs is armed: the
+    /// checker holds the core to it.
+    pub fn needs_timer(&self, timer: Timer) -> bool {
+        match timer {
+            Timer::Deadline(call) => self
+                .calls
+                .get(&call)
+                .is_some_and(|c| c.phase == Phase::Parking),
+            Timer::PushRetry(call, device) => self.calls.get(&call).is_some_and(|c| {
+                c.legs
+                    .iter()
+                    .any(|l| l.device == device && l.state == LegState::Backoff)
+            }),
+            Timer::Linger(call) => self.calls.get(&call).is_some_and(|c| c.linger),
+        }
+    }
+
+    /// Every timer [`needs_timer`](Self::needs_timer) holds for.
+    pub fn needed_timers(&self) -> impl Iterator<Item = Timer> + '_ {
+        self.calls.iter().flat_map(|(&id, c)| {
+            let deadline = (c.phase == Phase::Parking).then_some(Timer::Deadline(id));
+            let linger = c.linger.then_some(Timer::Linger(id));
+            let retries = c.legs.iter().filter_map(move |l| {
+                (l.state == LegState::Backoff).then_some(Timer::PushRetry(id, l.device))
+            });
+            deadline.into_iter().chain(linger).chain(retries)
+        })
+    }
+
+    /// Feeds one event at time `now`, appending the instructions to carry out to `out`.
+    /// Events about calls or legs the core no longer holds are ignored: late timers,
+    /// duplicated responses and retransmitted REGISTERs are harmless.
+    pub fn step(&mut self, now: Millis, event: Event, out: &mut Vec<Effect>) {
+        match event {
+            Event::CallArrived { call, aor, callee } => self.arrive(now, call, aor, callee, out),
+            Event::CallerCancelled { call } => {
+                let ignore = self.fault == Some(Fault::IgnoreCancelWhileParked)
+                    && self
+                        .calls
+                        .get(&call)
+                        .is_some_and(|c| c.legs.iter().all(|l| l.state != LegState::Forwarded));
+                if !ignore && self.calls.get(&call).is_some_and(Call::is_pending) {
+                    self.end(now, call, 487, None, EndReason::CallerCancelled, out);
+                }
+            }
+            Event::DeviceRegistered { aor, device } => {
+                for call in self.calls_of(aor) {
+                    self.registered(call, device, out);
+                }
+            }
+            Event::DeviceUnavailable { aor, device } => {
+                for call in self.calls_of(aor) {
+                    self.leg_unavailable(now, call, device, out);
+                }
+            }
+            Event::PushAccepted { call, device } => self.push_accepted(call, device, out),
+            Event::PushFailed {
+                call,
+                device,
+                permanent,
+            } => self.push_failed(now, call, device, permanent, out),
+            Event::BranchRang { call, device } => {
+                if self.live_branch(call, device).is_some() {
+                    out.push(Effect::RelayProvisional { call, device });
+                }
+            }
+            Event::BranchAnswered { call, device } => self.answered(now, call, device, out),
+            Event::BranchRejected { call, device, code } => {
+                self.rejected(now, call, device, code, out)
+            }
+            Event::BranchUnreachable { call, device } => self.unreachable(now, call, device, out),
+            Event::TimerFired(timer) => self.timer(now, timer, out),
+        }
+    }
+
+    fn calls_of(&self, aor: AorId) -> Vec<CallId> {
+        self.by_aor.get(&aor).cloned().unwrap_or_default()
+    }
+
+    fn live_branch(&mut self, call: CallId, device: DeviceId) -> Option<&mut Leg> {
+        let c = self.calls.get_mut(&call).filter(|c| c.is_pending())?;
+        c.leg(device).filter(|l| l.state == LegState::Forwarded)
+    }
+
+    fn arrive(
+        &mut self,
+        now: Millis,
+        call: CallId,
+        aor: AorId,
+        callee: Callee,
+        out: &mut Vec<Effect>,
+    ) {
+        if self.calls.contains_key(&call) {
+            return; // the runtime never reuses an id; a replay changes nothing
+        }
+        let respond = |code| Effect::Respond {
+            call,
+            code,
+            relay: None,
+        };
+        let targets = match callee {
+            Callee::Unknown => return out.push(respond(404)),
+            Callee::Devices(targets) => targets,
+        };
+        if self.calls.len() >= self.config.max_calls {
+            return out.push(respond(503));
+        }
+        let waiting = self.by_aor.get(&aor).map_or(0, |calls| {
+            calls
+                .iter()
+                .filter(|id| self.calls.get(id).is_some_and(Call::is_pending))
+                .count()
+        });
+        if waiting >= self.config.max_calls_per_callee {
+            return out.push(respond(486));
+        }
+        let mut legs: Vec<Leg> = Vec::with_capacity(targets.len());
+        for &Target {
+            device,
+            reachable,
+            pushable,
+        } in &targets
+        {
+            if (reachable || pushable) && !legs.iter().any(|l| l.device == device) {
+                legs.push(Leg {
+                    device,
+                    pushable,
+                    pushes: u8::from(!reachable),
+                    push_outstanding: !reachable,
+                    state: if reachable {
+                        LegState::Forwarded
+                    } else {
+                        LegState::Parked
+                    },
+                });
+            }
+        }
+        if legs.is_empty() {
+            return out.push(respond(480));
+        }
+        let deadline = now + self.config.park_timeout;
+        if self.fault != Some(Fault::NoDeadline) {
+            out.push(Effect::ArmTimer {
+                timer: Timer::Deadline(call),
+                at: deadline,
+            });
+        }
+        for leg in &legs {
+            out.push(match leg.state {
+                LegState::Forwarded => Effect::Forward {
+                    call,
+                    device: leg.device,
+                },
+                _ => Effect::Push {
+                    call,
+                    device: leg.device,
+                },
+            });
+        }
+        self.calls.insert(
+            call,
+            Call {
+                aor,
+                deadline,
+                phase: Phase::Parking,
+                linger: false,
+                legs,
+            },
+        );
+        self.by_aor.entry(aor).or_default().push(call);
+    }
+
+    fn registered(&mut self, call: CallId, device: DeviceId, out: &mut Vec<Effect>) {
+        let fault = self.fault;
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        match c.phase {
+            Phase::Parking | Phase::Overdue => {
+                if c.leg(device).is_none() {
+                    // A device the call did not know of (a second phone) registered: it
+                    // is reachable now, so it gets the call too.
+                    c.legs.push(Leg {
+                        device,
+                        pushable: false,
+                        pushes: 0,
+                        push_outstanding: false,
+                        state: LegState::Done(Outcome::Unavailable),
+                    });
+                }
+                let Some(leg) = c.leg(device) else { return };
+                match leg.state {
+                    LegState::Backoff => {
+                        if fault != Some(Fault::PushAfterWake) {
+                            out.push(Effect::DisarmTimer {
+                                timer: Timer::PushRetry(call, device),
+                            });
+                        }
+                    }
+                    LegState::Parked | LegState::Done(Outcome::Unavailable) => {}
+                    // Already has the call, or has given its answer: a second REGISTER
+                    // changes nothing.
+                    _ => return,
+                }
+                leg.state = LegState::Forwarded;
+                out.push(Effect::Forward { call, device });
+            }
+            Phase::Ended(reason) => {
+                let Some(leg) = c.leg(device) else { return };
+                if leg.state == LegState::Abandoned {
+                    if fault == Some(Fault::ForwardAfterCancel)
+                        && reason == EndReason::CallerCancelled
+                    {
+                        out.push(Effect::Forward { call, device });
+                    } else {
+                        out.push(Effect::TellEnded {
+                            call,
+                            device,
+                            reason,
+                        });
+                    }
+                    leg.state = LegState::Done(Outcome::Told);
+                    self.settle_ended(call, out);
+                }
+            }
+        }
+    }
+
+    fn leg_unavailable(
+        &mut self,
+        now: Millis,
+        call: CallId,
+        device: DeviceId,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let Some(leg) = c.leg(device) else { return };
+        match leg.state {
+            LegState::Backoff => out.push(Effect::DisarmTimer {
+                timer: Timer::PushRetry(call, device),
+            }),
+            LegState::Parked | LegState::Abandoned => {}
+            _ => return,
+        }
+        leg.state = LegState::Done(Outcome::Unavailable);
+        self.settle(now, call, out);
+    }
+
+    fn push_accepted(&mut self, call: CallId, device: DeviceId, out: &mut Vec<Effect>) {
+        let fault = self.fault;
+        let Some(leg) = self.calls.get_mut(&call).and_then(|c| c.leg(device)) else {
+            return;
+        };
+        if !leg.push_outstanding {
+            return;
+        }
+        leg.push_outstanding = false;
+        if fault == Some(Fault::PushTwice) && leg.state == LegState::Parked {
+            out.push(Effect::Push { call, device });
+        }
+    }
+
+    fn push_failed(
+        &mut self,
+        now: Millis,
+        call: CallId,
+        device: DeviceId,
+        permanent: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        if permanent {
+            // A token the push service calls dead is forgotten, whatever became of the call.
+            out.push(Effect::ForgetPushToken { device });
+        }
+        let config = &self.config;
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let (deadline, phase) = (c.deadline, c.phase);
+        let Some(leg) = c.leg(device).filter(|l| l.push_outstanding) else {
+            return;
+        };
+        leg.push_outstanding = false;
+        leg.pushable &= !permanent;
+        match leg.state {
+            LegState::Parked => {
+                let retry_at = now + config.retry_delay(leg.pushes);
+                if !permanent
+                    && phase == Phase::Parking
+                    && leg.pushes < config.push_attempts
+                    && retry_at < deadline
+                {
+                    leg.state = LegState::Backoff;
+                    out.push(Effect::ArmTimer {
+                        timer: Timer::PushRetry(call, device),
+                        at: retry_at,
+                    });
+                    return;
+                }
+            }
+            LegState::Abandoned => {}
+            // The device registered on its own meanwhile: the push no longer matters.
+            _ => return,
+        }
+        leg.state = LegState::Done(Outcome::Unavailable);
+        self.settle(now, call, out);
+    }
+
+    fn answered(&mut self, now: Millis, call: CallId, device: DeviceId, out: &mut Vec<Effect>) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let pending = c.is_pending();
+        let Some(leg) = c.leg(device) else { return };
+        match leg.state {
+            LegState::Forwarded if pending => {
+                leg.state = LegState::Done(Outcome::Answered);
+                self.end(
+                    now,
+                    call,
+                    200,
+                    Some(device),
+                    EndReason::AnsweredElsewhere,
+                    out,
+                );
+            }
+            // The 2xx won the race against our CANCEL: the caller already has its final
+            // response, so the device's dialog must be closed.
+            LegState::Cancelling => {
+                leg.state = LegState::Done(Outcome::Answered);
+                out.push(Effect::HangUpBranch { call, device });
+                self.settle_ended(call, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn rejected(
+        &mut self,
+        now: Millis,
+        call: CallId,
+        device: DeviceId,
+        code: u16,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let pending = c.is_pending();
+        let Some(leg) = c.leg(device) else { return };
+        match leg.state {
+            LegState::Forwarded if pending => {
+                leg.state = LegState::Done(Outcome::Rejected(code));
+                if (600..700).contains(&code) {
+                    // A 6xx ends the call: no other device will take it (RFC 3261 §16.7).
+                    self.end(
+                        now,
+                        call,
+                        code,
+                        Some(device),
+                        EndReason::DeclinedElsewhere,
+                        out,
+                    );
+                } else {
+                    self.settle(now, call, out);
+                }
+            }
+            LegState::Cancelling => {
+                leg.state = LegState::Done(Outcome::Rejected(code));
+                if self.fault != Some(Fault::LeakFinishedCall) {
+                    self.settle_ended(call, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn unreachable(&mut self, now: Millis, call: CallId, device: DeviceId, out: &mut Vec<Effect>) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let parking = c.phase == Phase::Parking;
+        let Some(leg) = c.leg(device) else { return };
+        match leg.state {
+            LegState::Forwarded => {
+                if parking && leg.pushable && leg.pushes == 0 {
+                    // Its flow died while it slept: wake it the RFC 8599 way.
+                    leg.pushes = 1;
+                    leg.push_outstanding = true;
+                    leg.state = LegState::Parked;
+                    out.push(Effect::Push { call, device });
+                    return;
+                }
+                // A pushed device is parked again: the push (on its way, or delivered
+                // while the INVITE was lost) may bring it back to register.
+                leg.state = if leg.pushes > 0 {
+                    LegState::Parked
+                } else {
+                    LegState::Done(Outcome::Unavailable)
+                };
+                self.settle(now, call, out);
+            }
+            LegState::Cancelling => {
+                leg.state = LegState::Done(Outcome::Unavailable);
+                self.settle_ended(call, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn timer(&mut self, now: Millis, timer: Timer, out: &mut Vec<Effect>) {
+        match timer {
+            Timer::Deadline(call) => {
+                let Some(c) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                if c.phase != Phase::Parking {
+                    return;
+                }
+                c.phase = Phase::Overdue;
+                for leg in c.legs.iter_mut() {
+                    if leg.state == LegState::Backoff {
+                        leg.state = LegState::Done(Outcome::Unavailable);
+                        out.push(Effect::DisarmTimer {
+                            timer: Timer::PushRetry(call, leg.device),
+                        });
+                    }
+                }
+                self.settle(now, call, out);
+            }
+            Timer::PushRetry(call, device) => {
+                let Some(c) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                let pending = c.is_pending();
+                let Some(leg) = c.leg(device) else { return };
+                match leg.state {
+                    LegState::Backoff if pending => {
+                        leg.state = LegState::Parked;
+                        leg.pushes += 1;
+                        leg.push_outstanding = true;
+                        out.push(Effect::Push { call, device });
+                    }
+                    LegState::Forwarded if pending && self.fault == Some(Fault::PushAfterWake) => {
+                        out.push(Effect::Push { call, device });
+                    }
+                    _ => {}
+                }
+            }
+            Timer::Linger(call) => {
+                let Some(c) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                if !c.linger {
+                    return;
+                }
+                c.linger = false;
+                for leg in c.legs.iter_mut() {
+                    if leg.state == LegState::Abandoned {
+                        leg.state = LegState::Done(Outcome::Unavailable);
+                    }
+                }
+                self.settle_ended(call, out);
+            }
+        }
+    }
+
+    /// After a leg of a call in progress is over: end the call when no leg can still
+    /// produce an answer. Also tidies an ended call.
+    fn settle(&mut self, now: Millis, call: CallId, out: &mut Vec<Effect>) {
+        let Some(c) = self.calls.get(&call) else {
+            return;
+        };
+        if !c.is_pending() {
+            return self.settle_ended(call, out);
+        }
+        if c.legs.iter().any(|l| l.state.is_live(c.phase)) {
+            return;
+        }
+        let (code, relay) = best_response(&c.legs, self.fault);
+        self.end(now, call, code, relay, EndReason::Unanswered, out);
+    }
+
+    /// Gives the caller its final response and winds the call down: forwarded branches are
+    /// cancelled, pushed devices that have not registered will be told when they do.
+    fn end(
+        &mut self,
+        now: Millis,
+        call: CallId,
+        code: u16,
+        relay: Option<DeviceId>,
+        reason: EndReason,
+        out: &mut Vec<Effect>,
+    ) {
+        let fault = self.fault;
+        let notice_window = self.config.ended_notice_window;
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        out.push(Effect::Respond { call, code, relay });
+        let keep_deadline = fault == Some(Fault::KeepDeadlineOnAnswer) && code == 200;
+        if c.phase == Phase::Parking && !keep_deadline {
+            out.push(Effect::DisarmTimer {
+                timer: Timer::Deadline(call),
+            });
+        }
+        c.phase = Phase::Ended(reason);
+        for leg in c.legs.iter_mut() {
+            leg.state = match leg.state {
+                LegState::Forwarded => {
+                    out.push(Effect::CancelBranch {
+                        call,
+                        device: leg.device,
+                    });
+                    LegState::Cancelling
+                }
+                LegState::Parked => LegState::Abandoned,
+                LegState::Backoff => {
+                    out.push(Effect::DisarmTimer {
+                        timer: Timer::PushRetry(call, leg.device),
+                    });
+                    LegState::Done(Outcome::Unavailable)
+                }
+                other => other,
+            };
+        }
+        if c.legs.iter().any(|l| l.state == LegState::Abandoned) {
+            c.linger = true;
+            out.push(Effect::ArmTimer {
+                timer: Timer::Linger(call),
+                at: now + notice_window,
+            });
+        }
+        self.settle_ended(call, out);
+    }
+
+    /// An ended call leaves no trace once no branch awaits its final response and no
+    /// pushed device may still register for it.
+    fn settle_ended(&mut self, call: CallId, out: &mut Vec<Effect>) {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let awaiting = |l: &Leg| l.state == LegState::Abandoned;
+        if c.linger && !c.legs.iter().any(awaiting) {
+            c.linger = false;
+            out.push(Effect::DisarmTimer {
+                timer: Timer::Linger(call),
+            });
+        }
+        let busy = |l: &Leg| awaiting(l) || l.state == LegState::Cancelling;
+        if c.legs.iter().any(busy) {
+            return;
+        }
+        let aor = c.aor;
+        self.calls.remove(&call);
+        if let Some(calls) = self.by_aor.get_mut(&aor) {
+            calls.retain(|&id| id != call);
+            if calls.is_empty() {
+                self.by_aor.remove(&aor);
+            }
+        }
+    }
+}

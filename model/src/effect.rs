@@ -1,0 +1,67 @@
+//! What to do: the outputs of [`Core::step`](crate::Core::step), executed by the runtime
+//! (and by the model's environment) in the order given.
+
+use crate::{CallId, DeviceId, Millis};
+
+/// One instruction of the core.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Effect {
+    /// Send a VoIP push to `device` for `call`; answer with `PushAccepted` or `PushFailed`.
+    Push { call: CallId, device: DeviceId },
+    /// Send the caller's INVITE to `device` over its live flow (a new client transaction).
+    Forward { call: CallId, device: DeviceId },
+    /// Send a CANCEL on the branch forwarded to `device`. Its final response still comes
+    /// back as `BranchRejected` (487), `BranchAnswered` (a 2xx that won the race) or
+    /// `BranchUnreachable`.
+    CancelBranch { call: CallId, device: DeviceId },
+    /// The branch to `device` answered 2xx after the call was over: acknowledge that 2xx and
+    /// send BYE, so the device does not stay in a call nobody is on.
+    HangUpBranch { call: CallId, device: DeviceId },
+    /// Relay the provisional response the device just sent to the caller.
+    RelayProvisional { call: CallId, device: DeviceId },
+    /// The caller's final response. `relay`: send the response that device sent (200,
+    /// 486, 603, 408...); `None`: generate `code` here (404, 480, 486, 487, 500, 503).
+    Respond {
+        call: CallId,
+        code: u16,
+        relay: Option<DeviceId>,
+    },
+    /// Arm `timer` to fire at `at` (re-arming moves it).
+    ArmTimer { timer: Timer, at: Millis },
+    /// Disarm `timer`; a late `TimerFired` for it is ignored anyway.
+    DisarmTimer { timer: Timer },
+    /// The push service says this device's token is dead: drop the token from its binding.
+    ForgetPushToken { device: DeviceId },
+    /// The device registered after the call it was pushed for had ended: tell it, so the
+    /// app can close its CallKit screen (the runtime sends the INVITE and at once a CANCEL
+    /// with this reason, see specs/parking.md).
+    TellEnded {
+        call: CallId,
+        device: DeviceId,
+        reason: EndReason,
+    },
+}
+
+/// The timers of the protocol; each names what it guards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Timer {
+    /// The park deadline of a call.
+    Deadline(CallId),
+    /// The back-off before pushing `device` again after a transient failure.
+    PushRetry(CallId, DeviceId),
+    /// The end of the ended-notice window of a finished call.
+    Linger(CallId),
+}
+
+/// Why a call that woke a device ended without it, as told to that device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EndReason {
+    /// Another device answered.
+    AnsweredElsewhere,
+    /// Another device declined (6xx).
+    DeclinedElsewhere,
+    /// The caller cancelled.
+    CallerCancelled,
+    /// The call ended otherwise: park deadline, busy elsewhere, nobody reachable.
+    Unanswered,
+}

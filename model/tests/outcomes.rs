@@ -1,0 +1,980 @@
+//! The outcome table of the call-parking core, one test per row.
+//!
+//! A [`Driver`] plays the runtime around [`Core`]: it owns a fake clock, keeps the timers
+//! the core arms and disarms, and fires them in time order. Every test asserts the exact
+//! effects of each step, and that a finished call leaves neither a record nor a timer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pushpark_model::{
+    AorId, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Millis, Target, Timer,
+};
+
+const U1: AorId = AorId(1);
+const U2: AorId = AorId(2);
+const C1: CallId = CallId(1);
+const C2: CallId = CallId(2);
+const C3: CallId = CallId(3);
+const D1: DeviceId = DeviceId(1);
+const D2: DeviceId = DeviceId(2);
+const D3: DeviceId = DeviceId(3);
+
+/// No effect at all.
+const NOTHING: [Effect; 0] = [];
+/// No timer fired.
+const NO_FIRING: [(Timer, Vec<Effect>); 0] = [];
+
+/// The runtime around a core, with a fake clock.
+struct Driver {
+    core: Core,
+    now: Millis,
+    /// The timers armed by the core and not yet disarmed or fired, with their due time.
+    timers: BTreeMap<Timer, Millis>,
+    /// Every effect the core produced, in order.
+    log: Vec<Effect>,
+}
+
+impl Driver {
+    fn new() -> Self {
+        Self::with_config(Config::default())
+    }
+
+    fn with_config(config: Config) -> Self {
+        Self {
+            core: Core::new(config),
+            now: 0,
+            timers: BTreeMap::new(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Feeds `event` at the current time and carries out the timer effects.
+    fn send(&mut self, event: Event) -> Vec<Effect> {
+        let mut out = Vec::new();
+        self.core.step(self.now, event, &mut out);
+        for effect in &out {
+            match *effect {
+                Effect::ArmTimer { timer, at } => {
+                    assert!(at >= self.now, "{timer:?} armed for {at}, in the past");
+                    self.timers.insert(timer, at);
+                }
+                Effect::DisarmTimer { timer } => {
+                    self.timers.remove(&timer);
+                }
+                _ => {}
+            }
+        }
+        let armed: BTreeSet<Timer> = self.timers.keys().copied().collect();
+        let needed: BTreeSet<Timer> = self.core.needed_timers().collect();
+        assert_eq!(
+            armed, needed,
+            "armed timers are not the ones the core needs"
+        );
+        self.log.extend(out.iter().cloned());
+        out
+    }
+
+    /// Moves the clock to `at`, firing the timers due before it in time order; those due
+    /// exactly at `at` are left for [`fire_due`](Self::fire_due), so that an event can be
+    /// fed at the same instant ahead of them.
+    fn clock_to(&mut self, at: Millis) -> Vec<(Timer, Vec<Effect>)> {
+        assert!(
+            at >= self.now,
+            "the clock goes back from {} to {at}",
+            self.now
+        );
+        let fired = self.fire_while(|due| due < at);
+        self.now = at;
+        fired
+    }
+
+    /// Fires every timer due now, in time order.
+    fn fire_due(&mut self) -> Vec<(Timer, Vec<Effect>)> {
+        let now = self.now;
+        self.fire_while(|due| due <= now)
+    }
+
+    /// Moves the clock to `at`, firing every timer due by then in time order.
+    fn advance_to(&mut self, at: Millis) -> Vec<(Timer, Vec<Effect>)> {
+        let mut fired = self.clock_to(at);
+        fired.extend(self.fire_due());
+        fired
+    }
+
+    fn fire_while(&mut self, due: impl Fn(Millis) -> bool) -> Vec<(Timer, Vec<Effect>)> {
+        let mut fired = Vec::new();
+        while let Some((at, timer)) = self
+            .timers
+            .iter()
+            .map(|(&timer, &at)| (at, timer))
+            .filter(|&(at, _)| due(at))
+            .min()
+        {
+            self.timers.remove(&timer);
+            self.now = self.now.max(at);
+            let effects = self.send(Event::TimerFired(timer));
+            fired.push((timer, effects));
+        }
+        fired
+    }
+
+    fn armed(&self) -> Vec<(Timer, Millis)> {
+        self.timers
+            .iter()
+            .map(|(&timer, &at)| (timer, at))
+            .collect()
+    }
+
+    /// Every final response given so far.
+    fn responses(&self) -> Vec<Effect> {
+        self.log
+            .iter()
+            .filter(|e| matches!(e, Effect::Respond { .. }))
+            .cloned()
+            .collect()
+    }
+
+    /// The core holds no call and no timer is armed.
+    fn assert_idle(&self) {
+        assert!(
+            self.core.is_empty(),
+            "the core still holds {} call(s)",
+            self.core.len()
+        );
+        assert_eq!(self.core.calls_in_progress(), 0);
+        assert!(
+            self.timers.is_empty(),
+            "timers still armed: {:?}",
+            self.timers
+        );
+    }
+}
+
+fn arrival(call: CallId, aor: AorId, targets: &[Target]) -> Event {
+    Event::CallArrived {
+        call,
+        aor,
+        callee: Callee::Devices(targets.to_vec()),
+    }
+}
+
+/// A device with a live flow and no push token.
+fn online(device: DeviceId) -> Target {
+    Target {
+        device,
+        reachable: true,
+        pushable: false,
+    }
+}
+
+/// A device with a live flow and a push token.
+fn online_pushable(device: DeviceId) -> Target {
+    Target {
+        device,
+        reachable: true,
+        pushable: true,
+    }
+}
+
+/// A sleeping device with a push token.
+fn sleeping(device: DeviceId) -> Target {
+    Target {
+        device,
+        reachable: false,
+        pushable: true,
+    }
+}
+
+fn registered(aor: AorId, device: DeviceId) -> Event {
+    Event::DeviceRegistered { aor, device }
+}
+
+fn push_accepted(call: CallId, device: DeviceId) -> Event {
+    Event::PushAccepted { call, device }
+}
+
+fn push_failed(call: CallId, device: DeviceId, permanent: bool) -> Event {
+    Event::PushFailed {
+        call,
+        device,
+        permanent,
+    }
+}
+
+fn answered(call: CallId, device: DeviceId) -> Event {
+    Event::BranchAnswered { call, device }
+}
+
+fn rejected(call: CallId, device: DeviceId, code: u16) -> Event {
+    Event::BranchRejected { call, device, code }
+}
+
+fn respond(call: CallId, code: u16, relay: Option<DeviceId>) -> Effect {
+    Effect::Respond { call, code, relay }
+}
+
+fn forward(call: CallId, device: DeviceId) -> Effect {
+    Effect::Forward { call, device }
+}
+
+fn push(call: CallId, device: DeviceId) -> Effect {
+    Effect::Push { call, device }
+}
+
+fn cancel_branch(call: CallId, device: DeviceId) -> Effect {
+    Effect::CancelBranch { call, device }
+}
+
+fn told(call: CallId, device: DeviceId, reason: EndReason) -> Effect {
+    Effect::TellEnded {
+        call,
+        device,
+        reason,
+    }
+}
+
+fn arm(timer: Timer, at: Millis) -> Effect {
+    Effect::ArmTimer { timer, at }
+}
+
+fn disarm(timer: Timer) -> Effect {
+    Effect::DisarmTimer { timer }
+}
+
+// Row 1.
+#[test]
+fn unknown_user_gets_404_and_nothing_else() {
+    let mut d = Driver::new();
+    let effects = d.send(Event::CallArrived {
+        call: C1,
+        aor: U1,
+        callee: Callee::Unknown,
+    });
+    assert_eq!(effects, [respond(C1, 404, None)]);
+    d.assert_idle();
+}
+
+// Row 2.
+#[test]
+fn known_user_without_a_usable_device_gets_480_and_nothing_else() {
+    let mut d = Driver::new();
+    assert_eq!(d.send(arrival(C1, U1, &[])), [respond(C1, 480, None)]);
+    d.assert_idle();
+
+    let useless = |device| Target {
+        device,
+        reachable: false,
+        pushable: false,
+    };
+    let effects = d.send(arrival(C2, U1, &[useless(D1), useless(D2)]));
+    assert_eq!(effects, [respond(C2, 480, None)]);
+    d.assert_idle();
+}
+
+// Row 3.
+#[test]
+fn reachable_device_is_forwarded_at_once_and_its_answer_reaches_the_caller() {
+    let mut d = Driver::new();
+    // It has a push token too: being reachable, it must not be pushed.
+    let effects = d.send(arrival(C1, U1, &[online_pushable(D1)]));
+    assert_eq!(effects, [arm(Timer::Deadline(C1), 30_000), forward(C1, D1)]);
+    assert_eq!(d.advance_to(2_000), NO_FIRING);
+
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [respond(C1, 200, Some(D1)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+// Row 4.
+#[test]
+fn sleeping_device_is_pushed_then_forwarded_on_registering_and_its_answer_reaches_the_caller() {
+    let mut d = Driver::new();
+    d.clock_to(1_000);
+    assert_eq!(
+        d.send(arrival(C1, U1, &[sleeping(D1)])),
+        [arm(Timer::Deadline(C1), 31_000), push(C1, D1)]
+    );
+    assert_eq!(d.armed(), [(Timer::Deadline(C1), 31_000)]);
+
+    d.clock_to(1_500);
+    assert_eq!(d.send(push_accepted(C1, D1)), NOTHING);
+    d.clock_to(4_000);
+    assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
+    assert_eq!(
+        d.send(Event::BranchRang {
+            call: C1,
+            device: D1
+        }),
+        [Effect::RelayProvisional {
+            call: C1,
+            device: D1
+        }]
+    );
+    assert_eq!(d.advance_to(6_000), NO_FIRING);
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [respond(C1, 200, Some(D1)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+// Row 5.
+#[test]
+fn busy_from_the_only_device_reaches_the_caller_as_486() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[online(D1)]));
+    assert_eq!(
+        d.send(rejected(C1, D1, 486)),
+        [respond(C1, 486, Some(D1)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+// Row 5.
+#[test]
+fn decline_from_the_only_device_reaches_the_caller_as_603() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[online(D1)]));
+    assert_eq!(
+        d.send(rejected(C1, D1, 603)),
+        [respond(C1, 603, Some(D1)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+// Row 6.
+#[test]
+fn decline_from_one_device_is_relayed_at_once_and_cancels_the_other_branch() {
+    let mut d = Driver::new();
+    assert_eq!(
+        d.send(arrival(C1, U1, &[online(D1), online(D2)])),
+        [
+            arm(Timer::Deadline(C1), 30_000),
+            forward(C1, D1),
+            forward(C1, D2)
+        ]
+    );
+    d.clock_to(3_000);
+    assert_eq!(
+        d.send(rejected(C1, D2, 603)),
+        [
+            respond(C1, 603, Some(D2)),
+            disarm(Timer::Deadline(C1)),
+            cancel_branch(C1, D1)
+        ]
+    );
+    // The cancelled branch still owes its final response.
+    assert_eq!(d.core.calls_in_progress(), 0);
+    assert_eq!(d.core.len(), 1);
+
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
+    d.assert_idle();
+}
+
+// Row 6.
+#[test]
+fn device_woken_for_a_call_declined_elsewhere_is_told_so() {
+    let mut d = Driver::new();
+    assert_eq!(
+        d.send(arrival(C1, U1, &[online(D1), sleeping(D2)])),
+        [
+            arm(Timer::Deadline(C1), 30_000),
+            forward(C1, D1),
+            push(C1, D2)
+        ]
+    );
+    assert_eq!(d.send(push_accepted(C1, D2)), NOTHING);
+    d.clock_to(3_000);
+    assert_eq!(
+        d.send(rejected(C1, D1, 603)),
+        [
+            respond(C1, 603, Some(D1)),
+            disarm(Timer::Deadline(C1)),
+            arm(Timer::Linger(C1), 33_000)
+        ]
+    );
+    d.clock_to(10_000);
+    assert_eq!(
+        d.send(registered(U1, D2)),
+        [
+            told(C1, D2, EndReason::DeclinedElsewhere),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    d.assert_idle();
+}
+
+// Row 7.
+#[test]
+fn busy_from_one_of_two_devices_waits_for_the_other_and_beats_its_480_or_408() {
+    for other_code in [480, 408] {
+        // Busy first, as the row says, and busy last: the order does not matter.
+        for (busy, other) in [(D1, D2), (D2, D1)] {
+            let mut d = Driver::new();
+            d.send(arrival(C1, U1, &[online(D1), online(D2)]));
+            assert_eq!(d.send(rejected(C1, busy, 486)), NOTHING);
+            assert_eq!(d.core.calls_in_progress(), 1);
+            assert_eq!(d.armed(), [(Timer::Deadline(C1), 30_000)]);
+            assert_eq!(
+                d.send(rejected(C1, other, other_code)),
+                [respond(C1, 486, Some(busy)), disarm(Timer::Deadline(C1))],
+                "486 from {busy} and {other_code} from {other}"
+            );
+            d.assert_idle();
+        }
+    }
+}
+
+// Row 7.
+#[test]
+fn lone_503_from_the_only_device_becomes_500_generated_here() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[online(D1)]));
+    assert_eq!(
+        d.send(rejected(C1, D1, 503)),
+        [respond(C1, 500, None), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+// Row 8.
+#[test]
+fn park_deadline_without_a_registration_gives_480_and_a_device_waking_within_the_window_is_told() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.clock_to(1_000);
+    assert_eq!(d.send(push_accepted(C1, D1)), NOTHING);
+    assert_eq!(d.advance_to(29_999), NO_FIRING);
+    assert_eq!(
+        d.advance_to(30_000),
+        [(
+            Timer::Deadline(C1),
+            vec![respond(C1, 480, None), arm(Timer::Linger(C1), 60_000)]
+        )]
+    );
+    assert_eq!(d.core.calls_in_progress(), 0);
+    assert_eq!(d.armed(), [(Timer::Linger(C1), 60_000)]);
+
+    assert_eq!(d.advance_to(59_999), NO_FIRING);
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::Unanswered),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    d.assert_idle();
+}
+
+// Row 8.
+#[test]
+fn device_waking_after_the_ended_notice_window_is_told_nothing() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C1, D1));
+    assert_eq!(
+        d.advance_to(30_000),
+        [(
+            Timer::Deadline(C1),
+            vec![respond(C1, 480, None), arm(Timer::Linger(C1), 60_000)]
+        )]
+    );
+    assert_eq!(d.advance_to(60_000), [(Timer::Linger(C1), vec![])]);
+    d.assert_idle();
+
+    d.clock_to(60_001);
+    assert_eq!(d.send(registered(U1, D1)), NOTHING);
+    d.assert_idle();
+}
+
+// Row 9.
+#[test]
+fn deadline_during_a_forwarded_branch_waits_for_its_answer_and_the_sleeper_is_told_later() {
+    let mut d = Driver::new();
+    assert_eq!(
+        d.send(arrival(C1, U1, &[online(D1), sleeping(D2)])),
+        [
+            arm(Timer::Deadline(C1), 30_000),
+            forward(C1, D1),
+            push(C1, D2)
+        ]
+    );
+    assert_eq!(d.send(push_accepted(C1, D2)), NOTHING);
+    assert_eq!(d.advance_to(30_000), [(Timer::Deadline(C1), vec![])]);
+    assert_eq!(d.core.calls_in_progress(), 1);
+    assert_eq!(d.responses(), NOTHING);
+
+    d.clock_to(35_000);
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [respond(C1, 200, Some(D1)), arm(Timer::Linger(C1), 65_000)]
+    );
+    d.clock_to(40_000);
+    assert_eq!(
+        d.send(registered(U1, D2)),
+        [
+            told(C1, D2, EndReason::AnsweredElsewhere),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    d.assert_idle();
+    assert_eq!(d.responses(), [respond(C1, 200, Some(D1))]);
+}
+
+// Row 10.
+#[test]
+fn caller_cancel_while_parked_gives_487_and_the_woken_device_is_told_not_called() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C1, D1));
+    d.clock_to(5_000);
+    assert_eq!(
+        d.send(Event::CallerCancelled { call: C1 }),
+        [
+            respond(C1, 487, None),
+            disarm(Timer::Deadline(C1)),
+            arm(Timer::Linger(C1), 35_000)
+        ]
+    );
+    d.clock_to(6_000);
+    let effects = d.send(registered(U1, D1));
+    assert_eq!(
+        effects,
+        [
+            told(C1, D1, EndReason::CallerCancelled),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    assert!(!d.log.contains(&forward(C1, D1)));
+    d.assert_idle();
+}
+
+// Row 11.
+#[test]
+fn caller_cancel_after_forwarding_cancels_the_branch_and_its_487_lets_the_call_go() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[online(D1)]));
+    d.clock_to(2_000);
+    assert_eq!(
+        d.send(Event::CallerCancelled { call: C1 }),
+        [
+            respond(C1, 487, None),
+            disarm(Timer::Deadline(C1)),
+            cancel_branch(C1, D1)
+        ]
+    );
+    assert_eq!(d.core.len(), 1);
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
+    d.assert_idle();
+}
+
+// Row 11.
+#[test]
+fn answer_that_races_the_caller_cancel_is_hung_up() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[online(D1)]));
+    d.send(Event::CallerCancelled { call: C1 });
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [Effect::HangUpBranch {
+            call: C1,
+            device: D1
+        }]
+    );
+    d.assert_idle();
+    assert_eq!(d.responses(), [respond(C1, 487, None)]);
+}
+
+// Row 12.
+#[test]
+fn permanent_push_failure_forgets_the_token_and_the_call_goes_on_with_the_other_device() {
+    let mut d = Driver::new();
+    assert_eq!(
+        d.send(arrival(C1, U1, &[sleeping(D1), sleeping(D2)])),
+        [arm(Timer::Deadline(C1), 30_000), push(C1, D1), push(C1, D2)]
+    );
+    assert_eq!(
+        d.send(push_failed(C1, D1, true)),
+        [Effect::ForgetPushToken { device: D1 }]
+    );
+    assert_eq!(d.core.calls_in_progress(), 1);
+    assert_eq!(d.armed(), [(Timer::Deadline(C1), 30_000)]);
+
+    assert_eq!(d.send(push_accepted(C1, D2)), NOTHING);
+    assert_eq!(d.send(registered(U1, D2)), [forward(C1, D2)]);
+    assert_eq!(
+        d.send(answered(C1, D2)),
+        [respond(C1, 200, Some(D2)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+// Row 12.
+#[test]
+fn permanent_push_failure_of_the_last_device_gives_480() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    assert_eq!(
+        d.send(push_failed(C1, D1, true)),
+        [
+            Effect::ForgetPushToken { device: D1 },
+            respond(C1, 480, None),
+            disarm(Timer::Deadline(C1))
+        ]
+    );
+    d.assert_idle();
+}
+
+// Row 13.
+#[test]
+fn transient_push_failures_are_retried_with_doubling_back_off_then_given_up() {
+    let mut d = Driver::new();
+    assert_eq!(d.core.config().push_attempts, 3);
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+
+    d.clock_to(100);
+    assert_eq!(
+        d.send(push_failed(C1, D1, false)),
+        [arm(Timer::PushRetry(C1, D1), 600)]
+    );
+    assert_eq!(d.advance_to(599), NO_FIRING);
+    assert_eq!(
+        d.advance_to(600),
+        [(Timer::PushRetry(C1, D1), vec![push(C1, D1)])]
+    );
+
+    d.clock_to(700);
+    assert_eq!(
+        d.send(push_failed(C1, D1, false)),
+        [arm(Timer::PushRetry(C1, D1), 1_700)]
+    );
+    assert_eq!(d.advance_to(1_699), NO_FIRING);
+    assert_eq!(
+        d.advance_to(1_700),
+        [(Timer::PushRetry(C1, D1), vec![push(C1, D1)])]
+    );
+
+    d.clock_to(1_800);
+    assert_eq!(
+        d.send(push_failed(C1, D1, false)),
+        [respond(C1, 480, None), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+    assert!(!d
+        .log
+        .iter()
+        .any(|e| matches!(e, Effect::ForgetPushToken { .. })));
+}
+
+// Row 13 (beyond the table: a retry must not outlive the wake-up it was for).
+#[test]
+fn device_waking_during_push_back_off_is_forwarded_and_not_pushed_again() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.clock_to(100);
+    assert_eq!(
+        d.send(push_failed(C1, D1, false)),
+        [arm(Timer::PushRetry(C1, D1), 600)]
+    );
+    d.clock_to(300);
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [disarm(Timer::PushRetry(C1, D1)), forward(C1, D1)]
+    );
+    assert_eq!(d.advance_to(1_000), NO_FIRING);
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [respond(C1, 200, Some(D1)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+    assert_eq!(
+        d.log
+            .iter()
+            .filter(|e| matches!(e, Effect::Push { .. }))
+            .count(),
+        1
+    );
+}
+
+// Row 13.
+#[test]
+fn push_retry_that_would_land_at_the_deadline_is_not_scheduled() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(arrival(C2, U2, &[sleeping(D2)]));
+
+    // One millisecond earlier, the retry lands just before the deadline: scheduled.
+    d.clock_to(29_499);
+    assert_eq!(
+        d.send(push_failed(C2, D2, false)),
+        [arm(Timer::PushRetry(C2, D2), 29_999)]
+    );
+    // The retry would land exactly at the deadline: given up.
+    d.clock_to(29_500);
+    assert_eq!(
+        d.send(push_failed(C1, D1, false)),
+        [respond(C1, 480, None), disarm(Timer::Deadline(C1))]
+    );
+
+    assert_eq!(
+        d.advance_to(30_000),
+        [
+            (Timer::PushRetry(C2, D2), vec![push(C2, D2)]),
+            (
+                Timer::Deadline(C2),
+                vec![respond(C2, 480, None), arm(Timer::Linger(C2), 60_000)]
+            )
+        ]
+    );
+    assert_eq!(d.advance_to(60_000), [(Timer::Linger(C2), vec![])]);
+    d.assert_idle();
+}
+
+// Row 14.
+#[test]
+fn refused_wake_up_register_of_the_only_pushed_device_gives_480() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C1, D1));
+    // A challenged REGISTER is not reported: the call stays parked meanwhile.
+    assert_eq!(d.advance_to(10_000), NO_FIRING);
+    assert_eq!(d.core.calls_in_progress(), 1);
+    assert_eq!(d.armed(), [(Timer::Deadline(C1), 30_000)]);
+
+    assert_eq!(
+        d.send(Event::DeviceUnavailable {
+            aor: U1,
+            device: D1
+        }),
+        [respond(C1, 480, None), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+// Row 15.
+#[test]
+fn call_beyond_the_per_callee_limit_gets_486() {
+    let mut d = Driver::with_config(Config {
+        max_calls_per_callee: 1,
+        ..Config::default()
+    });
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    assert_eq!(
+        d.send(arrival(C2, U1, &[sleeping(D1)])),
+        [respond(C2, 486, None)]
+    );
+    assert_eq!(d.core.len(), 1);
+    assert_eq!(d.armed(), [(Timer::Deadline(C1), 30_000)]);
+
+    // A call that has its final response no longer counts, even while it lingers.
+    d.send(Event::CallerCancelled { call: C1 });
+    assert_eq!(
+        d.send(arrival(C3, U1, &[sleeping(D1)])),
+        [arm(Timer::Deadline(C3), 30_000), push(C3, D1)]
+    );
+}
+
+// Row 15.
+#[test]
+fn call_beyond_the_core_limit_gets_503() {
+    let mut d = Driver::with_config(Config {
+        max_calls: 1,
+        ..Config::default()
+    });
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    assert_eq!(
+        d.send(arrival(C2, U2, &[sleeping(D2)])),
+        [respond(C2, 503, None)]
+    );
+    assert_eq!(d.core.len(), 1);
+    assert_eq!(d.armed(), [(Timer::Deadline(C1), 30_000)]);
+}
+
+// Row 16.
+#[test]
+fn one_registration_delivers_every_call_parked_for_the_device_in_arrival_order() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.clock_to(1_000);
+    d.send(arrival(C2, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C2, D1));
+    d.send(push_accepted(C1, D1));
+    d.clock_to(2_000);
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [forward(C1, D1), forward(C2, D1)]
+    );
+}
+
+// Row 17.
+#[test]
+fn repeated_registration_does_not_forward_the_call_twice() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C1, D1));
+    assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
+    assert_eq!(d.send(registered(U1, D1)), NOTHING);
+    d.clock_to(3_000);
+    assert_eq!(d.send(registered(U1, D1)), NOTHING);
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [respond(C1, 200, Some(D1)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+// Row 18 (a).
+#[test]
+fn register_at_the_deadline_instant_after_it_fired_is_told_the_call_ended() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C1, D1));
+    assert_eq!(d.clock_to(30_000), NO_FIRING);
+    assert_eq!(
+        d.fire_due(),
+        [(
+            Timer::Deadline(C1),
+            vec![respond(C1, 480, None), arm(Timer::Linger(C1), 60_000)]
+        )]
+    );
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::Unanswered),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    d.assert_idle();
+    assert_eq!(d.responses(), [respond(C1, 480, None)]);
+}
+
+// Row 18 (b).
+#[test]
+fn register_at_the_deadline_instant_before_it_fired_gets_the_call() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C1, D1));
+    assert_eq!(d.clock_to(30_000), NO_FIRING);
+    assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
+    assert_eq!(d.fire_due(), [(Timer::Deadline(C1), vec![])]);
+    assert_eq!(d.core.calls_in_progress(), 1);
+
+    d.clock_to(31_000);
+    assert_eq!(d.send(answered(C1, D1)), [respond(C1, 200, Some(D1))]);
+    d.assert_idle();
+    assert_eq!(d.responses(), [respond(C1, 200, Some(D1))]);
+}
+
+// Row 19.
+#[test]
+fn undeliverable_forward_to_a_pushable_device_falls_back_to_a_push() {
+    let mut d = Driver::new();
+    assert_eq!(
+        d.send(arrival(C1, U1, &[online_pushable(D1)])),
+        [arm(Timer::Deadline(C1), 30_000), forward(C1, D1)]
+    );
+    d.clock_to(500);
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        [push(C1, D1)]
+    );
+    assert_eq!(d.send(push_accepted(C1, D1)), NOTHING);
+    d.clock_to(3_000);
+    assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [respond(C1, 200, Some(D1)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+// Row 19.
+#[test]
+fn undeliverable_forward_to_the_only_unpushable_device_gives_480() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[online(D1)]));
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        [respond(C1, 480, None), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+// Row 20.
+#[test]
+fn second_phone_registering_while_the_call_is_parked_also_gets_it() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C1, D1));
+    d.clock_to(2_000);
+    assert_eq!(d.send(registered(U1, D3)), [forward(C1, D3)]);
+    d.clock_to(4_000);
+    assert_eq!(
+        d.send(answered(C1, D3)),
+        [
+            respond(C1, 200, Some(D3)),
+            disarm(Timer::Deadline(C1)),
+            arm(Timer::Linger(C1), 34_000)
+        ]
+    );
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::AnsweredElsewhere),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    d.assert_idle();
+}
+
+// Row 21.
+#[test]
+fn stale_events_have_no_effect() {
+    let mut d = Driver::new();
+    assert_eq!(d.send(push_accepted(CallId(9), D1)), NOTHING);
+    d.assert_idle();
+
+    // A call still held (D2 may yet register) but over for the caller.
+    d.send(arrival(C1, U1, &[online(D1), sleeping(D2)]));
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [
+            respond(C1, 200, Some(D1)),
+            disarm(Timer::Deadline(C1)),
+            arm(Timer::Linger(C1), 30_000)
+        ]
+    );
+    assert_eq!(d.send(answered(C1, D1)), NOTHING);
+    assert_eq!(d.send(Event::TimerFired(Timer::Deadline(C1))), NOTHING);
+    assert_eq!(d.send(rejected(C1, D1, 486)), NOTHING);
+    assert_eq!(d.core.len(), 1);
+
+    // A call gone altogether.
+    assert_eq!(
+        d.send(Event::DeviceUnavailable {
+            aor: U1,
+            device: D2
+        }),
+        [disarm(Timer::Linger(C1))]
+    );
+    d.assert_idle();
+    for event in [
+        answered(C1, D1),
+        Event::TimerFired(Timer::Deadline(C1)),
+        Event::TimerFired(Timer::Linger(C1)),
+        Event::TimerFired(Timer::PushRetry(C1, D2)),
+        push_accepted(C1, D2),
+        registered(U1, D2),
+    ] {
+        assert_eq!(d.send(event.clone()), NOTHING, "{event:?}");
+    }
+    d.assert_idle();
+}
