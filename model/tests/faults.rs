@@ -1,1 +1,102 @@
+//! The properties have teeth: each deliberately broken core is caught with a
+//! counterexample by the property that guards against that bug.
 
+use std::collections::BTreeSet;
+
+use pushpark_model::checker::ParkModel;
+use pushpark_model::Fault;
+use stateright::{Checker, HasDiscoveries, Model};
+
+/// The configuration that exposes `fault` and the property that must catch it. A new
+/// fault fails to compile here until it has both.
+fn caught_by(fault: Fault) -> (&'static str, &'static str) {
+    match fault {
+        Fault::KeepDeadlineOnAnswer => ("1x1", "timers_match_state"),
+        Fault::ForwardAfterCancel => ("1x1", "nothing_forwarded_after_final"),
+        Fault::PushTwice => ("1x1", "one_push_per_device_per_call"),
+        Fault::PushAfterWake => ("1x1", "one_push_per_device_per_call"),
+        Fault::LoseBusyCode => ("1x1", "sole_device_rejection_reaches_caller"),
+        Fault::LeakFinishedCall => ("1x1", "quiescent_means_resolved"),
+        Fault::IgnoreCancelWhileParked => ("1x1", "cancel_gets_487"),
+        Fault::NoDeadline => ("1x2-no-cancel", "every_call_gets_a_final_response"),
+    }
+}
+
+fn assert_caught(fault: Fault) {
+    let (configuration, property) = caught_by(fault);
+    let model = ParkModel {
+        fault: Some(fault),
+        ..ParkModel::configuration(configuration).expect("a known configuration")
+    };
+    // Iterative deepening: the shortest counterexample is the easiest to read.
+    let path = (3..=40)
+        .find_map(|depth| {
+            model
+                .clone()
+                .checker()
+                .target_max_depth(depth)
+                .finish_when(HasDiscoveries::AnyOf(BTreeSet::from([property])))
+                .spawn_bfs()
+                .join()
+                .discovery(property)
+        })
+        .unwrap_or_else(|| panic!("{fault:?} in {configuration}: `{property}` caught nothing"));
+    println!("{fault:?} caught by `{property}`:");
+    for action in path.into_actions() {
+        println!("  {action}");
+    }
+}
+
+#[test]
+fn deadline_left_armed_after_answer_is_caught() {
+    assert_caught(Fault::KeepDeadlineOnAnswer);
+}
+
+#[test]
+fn forward_after_cancel_is_caught() {
+    assert_caught(Fault::ForwardAfterCancel);
+}
+
+#[test]
+fn second_push_for_one_call_is_caught() {
+    assert_caught(Fault::PushTwice);
+}
+
+#[test]
+fn push_to_a_device_that_already_has_the_call_is_caught() {
+    assert_caught(Fault::PushAfterWake);
+}
+
+#[test]
+fn lost_busy_code_is_caught() {
+    assert_caught(Fault::LoseBusyCode);
+}
+
+#[test]
+fn leaked_finished_call_is_caught() {
+    assert_caught(Fault::LeakFinishedCall);
+}
+
+#[test]
+fn cancel_ignored_while_parked_is_caught() {
+    assert_caught(Fault::IgnoreCancelWhileParked);
+}
+
+#[test]
+fn missing_deadline_is_caught_by_liveness() {
+    assert_caught(Fault::NoDeadline);
+}
+
+#[test]
+fn every_fault_has_a_test() {
+    // `caught_by` is exhaustive over `Fault`; this keeps `Fault::ALL` honest too.
+    let configurations: BTreeSet<_> = Fault::ALL.iter().map(|&f| caught_by(f).0).collect();
+    assert!(configurations
+        .iter()
+        .all(|c| ParkModel::configuration(c).is_some()));
+    assert_eq!(
+        Fault::ALL.iter().collect::<BTreeSet<_>>().len(),
+        8,
+        "a fault is listed twice or missing"
+    );
+}

@@ -135,8 +135,12 @@ impl ParkModel {
             ],
             ..Self::new(calls, devices)
         };
+        // Nobody but the server may end a call: callers never cancel and devices register
+        // only when a push wakes them, so an optional move of theirs cannot rescue a call
+        // the server forgot.
         let no_cancel = |calls, devices| Self {
             callers_cancel: false,
+            extra_registers: 0,
             ..Self::new(calls, devices)
         };
         Some(match name {
@@ -153,7 +157,7 @@ impl ParkModel {
             },
             "3x1" => Self::new(3, 1),
             "1x2-no-cancel" => no_cancel(1, 2),
-            "2x1-no-cancel" => no_cancel(2, 1),
+            "2x2-no-cancel" => no_cancel(2, 2),
             "1x2-flow" => Self {
                 awake: 1,
                 budget: Budget {
@@ -182,11 +186,11 @@ pub const CONFIGURATIONS: [(&str, &str); 8] = [
     ("3x1", "three calls parked for one sleeping device"),
     (
         "1x2-no-cancel",
-        "one call, two devices, a caller that never cancels",
+        "one call, two devices; only the server may end the call",
     ),
     (
-        "2x1-no-cancel",
-        "two calls, one device, callers that never cancel",
+        "2x2-no-cancel",
+        "two calls, two devices; only the server may end the calls",
     ),
     (
         "1x2-flow",
