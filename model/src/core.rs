@@ -94,13 +94,19 @@ impl LegState {
     }
 }
 
+impl Phase {
+    fn is_pending(self) -> bool {
+        !matches!(self, Phase::Ended(_))
+    }
+}
+
 impl Call {
     fn leg(&mut self, device: DeviceId) -> Option<&mut Leg> {
         self.legs.iter_mut().find(|l| l.device == device)
     }
 
     fn is_pending(&self) -> bool {
-        !matches!(self.phase, Phase::Ended(_))
+        self.phase.is_pending()
     }
 }
 
@@ -136,6 +142,17 @@ fn best_response(legs: &[Leg], fault: Option<Fault>) -> (u16, Option<DeviceId>) 
         Some((_, code, device)) => (code, Some(device)),
         None => (480, None),
     }
+}
+
+/// The phase and deadline of `call`, and its leg to `device`.
+fn leg_of(
+    calls: &mut BTreeMap<CallId, Call>,
+    call: CallId,
+    device: DeviceId,
+) -> Option<(Phase, Millis, &mut Leg)> {
+    let c = calls.get_mut(&call)?;
+    let (phase, deadline) = (c.phase, c.deadline);
+    c.leg(device).map(|leg| (phase, deadline, leg))
 }
 
 impl Core {
@@ -413,10 +430,9 @@ impl Core {
         device: DeviceId,
         out: &mut Vec<Effect>,
     ) {
-        let Some(c) = self.calls.get_mut(&call) else {
+        let Some((_, _, leg)) = leg_of(&mut self.calls, call, device) else {
             return;
         };
-        let Some(leg) = c.leg(device) else { return };
         match leg.state {
             LegState::Backoff => out.push(Effect::DisarmTimer {
                 timer: Timer::PushRetry(call, device),
@@ -430,7 +446,7 @@ impl Core {
 
     fn push_accepted(&mut self, call: CallId, device: DeviceId, out: &mut Vec<Effect>) {
         let fault = self.fault;
-        let Some(leg) = self.calls.get_mut(&call).and_then(|c| c.leg(device)) else {
+        let Some((_, _, leg)) = leg_of(&mut self.calls, call, device) else {
             return;
         };
         if !leg.push_outstanding {
@@ -455,13 +471,12 @@ impl Core {
             out.push(Effect::ForgetPushToken { device });
         }
         let config = &self.config;
-        let Some(c) = self.calls.get_mut(&call) else {
+        let Some((phase, deadline, leg)) = leg_of(&mut self.calls, call, device) else {
             return;
         };
-        let (deadline, phase) = (c.deadline, c.phase);
-        let Some(leg) = c.leg(device).filter(|l| l.push_outstanding) else {
+        if !leg.push_outstanding {
             return;
-        };
+        }
         leg.push_outstanding = false;
         leg.pushable &= !permanent;
         match leg.state {
@@ -489,11 +504,10 @@ impl Core {
     }
 
     fn answered(&mut self, now: Millis, call: CallId, device: DeviceId, out: &mut Vec<Effect>) {
-        let Some(c) = self.calls.get_mut(&call) else {
+        let Some((phase, _, leg)) = leg_of(&mut self.calls, call, device) else {
             return;
         };
-        let pending = c.is_pending();
-        let Some(leg) = c.leg(device) else { return };
+        let pending = phase.is_pending();
         match leg.state {
             LegState::Forwarded if pending => {
                 leg.state = LegState::Done(Outcome::Answered);
@@ -525,11 +539,10 @@ impl Core {
         code: u16,
         out: &mut Vec<Effect>,
     ) {
-        let Some(c) = self.calls.get_mut(&call) else {
+        let Some((phase, _, leg)) = leg_of(&mut self.calls, call, device) else {
             return;
         };
-        let pending = c.is_pending();
-        let Some(leg) = c.leg(device) else { return };
+        let pending = phase.is_pending();
         match leg.state {
             LegState::Forwarded if pending => {
                 leg.state = LegState::Done(Outcome::Rejected(code));
@@ -558,11 +571,10 @@ impl Core {
     }
 
     fn unreachable(&mut self, now: Millis, call: CallId, device: DeviceId, out: &mut Vec<Effect>) {
-        let Some(c) = self.calls.get_mut(&call) else {
+        let Some((phase, _, leg)) = leg_of(&mut self.calls, call, device) else {
             return;
         };
-        let parking = c.phase == Phase::Parking;
-        let Some(leg) = c.leg(device) else { return };
+        let parking = phase == Phase::Parking;
         match leg.state {
             LegState::Forwarded => {
                 if parking && leg.pushable && leg.pushes == 0 {
@@ -611,11 +623,10 @@ impl Core {
                 self.settle(now, call, out);
             }
             Timer::PushRetry(call, device) => {
-                let Some(c) = self.calls.get_mut(&call) else {
+                let Some((phase, _, leg)) = leg_of(&mut self.calls, call, device) else {
                     return;
                 };
-                let pending = c.is_pending();
-                let Some(leg) = c.leg(device) else { return };
+                let pending = phase.is_pending();
                 match leg.state {
                     LegState::Backoff if pending => {
                         leg.state = LegState::Parked;
