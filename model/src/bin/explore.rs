@@ -22,9 +22,18 @@ struct Options {
     addr: String,
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
-    let mut model = ParkModel::new(1, 1);
+fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let args: Vec<String> = args.collect();
+    // --config is the base that the other options adjust, wherever it stands.
+    let mut model = match args.iter().position(|a| a == "--config") {
+        Some(i) => {
+            let name = args.get(i + 1).ok_or("--config needs a value")?;
+            ParkModel::configuration(name).ok_or(format!("unknown configuration {name}"))?
+        }
+        None => ParkModel::new(1, 1),
+    };
     let mut addr = "127.0.0.1:3000".to_owned();
+    let mut args = args.into_iter();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         let number = |v: String| {
@@ -33,9 +42,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         };
         match flag.as_str() {
             "--config" => {
-                let name = value()?;
-                model = ParkModel::configuration(&name)
-                    .ok_or(format!("unknown configuration {name}"))?;
+                value()?;
             }
             "--calls" => model.calls = number(value()?)?,
             "--devices" => model.devices = number(value()?)?,
