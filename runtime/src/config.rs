@@ -1,0 +1,457 @@
+//! The configuration file: one TOML file, every key optional, every key documented in
+//! `runtime/pushpark.example.toml`. Unknown keys are errors, and every error names the file,
+//! the line and the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole configuration, with the embedded defaults for every key left out.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The domains this server is the registrar and home proxy of. Requests for other
+    /// domains are refused: pushpark is no open relay.
+    pub domains: Vec<String>,
+    /// Where to listen for SIP.
+    pub listen: Vec<Listener>,
+    pub parking: Parking,
+    pub registrar: Registrar,
+    pub auth: Auth,
+    pub store: Store,
+    pub sip: Sip,
+    pub push: Push,
+}
+
+/// One SIP listener.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub transport: Transport,
+    pub address: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        })
+    }
+}
+
+/// The call-parking policy (see specs/parking.md §4).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Parking {
+    #[serde(with = "humantime_serde")]
+    pub park_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ended_notice_window: Duration,
+    pub push_attempts: u8,
+    #[serde(with = "humantime_serde")]
+    pub push_retry_base: Duration,
+    pub max_calls: usize,
+    pub max_calls_per_callee: usize,
+}
+
+/// REGISTER handling.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Registrar {
+    /// Shorter registrations get 423 Interval Too Brief with this Min-Expires.
+    #[serde(with = "humantime_serde")]
+    pub min_expires: Duration,
+    /// Longer registrations are granted this much.
+    #[serde(with = "humantime_serde")]
+    pub max_expires: Duration,
+    /// Granted when the REGISTER asks for no particular time.
+    #[serde(with = "humantime_serde")]
+    pub default_expires: Duration,
+}
+
+/// Digest authentication.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// The digest realm; the first domain when absent.
+    pub realm: Option<String>,
+    /// The users and their HA1 hashes (`pushpark user add`). Without it every REGISTER is
+    /// accepted unauthenticated, which is allowed only when every listener is on loopback.
+    pub users_file: Option<PathBuf>,
+    /// How long a nonce stays valid.
+    #[serde(with = "humantime_serde::option")]
+    pub nonce_lifetime: Option<Duration>,
+    /// Peers (addresses or CIDR blocks, e.g. an SBC in front) whose INVITEs need no digest.
+    pub trusted_peers: Vec<ipnet::IpNet>,
+}
+
+/// Where bindings are kept.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Store {
+    /// The SQLite database file; created if missing.
+    pub path: PathBuf,
+}
+
+/// SIP transaction timers and message limits.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sip {
+    #[serde(with = "humantime_serde")]
+    pub t1: Duration,
+    #[serde(with = "humantime_serde")]
+    pub t2: Duration,
+    #[serde(with = "humantime_serde")]
+    pub t4: Duration,
+    /// The largest message accepted, in bytes; larger ones get 513.
+    pub max_message_size: usize,
+}
+
+/// Push providers, and which provider serves each RFC 8599 `pn-provider` value.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Push {
+    /// Named providers.
+    pub providers: BTreeMap<String, Provider>,
+    /// `pn-provider` value (`apns`, `fcm`, `webpush`...) → a provider name above. Only these
+    /// values are advertised in Feature-Caps; any other gets 555 at REGISTER.
+    pub routes: BTreeMap<String, Spanned<String>>,
+}
+
+/// One push provider.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Provider {
+    /// Logs each push and reports it accepted: for local use.
+    Log,
+    /// POSTs each push as JSON to an operator's push gateway.
+    Webhook {
+        url: String,
+        #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+        timeout: Duration,
+        #[serde(default)]
+        bearer_token: Option<String>,
+    },
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let loopback = "127.0.0.1:5060".parse().expect("a valid address");
+        Self {
+            domains: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            listen: vec![
+                Listener {
+                    transport: Transport::Udp,
+                    address: loopback,
+                },
+                Listener {
+                    transport: Transport::Tcp,
+                    address: loopback,
+                },
+            ],
+            parking: Parking::default(),
+            registrar: Registrar::default(),
+            auth: Auth::default(),
+            store: Store::default(),
+            sip: Sip::default(),
+            push: Push::default(),
+        }
+    }
+}
+
+impl Default for Parking {
+    fn default() -> Self {
+        let core = pushpark_model::Config::default();
+        Self {
+            park_timeout: Duration::from_millis(core.park_timeout),
+            ended_notice_window: Duration::from_millis(core.ended_notice_window),
+            push_attempts: core.push_attempts,
+            push_retry_base: Duration::from_millis(core.push_retry_base),
+            max_calls: core.max_calls,
+            max_calls_per_callee: core.max_calls_per_callee,
+        }
+    }
+}
+
+impl Default for Registrar {
+    fn default() -> Self {
+        Self {
+            min_expires: Duration::from_secs(60),
+            max_expires: Duration::from_secs(7 * 24 * 3600),
+            default_expires: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("pushpark.db"),
+        }
+    }
+}
+
+impl Default for Sip {
+    fn default() -> Self {
+        Self {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+            max_message_size: 65_535,
+        }
+    }
+}
+
+impl Default for Push {
+    fn default() -> Self {
+        let log = "log".to_owned();
+        Self {
+            providers: BTreeMap::from([(log.clone(), Provider::Log)]),
+            routes: ["apns", "fcm", "webpush"]
+                .into_iter()
+                .map(|pns| (pns.to_owned(), Spanned::new(0..0, log.clone())))
+                .collect(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{location}: `{key}`: {problem}")]
+    Invalid {
+        location: String,
+        key: String,
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks `text`, naming `path` in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        config.check(|span| match span {
+            Some(span) => format!("{}:{}", path.display(), line_of(text, span.start)),
+            None => path.display().to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// The checks that go beyond types. `locate` turns a span of the file into a location.
+    fn check(&self, locate: impl Fn(Option<Range<usize>>) -> String) -> Result<(), ConfigError> {
+        let invalid = |span, key: &str, problem: String| ConfigError::Invalid {
+            location: locate(span),
+            key: key.to_owned(),
+            problem,
+        };
+        if self.domains.is_empty() {
+            return Err(invalid(
+                None,
+                "domains",
+                "at least one domain is needed".into(),
+            ));
+        }
+        if self.listen.is_empty() {
+            return Err(invalid(
+                None,
+                "listen",
+                "at least one listener is needed".into(),
+            ));
+        }
+        for (pns, provider) in &self.push.routes {
+            if !self.push.providers.contains_key(provider.get_ref()) {
+                return Err(invalid(
+                    Some(provider.span()),
+                    &format!("push.routes.{pns}"),
+                    format!(
+                        "no provider named {:?} in [push.providers]",
+                        provider.get_ref()
+                    ),
+                ));
+            }
+        }
+        let r = &self.registrar;
+        if r.min_expires > r.default_expires || r.default_expires > r.max_expires {
+            return Err(invalid(
+                None,
+                "registrar",
+                "need min_expires <= default_expires <= max_expires".into(),
+            ));
+        }
+        if self.parking.push_attempts == 0 {
+            return Err(invalid(
+                None,
+                "parking.push_attempts",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.auth.users_file.is_none()
+            && !self.listen.iter().all(|l| l.address.ip().is_loopback())
+        {
+            return Err(invalid(
+                None,
+                "auth.users_file",
+                "required when listening beyond loopback: without it anyone could register".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The core's policy from `[parking]`.
+    pub fn core(&self) -> pushpark_model::Config {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let p = &self.parking;
+        pushpark_model::Config {
+            park_timeout: ms(p.park_timeout),
+            ended_notice_window: ms(p.ended_notice_window),
+            push_attempts: p.push_attempts,
+            push_retry_base: ms(p.push_retry_base),
+            max_calls: p.max_calls,
+            max_calls_per_callee: p.max_calls_per_callee,
+        }
+    }
+
+    /// The digest realm.
+    pub fn realm(&self) -> &str {
+        self.auth
+            .realm
+            .as_deref()
+            .or(self.domains.first().map(String::as_str))
+            .unwrap_or("localhost")
+    }
+}
+
+/// The 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("pushpark.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_embedded_defaults() {
+        assert_eq!(parse(""), Ok(Config::default()));
+    }
+
+    #[test]
+    fn the_example_file_parses_and_documents_every_section() {
+        let example = include_str!("../pushpark.example.toml");
+        let config = parse(example).expect("the example is valid");
+        assert_eq!(config.parking.park_timeout, Duration::from_secs(30));
+        for section in [
+            "[parking]",
+            "[registrar]",
+            "[auth]",
+            "[store]",
+            "[sip]",
+            "[push.providers.",
+            "[push.routes]",
+            "[[listen]]",
+        ] {
+            assert!(example.contains(section), "{section} is not documented");
+        }
+    }
+
+    #[test]
+    fn durations_read_as_humans_write_them() {
+        let config = parse("[parking]\npark_timeout = \"45s\"\npush_retry_base = \"250ms\"\n")
+            .expect("valid");
+        assert_eq!(config.parking.park_timeout, Duration::from_secs(45));
+        assert_eq!(config.core().park_timeout, 45_000);
+        assert_eq!(config.core().push_retry_base, 250);
+    }
+
+    #[test]
+    fn a_misspelt_key_is_an_error_naming_file_line_and_key() {
+        let err = parse("domains = [\"example.com\"]\n\n[parking]\npark_timout = \"30s\"\n")
+            .expect_err("unknown key");
+        assert!(err.starts_with("pushpark.toml: "), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("park_timout"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_address_is_an_error_naming_the_line() {
+        let err = parse("[[listen]]\ntransport = \"udp\"\naddress = \"localhost:50x0\"\n")
+            .expect_err("bad address");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn a_route_to_a_missing_provider_names_its_line_and_key() {
+        let err = parse("[push.routes]\napns = \"gateway\"\n").expect_err("no such provider");
+        assert_eq!(
+            err,
+            "pushpark.toml:2: `push.routes.apns`: no provider named \"gateway\" in [push.providers]"
+        );
+    }
+
+    #[test]
+    fn listening_beyond_loopback_needs_a_users_file() {
+        let err = parse("[[listen]]\ntransport = \"tcp\"\naddress = \"0.0.0.0:5060\"\n")
+            .expect_err("open registrar on the network");
+        assert!(err.contains("auth.users_file"), "{err}");
+    }
+
+    #[test]
+    fn expiry_bounds_must_be_ordered() {
+        let err = parse("[registrar]\nmin_expires = \"2h\"\n").expect_err("min above default");
+        assert!(err.contains("`registrar`"), "{err}");
+    }
+
+    #[test]
+    fn the_realm_defaults_to_the_first_domain() {
+        let config = parse("domains = [\"example.com\"]\n").expect("valid");
+        assert_eq!(config.realm(), "example.com");
+    }
+}
