@@ -1,7 +1,7 @@
 //! The call-parking protocol as one pure transition function.
 //!
-//! specs/parking.md is the prose this code follows: each branch below cites the row of the
-//! outcome table or the rule it implements.
+//! specs/parking.md is the prose this code follows: its leg states, call phases and outcome
+//! table are the ones below.
 
 use std::collections::BTreeMap;
 
