@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pushpark::auth::{self, UsersError};
 use pushpark::config::{Config, ConfigError};
 use pushpark::demo;
 
@@ -29,12 +30,39 @@ enum Command {
         /// The TOML file (see runtime/pushpark.example.toml).
         file: PathBuf,
     },
+    /// Manage the users file (HA1 hashes only; passwords are never stored).
+    User {
+        /// The users file (the one `auth.users_file` names).
+        #[arg(long)]
+        file: PathBuf,
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add a user, or replace their password; reads the password from standard input.
+    Add {
+        username: String,
+        /// The digest realm (the first of the server's domains by default).
+        #[arg(long, default_value = "localhost")]
+        realm: String,
+    },
+    /// Remove a user from every realm.
+    Remove { username: String },
+    /// List users and realms.
+    List,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum Failure {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    #[error("{0}")]
+    Usage(String),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -47,6 +75,35 @@ fn run(command: Command) -> Result<(), Failure> {
             let config = Config::load(&file)?;
             writeln!(out, "{}: ok\n{config:#?}", file.display())?;
         }
+        Command::User { file, action } => match action {
+            UserAction::Add { username, realm } => {
+                let mut password = String::new();
+                io::stdin().read_line(&mut password)?;
+                let password = password.trim_end_matches(['\r', '\n']);
+                if password.is_empty() {
+                    return Err(Failure::Usage(
+                        "no password on standard input (echo PASSWORD | pushpark user ...)".into(),
+                    ));
+                }
+                let replaced = auth::add_user(&file, &username, &realm, password)?;
+                let what = if replaced { "updated" } else { "added" };
+                writeln!(out, "{what} {username} in realm {realm}")?;
+            }
+            UserAction::Remove { username } => {
+                if !auth::remove_user(&file, &username)? {
+                    return Err(Failure::Usage(format!(
+                        "no user {username} in {}",
+                        file.display()
+                    )));
+                }
+                writeln!(out, "removed {username}")?;
+            }
+            UserAction::List => {
+                for (username, realm) in auth::list_users(&file)? {
+                    writeln!(out, "{username}\t{realm}")?;
+                }
+            }
+        },
     }
     Ok(())
 }

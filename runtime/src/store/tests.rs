@@ -1,0 +1,637 @@
+//! Tests of the binding store, on real SQLite files in a temp dir and in memory.
+
+use super::*;
+
+const AOR: &str = "sip:alice@example.com";
+const T0: u64 = 1_700_000_000;
+
+fn mem() -> Store {
+    Store::open_in_memory(&StoreOptions::default()).expect("in-memory store")
+}
+
+fn register(call_id: &str, cseq: u32, changes: Vec<Change>) -> Register {
+    Register {
+        call_id: call_id.to_owned(),
+        cseq,
+        changes,
+    }
+}
+
+fn upsert(contact: ContactSpec, expires_at: u64) -> Change {
+    Change::Upsert {
+        contact,
+        expires_at,
+    }
+}
+
+/// One REGISTER with one Contact, from its own Call-ID, valid for an hour.
+fn add(store: &mut Store, call_id: &str, contact: ContactSpec) -> Binding {
+    let applied = store
+        .apply(
+            AOR,
+            &register(call_id, 1, vec![upsert(contact.clone(), T0 + 3600)]),
+            T0,
+        )
+        .expect("apply");
+    applied
+        .bindings
+        .into_iter()
+        .find(|b| b.contact == contact.contact)
+        .expect("binding in result")
+}
+
+fn apns(prid: &str, host: &str) -> ContactSpec {
+    ContactSpec::new(format!(
+        "sip:alice@{host};transport=tcp;pn-provider=apns;pn-prid={prid};pn-param=ABCD.com.example.voip"
+    ))
+}
+
+#[test]
+fn binding_written_then_store_reopened_is_still_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nested/dir/bindings.sqlite");
+    let contact = apns("tok1", "10.0.0.1:5060")
+        .instance("<urn:uuid:00000000-0000-0000-0000-000000000001>")
+        .reg_id(1)
+        .pnsreg(true)
+        .q(500);
+    let written = {
+        let mut store = Store::open(&path, &StoreOptions::default()).expect("open");
+        add(&mut store, "call-1", contact)
+    };
+    let store = Store::open(&path, &StoreOptions::default()).expect("reopen");
+    assert_eq!(
+        store.bindings(AOR, T0).expect("bindings"),
+        vec![written.clone()]
+    );
+    assert_eq!(
+        store.binding(written.id).expect("binding"),
+        Some(written.clone())
+    );
+    let push = written.push.expect("push params stored");
+    assert_eq!(
+        (
+            push.provider.as_str(),
+            push.prid.as_str(),
+            push.param.as_deref()
+        ),
+        ("apns", "tok1", Some("ABCD.com.example.voip"))
+    );
+    assert!(
+        written.contact.contains(";pn-prid=tok1;"),
+        "contact kept verbatim"
+    );
+    assert_eq!(
+        (written.reg_id, written.q, written.pnsreg),
+        (Some(1), Some(500), true)
+    );
+    assert_eq!(
+        (written.cseq, written.expires_at, written.updated_at),
+        (1, T0 + 3600, T0)
+    );
+}
+
+#[test]
+fn file_store_runs_in_wal_mode_with_the_chosen_synchronous() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (sync, expected) in [(Synchronous::Full, 2), (Synchronous::Normal, 1)] {
+        let options = StoreOptions {
+            synchronous: sync,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(dir.path().join("b.sqlite"), &options).expect("open");
+        let mode: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("journal_mode");
+        let level: i64 = store
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .expect("synchronous");
+        assert_eq!((mode.as_str(), level), ("wal", expected), "{sync:?}");
+    }
+}
+
+#[test]
+fn ids_stay_stable_across_reopen_and_are_not_reused_after_removal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.sqlite");
+    let (a, b) = {
+        let mut store = Store::open(&path, &StoreOptions::default()).expect("open");
+        let a = add(&mut store, "c-a", ContactSpec::new("sip:alice@a.example"));
+        let b = add(&mut store, "c-b", ContactSpec::new("sip:alice@b.example"));
+        (a.id, b.id)
+    };
+    let mut store = Store::open(&path, &StoreOptions::default()).expect("reopen");
+    let ids: Vec<_> = store
+        .bindings(AOR, T0)
+        .expect("bindings")
+        .iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(ids, vec![a, b]);
+    // A refresh after the restart keeps the id.
+    let refreshed = add(&mut store, "c-b2", ContactSpec::new("sip:alice@b.example"));
+    assert_eq!(refreshed.id, b);
+    // Removing the newest binding must not free its id for the next device.
+    assert!(store.remove(b).expect("remove"));
+    drop(store);
+    let mut store = Store::open(&path, &StoreOptions::default()).expect("reopen again");
+    let c = add(&mut store, "c-c", ContactSpec::new("sip:alice@c.example"));
+    assert!(c.id > b, "new id {} must be above removed {}", c.id, b);
+}
+
+#[test]
+fn same_instance_replaces_binding_even_with_new_address_and_token() {
+    let mut store = mem();
+    let inst = "<urn:uuid:11111111-1111-1111-1111-111111111111>";
+    let old = add(
+        &mut store,
+        "c1",
+        apns("tok1", "10.0.0.1:5060").instance(inst).reg_id(1),
+    );
+    let new = add(
+        &mut store,
+        "c2",
+        apns("tok2", "10.9.9.9:6000").instance(inst).reg_id(1),
+    );
+    assert_eq!(new.id, old.id);
+    let all = store.bindings(AOR, T0).expect("bindings");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].push.as_ref().map(|p| p.prid.as_str()), Some("tok2"));
+    assert_eq!(all[0].call_id, "c2");
+}
+
+#[test]
+fn same_instance_with_different_reg_id_and_token_is_a_separate_binding() {
+    let mut store = mem();
+    let inst = "<urn:uuid:11111111-1111-1111-1111-111111111111>";
+    let a = add(
+        &mut store,
+        "c1",
+        ContactSpec::new("sip:alice@h1").instance(inst).reg_id(1),
+    );
+    let b = add(
+        &mut store,
+        "c2",
+        ContactSpec::new("sip:alice@h2").instance(inst).reg_id(2),
+    );
+    assert_ne!(a.id, b.id);
+    assert_eq!(store.bindings(AOR, T0).expect("bindings").len(), 2);
+}
+
+#[test]
+fn same_push_token_replaces_binding_when_phone_wakes_on_new_address() {
+    let mut store = mem();
+    let old = add(&mut store, "c1", apns("tok1", "10.0.0.1:5060"));
+    // New address, new Call-ID (the app was restarted by the push), same token.
+    let new = add(&mut store, "c2", apns("tok1", "192.0.2.7:41234"));
+    assert_eq!(new.id, old.id);
+    let all = store.bindings(AOR, T0).expect("bindings");
+    assert_eq!(all.len(), 1, "no stale duplicate: {all:?}");
+    assert!(all[0].contact.contains("192.0.2.7:41234"));
+}
+
+#[test]
+fn different_push_token_on_a_different_address_is_a_second_device() {
+    let mut store = mem();
+    let a = add(&mut store, "c1", apns("tok1", "10.0.0.1:5060"));
+    let b = add(&mut store, "c2", apns("tok2", "10.0.0.2:5060"));
+    assert_ne!(a.id, b.id);
+    assert_eq!(store.count().expect("count"), 2);
+}
+
+#[test]
+fn same_contact_uri_replaces_binding_even_with_a_new_push_token() {
+    let mut store = mem();
+    let old = add(&mut store, "c1", apns("tok1", "10.0.0.1:5060"));
+    let new = add(&mut store, "c2", apns("tok2", "10.0.0.1:5060"));
+    assert_eq!(new.id, old.id);
+    let all = store.bindings(AOR, T0).expect("bindings");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].push.as_ref().map(|p| p.prid.as_str()), Some("tok2"));
+    // And without any push parameters at all.
+    let plain = add(&mut store, "c3", ContactSpec::new("sip:alice@198.51.100.1"));
+    let again = add(&mut store, "c4", ContactSpec::new("sip:alice@198.51.100.1"));
+    assert_eq!(plain.id, again.id);
+    assert_eq!(store.count().expect("count"), 2);
+}
+
+#[test]
+fn same_contact_uri_with_different_instances_stays_two_devices() {
+    // Two phones behind different NATs can both claim sip:alice@192.168.1.5:5060.
+    let mut store = mem();
+    let uri = "sip:alice@192.168.1.5:5060";
+    add(
+        &mut store,
+        "c1",
+        ContactSpec::new(uri).instance("<urn:uuid:a>"),
+    );
+    add(
+        &mut store,
+        "c2",
+        ContactSpec::new(uri).instance("<urn:uuid:b>"),
+    );
+    let all = store.bindings(AOR, T0).expect("bindings");
+    let instances: Vec<_> = all.iter().map(|b| b.instance.as_deref()).collect();
+    assert_eq!(instances, vec![Some("<urn:uuid:a>"), Some("<urn:uuid:b>")]);
+}
+
+#[test]
+fn instance_match_removes_a_stale_duplicate_holding_the_same_token() {
+    let mut store = mem();
+    let inst = "<urn:uuid:22222222-2222-2222-2222-222222222222>";
+    let keeper = add(
+        &mut store,
+        "c1",
+        apns("tok1", "10.0.0.1:5060").instance(inst),
+    );
+    let stale = add(&mut store, "c2", apns("tok2", "10.0.0.2:5060"));
+    // The phone registers again under its instance, now with the token the stale binding holds.
+    let applied = store
+        .apply(
+            AOR,
+            &register(
+                "c3",
+                1,
+                vec![upsert(
+                    apns("tok2", "10.0.0.3:5060").instance(inst),
+                    T0 + 60,
+                )],
+            ),
+            T0,
+        )
+        .expect("apply");
+    assert_eq!(applied.removed, vec![stale.id]);
+    assert_eq!(
+        applied.bindings.iter().map(|b| b.id).collect::<Vec<_>>(),
+        vec![keeper.id]
+    );
+}
+
+#[test]
+fn star_removes_all_bindings_of_the_aor_only() {
+    let mut store = mem();
+    let a = add(&mut store, "c1", apns("tok1", "h1"));
+    let b = add(&mut store, "c2", ContactSpec::new("sip:alice@h2"));
+    let other = store
+        .apply(
+            "sip:bob@example.com",
+            &register(
+                "c3",
+                1,
+                vec![upsert(ContactSpec::new("sip:bob@h3"), T0 + 60)],
+            ),
+            T0,
+        )
+        .expect("bob");
+    let applied = store
+        .apply(AOR, &register("c9", 1, vec![Change::RemoveAll]), T0)
+        .expect("star");
+    assert!(applied.bindings.is_empty());
+    assert_eq!(applied.removed, vec![a.id, b.id]);
+    assert!(store.bindings(AOR, T0).expect("bindings").is_empty());
+    assert_eq!(
+        store.bindings("sip:bob@example.com", T0).expect("bob"),
+        other.bindings
+    );
+}
+
+#[test]
+fn star_mixed_with_other_contacts_is_rejected_and_changes_nothing() {
+    let mut store = mem();
+    add(&mut store, "c1", ContactSpec::new("sip:alice@h1"));
+    let err = store
+        .apply(
+            AOR,
+            &register(
+                "c2",
+                1,
+                vec![
+                    Change::RemoveAll,
+                    upsert(ContactSpec::new("sip:alice@h2"), T0 + 60),
+                ],
+            ),
+            T0,
+        )
+        .expect_err("must be rejected");
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    assert_eq!(store.count().expect("count"), 1);
+}
+
+#[test]
+fn remove_change_and_zero_expiry_delete_the_matching_binding() {
+    let mut store = mem();
+    let a = add(&mut store, "c1", apns("tok1", "h1"));
+    let b = add(&mut store, "c2", ContactSpec::new("sip:alice@h2"));
+    let applied = store
+        .apply(
+            AOR,
+            &register("c1", 2, vec![Change::Remove(apns("tok1", "h1"))]),
+            T0,
+        )
+        .expect("remove");
+    assert_eq!(applied.removed, vec![a.id]);
+    // An upsert whose expiry is not in the future is an expires=0.
+    let applied = store
+        .apply(
+            AOR,
+            &register("c2", 2, vec![upsert(ContactSpec::new("sip:alice@h2"), T0)]),
+            T0,
+        )
+        .expect("expire");
+    assert_eq!(applied.removed, vec![b.id]);
+    assert_eq!(store.count().expect("count"), 0);
+}
+
+#[test]
+fn register_with_same_call_id_and_old_cseq_is_rejected_atomically() {
+    let mut store = mem();
+    let contact = ContactSpec::new("sip:alice@h1");
+    store
+        .apply(
+            AOR,
+            &register("c1", 5, vec![upsert(contact.clone(), T0 + 60)]),
+            T0,
+        )
+        .expect("first");
+    // A second Contact that would be new, then the stale one: the whole request must fail.
+    let err = store
+        .apply(
+            AOR,
+            &register(
+                "c1",
+                5,
+                vec![
+                    upsert(ContactSpec::new("sip:alice@h9"), T0 + 60),
+                    upsert(contact.clone(), T0 + 999),
+                ],
+            ),
+            T0,
+        )
+        .expect_err("out of order");
+    assert!(
+        matches!(
+            err,
+            StoreError::OutOfOrder {
+                stored_cseq: 5,
+                cseq: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let all = store.bindings(AOR, T0).expect("bindings");
+    assert_eq!(all.len(), 1, "nothing of the failed REGISTER applied");
+    assert_eq!(all[0].expires_at, T0 + 60);
+    // A higher CSeq, or another Call-ID, is fine.
+    store
+        .apply(
+            AOR,
+            &register("c1", 6, vec![upsert(contact.clone(), T0 + 120)]),
+            T0,
+        )
+        .expect("higher cseq");
+    store
+        .apply(
+            AOR,
+            &register("other", 1, vec![upsert(contact, T0 + 180)]),
+            T0,
+        )
+        .expect("other call-id");
+}
+
+#[test]
+fn expired_bindings_are_hidden_then_swept() {
+    let mut store = mem();
+    let short = store
+        .apply(
+            AOR,
+            &register(
+                "c1",
+                1,
+                vec![upsert(ContactSpec::new("sip:alice@h1"), T0 + 10)],
+            ),
+            T0,
+        )
+        .expect("short");
+    let long = add(&mut store, "c2", ContactSpec::new("sip:alice@h2"));
+    let short_id = short.bindings[0].id;
+    assert_eq!(store.bindings(AOR, T0 + 9).expect("b").len(), 2);
+    let visible: Vec<_> = store
+        .bindings(AOR, T0 + 10)
+        .expect("b")
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(visible, vec![long.id], "expires_at == now is expired");
+    assert!(
+        store.binding(short_id).expect("binding").is_some(),
+        "still stored until swept"
+    );
+    assert_eq!(store.sweep_expired(T0 + 10).expect("sweep"), 1);
+    assert_eq!(store.binding(short_id).expect("binding"), None);
+    assert_eq!(store.count().expect("count"), 1);
+    assert_eq!(store.sweep_expired(T0 + 10).expect("sweep"), 0);
+}
+
+#[test]
+fn expiring_between_is_half_open_and_ordered_by_expiry() {
+    let mut store = mem();
+    for (host, exp) in [("h1", 100), ("h2", 50), ("h3", 200), ("h4", 150)] {
+        store
+            .apply(
+                AOR,
+                &register(
+                    host,
+                    1,
+                    vec![upsert(
+                        ContactSpec::new(format!("sip:alice@{host}")),
+                        T0 + exp,
+                    )],
+                ),
+                T0,
+            )
+            .expect("apply");
+    }
+    let got: Vec<_> = store
+        .expiring_between(T0 + 50, T0 + 200)
+        .expect("expiring")
+        .into_iter()
+        .map(|b| b.expires_at - T0)
+        .collect();
+    assert_eq!(got, vec![50, 100, 150]);
+}
+
+#[test]
+fn forget_push_token_clears_only_the_token_still_stored() {
+    let mut store = mem();
+    let b = add(&mut store, "c1", apns("tok1", "h1"));
+    // The phone registered a new token before the push service's rejection of tok1 came back.
+    add(&mut store, "c2", apns("tok2", "h1"));
+    assert!(!store.forget_push_token(b.id, "tok1").expect("forget old"));
+    let kept = store.binding(b.id).expect("binding").expect("present");
+    assert_eq!(kept.push.as_ref().map(|p| p.prid.as_str()), Some("tok2"));
+    assert!(store
+        .forget_push_token(b.id, "tok2")
+        .expect("forget current"));
+    let cleared = store.binding(b.id).expect("binding").expect("present");
+    assert_eq!(cleared.push, None);
+    assert_eq!(cleared.contact, kept.contact, "the binding itself stays");
+    assert!(!store
+        .forget_push_token(BindingId(9999), "tok2")
+        .expect("unknown id"));
+}
+
+#[test]
+fn migrations_run_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.sqlite");
+    let versions = |store: &Store| -> Vec<(u32, i64)> {
+        let mut stmt = store
+            .conn
+            .prepare("SELECT version, applied_at FROM schema_version ORDER BY version")
+            .expect("prepare");
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query");
+        rows.collect::<Result<_, _>>().expect("rows")
+    };
+    let first = {
+        let mut store = Store::open(&path, &StoreOptions::default()).expect("open");
+        add(&mut store, "c1", ContactSpec::new("sip:alice@h1"));
+        assert_eq!(store.schema_version().expect("version"), schema::latest());
+        versions(&store)
+    };
+    assert_eq!(first.iter().map(|v| v.0).collect::<Vec<_>>(), vec![1]);
+    std::thread::sleep(Duration::from_millis(1100)); // a rerun would stamp a later applied_at
+    let store = Store::open(&path, &StoreOptions::default()).expect("reopen");
+    assert_eq!(versions(&store), first);
+    assert_eq!(
+        store.count().expect("count"),
+        1,
+        "reopening did not recreate the table"
+    );
+    let mut again = store;
+    assert_eq!(schema::migrate(&mut again.conn, T0).ok(), Some(0));
+}
+
+#[test]
+fn newer_schema_is_refused_naming_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.sqlite");
+    drop(Store::open(&path, &StoreOptions::default()).expect("open"));
+    Connection::open(&path)
+        .and_then(|c| c.execute("INSERT INTO schema_version VALUES (99, 0)", []))
+        .expect("bump version");
+    let err = Store::open(&path, &StoreOptions::default()).expect_err("too new");
+    assert!(
+        matches!(
+            err,
+            StoreError::SchemaTooNew {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupted_file_gives_an_open_error_naming_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bindings.sqlite");
+    std::fs::write(&path, vec![0x5a_u8; 8192]).expect("write garbage");
+    let err = Store::open(&path, &StoreOptions::default()).expect_err("not a database");
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("not a database"), "{msg}");
+}
+
+#[test]
+fn unwritable_path_gives_an_error_naming_the_path() {
+    // Root ignores permission bits, so make the parent "directory" a regular file instead.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").expect("write file");
+    let err = Store::open(blocker.join("sub/b.sqlite"), &StoreOptions::default())
+        .expect_err("cannot create dir");
+    assert!(matches!(err, StoreError::CreateDir { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&blocker.display().to_string()),
+        "{err}"
+    );
+    // A directory where the database file should be.
+    let err = Store::open(dir.path(), &StoreOptions::default()).expect_err("a directory");
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn in_memory_stores_are_independent_and_empty() {
+    let mut a = mem();
+    add(&mut a, "c1", ContactSpec::new("sip:alice@h1"));
+    let b = mem();
+    assert_eq!((a.count().expect("a"), b.count().expect("b")), (1, 0));
+    assert_eq!(b.path(), None);
+}
+
+#[test]
+fn invalid_input_is_rejected_before_touching_the_database() {
+    let mut store = mem();
+    let cases = [
+        ("", register("c", 1, vec![])),
+        (AOR, register("", 1, vec![])),
+        (
+            AOR,
+            register(
+                "c",
+                1,
+                vec![upsert(ContactSpec::new("sip:a@h").q(1001), T0 + 1)],
+            ),
+        ),
+        (
+            AOR,
+            register("c", 1, vec![upsert(ContactSpec::new("sip:a@h"), u64::MAX)]),
+        ),
+    ];
+    for (aor, reg) in cases {
+        let err = store.apply(aor, &reg, T0).expect_err("invalid");
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    }
+    assert_eq!(store.count().expect("count"), 0);
+}
+
+#[test]
+fn contacts_of_one_register_matching_the_same_binding_are_not_out_of_order() {
+    let mut store = mem();
+    let first = add(&mut store, "c1", apns("tok1", "h1"));
+    // CSeq 2 of the same Call-ID: its second Contact matches the binding its first one just
+    // rewrote (same token), which now carries this very Call-ID and CSeq.
+    let applied = store
+        .apply(
+            AOR,
+            &register(
+                "c1",
+                2,
+                vec![
+                    upsert(apns("tok1", "h2"), T0 + 60),
+                    upsert(apns("tok1", "h3"), T0 + 90),
+                ],
+            ),
+            T0,
+        )
+        .expect("one request may touch a binding twice");
+    assert_eq!(applied.bindings.len(), 1);
+    assert_eq!(applied.bindings[0].id, first.id);
+    assert!(applied.bindings[0].contact.contains("@h3;"));
+}
