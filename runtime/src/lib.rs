@@ -8,9 +8,11 @@
 //! | [`auth`] | SIP digest authentication (MD5, SHA-256) and the users file of HA1 hashes |
 //! | [`config`] | the TOML configuration and its embedded defaults |
 //! | [`driver`] | the core driver: feeds the core with the time, keeps its timers |
+//! | [`store`] | bindings that survive a restart, in an embedded SQLite database |
 //! | [`demo`] | `pushpark demo`: scripted calls through the core on a simulated clock |
 
 pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod driver;
+pub mod store;
