@@ -8,6 +8,9 @@
 //! | [`auth`] | SIP digest authentication (MD5, SHA-256) and the users file of HA1 hashes |
 //! | [`config`] | the TOML configuration and its embedded defaults |
 //! | [`driver`] | the core driver: feeds the core with the time, keeps its timers |
+//! | [`push`] | push providers (webhook, log) behind one trait, dispatched off the SIP path |
+//! | [`sip`] | SIP syntax: framing, parsing, typed headers, validation, serialisation |
+//! | [`transport`] | UDP and TCP listeners and the flows devices are reached on |
 //! | [`store`] | bindings that survive a restart, in an embedded SQLite database |
 //! | [`demo`] | `pushpark demo`: scripted calls through the core on a simulated clock |
 
@@ -15,4 +18,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod driver;
+pub mod push;
+pub mod sip;
 pub mod store;
+pub mod transport;

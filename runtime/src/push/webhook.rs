@@ -1,0 +1,416 @@
+//! The `webhook` provider: JSON POST of the [`PushRequest`] to an operator's own push gateway.
+//!
+//! # Wire contract
+//!
+//! `POST <url>` with `Content-Type: application/json` and the [`PushRequest`] as body (see its
+//! docs for the field names), plus the configured auth header if any. The gateway answers:
+//!
+//! | answer | outcome |
+//! |---|---|
+//! | 2xx | [`PushOutcome::Accepted`] |
+//! | 404, 410 | permanent (token unknown / gone) |
+//! | 400 with JSON `{"reason": "...", "permanent": bool}` | as the body says (`permanent` defaults to `true`) |
+//! | 401, 403, 407 | **transient**: our credentials towards the gateway are wrong, not the token |
+//! | other 4xx | permanent |
+//! | 408, 425, 429, 5xx | transient |
+//! | 1xx/3xx (redirects are not followed) | transient |
+//! | connection refused, timeout, transport error | transient |
+//!
+//! For every non-2xx answer, a JSON body with a string `reason` supplies the reason name
+//! reported in [`PushOutcome::Failed`] (sanitised, at most 64 characters); otherwise the reason
+//! is `http <status>`. Only the first 4 KiB of a body are read.
+//!
+//! The 401/403/407 rule deviates from "other 4xx → permanent" on purpose: a wrong bearer token
+//! in our configuration must not make the registrar forget every device token it pushes to.
+//!
+//! # Timeouts
+//!
+//! Each request's timeout (connect + send + whole response) is
+//! `min(configured timeout, time left until the request's deadline)`; a request whose deadline
+//! has already passed is not sent ([`reasons::DEADLINE_EXPIRED`]).
+//!
+//! # Why reqwest
+//!
+//! `reqwest` (0.13, `default-features = false`, features `json`, `rustls`, `http2`) is the
+//! most widely used and maintained async HTTP client on hyper 1. It gives us, without code of our
+//! own: a connection pool with keep-alive reuse (HTTP/1.1) and multiplexing (HTTP/2, negotiated
+//! by ALPN over TLS or forced with prior knowledge for cleartext `h2c`), per-request timeouts
+//! covering connect + response body, redirect and proxy control, and TLS via rustls (no system
+//! OpenSSL). A bare hyper-util client would need us to assemble the TLS connector, timeouts and
+//! body limits by hand for no gain. Proxies from the environment are ignored (`no_proxy`), and
+//! redirects are not followed (a redirect could carry device tokens to another host).
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+
+use super::{reasons, redact_token, PushFuture, PushOutcome, PushProvider, PushRequest};
+
+/// Most bytes of a gateway answer body that are read.
+const MAX_BODY: usize = 4096;
+/// Most characters kept of a gateway-supplied reason.
+const MAX_REASON_CHARS: usize = 64;
+
+/// How the provider authenticates to the gateway.
+#[derive(Clone)]
+pub enum WebhookAuth {
+    /// `Authorization: Bearer <token>`.
+    Bearer(String),
+    /// A custom header, e.g. `X-Api-Key: <value>`.
+    Header {
+        /// Header name.
+        name: String,
+        /// Header value (kept out of logs).
+        value: String,
+    },
+}
+
+impl std::fmt::Debug for WebhookAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WebhookAuth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            WebhookAuth::Header { name, .. } => write!(f, "Header({name}: <redacted>)"),
+        }
+    }
+}
+
+/// Configuration of a [`WebhookProvider`].
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Name reported to logs and metrics (default `webhook`).
+    pub name: String,
+    /// Gateway URL, `http://` or `https://`.
+    pub url: String,
+    /// Upper bound for one request (connect + send + response); the request's deadline may
+    /// shorten it. Default 5 s.
+    pub timeout: Duration,
+    /// Upper bound for establishing a connection (TCP + TLS). Default 2 s.
+    pub connect_timeout: Duration,
+    /// Optional authentication towards the gateway.
+    pub auth: Option<WebhookAuth>,
+    /// Speak HTTP/2 without negotiation (cleartext `h2c` gateways). Over `https`, HTTP/2 is
+    /// negotiated by ALPN anyway, so leave this `false` there. Default `false`.
+    pub http2_prior_knowledge: bool,
+    /// How long an idle pooled connection is kept for reuse. Default 90 s.
+    pub pool_idle_timeout: Duration,
+}
+
+impl WebhookConfig {
+    /// A configuration with defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            name: "webhook".to_owned(),
+            url: url.into(),
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            auth: None,
+            http2_prior_knowledge: false,
+            pool_idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// A [`WebhookProvider`] could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The URL does not parse.
+    #[error("invalid webhook URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The configured URL.
+        url: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// The URL's scheme is neither `http` nor `https`.
+    #[error("webhook URL must be http or https, got scheme {0:?}")]
+    UnsupportedScheme(String),
+    /// The auth header name or value is not valid in HTTP.
+    #[error("invalid webhook auth header: {0}")]
+    InvalidAuthHeader(String),
+    /// A timeout of zero was configured.
+    #[error("webhook timeouts must be greater than zero")]
+    ZeroTimeout,
+    /// The HTTP client could not be built (e.g. TLS initialisation).
+    #[error("cannot build HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// Sends pushes as JSON POSTs to an operator's push gateway. Cheap to share; one connection
+/// pool for all pushes.
+#[derive(Debug)]
+pub struct WebhookProvider {
+    name: String,
+    url: Url,
+    timeout: Duration,
+    auth: Option<(HeaderName, HeaderValue)>,
+    client: reqwest::Client,
+}
+
+impl WebhookProvider {
+    /// Builds the provider and its HTTP client. Does no I/O.
+    pub fn new(config: WebhookConfig) -> Result<Self, WebhookError> {
+        let url = Url::parse(&config.url).map_err(|e| WebhookError::InvalidUrl {
+            url: config.url.clone(),
+            reason: e.to_string(),
+        })?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(WebhookError::UnsupportedScheme(url.scheme().to_owned()));
+        }
+        if config.timeout.is_zero() || config.connect_timeout.is_zero() {
+            return Err(WebhookError::ZeroTimeout);
+        }
+        let auth = match config.auth {
+            None => None,
+            Some(WebhookAuth::Bearer(token)) => Some((AUTHORIZATION, format!("Bearer {token}"))),
+            Some(WebhookAuth::Header { name, value }) => {
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| WebhookError::InvalidAuthHeader(e.to_string()))?;
+                Some((name, value))
+            }
+        };
+        let auth = match auth {
+            None => None,
+            Some((name, value)) => {
+                let mut value = HeaderValue::from_str(&value)
+                    .map_err(|e| WebhookError::InvalidAuthHeader(e.to_string()))?;
+                value.set_sensitive(true);
+                Some((name, value))
+            }
+        };
+
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("pushpark/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy();
+        if config.http2_prior_knowledge {
+            builder = builder.http2_prior_knowledge();
+        }
+        let client = builder.build()?;
+
+        Ok(Self {
+            name: config.name,
+            url,
+            timeout: config.timeout,
+            auth,
+            client,
+        })
+    }
+
+    async fn post(&self, request: &PushRequest) -> PushOutcome {
+        let Some(left) = request.time_left() else {
+            return PushOutcome::transient(reasons::DEADLINE_EXPIRED);
+        };
+        let timeout = self.timeout.min(left);
+
+        let mut builder = self
+            .client
+            .post(self.url.clone())
+            .timeout(timeout)
+            .json(request);
+        if let Some((name, value)) = &self.auth {
+            builder = builder.header(name.clone(), value.clone());
+        }
+
+        let mut response = match builder.send().await {
+            Ok(response) => response,
+            Err(error) => return self.transport_failure(request, &error),
+        };
+        let status = response.status();
+
+        // Read (a bounded prefix of) the body even on success, so an HTTP/1.1 connection can
+        // go back to the pool. A body read error only loses the reason text.
+        let body = read_body_prefix(&mut response).await;
+        let outcome = classify(status, &body);
+        if let PushOutcome::Failed { permanent, reason } = &outcome {
+            tracing::debug!(
+                provider = %self.name,
+                push_id = %request.id,
+                pn_prid = %redact_token(&request.pn_prid),
+                status = status.as_u16(),
+                permanent,
+                reason = %reason,
+                "webhook push refused"
+            );
+        }
+        outcome
+    }
+
+    fn transport_failure(&self, request: &PushRequest, error: &reqwest::Error) -> PushOutcome {
+        let reason = if error.is_timeout() {
+            reasons::TIMEOUT
+        } else if error.is_connect() {
+            reasons::CONNECT_FAILED
+        } else {
+            reasons::TRANSPORT_ERROR
+        };
+        tracing::debug!(
+            provider = %self.name,
+            push_id = %request.id,
+            error = %error,
+            reason,
+            "webhook push failed in transport"
+        );
+        PushOutcome::transient(reason)
+    }
+}
+
+impl PushProvider for WebhookProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send<'a>(&'a self, request: &'a PushRequest) -> PushFuture<'a> {
+        Box::pin(self.post(request))
+    }
+}
+
+/// Reads at most [`MAX_BODY`] bytes of the body; stops quietly on error or timeout.
+async fn read_body_prefix(response: &mut reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < MAX_BODY {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_BODY - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body
+}
+
+/// The optional JSON error body of a gateway answer.
+#[derive(Debug, Default, Deserialize)]
+struct GatewayAnswer {
+    reason: Option<String>,
+    permanent: Option<bool>,
+}
+
+/// Maps a gateway answer (status + body prefix) to an outcome; see the module docs.
+fn classify(status: StatusCode, body: &[u8]) -> PushOutcome {
+    if status.is_success() {
+        return PushOutcome::Accepted;
+    }
+    let answer: GatewayAnswer = serde_json::from_slice(body).unwrap_or_default();
+    let code = status.as_u16();
+    let reason = answer
+        .reason
+        .as_deref()
+        .and_then(sanitise_reason)
+        .unwrap_or_else(|| format!("http {code}"));
+    let permanent = match code {
+        404 | 410 => true,
+        400 => answer.permanent.unwrap_or(true),
+        // Our credentials towards the gateway, and "try again later" answers.
+        401 | 403 | 407 | 408 | 425 | 429 => false,
+        // Other 4xx are permanent; 1xx, 3xx and 5xx are transient.
+        _ => (400..500).contains(&code),
+    };
+    PushOutcome::Failed { permanent, reason }
+}
+
+/// Keeps a gateway-supplied reason usable as a log field and metric label: printable ASCII
+/// only (others become `_`), trimmed, at most [`MAX_REASON_CHARS`]. `None` if empty.
+fn sanitise_reason(raw: &str) -> Option<String> {
+    let cleaned: String = raw
+        .trim()
+        .chars()
+        .take(MAX_REASON_CHARS)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim().to_owned();
+    (!cleaned.is_empty()).then_some(cleaned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> StatusCode {
+        StatusCode::from_u16(code).expect("valid status")
+    }
+
+    #[test]
+    fn success_statuses_are_accepted() {
+        for code in [200, 201, 202, 204] {
+            assert_eq!(classify(status(code), b""), PushOutcome::Accepted, "{code}");
+        }
+    }
+
+    #[test]
+    fn gateway_credential_errors_do_not_kill_the_token() {
+        for code in [401, 403, 407] {
+            let outcome = classify(status(code), b"");
+            assert!(!outcome.is_permanent(), "{code} must be transient");
+        }
+    }
+
+    #[test]
+    fn transient_4xx_and_5xx_are_transient() {
+        for code in [408, 425, 429, 500, 502, 503, 504] {
+            let outcome = classify(status(code), b"");
+            assert_eq!(
+                outcome,
+                PushOutcome::transient(format!("http {code}")),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_4xx_are_permanent() {
+        for code in [404, 405, 410, 413, 422] {
+            assert!(classify(status(code), b"").is_permanent(), "{code}");
+        }
+    }
+
+    #[test]
+    fn redirects_are_transient() {
+        assert!(!classify(status(302), b"").is_permanent());
+    }
+
+    #[test]
+    fn bad_request_body_can_declare_transient() {
+        let outcome = classify(status(400), br#"{"reason":"Busy","permanent":false}"#);
+        assert_eq!(outcome, PushOutcome::transient("Busy"));
+    }
+
+    #[test]
+    fn bad_request_without_body_is_permanent() {
+        assert_eq!(
+            classify(status(400), b"not json"),
+            PushOutcome::permanent("http 400")
+        );
+    }
+
+    #[test]
+    fn body_permanent_flag_is_ignored_outside_400() {
+        let outcome = classify(status(503), br#"{"reason":"Down","permanent":true}"#);
+        assert_eq!(outcome, PushOutcome::transient("Down"));
+    }
+
+    #[test]
+    fn reasons_are_sanitised_and_bounded() {
+        let long = "x".repeat(500);
+        let body = format!(r#"{{"reason":"{long}"}}"#);
+        let outcome = classify(status(410), body.as_bytes());
+        assert_eq!(outcome.reason().map(str::len), Some(MAX_REASON_CHARS));
+
+        let outcome = classify(status(410), "{\"reason\":\"a\\nb\u{e9}\"}".as_bytes());
+        assert_eq!(outcome.reason(), Some("a_b_"));
+
+        let outcome = classify(status(410), br#"{"reason":"   "}"#);
+        assert_eq!(outcome.reason(), Some("http 410"));
+    }
+}

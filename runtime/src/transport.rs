@@ -1,0 +1,350 @@
+//! SIP over UDP and TCP: listeners, flows, and the one queue every inbound message joins.
+//!
+//! A **flow** is what a device can be reached on (RFC 5626): a TCP connection, or a UDP
+//! peer address on one of our sockets. Inbound messages carry their flow, so a response or
+//! a forwarded INVITE goes back exactly where the device's REGISTER came from. A TCP flow
+//! lives as long as its connection; when it closes, [`Inbound::Closed`] says so and its
+//! bindings become push-only again.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::config::{Listener, Transport};
+use crate::sip::{self, Frame, Message, ParseError};
+
+/// Identifies a flow for as long as it lives; never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowId(pub u64);
+
+/// Where a message came from, and the way back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub id: FlowId,
+    pub transport: Transport,
+    /// Our address the message arrived on.
+    pub local: SocketAddr,
+    /// The peer's address as we see it (after any NAT).
+    pub peer: SocketAddr,
+}
+
+impl fmt::Display for Flow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} <- {}", self.transport, self.local, self.peer)
+    }
+}
+
+/// What the transport hands to the server.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A whole message that parsed (it may still fail validation).
+    Message { flow: Flow, message: Message },
+    /// Octets that are no SIP message; nothing can be answered to them.
+    Garbage { flow: Flow, error: ParseError },
+    /// A TCP connection closed: its flow is gone.
+    Closed(FlowId),
+}
+
+/// Why a message could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("flow {0:?} is closed")]
+    FlowClosed(FlowId),
+    #[error("no {0} listener to send from")]
+    NoListener(Transport),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The bound listeners and the open connections.
+#[derive(Clone)]
+pub struct Transports {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    udp: Vec<Arc<UdpSocket>>,
+    tcp_local: Vec<SocketAddr>,
+    connections: Mutex<HashMap<FlowId, mpsc::UnboundedSender<Bytes>>>,
+    /// UDP flows by (our socket, peer), so a peer keeps its id.
+    udp_flows: Mutex<HashMap<(SocketAddr, SocketAddr), FlowId>>,
+    next_id: AtomicU64,
+    inbound: mpsc::Sender<Inbound>,
+    max_message: usize,
+}
+
+impl Transports {
+    /// Binds every listener and starts receiving; messages arrive on `inbound`.
+    pub async fn bind(
+        listeners: &[Listener],
+        max_message: usize,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> io::Result<Self> {
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        for listener in listeners {
+            match listener.transport {
+                Transport::Udp => udp.push(Arc::new(UdpSocket::bind(listener.address).await?)),
+                Transport::Tcp => tcp.push(TcpListener::bind(listener.address).await?),
+            }
+        }
+        let inner = Arc::new(Inner {
+            tcp_local: tcp
+                .iter()
+                .map(|l| l.local_addr())
+                .collect::<io::Result<_>>()?,
+            udp,
+            connections: Mutex::new(HashMap::new()),
+            udp_flows: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            inbound,
+            max_message,
+        });
+        for socket in &inner.udp {
+            tokio::spawn(receive_udp(Arc::clone(&inner), Arc::clone(socket)));
+        }
+        for listener in tcp {
+            tokio::spawn(accept_tcp(Arc::clone(&inner), listener));
+        }
+        Ok(Self { inner })
+    }
+
+    /// The addresses actually bound (port 0 in the configuration picks a free one).
+    pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
+        let udp = self.inner.udp.iter().filter_map(|s| s.local_addr().ok());
+        let udp = udp.map(|a| (Transport::Udp, a));
+        let tcp = self.inner.tcp_local.iter().map(|&a| (Transport::Tcp, a));
+        udp.chain(tcp).collect()
+    }
+
+    /// Whether the flow can still carry a message. UDP flows always can (whether the
+    /// peer still listens is the registrar's judgement); TCP flows while connected.
+    pub fn is_open(&self, flow: &Flow) -> bool {
+        match flow.transport {
+            Transport::Udp => true,
+            Transport::Tcp => lock(&self.inner.connections).contains_key(&flow.id),
+        }
+    }
+
+    /// Sends `bytes` over `flow` without waiting.
+    pub fn send(&self, flow: &Flow, bytes: Bytes) -> Result<(), SendError> {
+        match flow.transport {
+            Transport::Udp => {
+                let socket = self
+                    .inner
+                    .udp
+                    .iter()
+                    .find(|s| s.local_addr().ok() == Some(flow.local))
+                    .ok_or(SendError::NoListener(Transport::Udp))?;
+                match socket.try_send_to(&bytes, flow.peer) {
+                    Ok(_) => Ok(()),
+                    // The socket buffer is full: let a task wait for room.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        let socket = Arc::clone(socket);
+                        let peer = flow.peer;
+                        tokio::spawn(async move { socket.send_to(&bytes, peer).await });
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Transport::Tcp => lock(&self.inner.connections)
+                .get(&flow.id)
+                .and_then(|tx| tx.send(bytes).ok())
+                .ok_or(SendError::FlowClosed(flow.id)),
+        }
+    }
+
+    /// Sends to an address no flow leads to yet: over UDP from our first UDP socket of the
+    /// same address family, or over a new TCP connection (RFC 3261 §18.2.2: a response
+    /// whose connection closed is sent over a new one to the Via's address).
+    pub async fn send_to(
+        &self,
+        transport: Transport,
+        peer: SocketAddr,
+        bytes: Bytes,
+    ) -> Result<Flow, SendError> {
+        match transport {
+            Transport::Udp => {
+                let socket = self
+                    .inner
+                    .udp
+                    .iter()
+                    .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == peer.is_ipv4()))
+                    .ok_or(SendError::NoListener(Transport::Udp))?;
+                let local = socket.local_addr()?;
+                socket.send_to(&bytes, peer).await?;
+                Ok(self.inner.udp_flow(local, peer))
+            }
+            Transport::Tcp => {
+                let stream = TcpStream::connect(peer).await?;
+                let flow = self.inner.open_connection(stream)?;
+                self.send(&flow, bytes)?;
+                Ok(flow)
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves the map itself consistent.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Inner {
+    fn new_id(&self) -> FlowId {
+        FlowId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn udp_flow(&self, local: SocketAddr, peer: SocketAddr) -> Flow {
+        let id = *lock(&self.udp_flows)
+            .entry((local, peer))
+            .or_insert_with(|| self.new_id());
+        Flow {
+            id,
+            transport: Transport::Udp,
+            local,
+            peer,
+        }
+    }
+
+    /// Registers a connection and starts its reader and writer.
+    fn open_connection(self: &Arc<Self>, stream: TcpStream) -> io::Result<Flow> {
+        stream.set_nodelay(true)?;
+        let flow = Flow {
+            id: self.new_id(),
+            transport: Transport::Tcp,
+            local: stream.local_addr()?,
+            peer: stream.peer_addr()?,
+        };
+        let (reader, mut writer) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+        lock(&self.connections).insert(flow.id, tx);
+        tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                if writer.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(read_tcp(Arc::clone(self), flow.clone(), reader));
+        Ok(flow)
+    }
+}
+
+async fn receive_udp(inner: Arc<Inner>, socket: Arc<UdpSocket>) {
+    let Ok(local) = socket.local_addr() else {
+        return;
+    };
+    let mut buf = BytesMut::zeroed(65_536);
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(received) => received,
+            // ICMP port unreachable and the like surface here on some systems.
+            Err(e) => {
+                debug!("UDP {local}: {e}");
+                continue;
+            }
+        };
+        let datagram = Bytes::copy_from_slice(&buf[..len]);
+        let flow = inner.udp_flow(local, peer);
+        let item = match sip::parse_datagram_bytes(datagram) {
+            // A CRLF keep-alive over UDP needs no answer (RFC 5626 uses STUN there).
+            Err(ParseError::KeepAlive) => continue,
+            Err(error) => Inbound::Garbage { flow, error },
+            Ok(_) if len > inner.max_message => Inbound::Garbage {
+                flow,
+                error: ParseError::MessageTooLarge,
+            },
+            Ok(message) => Inbound::Message { flow, message },
+        };
+        if inner.inbound.send(item).await.is_err() {
+            return; // the server stopped
+        }
+    }
+}
+
+async fn accept_tcp(inner: Arc<Inner>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                if let Err(e) = inner.open_connection(stream) {
+                    debug!("TCP accept: {e}");
+                }
+            }
+            Err(e) => {
+                warn!("TCP accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn read_tcp(inner: Arc<Inner>, flow: Flow, mut reader: tokio::net::tcp::OwnedReadHalf) {
+    let mut buf = BytesMut::with_capacity(8192);
+    'connection: loop {
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        loop {
+            match sip::frame_stream(&buf) {
+                Ok(None) if buf.len() > inner.max_message => {
+                    let error = ParseError::MessageTooLarge;
+                    let _ = inner
+                        .inbound
+                        .send(Inbound::Garbage {
+                            flow: flow.clone(),
+                            error,
+                        })
+                        .await;
+                    break 'connection;
+                }
+                Ok(None) => break,
+                Ok(Some((consumed, frame))) => {
+                    let _ = buf.split_to(consumed);
+                    match frame {
+                        // RFC 5626 §4.4.1: answer a CRLFCRLF ping with a CRLF pong.
+                        Frame::Ping => {
+                            if let Some(tx) = lock(&inner.connections).get(&flow.id) {
+                                let _ = tx.send(Bytes::from_static(b"\r\n"));
+                            }
+                        }
+                        Frame::Pong => {}
+                        Frame::Message(message) => {
+                            let item = Inbound::Message {
+                                flow: flow.clone(),
+                                message,
+                            };
+                            if inner.inbound.send(item).await.is_err() {
+                                break 'connection;
+                            }
+                        }
+                    }
+                }
+                // The framing is lost: nothing after this can be trusted (RFC 3261 §18.3).
+                Err(error) => {
+                    let _ = inner
+                        .inbound
+                        .send(Inbound::Garbage {
+                            flow: flow.clone(),
+                            error,
+                        })
+                        .await;
+                    break 'connection;
+                }
+            }
+        }
+    }
+    lock(&inner.connections).remove(&flow.id);
+    let _ = inner.inbound.send(Inbound::Closed(flow.id)).await;
+}
