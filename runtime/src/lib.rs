@@ -10,6 +10,7 @@
 //! | [`driver`] | the core driver: feeds the core with the time, keeps its timers |
 //! | [`push`] | push providers (webhook, log) behind one trait, dispatched off the SIP path |
 //! | [`sip`] | SIP syntax: framing, parsing, typed headers, validation, serialisation |
+//! | [`transaction`] | RFC 3261 §17 transactions and their timers, sans-IO (RFC 6026 included) |
 //! | [`transport`] | UDP and TCP listeners and the flows devices are reached on |
 //! | [`store`] | bindings that survive a restart, in an embedded SQLite database |
 //! | [`demo`] | `pushpark demo`: scripted calls through the core on a simulated clock |
@@ -21,4 +22,5 @@ pub mod driver;
 pub mod push;
 pub mod sip;
 pub mod store;
+pub mod transaction;
 pub mod transport;
