@@ -189,6 +189,11 @@ impl Core {
         self.calls.is_empty() && self.by_aor.is_empty()
     }
 
+    /// Whether the core still holds `call`: once it does not, no effect will name it again.
+    pub fn holds(&self, call: CallId) -> bool {
+        self.calls.contains_key(&call)
+    }
+
     /// Calls whose caller has no final response yet.
     pub fn calls_in_progress(&self) -> usize {
         self.calls.values().filter(|c| c.is_pending()).count()

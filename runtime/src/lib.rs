@@ -8,7 +8,10 @@
 //! | [`auth`] | SIP digest authentication (MD5, SHA-256) and the users file of HA1 hashes |
 //! | [`config`] | the TOML configuration and its embedded defaults |
 //! | [`driver`] | the core driver: feeds the core with the time, keeps its timers |
+//! | [`proxy`] | INVITE, CANCEL and in-dialog requests; the core's effects carried out as SIP |
 //! | [`push`] | push providers (webhook, log) behind one trait, dispatched off the SIP path |
+//! | [`registrar`] | REGISTER: bindings, expiry, RFC 8599 push parameters, Feature-Caps |
+//! | [`server`] | the event loop that owns it all; start and shutdown |
 //! | [`sip`] | SIP syntax: framing, parsing, typed headers, validation, serialisation |
 //! | [`transaction`] | RFC 3261 §17 transactions and their timers, sans-IO (RFC 6026 included) |
 //! | [`transport`] | UDP and TCP listeners and the flows devices are reached on |
@@ -19,7 +22,10 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod driver;
+pub mod proxy;
 pub mod push;
+pub mod registrar;
+pub mod server;
 pub mod sip;
 pub mod store;
 pub mod transaction;

@@ -13,6 +13,8 @@ use clap::{Parser, Subcommand};
 use pushpark::auth::{self, UsersError};
 use pushpark::config::{Config, ConfigError};
 use pushpark::demo;
+use pushpark::server::{Server, StartError};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "pushpark", version, about)]
@@ -23,6 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve SIP: the registrar and proxy that parks calls (embedded defaults without --config).
+    Run {
+        /// The TOML configuration (see runtime/pushpark.example.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Play scripted calls through the call-parking core on a simulated clock.
     Demo,
     /// Check a configuration file and print the configuration it gives.
@@ -58,6 +66,8 @@ enum UserAction {
 #[derive(Debug, thiserror::Error)]
 enum Failure {
     #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
     Users(#[from] UsersError),
@@ -70,6 +80,14 @@ enum Failure {
 fn run(command: Command) -> Result<(), Failure> {
     let mut out = io::stdout().lock();
     match command {
+        Command::Run { config } => {
+            let config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            drop(out);
+            return serve(config);
+        }
         Command::Demo => demo::run(&mut out)?,
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
@@ -106,6 +124,38 @@ fn run(command: Command) -> Result<(), Failure> {
         },
     }
     Ok(())
+}
+
+/// Runs the server until Ctrl-C or SIGTERM.
+fn serve(config: Config) -> Result<(), Failure> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let server = Server::start(config).await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn main() -> ExitCode {

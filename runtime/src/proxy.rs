@@ -1,0 +1,975 @@
+//! The proxy: INVITE, CANCEL, ACK, BYE and the other requests, and the responses of the
+//! branches it forwards. It turns SIP into core events and carries out the core's effects
+//! as SIP: pushes, forwarded INVITEs, CANCELs, relayed and generated responses.
+//!
+//! Dialogs are record-routed with a flow token (RFC 5626 §5.3.1 in spirit): the
+//! Record-Route user part names the caller's flow and the device's flow, so a BYE from
+//! either side goes back over the other side's flow even when the device sits behind NAT.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use pushpark_model::{CallId, Callee, DeviceId, Effect, EndReason, Event};
+use tracing::{debug, info};
+
+use crate::auth::{parse_authorization, ChallengeKind, Verdict};
+use crate::config::Transport;
+use crate::push::{PushKind, PushRequest};
+use crate::registrar::{aor_of, without_pn_params};
+use crate::server::{unix_now, Outgoing, State};
+use crate::sip::{
+    default_reason, parse_datagram_bytes, validate_request, HeaderName, Message, Method, SipUri,
+    Uri,
+};
+use crate::transaction::{
+    self, Key, RequestOutcome, ResponseOutcome, Timer as TxTimer, TuEvent, MAGIC_COOKIE,
+};
+use crate::transport::{Flow, FlowId};
+
+/// Branches of requests forwarded without a transaction (in-dialog requests).
+const STATELESS: &str = "z9hG4bKpps";
+/// Branches of INVITEs and CANCELs the proxy sends on behalf of a call.
+const STATEFUL: &str = "z9hG4bKppc";
+
+/// The calls in progress, by the core's id and by their INVITE server transaction.
+#[derive(Default)]
+pub(crate) struct Calls {
+    by_id: HashMap<CallId, CallContext>,
+    by_invite: HashMap<Key, CallId>,
+    next: u64,
+}
+
+/// What the proxy keeps of a call beside the core: the SIP the core never sees.
+pub(crate) struct CallContext {
+    invite: Message,
+    flow: Flow,
+    key: Key,
+    aor: String,
+    to_tag: String,
+    answered: bool,
+    branches: HashMap<DeviceId, BranchContext>,
+}
+
+struct BranchContext {
+    key: Key,
+    flow: Flow,
+    /// The INVITE as sent to the device.
+    invite: Message,
+    provisional: bool,
+    /// A CANCEL is due (with the reason to give, if any), waiting for a provisional.
+    cancel_pending: Option<Option<EndReason>>,
+    cancel_sent: bool,
+    /// The last response of the branch, to relay.
+    response: Option<Message>,
+    /// The branch only tells a woken device that its call ended.
+    telling: Option<EndReason>,
+    answered: bool,
+}
+
+/// Client transactions of branches, back to their call and device.
+#[derive(Default)]
+pub(crate) struct Branches {
+    by_key: HashMap<Key, (CallId, DeviceId)>,
+}
+
+impl Branches {
+    pub fn terminated(&mut self, key: &Key) {
+        self.by_key.remove(key);
+    }
+}
+
+/// The ACK an INVITE client transaction sends for a 3xx–6xx (RFC 3261 §17.1.1.3): the
+/// INVITE's Request-URI, top Via, From, Call-ID and Route, the response's To.
+pub(crate) fn ack_for_non_2xx(invite: &Outgoing, response: &Outgoing) -> Outgoing {
+    let bytes = match (
+        parse_datagram_bytes(invite.bytes.clone()),
+        parse_datagram_bytes(response.bytes.clone()),
+    ) {
+        (Ok(invite), Ok(response)) => {
+            let header = |m: &Message, name| raw(m, name).unwrap_or_default().to_owned();
+            let mut text = format!(
+                "ACK {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\n",
+                invite.request_uri_str().unwrap_or_default(),
+                header(&invite, HeaderName::Via),
+                header(&invite, HeaderName::From),
+                header(&response, HeaderName::To),
+                header(&invite, HeaderName::CallId),
+                invite.cseq().and_then(Result::ok).map_or(1, |c| c.seq),
+            );
+            for route in invite.values(HeaderName::Route) {
+                text.push_str(&format!("Route: {}\r\n", String::from_utf8_lossy(route)));
+            }
+            text.push_str("Content-Length: 0\r\n\r\n");
+            Bytes::from(text)
+        }
+        _ => Bytes::new(),
+    };
+    Outgoing {
+        flow: invite.flow.clone(),
+        bytes,
+    }
+}
+
+fn raw(message: &Message, name: HeaderName) -> Option<&str> {
+    message
+        .first(name)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+fn format_addr(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+/// The transaction key of a request: its top Via's branch and sent-by, and its method.
+fn server_key(request: &Message) -> Result<(Key, transaction::Method), &'static str> {
+    let via = match request.top_via() {
+        Some(Ok(via)) => via,
+        _ => return Err("Malformed Via"),
+    };
+    let branch = via.branch().unwrap_or_default();
+    if !branch.starts_with(MAGIC_COOKIE) {
+        return Err("Via branch lacks the RFC 3261 magic cookie");
+    }
+    let sent_by = match via.port {
+        Some(port) => format!("{}:{port}", via.host_raw),
+        None => via.host_raw.to_owned(),
+    };
+    let method = transaction::Method::from_token(request.method().map_or("", |m| m.as_str()));
+    Key::server(branch, &sent_by, &method)
+        .map(|key| (key, method))
+        .map_err(|_| "Malformed Via")
+}
+
+fn tx_transport(flow: &Flow) -> transaction::Transport {
+    match flow.transport {
+        Transport::Udp => transaction::Transport::Unreliable,
+        Transport::Tcp => transaction::Transport::Reliable,
+    }
+}
+
+/// Where a SIP URI leads: its address and transport (numeric hosts only; pushpark routes
+/// dialogs of devices it serves, which register with their addresses).
+fn uri_target(uri: &SipUri<'_>) -> Option<(Transport, SocketAddr)> {
+    let ip: IpAddr = uri.host.ip()?;
+    let transport = match uri.transport() {
+        Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+        _ => Transport::Udp,
+    };
+    Some((transport, SocketAddr::new(ip, uri.port.unwrap_or(5060))))
+}
+
+impl State {
+    /// A request from any peer: checked, matched to its transaction, then handled.
+    pub(crate) fn on_request(&mut self, flow: Flow, request: Message) {
+        if let Err(rejection) = validate_request(&request) {
+            return self.respond_stateless(&flow, &request, rejection.code, &rejection.reason);
+        }
+        let (key, method) = match server_key(&request) {
+            Ok(found) => found,
+            Err(reason) => return self.respond_stateless(&flow, &request, 400, reason),
+        };
+        // Requests routed through us inside a dialog are forwarded without a transaction.
+        if self.is_routed_through_us(&request) {
+            return self.route_in_dialog(&flow, request);
+        }
+        let out = Outgoing {
+            flow: flow.clone(),
+            bytes: request.bytes(),
+        };
+        let now = self.now();
+        match self
+            .transactions
+            .handle_request(now, &key, &method, tx_transport(&flow), out)
+        {
+            Ok(RequestOutcome::New(_)) => {}
+            Ok(RequestOutcome::Absorbed) | Ok(RequestOutcome::Ack { matched: true, .. }) => return,
+            Ok(RequestOutcome::Ack { matched: false, .. }) => {
+                // An ACK for a 2xx that did not name our Record-Route: nothing to route it by.
+                return debug!("{flow}: stray ACK dropped");
+            }
+            Err(e) => return debug!("{flow}: transaction: {e:?}"),
+        }
+        match request.method() {
+            Some(m) if m.as_str() == "REGISTER" => self.on_register(flow, key, request),
+            Some(m) if m.as_str() == "INVITE" => self.on_invite(flow, key, request),
+            Some(m) if m.as_str() == "CANCEL" => self.on_cancel(flow, key, request),
+            Some(m) if m.as_str() == "OPTIONS" && self.request_is_for_us(&request) => {
+                self.reply(&flow, &key, &request, 200, &[("Allow", ALLOW.to_owned())]);
+            }
+            Some(Method::Extension(_)) => self.reply(&flow, &key, &request, 501, &[]),
+            _ => self.reply(&flow, &key, &request, 405, &[("Allow", ALLOW.to_owned())]),
+        }
+    }
+
+    /// Answers a request through its server transaction.
+    fn reply(
+        &mut self,
+        flow: &Flow,
+        key: &Key,
+        request: &Message,
+        code: u16,
+        extra: &[(&str, String)],
+    ) {
+        let mut response = request.response(code).reason(default_reason(code));
+        if code >= 200 {
+            response = response.to_tag(&format!("pp{}", self.next_id()));
+        }
+        for (name, value) in extra {
+            response = response.header(name, value);
+        }
+        let out = Outgoing {
+            flow: flow.clone(),
+            bytes: response.to_bytes().into(),
+        };
+        let _ = self.transactions.send_response(self.now(), key, code, out);
+    }
+
+    /// The Request-URI names this server itself (no user part), as OPTIONS pings do.
+    fn request_is_for_us(&self, request: &Message) -> bool {
+        match request.request_uri() {
+            Some(Ok(Uri::Sip(uri))) => uri.user.is_none() && self.is_local_host(uri.host_raw),
+            _ => false,
+        }
+    }
+
+    fn is_routed_through_us(&self, request: &Message) -> bool {
+        match request.routes().next() {
+            Some(Ok(route)) => match &route.uri {
+                Uri::Sip(uri) => {
+                    uri.user.is_some_and(|u| u.starts_with("pp-"))
+                        && self.is_local_host(uri.host_raw)
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    fn on_invite(&mut self, flow: Flow, key: Key, invite: Message) {
+        let reply = |state: &mut State, code: u16, extra: &[(&str, String)]| {
+            state.reply(&flow, &key, &invite, code, extra)
+        };
+        if invite.max_forwards_or_default().unwrap_or(70) == 0 {
+            return reply(self, 483, &[]);
+        }
+        // RFC 3261 §16.3 step 5: we support no extension a proxy could be required to.
+        if let Ok(tags) = invite.option_tags(HeaderName::ProxyRequire) {
+            if !tags.is_empty() {
+                return reply(self, 420, &[("Unsupported", tags.join(", "))]);
+            }
+        }
+        let Some(Ok(Uri::Sip(ruri))) = invite.request_uri() else {
+            return reply(self, 416, &[]);
+        };
+        // No open relay: only our own domains are served.
+        if !self.is_local_host(ruri.host_raw) {
+            return reply(self, 403, &[]);
+        }
+        let Some(aor) = aor_of(&ruri) else {
+            return reply(self, 404, &[]);
+        };
+        if let Some(challenge) = self.invite_needs_auth(&flow, &invite) {
+            return reply(self, 407, &challenge);
+        }
+        // 100 Trying at once: it quenches retransmissions and lets the caller CANCEL.
+        reply(self, 100, &[]);
+        let callee = match &self.auth {
+            Some((_, users))
+                if !users
+                    .entries()
+                    .iter()
+                    .any(|u| aor_user(&aor) == Some(u.username.as_str())) =>
+            {
+                Callee::Unknown
+            }
+            _ => Callee::Devices(
+                self.bindings
+                    .targets(&aor, unix_now(), |f| self.transports.is_open(f)),
+            ),
+        };
+        self.calls.next += 1;
+        let call = CallId(self.calls.next);
+        let aor_id = self.aor_id(&aor);
+        let to_tag = format!("pp{}", self.next_id());
+        self.calls.by_invite.insert(key.clone(), call);
+        self.calls.by_id.insert(
+            call,
+            CallContext {
+                invite,
+                flow,
+                key,
+                aor,
+                to_tag,
+                answered: false,
+                branches: HashMap::new(),
+            },
+        );
+        self.feed(Event::CallArrived {
+            call,
+            aor: aor_id,
+            callee,
+        });
+        self.forget_if_done(call);
+    }
+
+    /// The 407 challenge an INVITE from one of our own users must answer, if any.
+    fn invite_needs_auth(
+        &self,
+        flow: &Flow,
+        invite: &Message,
+    ) -> Option<Vec<(&'static str, String)>> {
+        let (digest, users) = self.auth.as_ref()?;
+        if self
+            .config
+            .auth
+            .trusted_peers
+            .iter()
+            .any(|net| net.contains(&flow.peer.ip()))
+        {
+            return None;
+        }
+        let from = invite.from_header()?.ok()?;
+        let Uri::Sip(from_uri) = &from.uri else {
+            return None;
+        };
+        if !self.is_local_host(from_uri.host_raw) {
+            return None;
+        }
+        let now = unix_now();
+        let uri = invite.request_uri_str().unwrap_or_default();
+        let verdict = invite
+            .first_str(HeaderName::ProxyAuthorization)
+            .and_then(Result::ok)
+            .and_then(|v| parse_authorization(v).ok())
+            .map(|c| digest.verify_user(&c, "INVITE", uri, users, now));
+        match verdict {
+            Some(Verdict::Authenticated { username })
+                if from_uri.user == Some(username.as_str()) =>
+            {
+                None
+            }
+            other => {
+                let stale = matches!(other, Some(Verdict::Stale));
+                let header = ChallengeKind::Proxy.challenge_header();
+                Some(
+                    digest
+                        .challenges(now, stale)
+                        .into_iter()
+                        .map(|c| (header, c))
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    fn on_cancel(&mut self, flow: Flow, key: Key, cancel: Message) {
+        let call = key
+            .cancelled_invite()
+            .and_then(|invite| self.calls.by_invite.get(&invite).copied());
+        match call {
+            Some(call) => {
+                // RFC 3261 §16.10: 200 to the CANCEL at once; the core decides the rest.
+                self.reply(&flow, &key, &cancel, 200, &[]);
+                self.feed(Event::CallerCancelled { call });
+                self.forget_if_done(call);
+            }
+            None => self.reply(&flow, &key, &cancel, 481, &[]),
+        }
+    }
+
+    /// A response from a peer: a branch of ours, or one we forwarded statelessly.
+    pub(crate) fn on_response(&mut self, flow: Flow, response: Message) {
+        let Some(Ok(via)) = response.top_via() else {
+            return;
+        };
+        let branch = via.branch().unwrap_or_default().to_owned();
+        if branch.starts_with(STATELESS) {
+            return self.forward_response_statelessly(response);
+        }
+        let Some(Ok(cseq)) = response.cseq() else {
+            return;
+        };
+        let method = transaction::Method::from_token(cseq.method().as_str());
+        let Ok(key) = Key::client(&branch, &method) else {
+            return;
+        };
+        let Some(status) = response.status() else {
+            return;
+        };
+        let out = Outgoing {
+            flow: flow.clone(),
+            bytes: response.bytes(),
+        };
+        let now = self.now();
+        let delivered = match self.transactions.handle_response(now, &key, status, out) {
+            Ok(ResponseOutcome::Deliver(_)) => true,
+            Ok(ResponseOutcome::Absorbed) | Ok(ResponseOutcome::Stray(_)) | Err(_) => false,
+        };
+        if !delivered || method != transaction::Method::Invite {
+            return;
+        }
+        let Some(&(call, device)) = self.branches.by_key.get(&key) else {
+            return;
+        };
+        self.on_branch_response(call, device, status, response);
+    }
+
+    fn on_branch_response(
+        &mut self,
+        call: CallId,
+        device: DeviceId,
+        status: u16,
+        response: Message,
+    ) {
+        let Some(ctx) = self.calls.by_id.get_mut(&call) else {
+            return;
+        };
+        let Some(branch) = ctx.branches.get_mut(&device) else {
+            return;
+        };
+        if (101..200).contains(&status) {
+            branch.provisional = true;
+        }
+        if let Some(reason) = branch.telling {
+            // The device only had to learn the call ended: CANCEL once it rings, hang up
+            // a 2xx, and let the rest go.
+            if status < 200 && status > 100 && branch.cancel_pending.is_none() {
+                branch.cancel_pending = Some(Some(reason));
+                self.send_cancel(call, device);
+            } else if (200..300).contains(&status) {
+                self.hang_up(call, device, &response);
+            }
+            return;
+        }
+        let cancel_now = branch.cancel_pending.is_some() && branch.provisional && status < 200;
+        let event = match status {
+            100 => return,
+            101..=199 => {
+                branch.response = Some(response);
+                Event::BranchRang { call, device }
+            }
+            200..=299 if branch.answered => {
+                // A retransmitted 2xx (RFC 6026): pass it on to the caller as it is.
+                let bytes = response.forward().pop_via().to_bytes().into();
+                let flow = ctx.flow.clone();
+                return self.send(&flow, bytes);
+            }
+            200..=299 => {
+                branch.answered = true;
+                branch.response = Some(response);
+                Event::BranchAnswered { call, device }
+            }
+            _ => {
+                branch.response = Some(response);
+                Event::BranchRejected {
+                    call,
+                    device,
+                    code: status,
+                }
+            }
+        };
+        if cancel_now {
+            self.send_cancel(call, device);
+        }
+        self.feed(event);
+        self.forget_if_done(call);
+    }
+
+    pub(crate) fn on_transaction_event(&mut self, event: TuEvent) {
+        match event {
+            TuEvent::SendTrying { key } => {
+                if let Some(ctx) = self
+                    .calls
+                    .by_invite
+                    .get(&key)
+                    .and_then(|c| self.calls.by_id.get(c))
+                {
+                    let bytes = ctx.invite.response(100).reason("Trying").to_bytes().into();
+                    let out = Outgoing {
+                        flow: ctx.flow.clone(),
+                        bytes,
+                    };
+                    let _ = self.transactions.send_response(self.now(), &key, 100, out);
+                }
+            }
+            TuEvent::Timeout { key, timer } => {
+                if let Some(&(call, device)) = self.branches.by_key.get(&key) {
+                    let telling = self
+                        .branch(call, device)
+                        .is_some_and(|b| b.telling.is_some());
+                    if !telling && matches!(timer, TxTimer::B | TxTimer::C | TxTimer::CancelWait) {
+                        self.feed(Event::BranchRejected {
+                            call,
+                            device,
+                            code: 408,
+                        });
+                        self.forget_if_done(call);
+                    }
+                }
+            }
+            TuEvent::CancelNeeded { key } => {
+                if let Some(&(call, device)) = self.branches.by_key.get(&key) {
+                    self.send_cancel(call, device);
+                }
+            }
+            TuEvent::TransportError { key } => {
+                if let Some(&(call, device)) = self.branches.by_key.get(&key) {
+                    self.feed(Event::BranchUnreachable { call, device });
+                    self.forget_if_done(call);
+                }
+            }
+        }
+    }
+
+    fn branch(&self, call: CallId, device: DeviceId) -> Option<&BranchContext> {
+        self.calls.by_id.get(&call)?.branches.get(&device)
+    }
+
+    /// Carries out one effect of the core.
+    pub(crate) fn apply_effect(&mut self, effect: Effect) {
+        match effect {
+            Effect::Push { call, device } => self.push(call, device),
+            Effect::Forward { call, device } => self.forward(call, device, None),
+            Effect::TellEnded {
+                call,
+                device,
+                reason,
+            } => self.forward(call, device, Some(reason)),
+            Effect::CancelBranch { call, device } => {
+                let ready = match self
+                    .calls
+                    .by_id
+                    .get_mut(&call)
+                    .and_then(|c| c.branches.get_mut(&device))
+                {
+                    Some(branch) => {
+                        branch.cancel_pending = Some(None);
+                        branch.provisional
+                    }
+                    None => false,
+                };
+                // RFC 3261 §9.1: a CANCEL waits for the branch's first provisional.
+                if ready {
+                    self.send_cancel(call, device);
+                }
+            }
+            Effect::HangUpBranch { call, device } => {
+                if let Some(response) = self.branch(call, device).and_then(|b| b.response.clone()) {
+                    self.hang_up(call, device, &response);
+                }
+            }
+            Effect::RelayProvisional { call, device } => self.relay(call, device),
+            Effect::Respond { call, code, relay } => {
+                match relay {
+                    Some(device) => self.relay(call, device),
+                    None => self.respond(call, code),
+                }
+                if let Some(ctx) = self.calls.by_id.get_mut(&call) {
+                    ctx.answered = true;
+                }
+                info!("call {call}: final response {code}");
+            }
+            Effect::ArmTimer { .. } | Effect::DisarmTimer { .. } => {}
+            Effect::ForgetPushToken { device } => {
+                if let Some((id, prid)) = self.bindings.forget_push(device) {
+                    self.with_store(move |store| {
+                        if let Err(e) = store.forget_push_token(id, &prid) {
+                            tracing::error!("store: forgetting a dead token: {e}");
+                        }
+                        crate::server::Input::Nothing
+                    });
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, call: CallId, device: DeviceId) {
+        let id = format!("{call}-{device}-{}", self.next_id());
+        let (Some(ctx), Some(binding)) = (self.calls.by_id.get(&call), self.bindings.get(device))
+        else {
+            return self.feed(Event::PushFailed {
+                call,
+                device,
+                permanent: false,
+            });
+        };
+        let Some(push) = binding.push.clone() else {
+            return self.feed(Event::PushFailed {
+                call,
+                device,
+                permanent: true,
+            });
+        };
+        let from = ctx.invite.from_header().and_then(Result::ok);
+        let request = PushRequest {
+            id,
+            kind: PushKind::IncomingCall,
+            callee_aor: ctx.aor.clone(),
+            pn_provider: push.provider,
+            pn_prid: push.prid,
+            pn_param: push.param,
+            caller_uri: from
+                .as_ref()
+                .map(|f| f.uri_raw.to_owned())
+                .unwrap_or_default(),
+            caller_display_name: from
+                .as_ref()
+                .and_then(|f| f.display_name)
+                .map(|d| crate::sip::unquote(d).to_owned()),
+            call_id: raw(&ctx.invite, HeaderName::CallId)
+                .unwrap_or_default()
+                .to_owned(),
+            deadline: SystemTime::now()
+                + Duration::from_millis(self.driver.core().config().park_timeout),
+        };
+        // Whether queued or refused, the outcome comes back as a report.
+        let _ = self.dispatcher.submit(request, (call, device));
+    }
+
+    /// Sends the caller's INVITE to the device over the flow of its last REGISTER; with
+    /// `telling`, only so that a CANCEL with that reason can follow.
+    fn forward(&mut self, call: CallId, device: DeviceId, telling: Option<EndReason>) {
+        let flow = self
+            .bindings
+            .flow(device)
+            .cloned()
+            .filter(|f| self.transports.is_open(f));
+        let (Some(flow), Some(binding)) = (flow, self.bindings.get(device)) else {
+            if telling.is_none() {
+                self.feed(Event::BranchUnreachable { call, device });
+            }
+            return;
+        };
+        let contact = without_pn_params(&binding.contact);
+        let branch = format!("{STATEFUL}{}", self.next_id());
+        let Some(ctx) = self.calls.by_id.get(&call) else {
+            return;
+        };
+        let local = format_addr(flow.local);
+        let via = format!("SIP/2.0/{} {local};branch={branch}", flow.transport);
+        let record_route = format!("<sip:pp-{}-{}@{local};lr>", ctx.flow.id.0, flow.id.0);
+        let max_forwards = ctx
+            .invite
+            .max_forwards_or_default()
+            .unwrap_or(70)
+            .saturating_sub(1);
+        let mut forward = ctx
+            .invite
+            .forward()
+            .request_uri(&contact)
+            .push_via(&via)
+            .max_forwards(max_forwards)
+            .record_route(&record_route);
+        if self.is_routed_through_us(&ctx.invite) {
+            forward = forward.pop_route();
+        }
+        let bytes: Bytes = forward.to_bytes().into();
+        let Ok(invite) = parse_datagram_bytes(bytes.clone()) else {
+            return;
+        };
+        let Ok(key) = Key::client(&branch, &transaction::Method::Invite) else {
+            return;
+        };
+        let out = Outgoing {
+            flow: flow.clone(),
+            bytes,
+        };
+        let now = self.now();
+        if self
+            .transactions
+            .start_proxied_invite(now, key.clone(), tx_transport(&flow), out)
+            .is_err()
+        {
+            return;
+        }
+        self.branches.by_key.insert(key.clone(), (call, device));
+        if let Some(ctx) = self.calls.by_id.get_mut(&call) {
+            ctx.branches.insert(
+                device,
+                BranchContext {
+                    key,
+                    flow,
+                    invite,
+                    provisional: false,
+                    cancel_pending: None,
+                    cancel_sent: false,
+                    response: None,
+                    telling,
+                    answered: false,
+                },
+            );
+        }
+    }
+
+    /// CANCELs a branch (RFC 3261 §9.1), with an RFC 3326 Reason when a woken device is
+    /// told why its call ended.
+    fn send_cancel(&mut self, call: CallId, device: DeviceId) {
+        let now = self.now();
+        let Some(branch) = self
+            .calls
+            .by_id
+            .get_mut(&call)
+            .and_then(|c| c.branches.get_mut(&device))
+        else {
+            return;
+        };
+        if branch.cancel_sent {
+            return;
+        }
+        branch.cancel_sent = true;
+        let invite = &branch.invite;
+        let mut text = format!(
+            "CANCEL {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} CANCEL\r\n",
+            invite.request_uri_str().unwrap_or_default(),
+            raw(invite, HeaderName::Via).unwrap_or_default(),
+            raw(invite, HeaderName::From).unwrap_or_default(),
+            raw(invite, HeaderName::To).unwrap_or_default(),
+            raw(invite, HeaderName::CallId).unwrap_or_default(),
+            invite.cseq().and_then(Result::ok).map_or(1, |c| c.seq),
+        );
+        if let Some(Some(reason)) = branch.cancel_pending.or(branch.telling.map(Some)) {
+            text.push_str(&format!("Reason: {}\r\n", reason_header(reason)));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        let Ok(cancel_key) = Key::client(branch.key.branch(), &transaction::Method::Cancel) else {
+            return;
+        };
+        let out = Outgoing {
+            flow: branch.flow.clone(),
+            bytes: Bytes::from(text),
+        };
+        let transport = tx_transport(&branch.flow);
+        let invite_key = branch.key.clone();
+        let _ = self
+            .transactions
+            .start_client(now, cancel_key, transport, out);
+        let _ = self.transactions.cancel_sent(now, &invite_key);
+    }
+
+    /// Acknowledges a 2xx that came too late and ends its dialog with a BYE.
+    fn hang_up(&mut self, call: CallId, device: DeviceId, response: &Message) {
+        let Some(branch) = self.branch(call, device) else {
+            return;
+        };
+        let flow = branch.flow.clone();
+        let target = response
+            .contacts()
+            .next()
+            .and_then(Result::ok)
+            .and_then(|c| c.addr().map(|a| a.uri_raw.to_owned()))
+            .unwrap_or_else(|| {
+                branch
+                    .invite
+                    .request_uri_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            });
+        let seq = branch
+            .invite
+            .cseq()
+            .and_then(Result::ok)
+            .map_or(1, |c| c.seq);
+        let common = format!(
+            "Max-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\n",
+            raw(&branch.invite, HeaderName::From).unwrap_or_default(),
+            raw(response, HeaderName::To).unwrap_or_default(),
+            raw(response, HeaderName::CallId).unwrap_or_default(),
+        );
+        let local = format_addr(flow.local);
+        for (method, seq) in [("ACK", seq), ("BYE", seq + 1)] {
+            let text = format!(
+                "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{} {local};branch={STATELESS}h{}\r\n{common}CSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n",
+                flow.transport,
+                self.next_id(),
+            );
+            self.send(&flow, Bytes::from(text));
+        }
+    }
+
+    /// Relays the branch's last response to the caller, less our Via.
+    fn relay(&mut self, call: CallId, device: DeviceId) {
+        let Some(ctx) = self.calls.by_id.get(&call) else {
+            return;
+        };
+        let Some(response) = ctx.branches.get(&device).and_then(|b| b.response.as_ref()) else {
+            return;
+        };
+        let Some(status) = response.status() else {
+            return;
+        };
+        let out = Outgoing {
+            flow: ctx.flow.clone(),
+            bytes: response.forward().pop_via().to_bytes().into(),
+        };
+        let key = ctx.key.clone();
+        let _ = self
+            .transactions
+            .send_response(self.now(), &key, status, out);
+    }
+
+    /// A final response the proxy makes itself (404, 480, 486, 487, 500, 503).
+    fn respond(&mut self, call: CallId, code: u16) {
+        let Some(ctx) = self.calls.by_id.get(&call) else {
+            return;
+        };
+        let mut response = ctx
+            .invite
+            .response(code)
+            .reason(default_reason(code))
+            .to_tag(&ctx.to_tag);
+        if code == 503 {
+            response = response.header("Retry-After", "5");
+        }
+        let out = Outgoing {
+            flow: ctx.flow.clone(),
+            bytes: response.to_bytes().into(),
+        };
+        let key = ctx.key.clone();
+        let _ = self.transactions.send_response(self.now(), &key, code, out);
+    }
+
+    /// Drops what the proxy keeps of a call once the core has let it go and its caller is
+    /// answered.
+    fn forget_if_done(&mut self, call: CallId) {
+        let done = self.calls.by_id.get(&call).is_some_and(|c| c.answered)
+            && !self.driver.core().holds(call);
+        if done {
+            if let Some(ctx) = self.calls.by_id.remove(&call) {
+                self.calls.by_invite.remove(&ctx.key);
+            }
+        }
+    }
+
+    /// Forwards a request inside a dialog we record-routed: over the other side's flow
+    /// when the flow token names one, else to its next hop's address.
+    fn route_in_dialog(&mut self, arrived: &Flow, request: Message) {
+        let Some(Ok(route)) = request.routes().next() else {
+            return;
+        };
+        let Uri::Sip(route_uri) = &route.uri else {
+            return;
+        };
+        let token = route_uri.user.unwrap_or_default();
+        let mut flows = token
+            .trim_start_matches("pp-")
+            .split('-')
+            .filter_map(|s| s.parse().ok());
+        let (a, b) = (flows.next().map(FlowId), flows.next().map(FlowId));
+        let other = if Some(arrived.id) == a { b } else { a };
+        let out_flow = other
+            .and_then(|id| self.flows.get(&id).cloned())
+            .filter(|f| self.transports.is_open(f));
+        let is_ack = request.method().is_some_and(|m| m.as_str() == "ACK");
+        let max_forwards = request.max_forwards_or_default().unwrap_or(70);
+        if max_forwards == 0 {
+            if !is_ack {
+                self.respond_stateless(arrived, &request, 483, "Too Many Hops");
+            }
+            return;
+        }
+        let incoming_branch = request
+            .top_via()
+            .and_then(Result::ok)
+            .and_then(|v| v.branch().map(str::to_owned))
+            .unwrap_or_default();
+        let branch = format!("{STATELESS}{:x}", fnv(&incoming_branch));
+        let next_target = match request.routes().nth(1) {
+            Some(Ok(next)) => next.uri.as_sip().and_then(uri_target),
+            _ => match request.request_uri() {
+                Some(Ok(Uri::Sip(uri))) => uri_target(&uri),
+                _ => None,
+            },
+        };
+        let (via_local, send) = match (&out_flow, next_target) {
+            (Some(flow), _) => (flow.local, Some((flow.clone(), None))),
+            (None, Some((transport, addr))) => (
+                arrived.local,
+                Some((arrived.clone(), Some((transport, addr)))),
+            ),
+            (None, None) => (arrived.local, None),
+        };
+        let Some((flow, direct)) = send else {
+            if !is_ack {
+                self.respond_stateless(arrived, &request, 404, "No route");
+            }
+            return;
+        };
+        let transport = direct.map_or(flow.transport, |(t, _)| t);
+        let via = format!(
+            "SIP/2.0/{transport} {};branch={branch}",
+            format_addr(via_local)
+        );
+        let bytes: Bytes = request
+            .forward()
+            .pop_route()
+            .push_via(&via)
+            .max_forwards(max_forwards - 1)
+            .to_bytes()
+            .into();
+        match direct {
+            None => self.send(&flow, bytes),
+            Some((transport, addr)) => self.send_to(transport, addr, bytes),
+        }
+    }
+
+    /// A response to a request we forwarded without a transaction: our Via off, and on to
+    /// the next Via's address (RFC 3261 §18.2.2: `received` and `rport` first).
+    fn forward_response_statelessly(&mut self, response: Message) {
+        let Some(Ok(next)) = response.vias().nth(1) else {
+            return;
+        };
+        let ip = next.received().or_else(|| next.host.ip());
+        let port = match next.rport() {
+            Some(Some(port)) => port,
+            _ => next.port.unwrap_or(5060),
+        };
+        let Some(ip) = ip else { return };
+        let addr = SocketAddr::new(ip, port);
+        let bytes: Bytes = response.forward().pop_via().to_bytes().into();
+        let existing = self
+            .flows
+            .values()
+            .find(|f| f.peer == addr && self.transports.is_open(f))
+            .cloned();
+        match existing {
+            Some(flow) => self.send(&flow, bytes),
+            None => {
+                let transport = if next.transport.eq_ignore_ascii_case("TCP") {
+                    Transport::Tcp
+                } else {
+                    Transport::Udp
+                };
+                self.send_to(transport, addr, bytes);
+            }
+        }
+    }
+}
+
+/// The methods pushpark handles.
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO";
+
+fn aor_user(aor: &str) -> Option<&str> {
+    aor.strip_prefix("sip:")?.split('@').next()
+}
+
+/// RFC 3326 Reason for a CANCEL telling a woken device why its call ended (specs/parking.md §6).
+fn reason_header(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::AnsweredElsewhere => "SIP;cause=200;text=\"Call completed elsewhere\"",
+        EndReason::DeclinedElsewhere => "SIP;cause=603;text=\"Declined elsewhere\"",
+        EndReason::CallerCancelled => "SIP;cause=487;text=\"Caller cancelled\"",
+        EndReason::Unanswered => "SIP;cause=480;text=\"Call ended before device woke\"",
+    }
+}
+
+/// A small stable hash for stateless branches (FNV-1a).
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}

@@ -1,0 +1,432 @@
+//! REGISTER: bindings, their expiry, RFC 8599 push parameters and Feature-Caps, and the
+//! flows devices are reachable on.
+//!
+//! A binding is written to the store before its 200 OK goes out, so an answered REGISTER
+//! survives a restart. Only then is the core told the device registered: a parked call
+//! goes to a device whose registration the registrar accepted (RFC 8599 §5.6.2).
+
+use std::collections::HashMap;
+
+use pushpark_model::{AorId, DeviceId, Event, Target};
+
+use crate::auth::{parse_authorization, ChallengeKind, ParseError as AuthParseError, Verdict};
+use crate::config::Transport;
+use crate::server::{unix_now, Input, Outgoing, State};
+use crate::sip::{Contact, Message, SipUri, Uri};
+use crate::store::{Applied, Binding, BindingId, Change, ContactSpec, Register, Store, StoreError};
+use crate::transaction::Key;
+use crate::transport::{Flow, FlowId};
+
+/// The bindings of every callee, as in the store, plus what only lives in memory: the
+/// flow each device last registered over, and the ids the core knows callees by.
+#[derive(Default)]
+pub(crate) struct Bindings {
+    by_aor: HashMap<String, Vec<Binding>>,
+    aor_of: HashMap<DeviceId, String>,
+    flows: HashMap<DeviceId, Flow>,
+    aor_ids: HashMap<String, AorId>,
+}
+
+impl Bindings {
+    /// Every binding the store holds that has not expired.
+    pub fn load(store: &Store, now: u64) -> Result<Self, StoreError> {
+        let mut bindings = Self::default();
+        for binding in store.expiring_between(now + 1, i64::MAX as u64)? {
+            let aor = binding.aor.clone();
+            bindings.aor_of.insert(device(binding.id), aor.clone());
+            bindings.by_aor.entry(aor).or_default().push(binding);
+        }
+        Ok(bindings)
+    }
+
+    pub fn aor_id(&mut self, aor: &str) -> AorId {
+        let next = AorId(self.aor_ids.len() as u64 + 1);
+        *self.aor_ids.entry(aor.to_owned()).or_insert(next)
+    }
+
+    /// The unexpired bindings of `aor`.
+    pub fn of(&self, aor: &str, now: u64) -> impl Iterator<Item = &Binding> {
+        self.by_aor
+            .get(aor)
+            .into_iter()
+            .flatten()
+            .filter(move |b| b.expires_at > now)
+    }
+
+    pub fn get(&self, id: DeviceId) -> Option<&Binding> {
+        let aor = self.aor_of.get(&id)?;
+        self.by_aor.get(aor)?.iter().find(|b| device(b.id) == id)
+    }
+
+    pub fn flow(&self, id: DeviceId) -> Option<&Flow> {
+        self.flows.get(&id)
+    }
+
+    /// The core's view of `aor`'s devices. A device is reachable over the flow of its
+    /// last REGISTER while that flow is open; a device with a push token on UDP is taken
+    /// to be asleep, since UDP says nothing about whether the app still listens.
+    pub fn targets(&self, aor: &str, now: u64, is_open: impl Fn(&Flow) -> bool) -> Vec<Target> {
+        self.of(aor, now)
+            .map(|b| {
+                let id = device(b.id);
+                let reachable = self.flows.get(&id).is_some_and(|flow| {
+                    is_open(flow) && !(flow.transport == Transport::Udp && b.push.is_some())
+                });
+                Target {
+                    device: id,
+                    reachable,
+                    pushable: b.push.is_some(),
+                }
+            })
+            .collect()
+    }
+
+    fn replace(&mut self, aor: &str, applied: &Applied) {
+        if let Some(old) = self.by_aor.get(aor) {
+            for b in old {
+                self.aor_of.remove(&device(b.id));
+            }
+        }
+        for id in &applied.removed {
+            self.flows.remove(&device(*id));
+        }
+        for b in &applied.bindings {
+            self.aor_of.insert(device(b.id), aor.to_owned());
+        }
+        self.by_aor.insert(aor.to_owned(), applied.bindings.clone());
+    }
+
+    /// The push token of `id` is dead.
+    pub fn forget_push(&mut self, id: DeviceId) -> Option<(BindingId, String)> {
+        let aor = self.aor_of.get(&id)?;
+        let binding = self
+            .by_aor
+            .get_mut(aor)?
+            .iter_mut()
+            .find(|b| device(b.id) == id)?;
+        let push = binding.push.take()?;
+        Some((binding.id, push.prid))
+    }
+
+    /// A TCP connection closed: the devices on it can only be pushed now.
+    pub fn flow_closed(&mut self, flow: FlowId) {
+        self.flows.retain(|_, f| f.id != flow);
+    }
+}
+
+/// The core's id of a binding: the store's, which survives restarts.
+pub(crate) fn device(id: BindingId) -> DeviceId {
+    DeviceId(id.0)
+}
+
+/// A REGISTER whose store write has finished.
+pub(crate) struct RegisterDone {
+    flow: Flow,
+    key: Key,
+    request: Message,
+    aor: String,
+    /// The contacts this REGISTER added or refreshed.
+    upserted: Vec<ContactSpec>,
+    feature_caps: Vec<String>,
+    result: Result<Applied, StoreError>,
+}
+
+/// The normalised address-of-record of a To or From URI: `sip:user@domain`.
+pub(crate) fn aor_of(uri: &SipUri<'_>) -> Option<String> {
+    let user = uri.user?;
+    Some(format!("sip:{user}@{}", uri.host_raw.to_ascii_lowercase()))
+}
+
+/// The Contact URI without the RFC 8599 parameters, which must never reach other users.
+pub(crate) fn without_pn_params(contact: &str) -> String {
+    let (uri, headers) = match contact.split_once('?') {
+        Some((uri, headers)) => (uri, Some(headers)),
+        None => (contact, None),
+    };
+    let mut parts = uri.split(';');
+    let mut out = parts.next().unwrap_or_default().to_owned();
+    for p in parts.filter(|p| !p.to_ascii_lowercase().starts_with("pn-")) {
+        out.push(';');
+        out.push_str(p);
+    }
+    if let Some(headers) = headers {
+        out.push('?');
+        out.push_str(headers);
+    }
+    out
+}
+
+impl State {
+    pub(crate) fn on_register(&mut self, flow: Flow, key: Key, request: Message) {
+        let reply = |state: &mut State, code: u16, reason: &str, extra: &[(&str, String)]| {
+            let mut response = request.response(code).reason(reason);
+            if code >= 200 {
+                response = response.to_tag(&format!("pp{}", state.next_id()));
+            }
+            for (name, value) in extra {
+                response = response.header(name, value);
+            }
+            let bytes = response.to_bytes().into();
+            let out = Outgoing {
+                flow: flow.clone(),
+                bytes,
+            };
+            let _ = state
+                .transactions
+                .send_response(state.now(), &key, code, out);
+        };
+        // The AOR: a SIP URI of one of our domains (RFC 3261 §10.3 steps 1, 5).
+        let to = match request.to_header() {
+            Some(Ok(to)) => to,
+            _ => return reply(self, 400, "Malformed To", &[]),
+        };
+        let Uri::Sip(to_uri) = &to.uri else {
+            return reply(self, 400, "To is not a SIP URI", &[]);
+        };
+        let Some(aor) = aor_of(to_uri) else {
+            return reply(self, 400, "To has no user", &[]);
+        };
+        if !self.is_local_host(to_uri.host_raw) {
+            return reply(self, 403, "Not a domain of this registrar", &[]);
+        }
+        // Digest authentication: the authenticated user registers for its own AOR only.
+        if let Some((digest, users)) = &self.auth {
+            let now = unix_now();
+            let uri = request.request_uri_str().unwrap_or_default();
+            let verdict = request
+                .first_str(crate::sip::HeaderName::Authorization)
+                .and_then(Result::ok)
+                .map(|value| match parse_authorization(value) {
+                    Ok(credentials) => {
+                        digest.verify_user(&credentials, "REGISTER", uri, users, now)
+                    }
+                    Err(AuthParseError::UnknownScheme(_)) | Err(_) => Verdict::Stale,
+                });
+            let user_ok = |name: &str| to_uri.user == Some(name);
+            match verdict {
+                Some(Verdict::Authenticated { username }) if user_ok(&username) => {}
+                Some(Verdict::Authenticated { .. }) => {
+                    return reply(self, 403, "Not allowed to register this address", &[])
+                }
+                other => {
+                    let stale = matches!(other, Some(Verdict::Stale));
+                    let header = ChallengeKind::Www.challenge_header();
+                    let challenges: Vec<(&str, String)> = digest
+                        .challenges(now, stale && other.is_some())
+                        .into_iter()
+                        .map(|c| (header, c))
+                        .collect();
+                    return reply(self, 401, "Unauthorized", &challenges);
+                }
+            }
+        }
+        let call_id = match request.call_id() {
+            Some(Ok(id)) => id.to_owned(),
+            _ => return reply(self, 400, "Missing Call-ID", &[]),
+        };
+        let cseq = match request.cseq() {
+            Some(Ok(cseq)) => cseq.seq,
+            _ => return reply(self, 400, "Bad CSeq", &[]),
+        };
+        let header_expires = match request.expires() {
+            Some(Ok(e)) => Some(u64::from(e)),
+            Some(Err(_)) => None,
+            None => None,
+        };
+        let registrar = &self.config.registrar;
+        let (min, max, default) = (
+            registrar.min_expires.as_secs(),
+            registrar.max_expires.as_secs(),
+            registrar.default_expires.as_secs(),
+        );
+        let now = unix_now();
+        let mut changes = Vec::new();
+        let mut upserted = Vec::new();
+        let mut feature_caps = Vec::new();
+        let contacts: Vec<_> = request.contacts().collect();
+        for contact in &contacts {
+            let contact = match contact {
+                Ok(c) => c,
+                Err(_) => return reply(self, 400, "Malformed Contact", &[]),
+            };
+            let addr = match contact {
+                Contact::Star => {
+                    if contacts.len() != 1 || header_expires != Some(0) {
+                        return reply(
+                            self,
+                            400,
+                            "Contact: * needs Expires: 0 and no other Contact",
+                            &[],
+                        );
+                    }
+                    changes.push(Change::RemoveAll);
+                    continue;
+                }
+                Contact::Addr(addr) => addr,
+            };
+            if !addr.bracketed && addr.uri_raw.contains('?') {
+                return reply(self, 400, "Contact with headers must be in <>", &[]);
+            }
+            let Uri::Sip(uri) = &addr.uri else {
+                return reply(self, 400, "Contact is not a SIP URI", &[]);
+            };
+            let mut spec = ContactSpec::new(addr.uri_raw);
+            if let Some(instance) = contact.sip_instance() {
+                spec = spec.instance(instance);
+            }
+            if let Some(reg_id) = contact.reg_id() {
+                spec = spec.reg_id(reg_id);
+            }
+            spec = spec.pnsreg(addr.params.get("+sip.pnsreg").is_some());
+            // RFC 8599 §5.6.1: a push provider we do not serve gets 555; a pn-provider
+            // without a token asks which providers we serve.
+            if let Some(provider) = uri.pn_provider() {
+                let supported: Vec<&String> = self.config.push.routes.keys().collect();
+                match provider {
+                    Some(p) if !supported.iter().any(|s| s.eq_ignore_ascii_case(p)) => {
+                        return reply(self, 555, "Push Notification Service Not Supported", &[]);
+                    }
+                    Some(p) => feature_caps.push(p.to_ascii_lowercase()),
+                    None => feature_caps.extend(supported.into_iter().cloned()),
+                }
+            }
+            let expires = contact
+                .expires()
+                .map(u64::from)
+                .or(header_expires)
+                .unwrap_or(default);
+            if expires == 0 {
+                changes.push(Change::Remove(spec));
+                continue;
+            }
+            if expires < min {
+                return reply(
+                    self,
+                    423,
+                    "Interval Too Brief",
+                    &[("Min-Expires", min.to_string())],
+                );
+            }
+            changes.push(Change::Upsert {
+                contact: spec.clone(),
+                expires_at: now + expires.min(max),
+            });
+            upserted.push(spec);
+        }
+        feature_caps.sort();
+        feature_caps.dedup();
+        if changes.is_empty() {
+            // A query of the current bindings (RFC 3261 §10.2.3).
+            let bindings: Vec<Binding> = self.bindings.of(&aor, now).cloned().collect();
+            let contacts = contact_headers(&bindings, now);
+            return reply(self, 200, "OK", &contacts);
+        }
+        let register = Register {
+            call_id,
+            cseq,
+            changes,
+        };
+        let done_aor = aor.clone();
+        self.with_store(move |store: &mut Store| {
+            let result = store.apply(&done_aor, &register, now);
+            Input::Registered(Box::new(RegisterDone {
+                flow,
+                key,
+                request,
+                aor: done_aor,
+                upserted,
+                feature_caps,
+                result,
+            }))
+        });
+    }
+
+    pub(crate) fn on_registered(&mut self, done: RegisterDone) {
+        let RegisterDone {
+            flow,
+            key,
+            request,
+            aor,
+            upserted,
+            feature_caps,
+            result,
+        } = done;
+        let now = unix_now();
+        let (code, reason, headers, applied) = match result {
+            Ok(applied) => {
+                let mut headers = contact_headers(&applied.bindings, now);
+                let pnsreg = upserted.iter().any(|s| s.pnsreg);
+                for pns in &feature_caps {
+                    let mut caps = format!("*;+sip.pns=\"{pns}\"");
+                    if pnsreg {
+                        caps.push_str(";+sip.pnsreg=\"130\"");
+                    }
+                    headers.push(("Feature-Caps", caps));
+                }
+                (200, "OK", headers, Some(applied))
+            }
+            Err(StoreError::OutOfOrder { .. }) => (400, "Out-of-order REGISTER", Vec::new(), None),
+            Err(e) => {
+                tracing::error!("store: {e}");
+                (500, "Bindings store failed", Vec::new(), None)
+            }
+        };
+        let mut response = request
+            .response(code)
+            .reason(reason)
+            .to_tag(&format!("pp{}", self.next_id()));
+        for (name, value) in &headers {
+            response = response.header(name, value);
+        }
+        let out = Outgoing {
+            flow: flow.clone(),
+            bytes: response.to_bytes().into(),
+        };
+        let _ = self.transactions.send_response(self.now(), &key, code, out);
+        let Some(applied) = applied else { return };
+        self.bindings.replace(&aor, &applied);
+        let aor_id = self.aor_id(&aor);
+        for id in &applied.removed {
+            self.feed(Event::DeviceUnavailable {
+                aor: aor_id,
+                device: device(*id),
+            });
+        }
+        // Only now, after the 200 OK: the devices that registered get their parked calls.
+        for spec in &upserted {
+            let found = applied.bindings.iter().find(|b| {
+                b.contact == spec.contact
+                    || (spec.instance.is_some() && b.instance == spec.instance)
+            });
+            if let Some(binding) = found {
+                let id = device(binding.id);
+                self.bindings.flows.insert(id, flow.clone());
+                self.feed(Event::DeviceRegistered {
+                    aor: aor_id,
+                    device: id,
+                });
+            }
+        }
+    }
+}
+
+/// `Contact` headers of a 200 OK to REGISTER: every binding with its remaining time.
+fn contact_headers(bindings: &[Binding], now: u64) -> Vec<(&'static str, String)> {
+    bindings
+        .iter()
+        .map(|b| {
+            let mut value = format!(
+                "<{}>;expires={}",
+                b.contact,
+                b.expires_at.saturating_sub(now)
+            );
+            if let Some(instance) = &b.instance {
+                value.push_str(&format!(
+                    ";+sip.instance=\"{}\"",
+                    instance.trim_matches('"')
+                ));
+            }
+            ("Contact", value)
+        })
+        .collect()
+}

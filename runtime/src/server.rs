@@ -1,0 +1,397 @@
+//! The server: one event loop that owns the core driver, the transactions, the registrar's
+//! bindings and the proxy's calls, and turns what arrives (SIP messages, push outcomes,
+//! store completions, timers) into core events and the core's effects into SIP.
+//!
+//! Everything the loop owns is touched by the loop alone, so nothing here locks except
+//! the SQLite store, whose writes run on blocking threads so the loop never waits on disk.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use pushpark_model::{AorId, CallId, DeviceId, Effect, Event};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::auth::{DigestAuth, DigestConfig, Secret, UserDb, UsersError};
+use crate::config::{Config, Provider, Transport};
+use crate::driver::Driver;
+use crate::proxy::{Branches, Calls};
+use crate::push::{
+    Dispatcher, DispatcherError, LogProvider, ProviderLimits, PushProvider, PushReport,
+    PushReports, WebhookAuth, WebhookConfig, WebhookError, WebhookProvider,
+};
+use crate::registrar::{Bindings, RegisterDone};
+use crate::sip::Message;
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::transaction::{self, Output, Transactions};
+use crate::transport::{Flow, FlowId, Inbound, Transports};
+
+/// A message on its way out, and the flow it goes over: what the transaction layer keeps
+/// for retransmissions.
+#[derive(Clone, Debug)]
+pub(crate) struct Outgoing {
+    pub flow: Flow,
+    pub bytes: Bytes,
+}
+
+/// What can stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen: {0}")]
+    Listen(#[source] io::Error),
+    #[error("binding store: {0}")]
+    Store(#[from] StoreError),
+    #[error("users file: {0}")]
+    Users(#[from] UsersError),
+    #[error("push provider: {0}")]
+    Webhook(#[from] WebhookError),
+    #[error("push providers: {0}")]
+    Dispatcher(#[from] DispatcherError),
+}
+
+/// Events that come back to the loop from work done elsewhere.
+pub(crate) enum Input {
+    Registered(Box<RegisterDone>),
+    /// Store work whose outcome needs no answer.
+    Nothing,
+}
+
+/// A running server.
+pub struct Server {
+    addrs: Vec<(Transport, SocketAddr)>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds the listeners, opens the store and starts serving.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let (inbound_tx, inbound) = mpsc::channel(4096);
+        let transports = Transports::bind(&config.listen, config.sip.max_message_size, inbound_tx)
+            .await
+            .map_err(StartError::Listen)?;
+        let addrs = transports.local_addrs();
+        let store = Store::open(&config.store.path, &StoreOptions::default())?;
+        let (dispatcher, reports) = build_dispatcher(&config)?;
+        let auth = match &config.auth.users_file {
+            Some(path) => {
+                let mut digest = DigestConfig::new(config.realm(), Secret::generate());
+                if let Some(lifetime) = config.auth.nonce_lifetime {
+                    digest.nonce_lifetime = lifetime.as_secs();
+                }
+                Some((DigestAuth::new(digest), UserDb::load(path)?))
+            }
+            None => None,
+        };
+        let (input_tx, inputs) = mpsc::unbounded_channel();
+        let bindings = Bindings::load(&store, unix_now())?;
+        let mut state = State {
+            driver: Driver::new(config.core()),
+            transactions: Transactions::new(
+                transaction_config(&config),
+                crate::proxy::ack_for_non_2xx,
+            ),
+            started: Instant::now(),
+            transports,
+            store: Arc::new(Mutex::new(store)),
+            bindings,
+            calls: Calls::default(),
+            branches: Branches::default(),
+            flows: HashMap::new(),
+            dispatcher,
+            auth,
+            input_tx,
+            addrs: addrs.clone(),
+            config,
+            next_id: 1,
+        };
+        let (stop_tx, stop) = oneshot::channel();
+        let task = tokio::spawn(async move { state.run(inbound, inputs, reports, stop).await });
+        for (transport, addr) in &addrs {
+            info!("listening on {transport} {addr}");
+        }
+        Ok(Self {
+            addrs,
+            stop: Some(stop_tx),
+            task,
+        })
+    }
+
+    /// The address bound for `transport` (the first, if several).
+    pub fn local_addr(&self, transport: Transport) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(t, _)| *t == transport)
+            .map(|&(_, a)| a)
+    }
+
+    /// Stops serving; bindings are already durable.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Runs until the task ends (it ends only on shutdown).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+fn transaction_config(config: &Config) -> transaction::Config {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    transaction::Config {
+        t1: ms(config.sip.t1),
+        t2: ms(config.sip.t2),
+        t4: ms(config.sip.t4),
+        ..transaction::Config::default()
+    }
+}
+
+type PushTag = (CallId, DeviceId);
+
+fn build_dispatcher(
+    config: &Config,
+) -> Result<(Dispatcher<PushTag>, PushReports<PushTag>), StartError> {
+    let mut providers: HashMap<&str, Arc<dyn PushProvider>> = HashMap::new();
+    for (name, provider) in &config.push.providers {
+        let provider: Arc<dyn PushProvider> = match provider {
+            Provider::Log => Arc::new(LogProvider::named(name.clone())),
+            Provider::Webhook {
+                url,
+                timeout,
+                bearer_token,
+            } => {
+                let mut webhook = WebhookConfig::new(url.clone());
+                webhook.name = name.clone();
+                webhook.timeout = *timeout;
+                webhook.auth = bearer_token.clone().map(WebhookAuth::Bearer);
+                Arc::new(WebhookProvider::new(webhook)?)
+            }
+        };
+        providers.insert(name, provider);
+    }
+    let mut builder = Dispatcher::builder();
+    for (pns, name) in &config.push.routes {
+        if let Some(provider) = providers.get(name.get_ref().as_str()) {
+            builder = builder.provider(pns, Arc::clone(provider), ProviderLimits::default());
+        }
+    }
+    Ok(builder.build()?)
+}
+
+/// Seconds since the Unix epoch: binding expiry is wall-clock time, so it survives restarts.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The loop's state.
+pub(crate) struct State {
+    pub config: Config,
+    pub driver: Driver,
+    pub transactions: Transactions<Outgoing>,
+    pub started: Instant,
+    pub transports: Transports,
+    pub store: Arc<Mutex<Store>>,
+    pub bindings: Bindings,
+    pub calls: Calls,
+    pub branches: Branches,
+    /// Flows seen, by id, so a flow token in a Record-Route leads back to its flow.
+    pub flows: HashMap<FlowId, Flow>,
+    pub dispatcher: Dispatcher<PushTag>,
+    pub auth: Option<(DigestAuth, UserDb)>,
+    pub input_tx: mpsc::UnboundedSender<Input>,
+    pub addrs: Vec<(Transport, SocketAddr)>,
+    next_id: u64,
+}
+
+impl State {
+    async fn run(
+        &mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        mut reports: PushReports<PushTag>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(item) = inbound.recv() => self.on_inbound(item),
+                Some(input) = inputs.recv() => match input {
+                    Input::Registered(done) => self.on_registered(*done),
+                    Input::Nothing => {}
+                },
+                Some(report) = reports.recv() => self.on_push_report(report),
+                _ = sleep_until(self.started, wake) => self.on_timers(),
+            }
+        }
+        info!("stopped");
+    }
+
+    /// Milliseconds since start: the clock of the core and of the transactions.
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A fresh number, for branches, tags and ids.
+    pub fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn next_wake(&self) -> Option<u64> {
+        let core = self.driver.next_timer().map(|(at, _)| at);
+        let transactions = self.transactions.poll_timeout();
+        match (core, transactions) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = self.now();
+        let effects = self.driver.fire_due(now);
+        self.execute(effects);
+        self.transactions.handle_timeout(now);
+        self.drain_transactions();
+    }
+
+    fn on_inbound(&mut self, item: Inbound) {
+        match item {
+            Inbound::Message { flow, message } => {
+                self.flows.insert(flow.id, flow.clone());
+                if message.is_request() {
+                    self.on_request(flow, message);
+                } else {
+                    self.on_response(flow, message);
+                }
+            }
+            Inbound::Garbage { flow, error } => {
+                debug!("{flow}: dropped: {error}");
+            }
+            Inbound::Closed(id) => {
+                self.flows.remove(&id);
+                self.bindings.flow_closed(id);
+            }
+        }
+        self.drain_transactions();
+    }
+
+    fn on_push_report(&mut self, report: PushReport<PushTag>) {
+        let (call, device) = report.tag;
+        let event = match &report.outcome {
+            crate::push::PushOutcome::Accepted => Event::PushAccepted { call, device },
+            crate::push::PushOutcome::Failed { permanent, reason } => {
+                warn!(
+                    "push {} via {} failed ({}): {reason}",
+                    report.push_id,
+                    report.provider,
+                    if *permanent {
+                        "token dead"
+                    } else {
+                        "transient"
+                    }
+                );
+                Event::PushFailed {
+                    call,
+                    device,
+                    permanent: *permanent,
+                }
+            }
+        };
+        self.feed(event);
+    }
+
+    /// Feeds one event to the core and carries out what it decides.
+    pub fn feed(&mut self, event: Event) {
+        let now = self.now();
+        let effects = self.driver.handle(now, event);
+        self.execute(effects);
+        self.drain_transactions();
+    }
+
+    fn execute(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            self.apply_effect(effect);
+        }
+    }
+
+    /// Sends what the transaction layer decided and hands its events to the proxy.
+    pub fn drain_transactions(&mut self) {
+        while let Some(output) = self.transactions.poll_output() {
+            match output {
+                Output::Send { msg, .. } => self.send(&msg.flow, msg.bytes),
+                Output::ToTu(event) => self.on_transaction_event(event),
+                Output::Terminated(key) => self.branches.terminated(&key),
+            }
+        }
+    }
+
+    /// Sends over a flow; a flow that has closed is reported to the log only (the
+    /// transaction layer's timers decide what a lost message means).
+    pub fn send(&self, flow: &Flow, bytes: Bytes) {
+        if let Err(e) = self.transports.send(flow, bytes) {
+            debug!("{flow}: send failed: {e}");
+        }
+    }
+
+    /// Sends a request to an address no flow leads to (in-dialog requests by their URI).
+    pub fn send_to(&self, transport: Transport, peer: SocketAddr, bytes: Bytes) {
+        let transports = self.transports.clone();
+        tokio::spawn(async move {
+            if let Err(e) = transports.send_to(transport, peer, bytes).await {
+                debug!("{transport} {peer}: send failed: {e}");
+            }
+        });
+    }
+
+    /// The callee id the core knows `aor` by.
+    pub fn aor_id(&mut self, aor: &str) -> AorId {
+        self.bindings.aor_id(aor)
+    }
+
+    /// Starts the blocking store work `f` and returns its result to the loop as an input.
+    pub fn with_store<F>(&self, f: F)
+    where
+        F: FnOnce(&mut Store) -> Input + Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        let tx = self.input_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = tx.send(f(&mut store));
+        });
+    }
+
+    /// Whether `host` names this server: one of its domains or addresses.
+    pub fn is_local_host(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.config
+            .domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(host))
+            || self.addrs.iter().any(|(_, a)| a.ip().to_string() == host)
+    }
+
+    /// A generated response to `request`, sent back where it came from.
+    pub fn respond_stateless(&self, flow: &Flow, request: &Message, code: u16, reason: &str) {
+        let bytes = request.response(code).reason(reason).to_bytes();
+        self.send(flow, Bytes::from(bytes));
+    }
+}
+
+async fn sleep_until(started: Instant, at: Option<u64>) {
+    match at {
+        Some(at) => tokio::time::sleep_until((started + Duration::from_millis(at)).into()).await,
+        None => std::future::pending().await,
+    }
+}
