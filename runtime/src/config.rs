@@ -97,6 +97,8 @@ pub struct Auth {
     pub nonce_lifetime: Option<Duration>,
     /// Peers (addresses or CIDR blocks, e.g. an SBC in front) whose INVITEs need no digest.
     pub trusted_peers: Vec<ipnet::IpNet>,
+    /// The digest algorithms offered, most preferred first: `SHA-256`, `MD5`.
+    pub algorithms: Option<Vec<Spanned<String>>>,
 }
 
 /// Where bindings are kept.
@@ -318,6 +320,18 @@ impl Config {
                 "need min_expires <= default_expires <= max_expires".into(),
             ));
         }
+        for algorithm in self.auth.algorithms.iter().flatten() {
+            if crate::auth::Algorithm::from_name(algorithm.get_ref()).is_none() {
+                return Err(invalid(
+                    Some(algorithm.span()),
+                    "auth.algorithms",
+                    format!(
+                        "unknown digest algorithm {:?} (SHA-256 or MD5)",
+                        algorithm.get_ref()
+                    ),
+                ));
+            }
+        }
         if self.parking.push_attempts == 0 {
             return Err(invalid(
                 None,
@@ -348,6 +362,17 @@ impl Config {
             push_retry_base: ms(p.push_retry_base),
             max_calls: p.max_calls,
             max_calls_per_callee: p.max_calls_per_callee,
+        }
+    }
+
+    /// The digest algorithms to offer, most preferred first.
+    pub fn digest_algorithms(&self) -> Vec<crate::auth::Algorithm> {
+        match &self.auth.algorithms {
+            Some(names) => names
+                .iter()
+                .filter_map(|n| crate::auth::Algorithm::from_name(n.get_ref()))
+                .collect(),
+            None => crate::auth::Algorithm::PREFERENCE.to_vec(),
         }
     }
 
@@ -447,6 +472,15 @@ mod tests {
     fn expiry_bounds_must_be_ordered() {
         let err = parse("[registrar]\nmin_expires = \"2h\"\n").expect_err("min above default");
         assert!(err.contains("`registrar`"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_digest_algorithm_names_its_line() {
+        let err = parse("[auth]\nalgorithms = [\"MD5\", \"SHA-1\"]\n").expect_err("no SHA-1");
+        assert!(
+            err.starts_with("pushpark.toml:2: `auth.algorithms`"),
+            "{err}"
+        );
     }
 
     #[test]

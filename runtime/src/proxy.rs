@@ -346,7 +346,10 @@ impl State {
             .first_str(HeaderName::ProxyAuthorization)
             .and_then(Result::ok)
             .and_then(|v| parse_authorization(v).ok())
-            .map(|c| digest.verify_user(&c, "INVITE", uri, users, now));
+            .map(|c| {
+                let uri = self.digest_uri(&c.uri, uri);
+                digest.verify_user(&c, "INVITE", uri, users, now)
+            });
         match verdict {
             Some(Verdict::Authenticated { username })
                 if from_uri.user == Some(username.as_str()) =>

@@ -157,6 +157,16 @@ pub(crate) fn without_pn_params(contact: &str) -> String {
 }
 
 impl State {
+    /// The URI a digest response must be for: the Request-URI, or any SIP URI naming this
+    /// server (SIPp and some phones put the registrar's address there). The response hash
+    /// covers the URI, so accepting either lets no credentials be replayed elsewhere.
+    pub(crate) fn digest_uri<'a>(&self, credentials_uri: &'a str, request_uri: &'a str) -> &'a str {
+        match SipUri::parse(credentials_uri) {
+            Ok(uri) if uri.user.is_none() && self.is_local_host(uri.host_raw) => credentials_uri,
+            _ => request_uri,
+        }
+    }
+
     pub(crate) fn on_register(&mut self, flow: Flow, key: Key, request: Message) {
         let reply = |state: &mut State, code: u16, reason: &str, extra: &[(&str, String)]| {
             let mut response = request.response(code).reason(reason);
@@ -198,6 +208,7 @@ impl State {
                 .and_then(Result::ok)
                 .map(|value| match parse_authorization(value) {
                     Ok(credentials) => {
+                        let uri = self.digest_uri(&credentials.uri, uri);
                         digest.verify_user(&credentials, "REGISTER", uri, users, now)
                     }
                     Err(AuthParseError::UnknownScheme(_)) | Err(_) => Verdict::Stale,
@@ -209,6 +220,9 @@ impl State {
                     return reply(self, 403, "Not allowed to register this address", &[])
                 }
                 other => {
+                    if let Some(verdict) = &other {
+                        tracing::debug!("REGISTER for {aor}: digest refused: {verdict:?}");
+                    }
                     let stale = matches!(other, Some(Verdict::Stale));
                     let header = ChallengeKind::Www.challenge_header();
                     let challenges: Vec<(&str, String)> = digest

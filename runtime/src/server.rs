@@ -81,6 +81,7 @@ impl Server {
         let auth = match &config.auth.users_file {
             Some(path) => {
                 let mut digest = DigestConfig::new(config.realm(), Secret::generate());
+                digest.algorithms = config.digest_algorithms();
                 if let Some(lifetime) = config.auth.nonce_lifetime {
                     digest.nonce_lifetime = lifetime.as_secs();
                 }

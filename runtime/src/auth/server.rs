@@ -32,6 +32,10 @@ pub struct DigestConfig {
     /// phones. Such credentials cannot be checked for replay, only for nonce freshness;
     /// RFC 3261 §22.4 keeps this form for backward compatibility.
     pub allow_rfc2069: bool,
+    /// The algorithms challenges offer, most preferred first (default SHA-256, MD5 as
+    /// RFC 8760 §2.4 asks). Some clients answer only the first challenge; an operator
+    /// whose phones know MD5 alone may offer just that.
+    pub algorithms: Vec<Algorithm>,
 }
 
 impl DigestConfig {
@@ -44,6 +48,7 @@ impl DigestConfig {
             opaque: None,
             max_tracked_nonces: 65_536,
             allow_rfc2069: true,
+            algorithms: Algorithm::PREFERENCE.to_vec(),
         }
     }
 }
@@ -129,7 +134,8 @@ impl DigestAuth {
     /// `WWW-Authenticate` (401) or `Proxy-Authenticate` (407) header.
     pub fn challenges(&self, now: u64, stale: bool) -> Vec<String> {
         let nonce = self.new_nonce(now);
-        Algorithm::PREFERENCE
+        self.config
+            .algorithms
             .iter()
             .map(|&alg| {
                 format_challenge(

@@ -11,8 +11,8 @@ use tokio::task::JoinHandle;
 
 use super::log::{ReceivedRequest, RequestLog};
 use super::sip::{
-    build_request, build_response, name_addr_uri, new_branch, new_call_id, new_tag, sdp, status,
-    to_wire, uri_addr, Expect, MessageExt,
+    build_request, build_response, new_branch, new_call_id, new_tag, sdp, status, to_wire,
+    uri_addr, Expect, MessageExt,
 };
 use super::socket::{spawn_retransmit, AnsweredBranches, SipSocket, Transport};
 use super::{UaError, UaResult};
@@ -316,7 +316,7 @@ impl Caller {
         let bytes = to_wire(&ack.into());
         self.socket.send_raw_to(&bytes, dest).await?;
         let mut state = self.state.lock().expect("caller state lock");
-        state.ack_2xx = Some((bytes, dest, response.to_tag().unwrap_or_default()));
+        state.ack_2xx = Some((bytes, dest, response.tag_of_to().unwrap_or_default()));
         state.dialog = Some(dialog);
         Ok(())
     }
@@ -473,7 +473,7 @@ async fn background(
                         .as_ref()
                         .is_some_and(|(r, _)| r.call_id() == response.call_id());
                     if method == "INVITE" && code >= 200 && is_current {
-                        let to_tag = response.to_tag().unwrap_or_default();
+                        let to_tag = response.tag_of_to().unwrap_or_default();
                         let first = st.delivered.insert((branch, code, to_tag.clone()));
                         if code >= 300 {
                             if let Some((invite, dest)) = &st.invite {
@@ -526,9 +526,4 @@ async fn background(
             }
         }
     }
-}
-
-/// The display-less URI of a From/To value.
-pub(super) fn header_uri(value: &str) -> String {
-    name_addr_uri(value)
 }

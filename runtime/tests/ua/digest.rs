@@ -123,6 +123,26 @@ pub fn choose(challenges: &[String], prefer: Option<DigestAlgorithm>) -> Option<
         .or_else(|| pick(DigestAlgorithm::Md5))
 }
 
+/// The `response` parameter (RFC 7616 §3.4.1): with `qop=auth`
+/// `H(H(user:realm:password):nonce:nc:cnonce:auth:H(method:uri))`, without a qop (RFC 2069)
+/// `H(HA1:nonce:HA2)`.
+pub fn response(
+    alg: DigestAlgorithm,
+    credentials: &Credentials,
+    realm: &str,
+    nonce: &str,
+    method: &str,
+    uri: &str,
+    qop: Option<(&str, &str)>,
+) -> String {
+    let ha1 = alg.hash(&[&credentials.username, realm, &credentials.password]);
+    let ha2 = alg.hash(&[method, uri]);
+    match qop {
+        Some((nc, cnonce)) => alg.hash(&[&ha1, nonce, nc, cnonce, "auth", &ha2]),
+        None => alg.hash(&[&ha1, nonce, &ha2]),
+    }
+}
+
 /// The `Authorization` value answering `challenge` for `method` `uri`, with `qop=auth`
 /// when offered (RFC 7616 §3.4.1), the RFC 2069 form otherwise.
 pub fn authorization(
@@ -133,25 +153,22 @@ pub fn authorization(
     nc: u32,
 ) -> String {
     let alg = challenge.algorithm.unwrap_or(DigestAlgorithm::Md5);
-    let ha1 = alg.hash(&[&credentials.username, &challenge.realm, &credentials.password]);
-    let ha2 = alg.hash(&[method, uri]);
+    let (realm, nonce) = (&challenge.realm, &challenge.nonce);
     let mut value = format!(
-        "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{}\", algorithm={}",
+        "Digest username=\"{}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", algorithm={}",
         credentials.username,
-        challenge.realm,
-        challenge.nonce,
-        uri,
         alg.name()
     );
     if challenge.qop_auth {
         let cnonce = random_hex(16);
         let nc = format!("{nc:08x}");
-        let response = alg.hash(&[&ha1, &challenge.nonce, &nc, &cnonce, "auth", &ha2]);
+        let qop = Some((nc.as_str(), cnonce.as_str()));
+        let response = response(alg, credentials, realm, nonce, method, uri, qop);
         value.push_str(&format!(
             ", response=\"{response}\", qop=auth, nc={nc}, cnonce=\"{cnonce}\""
         ));
     } else {
-        let response = alg.hash(&[&ha1, &challenge.nonce, &ha2]);
+        let response = response(alg, credentials, realm, nonce, method, uri, None);
         value.push_str(&format!(", response=\"{response}\""));
     }
     if let Some(opaque) = &challenge.opaque {

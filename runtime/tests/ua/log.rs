@@ -109,7 +109,9 @@ impl RequestLog {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(UaError::Timeout(format!("a {method} request ({timeout:?})")));
+                return Err(UaError::Timeout(format!(
+                    "a {method} request ({timeout:?})"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -16,15 +16,15 @@
 //! Include with `mod ua;` from a file in `runtime/tests/`.
 
 // Each test file that says `mod ua;` compiles its own copy of this module and uses only part
-// of it, so items unused by that one file would be reported as dead code.
-#![allow(dead_code)]
+// of it, so items (and re-exports) unused by that one file would be reported as dead code.
+#![allow(dead_code, unused_imports)]
 
 mod caller;
 mod device;
-mod digest;
+pub mod digest;
 mod gateway;
 mod log;
-mod sip;
+pub mod sip;
 mod socket;
 
 use std::fmt;
@@ -32,9 +32,9 @@ use std::time::Duration;
 
 pub use caller::Caller;
 pub use device::{Behaviour, Device};
-pub use log::ReceivedRequest;
 pub use digest::{Credentials, DigestAlgorithm};
 pub use gateway::{GatewayRule, Push, PushBody, PushGateway};
+pub use log::ReceivedRequest;
 pub use sip::{Expect, MessageExt};
 pub use socket::{SipSocket, Transport};
 

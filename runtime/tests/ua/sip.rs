@@ -160,12 +160,12 @@ pub trait MessageExt {
     }
 
     /// The tag parameter of To.
-    fn to_tag(&self) -> Option<String> {
+    fn tag_of_to(&self) -> Option<String> {
         param(&self.header("To")?, "tag")
     }
 
     /// The tag parameter of From.
-    fn from_tag(&self) -> Option<String> {
+    fn tag_of_from(&self) -> Option<String> {
         param(&self.header("From")?, "tag")
     }
 
@@ -232,14 +232,39 @@ pub fn split_list(value: &str) -> Vec<String> {
 
 /// The value of parameter `name` in a header value such as `<sip:a@b>;tag=x;expires=60` or
 /// `SIP/2.0/UDP h;branch=z`: parameters after the name-addr (outside `<>`) only. A parameter
-/// without a value gives `Some("")`. Quotes are removed.
+/// without a value gives `Some("")`. Quotes around the value are removed.
 pub fn param(value: &str, name: &str) -> Option<String> {
-    let params = match value.rfind('>') {
-        Some(end) => &value[end + 1..],
-        None => value,
-    };
-    params.split(';').skip(1).find_map(|p| {
-        let (n, v) = p.split_once('=').unwrap_or((p, ""));
+    // The parameters start after the `>` closing the first `<` outside quotes, if any.
+    let mut quoted = false;
+    let mut start = 0;
+    let mut open = false;
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' if !open => quoted = !quoted,
+            '<' if !quoted && !open => open = true,
+            '>' if open => {
+                start = i + 1;
+                break;
+            }
+            _ => {}
+        }
+    }
+    // Split at semicolons outside quotes.
+    let (mut parts, mut cur, mut quoted) = (Vec::new(), String::new(), false);
+    for c in value[start..].chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                parts.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    parts.push(cur);
+    parts.into_iter().skip(1).find_map(|p| {
+        let (n, v) = p.split_once('=').unwrap_or((&p, ""));
         n.trim()
             .eq_ignore_ascii_case(name)
             .then(|| v.trim().trim_matches('"').to_owned())

@@ -70,7 +70,7 @@ pub struct SipSocket {
     transport: Transport,
     local: SocketAddr,
     default_peer: Option<SocketAddr>,
-    udp: Option<Arc<UdpSocket>>,
+    udp: Mutex<Option<Arc<UdpSocket>>>,
     writers: Writers,
     tx: mpsc::UnboundedSender<Incoming>,
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Incoming>>,
@@ -96,7 +96,7 @@ impl SipSocket {
             transport,
             local,
             default_peer,
-            udp: None,
+            udp: Mutex::new(None),
             writers: Arc::default(),
             tx,
             rx: tokio::sync::Mutex::new(rx),
@@ -109,8 +109,8 @@ impl SipSocket {
     /// A UDP socket on 127.0.0.1:0.
     pub async fn udp() -> UaResult<Self> {
         let socket = Arc::new(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?);
-        let mut this = Self::empty(Transport::Udp, socket.local_addr()?, None);
-        this.udp = Some(socket.clone());
+        let this = Self::empty(Transport::Udp, socket.local_addr()?, None);
+        *this.udp.lock().expect("udp lock") = Some(socket.clone());
         let tx = this.tx.clone();
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 65_535];
@@ -238,11 +238,18 @@ impl SipSocket {
 
     /// Sends raw bytes to `dest` (e.g. a CRLFCRLF ping, or a message split by hand).
     pub async fn send_raw_to(&self, bytes: &[u8], dest: SocketAddr) -> UaResult<()> {
-        if let Some(udp) = &self.udp {
+        if self.transport == Transport::Udp {
+            let udp = self.udp.lock().expect("udp lock").clone();
+            let udp = udp.ok_or_else(|| UaError::State("socket closed".into()))?;
             udp.send_to(bytes, dest).await?;
             return Ok(());
         }
-        let existing = self.writers.lock().expect("writers lock").get(&dest).cloned();
+        let existing = self
+            .writers
+            .lock()
+            .expect("writers lock")
+            .get(&dest)
+            .cloned();
         let writer = match existing {
             Some(w) => w,
             None => {
@@ -298,7 +305,10 @@ impl SipSocket {
 
     /// Whether a TCP connection with `peer` is open.
     pub fn is_connected_to(&self, peer: SocketAddr) -> bool {
-        self.writers.lock().expect("writers lock").contains_key(&peer)
+        self.writers
+            .lock()
+            .expect("writers lock")
+            .contains_key(&peer)
     }
 
     /// Closes the socket and every connection (also done on drop).
@@ -307,6 +317,7 @@ impl SipSocket {
             task.abort();
         }
         self.writers.lock().expect("writers lock").clear();
+        self.udp.lock().expect("udp lock").take();
     }
 }
 
@@ -390,8 +401,10 @@ fn next_frame(buf: &mut Vec<u8>) -> Frame {
         return Frame::Ping;
     }
     if buf.starts_with(b"\r\n") {
-        if buf.len() < 3 || (buf.len() == 3 && buf[2] == b'\r') {
-            return Frame::NeedMore; // maybe the start of a ping
+        // A ping is written in one piece, so a CRLF that has arrived alone is a pong; only
+        // CRLF CR may still grow into a ping.
+        if buf.len() == 3 && buf[2] == b'\r' {
+            return Frame::NeedMore;
         }
         buf.drain(..2);
         return Frame::Pong;
@@ -453,7 +466,8 @@ pub fn spawn_retransmit(
         let mut interval = T1;
         loop {
             tokio::time::sleep(interval).await;
-            if start.elapsed() >= T1 * 64 || answered.lock().expect("answered lock").contains(&branch)
+            if start.elapsed() >= T1 * 64
+                || answered.lock().expect("answered lock").contains(&branch)
             {
                 return;
             }
@@ -463,7 +477,11 @@ pub fn spawn_retransmit(
             if socket.send_raw_to(&bytes, dest).await.is_err() {
                 return;
             }
-            interval = if invite { interval * 2 } else { (interval * 2).min(T2) };
+            interval = if invite {
+                interval * 2
+            } else {
+                (interval * 2).min(T2)
+            };
         }
     });
 }
