@@ -1,0 +1,507 @@
+//! End to end: the real server on loopback, in-repo user agents (tests/ua/) as callers and
+//! sleeping phones, and a local HTTP server standing in for the push service. One test per
+//! row of the outcome table in specs/parking.md.
+
+mod ua;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use pushpark::config::{Config, Listener, Provider, Transport as Listen};
+use pushpark::server::Server;
+use rsip::Method;
+use ua::{Behaviour, Caller, Device, GatewayRule, PushGateway, Transport, STEP};
+
+/// A server whose pushes go to a local push gateway.
+struct Harness {
+    server: Option<Server>,
+    gateway: PushGateway,
+    udp: SocketAddr,
+    tcp: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+fn config(dir: &Path, gateway: &PushGateway) -> Config {
+    let any = "127.0.0.1:0".parse().expect("an address");
+    let mut config = Config {
+        listen: vec![
+            Listener {
+                transport: Listen::Udp,
+                address: any,
+            },
+            Listener {
+                transport: Listen::Tcp,
+                address: any,
+            },
+        ],
+        ..Config::default()
+    };
+    config.store.path = dir.join("bindings.db");
+    config.auth.trusted_peers = vec!["127.0.0.1/32".parse().expect("a network")];
+    config.push.providers.insert(
+        "gateway".into(),
+        Provider::Webhook {
+            url: gateway.url(),
+            timeout: Duration::from_secs(2),
+            bearer_token: None,
+        },
+    );
+    for route in config.push.routes.values_mut() {
+        *route = toml::Spanned::new(0..0, "gateway".to_owned());
+    }
+    config
+}
+
+impl Harness {
+    async fn start(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let gateway = PushGateway::start().await.expect("the push gateway");
+        let mut config = config(dir.path(), &gateway);
+        adjust(&mut config);
+        let server = Server::start(config).await.expect("the server starts");
+        let udp = server.local_addr(Listen::Udp).expect("UDP");
+        let tcp = server.local_addr(Listen::Tcp).expect("TCP");
+        Self {
+            server: Some(server),
+            gateway,
+            udp,
+            tcp,
+            dir,
+        }
+    }
+
+    /// A phone of `aor` on TCP with push token `token`, registered, then asleep.
+    async fn sleeping_phone(&self, aor: &str, token: &str, behaviour: Behaviour) -> Device {
+        let phone = self.phone(aor, token, behaviour).await;
+        phone.sleep().await;
+        // Let the server see the connection close.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        phone
+    }
+
+    /// A phone of `aor` on TCP with push token `token`, registered and awake.
+    async fn phone(&self, aor: &str, token: &str, behaviour: Behaviour) -> Device {
+        let phone = Device::builder(aor, self.tcp)
+            .transport(Transport::Tcp)
+            .push("apns", token, Some("ABCD1234.com.example.app.voip"))
+            .instance(&format!("00000000-0000-1000-8000-{token:0>12}"))
+            .behaviour(behaviour)
+            .start()
+            .await
+            .expect("the phone starts");
+        let ok = phone.register(600).await.expect("REGISTER is answered");
+        assert_eq!(ok.status_code.code(), 200, "{ok}");
+        phone
+    }
+
+    async fn caller(&self) -> Caller {
+        Caller::new("sip:alice@localhost", Transport::Udp)
+            .await
+            .expect("the caller starts")
+            .with_display_name("Alice")
+    }
+
+    async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        let server = Server::start(config(self.dir.path(), &self.gateway))
+            .await
+            .expect("the server restarts");
+        self.udp = server.local_addr(Listen::Udp).expect("UDP");
+        self.tcp = server.local_addr(Listen::Tcp).expect("TCP");
+        self.server = Some(server);
+    }
+
+    async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}
+
+const ANSWER: Behaviour = Behaviour::Answer {
+    ring_for: Duration::from_millis(100),
+};
+
+/// Hangs up an answered call from the caller's side and checks the BYE gets through.
+async fn ack_and_hang_up(alice: &Caller, ok: &rsip::Response) {
+    alice.ack(ok).await.expect("ACK sent");
+    alice.bye().await.expect("BYE sent");
+    alice
+        .expect_response_for(Method::Bye, 200, STEP)
+        .await
+        .expect("the BYE reaches the phone and its 200 comes back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_call_is_pushed_delivered_after_the_wake_up_register_and_answered() {
+    let h = Harness::start(|_| {}).await;
+    let bob = h.sleeping_phone("sip:bob@localhost", "bob1", ANSWER).await;
+    h.gateway.wake_on_push(&bob, Duration::from_millis(300));
+    let alice = h.caller().await;
+    let call_id = alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    alice
+        .expect_response(100, STEP)
+        .await
+        .expect("100 Trying at once");
+    let ok = alice.expect_response(200, STEP).await.expect("answered");
+    ack_and_hang_up(&alice, &ok).await;
+    let pushes = h.gateway.pushes_for("bob1");
+    assert_eq!(pushes.len(), 1, "one push for one call");
+    assert_eq!(pushes[0].body.call_id, call_id);
+    assert_eq!(pushes[0].body.callee_aor, "sip:bob@localhost");
+    assert_eq!(pushes[0].body.caller_display_name.as_deref(), Some("Alice"));
+    assert_eq!(
+        bob.count(Method::Invite),
+        1,
+        "the parked INVITE is delivered once"
+    );
+    let invite = &bob.requests()[0].request;
+    assert!(
+        !invite.to_string().contains("pn-"),
+        "pn-* parameters never leave the registrar:\n{invite}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_tcp_phone_is_rung_directly_without_a_push() {
+    let h = Harness::start(|_| {}).await;
+    let bob = h.phone("sip:bob@localhost", "bob2", ANSWER).await;
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let ok = alice.expect_response(200, STEP).await.expect("answered");
+    ack_and_hang_up(&alice, &ok).await;
+    assert!(h.gateway.pushes().is_empty(), "no push to an awake phone");
+    assert_eq!(bob.count(Method::Invite), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_phone_gives_the_caller_486() {
+    let h = Harness::start(|_| {}).await;
+    let bob = h
+        .sleeping_phone("sip:bob@localhost", "bob3", Behaviour::Busy)
+        .await;
+    h.gateway.wake_on_push(&bob, Duration::from_millis(100));
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let busy = alice.expect_final(STEP).await.expect("a final response");
+    assert_eq!(busy.status_code.code(), 486, "{busy}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declining_phone_gives_the_caller_603() {
+    let h = Harness::start(|_| {}).await;
+    let bob = h
+        .sleeping_phone("sip:bob@localhost", "bob4", Behaviour::Decline)
+        .await;
+    h.gateway.wake_on_push(&bob, Duration::from_millis(100));
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let declined = alice.expect_final(STEP).await.expect("a final response");
+    assert_eq!(declined.status_code.code(), 603, "{declined}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_that_never_wakes_gives_480_at_the_park_deadline() {
+    let h = Harness::start(|c| c.parking.park_timeout = Duration::from_millis(1500)).await;
+    let _bob = h.sleeping_phone("sip:bob@localhost", "bob5", ANSWER).await;
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let started = tokio::time::Instant::now();
+    let unavailable = alice.expect_final(STEP).await.expect("a final response");
+    assert_eq!(unavailable.status_code.code(), 480, "{unavailable}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "not before the deadline"
+    );
+    assert_eq!(h.gateway.pushes_for("bob5").len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_during_the_push_gives_487_and_the_woken_phone_learns_the_call_ended() {
+    let h = Harness::start(|_| {}).await;
+    let bob = h
+        .sleeping_phone("sip:bob@localhost", "bob6", Behaviour::RingOnly)
+        .await;
+    h.gateway.wake_on_push(&bob, Duration::from_millis(600));
+    let alice = h.caller().await;
+    let call_id = alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    alice.expect_response(100, STEP).await.expect("100 Trying");
+    h.gateway
+        .wait_for_push(STEP)
+        .await
+        .expect("the push went out");
+    alice.cancel().await.expect("CANCEL sent");
+    alice
+        .expect_response_for(Method::Cancel, 200, STEP)
+        .await
+        .expect("200 to the CANCEL");
+    let terminated = alice
+        .expect_final(STEP)
+        .await
+        .expect("the INVITE's final response");
+    assert_eq!(terminated.status_code.code(), 487, "{terminated}");
+    // The woken phone gets the INVITE and at once a CANCEL saying why (specs §6).
+    let cancel = bob
+        .expect_request(Method::Cancel, STEP)
+        .await
+        .expect("a CANCEL");
+    assert_eq!(cancel.call_id, call_id);
+    assert_eq!(
+        cancel.reason_cause(),
+        Some(487),
+        "Reason: {:?}",
+        cancel.reason
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_after_forwarding_reaches_the_ringing_phone() {
+    let h = Harness::start(|_| {}).await;
+    let bob = h
+        .phone("sip:bob@localhost", "bob7", Behaviour::RingOnly)
+        .await;
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    alice.expect_response(180, STEP).await.expect("ringing");
+    alice.cancel().await.expect("CANCEL sent");
+    let terminated = alice.expect_final(STEP).await.expect("a final response");
+    assert_eq!(terminated.status_code.code(), 487, "{terminated}");
+    bob.expect_request(Method::Cancel, STEP)
+        .await
+        .expect("the CANCEL reaches the phone");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_phones_the_first_answer_wins_and_the_other_is_cancelled() {
+    let h = Harness::start(|_| {}).await;
+    let desk = h
+        .phone("sip:bob@localhost", "bob8a", Behaviour::RingOnly)
+        .await;
+    let mobile = h.sleeping_phone("sip:bob@localhost", "bob8b", ANSWER).await;
+    h.gateway.wake_on_push(&mobile, Duration::from_millis(200));
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let ok = alice.expect_response(200, STEP).await.expect("answered");
+    ack_and_hang_up(&alice, &ok).await;
+    desk.expect_request(Method::Cancel, STEP)
+        .await
+        .expect("the other phone's branch is cancelled");
+    assert_eq!(
+        h.gateway.pushes_for("bob8a").len(),
+        0,
+        "the awake phone is not pushed"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_calls_parked_for_one_phone_are_both_delivered_when_it_wakes() {
+    let h = Harness::start(|_| {}).await;
+    let bob = h
+        .sleeping_phone("sip:bob@localhost", "bob9", Behaviour::RingOnly)
+        .await;
+    let alice = h.caller().await;
+    let carol = Caller::new("sip:carol@localhost", Transport::Udp)
+        .await
+        .expect("a caller");
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    carol
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    alice.expect_response(100, STEP).await.expect("100");
+    carol.expect_response(100, STEP).await.expect("100");
+    bob.wake().await.expect("the wake-up REGISTER");
+    alice
+        .expect_response(180, STEP)
+        .await
+        .expect("alice hears ringing");
+    carol
+        .expect_response(180, STEP)
+        .await
+        .expect("carol hears ringing");
+    assert_eq!(bob.count(Method::Invite), 2);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_wake_up_register_delivers_the_call_once() {
+    let h = Harness::start(|_| {}).await;
+    let bob = h
+        .sleeping_phone("sip:bob@localhost", "bob10", Behaviour::RingOnly)
+        .await;
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    alice.expect_response(100, STEP).await.expect("100");
+    bob.wake().await.expect("the wake-up REGISTER");
+    bob.register(600).await.expect("a second REGISTER");
+    alice.expect_response(180, STEP).await.expect("ringing");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bob.count(Method::Invite), 1, "one INVITE for one call");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_token_is_forgotten_and_the_caller_gets_480() {
+    let h = Harness::start(|_| {}).await;
+    let _bob = h.sleeping_phone("sip:bob@localhost", "bob11", ANSWER).await;
+    h.gateway.set_rule("bob11", GatewayRule::gone());
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let unavailable = alice.expect_final(STEP).await.expect("a final response");
+    assert_eq!(unavailable.status_code.code(), 480, "{unavailable}");
+    // The token is gone: the next call is not pushed at all.
+    let again = h.caller().await;
+    again
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let unavailable = again.expect_final(STEP).await.expect("a final response");
+    assert_eq!(unavailable.status_code.code(), 480, "{unavailable}");
+    assert_eq!(
+        h.gateway.pushes_for("bob11").len(),
+        1,
+        "no push to a dead token"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenged_wake_up_register_keeps_the_call_parked() {
+    let users = tempfile::NamedTempFile::new().expect("a users file");
+    pushpark::auth::add_user(users.path(), "bob", "localhost", "secret").expect("a user");
+    let path = users.path().to_owned();
+    let h = Harness::start(|c| c.auth.users_file = Some(path)).await;
+    let bob = Device::builder("sip:bob@localhost", h.tcp)
+        .transport(Transport::Tcp)
+        .push("apns", "bob12", Some("ABCD1234.com.example.app.voip"))
+        .credentials("bob", "secret")
+        .behaviour(ANSWER)
+        .start()
+        .await
+        .expect("the phone starts");
+    let ok = bob.register(600).await.expect("REGISTER after a challenge");
+    assert_eq!(ok.status_code.code(), 200, "{ok}");
+    bob.sleep().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.gateway.wake_on_push(&bob, Duration::from_millis(200));
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let ok = alice
+        .expect_response(200, STEP)
+        .await
+        .expect("answered after a challenged REGISTER");
+    ack_and_hang_up(&alice, &ok).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_survive_a_restart() {
+    let mut h = Harness::start(|_| {}).await;
+    let bob = h.sleeping_phone("sip:bob@localhost", "bob13", ANSWER).await;
+    h.restart().await;
+    h.gateway.wake_on_push(&bob, Duration::from_millis(100));
+    // The phone registers again to the restarted server when woken.
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let push = h
+        .gateway
+        .wait_for_push(STEP)
+        .await
+        .expect("the kept binding is pushed");
+    assert_eq!(push.body.pn_prid, "bob13");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_users_get_404_when_a_users_file_is_configured() {
+    let users = tempfile::NamedTempFile::new().expect("a users file");
+    pushpark::auth::add_user(users.path(), "bob", "localhost", "secret").expect("a user");
+    let path = users.path().to_owned();
+    let h = Harness::start(|c| c.auth.users_file = Some(path)).await;
+    let alice = h.caller().await;
+    alice
+        .invite("sip:nobody@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let not_found = alice.expect_final(STEP).await.expect("a final response");
+    assert_eq!(not_found.status_code.code(), 404, "{not_found}");
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let unavailable = alice.expect_final(STEP).await.expect("a final response");
+    assert_eq!(
+        unavailable.status_code.code(),
+        480,
+        "a known user with no binding: {unavailable}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_for_foreign_domains_are_refused() {
+    let h = Harness::start(|_| {}).await;
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@example.org", h.udp)
+        .await
+        .expect("INVITE sent");
+    let forbidden = alice.expect_final(STEP).await.expect("a final response");
+    assert_eq!(
+        forbidden.status_code.code(),
+        403,
+        "no open relay: {forbidden}"
+    );
+    h.stop().await;
+}
