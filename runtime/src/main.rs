@@ -1,9 +1,9 @@
 //! pushpark: a SIP registrar and proxy that parks calls for mobile apps that sleep.
 //!
 //! The protocol decisions live in the `pushpark-model` crate (model/); this binary is the
-//! shell around them. For now it drives the core on a simulated clock (`pushpark demo`)
-//! and checks configuration files; the SIP transports, registrar, proxy and push
-//! providers are being built.
+//! shell around them: `pushpark run` (the default) serves SIP, `check-config` checks a
+//! configuration file, `user` manages the digest users file, `demo` plays scripted calls
+//! through the core on a simulated clock.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -160,7 +160,7 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command.unwrap_or(Command::Demo)) {
+    match run(cli.command.unwrap_or(Command::Run { config: None })) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {

@@ -131,16 +131,32 @@ fn server_key(request: &Message) -> Result<(Key, transaction::Method), &'static 
         Some(Ok(via)) => via,
         _ => return Err("Malformed Via"),
     };
-    let branch = via.branch().unwrap_or_default();
-    if !branch.starts_with(MAGIC_COOKIE) {
-        return Err("Via branch lacks the RFC 3261 magic cookie");
-    }
     let sent_by = match via.port {
         Some(port) => format!("{}:{port}", via.host_raw),
         None => via.host_raw.to_owned(),
     };
+    let branch = match via.branch() {
+        Some(branch) if branch.starts_with(MAGIC_COOKIE) => branch.to_owned(),
+        // RFC 3261 §17.2.3: a request from an RFC 2543 element has no usable branch; it is
+        // matched by Call-ID, From tag, CSeq number and top Via instead, which an ACK
+        // shares with its INVITE.
+        other => {
+            let from_tag = request
+                .from_header()
+                .and_then(Result::ok)
+                .and_then(|f| f.tag().map(str::to_owned))
+                .unwrap_or_default();
+            let call_id = request.call_id().and_then(Result::ok).unwrap_or_default();
+            let seq = request.cseq().and_then(Result::ok).map_or(0, |c| c.seq);
+            let seed = format!(
+                "{call_id}|{from_tag}|{seq}|{sent_by}|{}",
+                other.unwrap_or_default()
+            );
+            format!("{MAGIC_COOKIE}-2543-{:x}", fnv(&seed))
+        }
+    };
     let method = transaction::Method::from_token(request.method().map_or("", |m| m.as_str()));
-    Key::server(branch, &sent_by, &method)
+    Key::server(&branch, &sent_by, &method)
         .map(|key| (key, method))
         .map_err(|_| "Malformed Via")
 }
@@ -169,6 +185,7 @@ impl State {
         if let Err(rejection) = validate_request(&request) {
             return self.respond_stateless(&flow, &request, rejection.code, &rejection.reason);
         }
+        let request = with_received(&flow, request);
         let (key, method) = match server_key(&request) {
             Ok(found) => found,
             Err(reason) => return self.respond_stateless(&flow, &request, 400, reason),
@@ -194,11 +211,34 @@ impl State {
             }
             Err(e) => return debug!("{flow}: transaction: {e:?}"),
         }
+        let method = request
+            .method()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        let for_us = self.request_is_for_us(&request);
+        if method != "REGISTER" && method != "CANCEL" && !for_us {
+            // RFC 3261 §16.3: checks of a request this server would proxy.
+            if request.max_forwards_or_default().unwrap_or(70) == 0 {
+                return self.reply(&flow, &key, &request, 483, &[]);
+            }
+            if let Ok(tags) = request.option_tags(HeaderName::ProxyRequire) {
+                if !tags.is_empty() {
+                    let unsupported = [("Unsupported", tags.join(", "))];
+                    return self.reply(&flow, &key, &request, 420, &unsupported);
+                }
+            }
+        }
+        // A request inside a dialog this server did not record-route: no such dialog here.
+        let dialog_method = matches!(method.as_str(), "BYE" | "UPDATE" | "INFO" | "PRACK");
+        let tagged = matches!(request.to_header(), Some(Ok(to)) if to.tag().is_some());
+        if dialog_method || (tagged && method != "REGISTER") {
+            return self.reply(&flow, &key, &request, 481, &[]);
+        }
         match request.method() {
             Some(m) if m.as_str() == "REGISTER" => self.on_register(flow, key, request),
             Some(m) if m.as_str() == "INVITE" => self.on_invite(flow, key, request),
             Some(m) if m.as_str() == "CANCEL" => self.on_cancel(flow, key, request),
-            Some(m) if m.as_str() == "OPTIONS" && self.request_is_for_us(&request) => {
+            Some(m) if m.as_str() == "OPTIONS" && for_us => {
                 self.reply(&flow, &key, &request, 200, &[("Allow", ALLOW.to_owned())]);
             }
             Some(Method::Extension(_)) => self.reply(&flow, &key, &request, 501, &[]),
@@ -254,14 +294,9 @@ impl State {
         let reply = |state: &mut State, code: u16, extra: &[(&str, String)]| {
             state.reply(&flow, &key, &invite, code, extra)
         };
-        if invite.max_forwards_or_default().unwrap_or(70) == 0 {
-            return reply(self, 483, &[]);
-        }
-        // RFC 3261 §16.3 step 5: we support no extension a proxy could be required to.
-        if let Ok(tags) = invite.option_tags(HeaderName::ProxyRequire) {
-            if !tags.is_empty() {
-                return reply(self, 420, &[("Unsupported", tags.join(", "))]);
-            }
+        // RFC 3261 §16.3 step 4: an INVITE that already went through us comes back in a loop.
+        if self.already_forwarded_by_us(&invite) {
+            return reply(self, 482, &[]);
         }
         let Some(Ok(Uri::Sip(ruri))) = invite.request_uri() else {
             return reply(self, 416, &[]);
@@ -315,6 +350,17 @@ impl State {
             callee,
         });
         self.forget_if_done(call);
+    }
+
+    /// One of the request's Vias is ours, from a branch of a call: it has looped back.
+    fn already_forwarded_by_us(&self, request: &Message) -> bool {
+        request.vias().flatten().any(|via| {
+            let ours = via.branch().is_some_and(|b| b.starts_with(STATEFUL));
+            let here = self.addrs.iter().any(|(_, a)| {
+                via.host.ip() == Some(a.ip()) && via.port.unwrap_or(5060) == a.port()
+            });
+            ours && here
+        })
     }
 
     /// The 407 challenge an INVITE from one of our own users must answer, if any.
@@ -951,6 +997,38 @@ impl State {
             }
         }
     }
+}
+
+/// RFC 3261 §18.2.1 and RFC 3581: the top Via records the address the request really came
+/// from (`received`) and, when the client asked with `rport`, its port, so responses and
+/// requests in the dialog find their way back through NAT.
+fn with_received(flow: &Flow, request: Message) -> Message {
+    let Some(Ok(via)) = request.top_via() else {
+        return request;
+    };
+    let wants_port = matches!(via.rport(), Some(None));
+    let moved = via.host.ip() != Some(flow.peer.ip());
+    if !wants_port && !moved {
+        return request;
+    }
+    let Some(Ok(top)) = request.elements(HeaderName::Via).next() else {
+        return request;
+    };
+    let mut value: String = top
+        .split(';')
+        .filter(|p| {
+            !p.trim().eq_ignore_ascii_case("rport")
+                && !p.trim().to_ascii_lowercase().starts_with("received=")
+        })
+        .collect::<Vec<_>>()
+        .join(";");
+    // RFC 3261's grammar writes an IPv6 `received` without brackets.
+    value.push_str(&format!(";received={}", flow.peer.ip()));
+    if wants_port {
+        value.push_str(&format!(";rport={}", flow.peer.port()));
+    }
+    let bytes = request.forward().pop_via().push_via(&value).to_bytes();
+    parse_datagram_bytes(bytes.into()).unwrap_or(request)
 }
 
 /// The methods pushpark handles.
