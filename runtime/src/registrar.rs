@@ -108,6 +108,26 @@ impl Bindings {
         Some((binding.id, push.prid))
     }
 
+    /// Drops the bindings that have expired and returns them, callee and device.
+    pub fn expire(&mut self, now: u64) -> Vec<(String, DeviceId)> {
+        let mut gone = Vec::new();
+        for (aor, bindings) in self.by_aor.iter_mut() {
+            bindings.retain(|b| {
+                let keep = b.expires_at > now;
+                if !keep {
+                    gone.push((aor.clone(), device(b.id)));
+                }
+                keep
+            });
+        }
+        self.by_aor.retain(|_, bindings| !bindings.is_empty());
+        for (_, id) in &gone {
+            self.aor_of.remove(id);
+            self.flows.remove(id);
+        }
+        gone
+    }
+
     /// A TCP connection closed: the devices on it can only be pushed now.
     pub fn flow_closed(&mut self, flow: FlowId) {
         self.flows.retain(|_, f| f.id != flow);
@@ -128,6 +148,8 @@ pub(crate) struct RegisterDone {
     /// The contacts this REGISTER added or refreshed.
     upserted: Vec<ContactSpec>,
     feature_caps: Vec<String>,
+    /// RFC 5626: the UA registered a flow (instance and reg-id) and supports outbound.
+    outbound: bool,
     result: Result<Applied, StoreError>,
 }
 
@@ -329,6 +351,13 @@ impl State {
         }
         feature_caps.sort();
         feature_caps.dedup();
+        let supports_outbound = request
+            .option_tags(crate::sip::HeaderName::Supported)
+            .is_ok_and(|tags| tags.iter().any(|t| t.eq_ignore_ascii_case("outbound")));
+        let outbound = supports_outbound
+            && upserted
+                .iter()
+                .any(|s| s.instance.is_some() && s.reg_id.is_some());
         if changes.is_empty() {
             // A query of the current bindings (RFC 3261 §10.2.3).
             let bindings: Vec<Binding> = self.bindings.of(&aor, now).cloned().collect();
@@ -350,6 +379,7 @@ impl State {
                 aor: done_aor,
                 upserted,
                 feature_caps,
+                outbound,
                 result,
             }))
         });
@@ -363,9 +393,13 @@ impl State {
             aor,
             upserted,
             feature_caps,
+            outbound,
             result,
         } = done;
         let now = unix_now();
+        if let Err(e) = &result {
+            tracing::debug!("REGISTER for {aor} not applied: {e}");
+        }
         let (code, reason, headers, applied) = match result {
             Ok(applied) => {
                 let mut headers = contact_headers(&applied.bindings, now);
@@ -377,9 +411,13 @@ impl State {
                     }
                     headers.push(("Feature-Caps", caps));
                 }
+                if outbound {
+                    headers.push(("Require", "outbound".to_owned()));
+                }
                 (200, "OK", headers, Some(applied))
             }
-            Err(StoreError::OutOfOrder { .. }) => (400, "Out-of-order REGISTER", Vec::new(), None),
+            // RFC 3261 §10.3 step 7: the request is aborted; it is no fault of the syntax.
+            Err(StoreError::OutOfOrder { .. }) => (500, "Out-of-order REGISTER", Vec::new(), None),
             Err(e) => {
                 tracing::error!("store: {e}");
                 (500, "Bindings store failed", Vec::new(), None)
@@ -421,6 +459,23 @@ impl State {
                 });
             }
         }
+    }
+}
+
+impl State {
+    /// Forgets expired bindings, in memory and in the store, and tells the core.
+    pub(crate) fn sweep_bindings(&mut self) {
+        let now = unix_now();
+        for (aor, device) in self.bindings.expire(now) {
+            let aor = self.aor_id(&aor);
+            self.feed(Event::DeviceUnavailable { aor, device });
+        }
+        self.with_store(move |store| {
+            if let Err(e) = store.sweep_expired(now) {
+                tracing::error!("store: sweeping expired bindings: {e}");
+            }
+            Input::Nothing
+        });
     }
 }
 

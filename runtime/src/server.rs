@@ -31,6 +31,9 @@ use crate::store::{Store, StoreError, StoreOptions};
 use crate::transaction::{self, Output, Transactions};
 use crate::transport::{Flow, FlowId, Inbound, Transports};
 
+/// How often expired bindings are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
 /// A message on its way out, and the flow it goes over: what the transaction layer keeps
 /// for retransmissions.
 #[derive(Clone, Debug)]
@@ -222,13 +225,18 @@ impl State {
         mut reports: PushReports<PushTag>,
         mut stop: oneshot::Receiver<()>,
     ) {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
         loop {
             let wake = self.next_wake();
             tokio::select! {
                 _ = &mut stop => break,
+                _ = sweep.tick() => self.sweep_bindings(),
                 Some(item) = inbound.recv() => self.on_inbound(item),
                 Some(input) = inputs.recv() => match input {
-                    Input::Registered(done) => self.on_registered(*done),
+                    Input::Registered(done) => {
+                        self.on_registered(*done);
+                        self.drain_transactions();
+                    }
                     Input::Nothing => {}
                 },
                 Some(report) = reports.recv() => self.on_push_report(report),
