@@ -16,7 +16,7 @@
 //! | [`transaction`] | RFC 3261 §17 transactions and their timers, sans-IO (RFC 6026 included) |
 //! | [`transport`] | UDP and TCP listeners and the flows devices are reached on |
 //! | [`store`] | bindings that survive a restart, in an embedded SQLite database |
-//! | [`demo`] | `pushpark demo`: scripted calls through the core on a simulated clock |
+//! | [`demo`] | `pushpark demo`: a call parked, pushed and delivered between simulated phones |
 
 pub mod auth;
 pub mod config;

@@ -2,8 +2,8 @@
 //!
 //! The protocol decisions live in the `pushpark-model` crate (model/); this binary is the
 //! shell around them: `pushpark run` (the default) serves SIP, `check-config` checks a
-//! configuration file, `user` manages the digest users file, `demo` plays scripted calls
-//! through the core on a simulated clock.
+//! configuration file, `user` manages the digest users file, `demo` shows a call parked,
+//! pushed and delivered between simulated phones on loopback.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -31,7 +31,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Play scripted calls through the call-parking core on a simulated clock.
+    /// Show a call parked, pushed and delivered: the server on loopback with a simulated
+    /// caller and a sleeping phone.
     Demo,
     /// Check a configuration file and print the configuration it gives.
     CheckConfig {
@@ -75,6 +76,8 @@ enum Failure {
     Usage(String),
     #[error(transparent)]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    Demo(#[from] demo::DemoError),
 }
 
 fn run(command: Command) -> Result<(), Failure> {
@@ -88,7 +91,10 @@ fn run(command: Command) -> Result<(), Failure> {
             drop(out);
             return serve(config);
         }
-        Command::Demo => demo::run(&mut out)?,
+        Command::Demo => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(demo::run(&mut out))?;
+        }
         Command::CheckConfig { file } => {
             let config = Config::load(&file)?;
             writeln!(out, "{}: ok\n{config:#?}", file.display())?;

@@ -74,13 +74,22 @@ pub struct Server {
 impl Server {
     /// Binds the listeners, opens the store and starts serving.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_with_providers(config, HashMap::new()).await
+    }
+
+    /// [`start`](Self::start), with push providers of the embedding program's own in
+    /// addition to the configured ones (a name here wins); `[push.routes]` names them.
+    pub async fn start_with_providers(
+        config: Config,
+        extra: HashMap<String, Arc<dyn PushProvider>>,
+    ) -> Result<Self, StartError> {
         let (inbound_tx, inbound) = mpsc::channel(4096);
         let transports = Transports::bind(&config.listen, config.sip.max_message_size, inbound_tx)
             .await
             .map_err(StartError::Listen)?;
         let addrs = transports.local_addrs();
         let store = Store::open(&config.store.path, &StoreOptions::default())?;
-        let (dispatcher, reports) = build_dispatcher(&config)?;
+        let (dispatcher, reports) = build_dispatcher(&config, extra)?;
         let auth = match &config.auth.users_file {
             Some(path) => {
                 let mut digest = DigestConfig::new(config.realm(), Secret::generate());
@@ -162,9 +171,13 @@ type PushTag = (CallId, DeviceId);
 
 fn build_dispatcher(
     config: &Config,
+    extra: HashMap<String, Arc<dyn PushProvider>>,
 ) -> Result<(Dispatcher<PushTag>, PushReports<PushTag>), StartError> {
-    let mut providers: HashMap<&str, Arc<dyn PushProvider>> = HashMap::new();
+    let mut providers: HashMap<String, Arc<dyn PushProvider>> = extra;
     for (name, provider) in &config.push.providers {
+        if providers.contains_key(name) {
+            continue;
+        }
         let provider: Arc<dyn PushProvider> = match provider {
             Provider::Log => Arc::new(LogProvider::named(name.clone())),
             Provider::Webhook {
@@ -179,7 +192,7 @@ fn build_dispatcher(
                 Arc::new(WebhookProvider::new(webhook)?)
             }
         };
-        providers.insert(name, provider);
+        providers.insert(name.clone(), provider);
     }
     let mut builder = Dispatcher::builder();
     for (pns, name) in &config.push.routes {
