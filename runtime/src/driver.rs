@@ -46,13 +46,21 @@ impl Driver {
     /// Fires every timer due at or before `now`, earliest first, and returns the effects.
     pub fn fire_due(&mut self, now: Millis) -> Vec<Effect> {
         let mut out = Vec::new();
-        while let Some(&(at, timer)) = self.due.first().filter(|&&(at, _)| at <= now) {
-            self.due.remove(&(at, timer));
-            self.armed.remove(&timer);
-            out.extend(self.handle(at, Event::TimerFired(timer)));
+        while let Some((_, effects)) = self.fire_next(now) {
+            out.extend(effects);
         }
-        self.now = self.now.max(now);
         out
+    }
+
+    /// Fires the earliest timer due at or before `now`, if any: the timer and its effects.
+    pub fn fire_next(&mut self, now: Millis) -> Option<(Timer, Vec<Effect>)> {
+        let Some(&(at, timer)) = self.due.first().filter(|&&(at, _)| at <= now) else {
+            self.now = self.now.max(now);
+            return None;
+        };
+        self.due.remove(&(at, timer));
+        self.armed.remove(&timer);
+        Some((timer, self.handle(at, Event::TimerFired(timer))))
     }
 
     fn track_timers(&mut self, effects: &[Effect]) {

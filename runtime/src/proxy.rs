@@ -65,6 +65,8 @@ struct BranchContext {
     response: Option<Message>,
     /// The branch only tells a woken device that its call ended.
     telling: Option<EndReason>,
+    /// The branch has its final response (or gave up waiting).
+    finished: bool,
     answered: bool,
 }
 
@@ -72,6 +74,13 @@ struct BranchContext {
 #[derive(Default)]
 pub(crate) struct Branches {
     by_key: HashMap<Key, (CallId, DeviceId)>,
+}
+
+impl Calls {
+    /// Calls the proxy keeps SIP for.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
 }
 
 impl Branches {
@@ -349,7 +358,6 @@ impl State {
             aor: aor_id,
             callee,
         });
-        self.forget_if_done(call);
     }
 
     /// One of the request's Vias is ours, from a branch of a call: it has looped back.
@@ -425,7 +433,6 @@ impl State {
                 // RFC 3261 §16.10: 200 to the CANCEL at once; the core decides the rest.
                 self.reply(&flow, &key, &cancel, 200, &[]);
                 self.feed(Event::CallerCancelled { call });
-                self.forget_if_done(call);
             }
             None => self.reply(&flow, &key, &cancel, 481, &[]),
         }
@@ -484,6 +491,7 @@ impl State {
         if (101..200).contains(&status) {
             branch.provisional = true;
         }
+        branch.finished |= status >= 200;
         if let Some(reason) = branch.telling {
             // The device only had to learn the call ended: CANCEL once it rings, hang up
             // a 2xx, and let the rest go.
@@ -492,6 +500,9 @@ impl State {
                 self.send_cancel(call, device);
             } else if (200..300).contains(&status) {
                 self.hang_up(call, device, &response);
+            }
+            if status >= 200 {
+                self.forget_if_done(call);
             }
             return;
         }
@@ -526,7 +537,6 @@ impl State {
             self.send_cancel(call, device);
         }
         self.feed(event);
-        self.forget_if_done(call);
     }
 
     pub(crate) fn on_transaction_event(&mut self, event: TuEvent) {
@@ -548,6 +558,7 @@ impl State {
             }
             TuEvent::Timeout { key, timer } => {
                 if let Some(&(call, device)) = self.branches.by_key.get(&key) {
+                    self.finish_branch(call, device);
                     let telling = self
                         .branch(call, device)
                         .is_some_and(|b| b.telling.is_some());
@@ -557,7 +568,6 @@ impl State {
                             device,
                             code: 408,
                         });
-                        self.forget_if_done(call);
                     }
                 }
             }
@@ -568,9 +578,24 @@ impl State {
             }
             TuEvent::TransportError { key } => {
                 if let Some(&(call, device)) = self.branches.by_key.get(&key) {
+                    self.finish_branch(call, device);
                     self.feed(Event::BranchUnreachable { call, device });
-                    self.forget_if_done(call);
                 }
+            }
+        }
+    }
+
+    /// A branch gave up (transaction time-out): a telling branch may let its call go.
+    fn finish_branch(&mut self, call: CallId, device: DeviceId) {
+        let branch = self
+            .calls
+            .by_id
+            .get_mut(&call)
+            .and_then(|c| c.branches.get_mut(&device));
+        if let Some(branch) = branch {
+            branch.finished = true;
+            if branch.telling.is_some() {
+                self.forget_if_done(call);
             }
         }
     }
@@ -749,6 +774,7 @@ impl State {
                     cancel_sent: false,
                     response: None,
                     telling,
+                    finished: false,
                     answered: false,
                 },
             );
@@ -884,9 +910,14 @@ impl State {
 
     /// Drops what the proxy keeps of a call once the core has let it go and its caller is
     /// answered.
-    fn forget_if_done(&mut self, call: CallId) {
-        let done = self.calls.by_id.get(&call).is_some_and(|c| c.answered)
-            && !self.driver.core().holds(call);
+    pub(crate) fn forget_if_done(&mut self, call: CallId) {
+        let done = self.calls.by_id.get(&call).is_some_and(|c| {
+            let telling = c
+                .branches
+                .values()
+                .any(|b| b.telling.is_some() && !b.finished);
+            c.answered && !telling
+        }) && !self.driver.core().holds(call);
         if done {
             if let Some(ctx) = self.calls.by_id.remove(&call) {
                 self.calls.by_invite.remove(&ctx.key);

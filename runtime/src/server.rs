@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use pushpark_model::{AorId, CallId, DeviceId, Effect, Event};
+use pushpark_model::{AorId, CallId, DeviceId, Effect, Event, Timer};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -64,9 +65,19 @@ pub(crate) enum Input {
     Nothing,
 }
 
+/// What the server holds right now, refreshed after every event it handles.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Calls the proxy keeps SIP for (in progress, or ended but not let go yet).
+    pub calls: AtomicUsize,
+    /// Call records the core holds.
+    pub core_calls: AtomicUsize,
+}
+
 /// A running server.
 pub struct Server {
     addrs: Vec<(Transport, SocketAddr)>,
+    gauges: Arc<Gauges>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -122,7 +133,9 @@ impl Server {
             addrs: addrs.clone(),
             config,
             next_id: 1,
+            gauges: Arc::new(Gauges::default()),
         };
+        let gauges = Arc::clone(&state.gauges);
         let (stop_tx, stop) = oneshot::channel();
         let task = tokio::spawn(async move { state.run(inbound, inputs, reports, stop).await });
         for (transport, addr) in &addrs {
@@ -130,6 +143,7 @@ impl Server {
         }
         Ok(Self {
             addrs,
+            gauges,
             stop: Some(stop_tx),
             task,
         })
@@ -141,6 +155,11 @@ impl Server {
             .iter()
             .find(|(t, _)| *t == transport)
             .map(|&(_, a)| a)
+    }
+
+    /// What the server holds right now.
+    pub fn gauges(&self) -> &Gauges {
+        &self.gauges
     }
 
     /// Stops serving; bindings are already durable.
@@ -228,6 +247,7 @@ pub(crate) struct State {
     pub input_tx: mpsc::UnboundedSender<Input>,
     pub addrs: Vec<(Transport, SocketAddr)>,
     next_id: u64,
+    gauges: Arc<Gauges>,
 }
 
 impl State {
@@ -255,6 +275,10 @@ impl State {
                 Some(report) = reports.recv() => self.on_push_report(report),
                 _ = sleep_until(self.started, wake) => self.on_timers(),
             }
+            self.gauges.calls.store(self.calls.len(), Ordering::Relaxed);
+            self.gauges
+                .core_calls
+                .store(self.driver.core().len(), Ordering::Relaxed);
         }
         info!("stopped");
     }
@@ -281,8 +305,12 @@ impl State {
 
     fn on_timers(&mut self) {
         let now = self.now();
-        let effects = self.driver.fire_due(now);
-        self.execute(effects);
+        while let Some((timer, effects)) = self.driver.fire_next(now) {
+            let call = match timer {
+                Timer::Deadline(call) | Timer::Linger(call) | Timer::PushRetry(call, _) => call,
+            };
+            self.execute(Some(call), effects);
+        }
         self.transactions.handle_timeout(now);
         self.drain_transactions();
     }
@@ -336,14 +364,46 @@ impl State {
     /// Feeds one event to the core and carries out what it decides.
     pub fn feed(&mut self, event: Event) {
         let now = self.now();
+        let call = match &event {
+            Event::CallArrived { call, .. }
+            | Event::CallerCancelled { call }
+            | Event::PushAccepted { call, .. }
+            | Event::PushFailed { call, .. }
+            | Event::BranchRang { call, .. }
+            | Event::BranchAnswered { call, .. }
+            | Event::BranchRejected { call, .. }
+            | Event::BranchUnreachable { call, .. } => Some(*call),
+            Event::DeviceRegistered { .. } | Event::DeviceUnavailable { .. } => None,
+            Event::TimerFired(_) => None,
+        };
         let effects = self.driver.handle(now, event);
-        self.execute(effects);
+        self.execute(call, effects);
         self.drain_transactions();
     }
 
-    fn execute(&mut self, effects: Vec<Effect>) {
+    /// Carries out `effects`, then lets go of the calls they (and `call`, the one the event
+    /// was about) were about if the core has let go of them: nothing outlives a call.
+    fn execute(&mut self, call: Option<CallId>, effects: Vec<Effect>) {
+        let mut touched: Vec<CallId> = call.into_iter().collect();
         for effect in effects {
+            let about = match &effect {
+                Effect::Push { call, .. }
+                | Effect::Forward { call, .. }
+                | Effect::CancelBranch { call, .. }
+                | Effect::HangUpBranch { call, .. }
+                | Effect::RelayProvisional { call, .. }
+                | Effect::Respond { call, .. }
+                | Effect::TellEnded { call, .. } => Some(*call),
+                Effect::ArmTimer { .. } | Effect::DisarmTimer { .. } => None,
+                Effect::ForgetPushToken { .. } => None,
+            };
+            if let Some(call) = about.filter(|c| !touched.contains(c)) {
+                touched.push(call);
+            }
             self.apply_effect(effect);
+        }
+        for call in touched {
+            self.forget_if_done(call);
         }
     }
 

@@ -6,6 +6,7 @@ mod ua;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pushpark::config::{Config, Listener, Provider, Transport as Listen};
@@ -221,7 +222,11 @@ async fn declining_phone_gives_the_caller_603() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_that_never_wakes_gives_480_at_the_park_deadline() {
-    let h = Harness::start(|c| c.parking.park_timeout = Duration::from_millis(1500)).await;
+    let h = Harness::start(|c| {
+        c.parking.park_timeout = Duration::from_millis(1500);
+        c.parking.ended_notice_window = Duration::from_millis(200);
+    })
+    .await;
     let _bob = h.sleeping_phone("sip:bob@localhost", "bob5", ANSWER).await;
     let alice = h.caller().await;
     alice
@@ -236,6 +241,19 @@ async fn phone_that_never_wakes_gives_480_at_the_park_deadline() {
         "not before the deadline"
     );
     assert_eq!(h.gateway.pushes_for("bob5").len(), 1);
+    // Once the ended-notice window has closed too, nothing of the call is left.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let gauges = h.server.as_ref().expect("running").gauges();
+    assert_eq!(
+        gauges.calls.load(Ordering::Relaxed),
+        0,
+        "the proxy kept the call"
+    );
+    assert_eq!(
+        gauges.core_calls.load(Ordering::Relaxed),
+        0,
+        "the core kept the call"
+    );
     h.stop().await;
 }
 
