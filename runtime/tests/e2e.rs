@@ -2,6 +2,7 @@
 //! sleeping phones, and a local HTTP server standing in for the push service. One test per
 //! row of the outcome table in specs/parking.md.
 
+mod common;
 mod ua;
 
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use pushpark::config::{Config, Listener, Provider, Transport as Listen};
+use pushpark::config::{Config, Provider, Transport as Listen};
 use pushpark::server::Server;
 use rsip::Method;
 use ua::{Behaviour, Caller, Device, GatewayRule, PushGateway, Transport, STEP};
@@ -24,21 +25,7 @@ struct Harness {
 }
 
 fn config(dir: &Path, gateway: &PushGateway) -> Config {
-    let any = "127.0.0.1:0".parse().expect("an address");
-    let mut config = Config {
-        listen: vec![
-            Listener {
-                transport: Listen::Udp,
-                address: any,
-            },
-            Listener {
-                transport: Listen::Tcp,
-                address: any,
-            },
-        ],
-        ..Config::default()
-    };
-    config.store.path = dir.join("bindings.db");
+    let mut config = common::loopback_config(dir, &[Listen::Udp, Listen::Tcp], false);
     config.auth.trusted_peers = vec!["127.0.0.1/32".parse().expect("a network")];
     config.push.providers.insert(
         "gateway".into(),

@@ -2,32 +2,19 @@
 //! a drop (or, on TCP, a closed connection) where it is not; the server stays up, and a
 //! binding accepted before keeps working.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pushpark::config::{Config, Listener, Transport};
+use pushpark::config::Transport;
 use pushpark::server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 async fn start(dir: &std::path::Path) -> (Server, SocketAddr, SocketAddr) {
-    let any = "127.0.0.1:0".parse().expect("an address");
-    let mut config = Config {
-        listen: vec![
-            Listener {
-                transport: Transport::Udp,
-                address: any,
-            },
-            Listener {
-                transport: Transport::Tcp,
-                address: any,
-            },
-        ],
-        ..Config::default()
-    };
-    config.store.path = dir.join("bindings.db");
-    let server = Server::start(config).await.expect("the server starts");
-    let udp = server.local_addr(Transport::Udp).expect("UDP");
+    let config = common::loopback_config(dir, &[Transport::Udp, Transport::Tcp], false);
+    let (server, udp) = common::start_udp(config).await;
     let tcp = server.local_addr(Transport::Tcp).expect("TCP");
     (server, udp, tcp)
 }

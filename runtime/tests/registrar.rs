@@ -2,29 +2,23 @@
 //! capability queries, RFC 5626 outbound, `Contact: *`, ordering, IPv6, and the digest
 //! challenge of an INVITE from the local domain.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pushpark::config::{Config, Listener, Transport};
+use pushpark::config::{Config, Transport};
 use pushpark::server::Server;
 use tokio::net::UdpSocket;
 
 async fn start(
-    address: &str,
+    v6: bool,
     adjust: impl FnOnce(&mut Config),
 ) -> (Server, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let mut config = Config {
-        listen: vec![Listener {
-            transport: Transport::Udp,
-            address: address.parse().expect("an address"),
-        }],
-        ..Config::default()
-    };
-    config.store.path = dir.path().join("bindings.db");
+    let mut config = common::loopback_config(dir.path(), &[Transport::Udp], v6);
     adjust(&mut config);
-    let server = Server::start(config).await.expect("the server starts");
-    let addr = server.local_addr(Transport::Udp).expect("UDP");
+    let (server, addr) = common::start_udp(config).await;
     (server, addr, dir)
 }
 
@@ -72,7 +66,7 @@ fn headers<'a>(response: &'a str, name: &str) -> Vec<&'a str> {
 
 #[tokio::test]
 async fn too_short_an_expiry_gets_423_with_min_expires() {
-    let (server, addr, _dir) = start("127.0.0.1:0", |_| {}).await;
+    let (server, addr, _dir) = start(false, |_| {}).await;
     let response = exchange(
         addr,
         &register(1, "Contact: <sip:bob@127.0.0.1:9>\r\nExpires: 10\r\n"),
@@ -85,7 +79,7 @@ async fn too_short_an_expiry_gets_423_with_min_expires() {
 
 #[tokio::test]
 async fn an_unsupported_push_provider_gets_555() {
-    let (server, addr, _dir) = start("127.0.0.1:0", |_| {}).await;
+    let (server, addr, _dir) = start(false, |_| {}).await;
     let contact =
         "Contact: <sip:bob@127.0.0.1:9;pn-provider=pigeon;pn-prid=p1>\r\nExpires: 600\r\n";
     let response = exchange(addr, &register(1, contact)).await;
@@ -95,7 +89,7 @@ async fn an_unsupported_push_provider_gets_555() {
 
 #[tokio::test]
 async fn a_capability_query_lists_every_provider_served() {
-    let (server, addr, _dir) = start("127.0.0.1:0", |_| {}).await;
+    let (server, addr, _dir) = start(false, |_| {}).await;
     let contact = "Contact: <sip:bob@127.0.0.1:9;pn-provider>\r\nExpires: 600\r\n";
     let response = exchange(addr, &register(1, contact)).await;
     server.shutdown().await;
@@ -112,7 +106,7 @@ async fn a_capability_query_lists_every_provider_served() {
 
 #[tokio::test]
 async fn a_push_registration_is_answered_with_its_provider_and_pnsreg_when_asked() {
-    let (server, addr, _dir) = start("127.0.0.1:0", |_| {}).await;
+    let (server, addr, _dir) = start(false, |_| {}).await;
     let contact = "Contact: <sip:bob@127.0.0.1:9;pn-provider=fcm;pn-prid=f1;pn-param=proj>;+sip.pnsreg\r\nExpires: 600\r\n";
     let response = exchange(addr, &register(1, contact)).await;
     server.shutdown().await;
@@ -125,7 +119,7 @@ async fn a_push_registration_is_answered_with_its_provider_and_pnsreg_when_asked
 
 #[tokio::test]
 async fn an_outbound_flow_registration_gets_require_outbound() {
-    let (server, addr, _dir) = start("127.0.0.1:0", |_| {}).await;
+    let (server, addr, _dir) = start(false, |_| {}).await;
     let contact = "Supported: outbound, path\r\nContact: <sip:bob@127.0.0.1:9>;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\";reg-id=1\r\nExpires: 600\r\n";
     let response = exchange(addr, &register(1, contact)).await;
     server.shutdown().await;
@@ -139,7 +133,7 @@ async fn an_outbound_flow_registration_gets_require_outbound() {
 
 #[tokio::test]
 async fn contact_star_removes_every_binding_and_needs_expires_zero() {
-    let (server, addr, _dir) = start("127.0.0.1:0", |_| {}).await;
+    let (server, addr, _dir) = start(false, |_| {}).await;
     let two = "Contact: <sip:bob@127.0.0.1:9>, <sip:bob@127.0.0.1:10>\r\nExpires: 600\r\n";
     let added = exchange(addr, &register(1, two)).await;
     let refused = exchange(addr, &register(2, "Contact: *\r\n")).await;
@@ -154,7 +148,7 @@ async fn contact_star_removes_every_binding_and_needs_expires_zero() {
 
 #[tokio::test]
 async fn an_out_of_order_register_is_refused() {
-    let (server, addr, _dir) = start("127.0.0.1:0", |_| {}).await;
+    let (server, addr, _dir) = start(false, |_| {}).await;
     let contact = "Contact: <sip:bob@127.0.0.1:9>\r\nExpires: 600\r\n";
     let first = exchange(addr, &register(5, contact)).await;
     let stale = exchange(
@@ -169,7 +163,7 @@ async fn an_out_of_order_register_is_refused() {
 
 #[tokio::test]
 async fn ipv6_registrations_are_served() {
-    let (server, addr, _dir) = start("[::1]:0", |c| c.domains.push("::1".into())).await;
+    let (server, addr, _dir) = start(true, |c| c.domains.push("::1".into())).await;
     let text = "REGISTER sip:[::1] SIP/2.0\r\nVia: SIP/2.0/UDP [::1]:9;branch=z9hG4bKv6;rport\r\nMax-Forwards: 70\r\nFrom: <sip:bob@[::1]>;tag=b\r\nTo: <sip:bob@[::1]>\r\nCall-ID: v6@test\r\nCSeq: 1 REGISTER\r\nContact: <sip:bob@[::1]:9;pn-provider=apns;pn-prid=v6>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n";
     let response = exchange(addr, text).await;
     server.shutdown().await;
@@ -190,11 +184,10 @@ async fn an_invite_from_a_local_user_is_challenged_unless_the_peer_is_trusted() 
     pushpark::auth::add_user(users.path(), "alice", "localhost", "secret").expect("a user");
     let path = users.path().to_owned();
     let invite = "INVITE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKi1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a\r\nTo: <sip:bob@localhost>\r\nCall-ID: inv@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
-    let (server, addr, _dir) =
-        start("127.0.0.1:0", |c| c.auth.users_file = Some(path.clone())).await;
+    let (server, addr, _dir) = start(false, |c| c.auth.users_file = Some(path.clone())).await;
     let challenged = exchange(addr, invite).await;
     server.shutdown().await;
-    let (server, addr, _dir) = start("127.0.0.1:0", |c| {
+    let (server, addr, _dir) = start(false, |c| {
         c.auth.users_file = Some(path);
         c.auth.trusted_peers = vec!["127.0.0.0/8".parse().expect("a network")];
     })

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+mod common;
+
 use pushpark::auth::add_user;
-use pushpark::config::{Config, Listener, Transport};
+use pushpark::config::{Config, Transport};
 use pushpark::server::Server;
 
 fn scenario(name: &str) -> PathBuf {
@@ -16,21 +18,11 @@ fn scenario(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A server on ephemeral loopback ports with its store in `dir`.
+/// A server on an ephemeral loopback UDP port with its store in `dir`.
 async fn server(dir: &Path, adjust: impl FnOnce(&mut Config)) -> (Server, SocketAddr) {
-    let any = "127.0.0.1:0".parse().expect("an address");
-    let mut config = Config {
-        listen: vec![Listener {
-            transport: Transport::Udp,
-            address: any,
-        }],
-        ..Config::default()
-    };
-    config.store.path = dir.join("bindings.db");
+    let mut config = common::loopback_config(dir, &[Transport::Udp], false);
     adjust(&mut config);
-    let server = Server::start(config).await.expect("the server starts");
-    let addr = server.local_addr(Transport::Udp).expect("a UDP listener");
-    (server, addr)
+    common::start_udp(config).await
 }
 
 /// A UDP port free a moment ago (SIPp binds 5060 unless told otherwise).

@@ -3,11 +3,13 @@
 //! where the RFC leaves a choice, the choice is named here); and the whole corpus in a row,
 //! after which the server still answers.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use pushpark::config::{Config, Listener, Transport};
+use pushpark::config::Transport;
 use pushpark::server::Server;
 use tokio::net::UdpSocket;
 
@@ -82,27 +84,18 @@ const VERDICTS: &[(&str, Option<u16>)] = &[
 ];
 
 async fn start(dir: &Path) -> (Server, SocketAddr) {
-    let mut config = Config {
-        domains: [
-            "example.com",
-            "example.org",
-            "example.net",
-            "company.com",
-            "registrar.example.com",
-            "2001:db8::10",
-        ]
-        .map(String::from)
-        .to_vec(),
-        listen: vec![Listener {
-            transport: Transport::Udp,
-            address: "127.0.0.1:0".parse().expect("an address"),
-        }],
-        ..Config::default()
-    };
-    config.store.path = dir.join("bindings.db");
-    let server = Server::start(config).await.expect("the server starts");
-    let addr = server.local_addr(Transport::Udp).expect("UDP");
-    (server, addr)
+    let mut config = common::loopback_config(dir, &[Transport::Udp], false);
+    config.domains = [
+        "example.com",
+        "example.org",
+        "example.net",
+        "company.com",
+        "registrar.example.com",
+        "2001:db8::10",
+    ]
+    .map(String::from)
+    .to_vec();
+    common::start_udp(config).await
 }
 
 /// The status code of the final response (or of the last provisional) that arrives within

@@ -1,0 +1,35 @@
+//! Set-up shared by the test files that start a real server.
+
+// Each test file uses its own part of this module.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use pushpark::config::{Config, Listener, Transport};
+use pushpark::server::Server;
+
+/// A configuration with listeners on ephemeral loopback ports (IPv4, or IPv6 when `v6`),
+/// its store in `dir`, and everything else embedded defaults.
+pub fn loopback_config(dir: &Path, transports: &[Transport], v6: bool) -> Config {
+    let address = if v6 { "[::1]:0" } else { "127.0.0.1:0" };
+    let mut config = Config {
+        listen: transports
+            .iter()
+            .map(|&transport| Listener {
+                transport,
+                address: address.parse().expect("a literal address"),
+            })
+            .collect(),
+        ..Config::default()
+    };
+    config.store.path = dir.join("bindings.db");
+    config
+}
+
+/// Starts the server on `config` and returns it with its UDP address.
+pub async fn start_udp(config: Config) -> (Server, SocketAddr) {
+    let server = Server::start(config).await.expect("the server starts");
+    let addr = server.local_addr(Transport::Udp).expect("a UDP listener");
+    (server, addr)
+}
