@@ -434,6 +434,14 @@ impl State {
                 self.reply(&flow, &key, &cancel, 200, &[]);
                 self.feed(Event::CallerCancelled { call });
             }
+            // The INVITE is already answered: the CANCEL has no effect, but it matched
+            // (RFC 3261 §9.2).
+            None if key
+                .cancelled_invite()
+                .is_some_and(|invite| self.transactions.state(&invite).is_some()) =>
+            {
+                self.reply(&flow, &key, &cancel, 200, &[])
+            }
             None => self.reply(&flow, &key, &cancel, 481, &[]),
         }
     }

@@ -150,12 +150,25 @@ impl<'m> Forward<'m> {
         if let Some(v) = &self.push_via {
             line(out, "Via", v);
         }
-        if let Some(v) = &self.record_route {
-            line(out, "Record-Route", v);
-        }
+        // Our Record-Route goes on top of the existing ones or, with none, right after the
+        // Vias, so that every header's rows stay together.
+        let record_route_at = self.record_route.as_ref().map(|_| {
+            let headers = || m.headers().enumerate();
+            let first_rr = headers().find(|(_, f)| f.name == HeaderName::RecordRoute);
+            let after_vias = headers()
+                .filter(|(_, f)| f.name == HeaderName::Via)
+                .last()
+                .map_or(0, |(i, _)| i + 1);
+            first_rr.map_or(after_vias, |(i, _)| i)
+        });
         let (mut via_done, mut route_done) = (!self.pop_via, !self.pop_route);
         let (mut mf_done, mut cl_done) = (false, false);
-        for f in m.headers() {
+        for (i, f) in m.headers().enumerate() {
+            if record_route_at == Some(i) {
+                if let Some(v) = &self.record_route {
+                    line(out, "Record-Route", v);
+                }
+            }
             if self.removed(&f) {
                 continue;
             }
@@ -189,6 +202,11 @@ impl<'m> Forward<'m> {
                         out.extend_from_slice(b"\r\n");
                     }
                 }
+            }
+        }
+        if record_route_at.is_some_and(|at| at >= m.header_count()) {
+            if let Some(v) = &self.record_route {
+                line(out, "Record-Route", v);
             }
         }
         if let (Some(n), false) = (self.max_forwards, mf_done) {
@@ -347,6 +365,24 @@ CSeq: 1 INVITE\r\n\
 l: 4\r\n\r\nbody";
 
     #[test]
+    fn record_route_goes_on_top_of_the_existing_ones() {
+        let m = parse_datagram(
+            b"INVITE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\nTo: <sip:b@x>\r\n\
+Record-Route: <sip:old.example.com;lr>\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        let out = m
+            .forward()
+            .record_route("<sip:new.example.com;lr>")
+            .to_bytes();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("Record-Route: <sip:new.example.com;lr>\r\nRecord-Route: <sip:old"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn forward_request_edits() {
         let m = parse_datagram(REQ).unwrap();
         let out = m
@@ -361,8 +397,8 @@ l: 4\r\n\r\nbody";
             .to_bytes();
         let expect = "INVITE sip:bob@[2001:db8::1]:5070;transport=tcp SIP/2.0\r\n\
 Via: SIP/2.0/TCP proxy.example.com;branch=z9hG4bKp\r\n\
-Record-Route: <sip:proxy.example.com;lr>\r\n\
 v: SIP/2.0/UDP a.example.com;branch=z9hG4bK1, SIP/2.0/UDP b.example.com;branch=z9hG4bK2\r\n\
+Record-Route: <sip:proxy.example.com;lr>\r\n\
 Route: <sip:p2.example.com;lr>\r\n\
 Route: <sip:p3.example.com;lr>\r\n\
 Max-Forwards: 69\r\n\
