@@ -148,6 +148,22 @@ pub enum Provider {
         #[serde(default)]
         bearer_token: Option<String>,
     },
+    /// Firebase Cloud Messaging, HTTP v1 API, with a service-account key.
+    Fcm {
+        /// The service-account JSON key file.
+        service_account: PathBuf,
+        /// The Firebase project when the binding's pn-param names none (default: the key's).
+        #[serde(default)]
+        project_id: Option<String>,
+        /// The FCM API's base URL (default https://fcm.googleapis.com).
+        #[serde(default)]
+        api_base_url: Option<String>,
+        /// The OAuth2 token endpoint (default: the key's `token_uri`).
+        #[serde(default)]
+        token_url: Option<String>,
+        #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+        timeout: Duration,
+    },
 }
 
 fn default_webhook_timeout() -> Duration {
@@ -458,6 +474,25 @@ mod tests {
         assert_eq!(
             err,
             "pushpark.toml:2: `push.routes.apns`: no provider named \"gateway\" in [push.providers]"
+        );
+    }
+
+    #[test]
+    fn an_fcm_provider_reads_its_key_path_and_defaults() {
+        let config = parse(
+            "[push.providers.firebase]\nkind = \"fcm\"\nservice_account = \"/etc/key.json\"\n\
+             [push.routes]\nfcm = \"firebase\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.push.providers.get("firebase"),
+            Some(&Provider::Fcm {
+                service_account: PathBuf::from("/etc/key.json"),
+                project_id: None,
+                api_base_url: None,
+                token_url: None,
+                timeout: Duration::from_secs(5),
+            })
         );
     }
 

@@ -23,8 +23,9 @@ use crate::config::{Config, Provider, Transport};
 use crate::driver::Driver;
 use crate::proxy::{Branches, Calls};
 use crate::push::{
-    Dispatcher, DispatcherError, LogProvider, ProviderLimits, PushProvider, PushReport,
-    PushReports, WebhookAuth, WebhookConfig, WebhookError, WebhookProvider,
+    Dispatcher, DispatcherError, FcmConfig, FcmError, FcmProvider, LogProvider, ProviderLimits,
+    PushProvider, PushReport, PushReports, ServiceAccountSource, WebhookAuth, WebhookConfig,
+    WebhookError, WebhookProvider,
 };
 use crate::registrar::{Bindings, RegisterDone};
 use crate::sip::Message;
@@ -54,6 +55,8 @@ pub enum StartError {
     Users(#[from] UsersError),
     #[error("push provider: {0}")]
     Webhook(#[from] WebhookError),
+    #[error("push provider: {0}")]
+    Fcm(#[from] FcmError),
     #[error("push providers: {0}")]
     Dispatcher(#[from] DispatcherError),
 }
@@ -209,6 +212,23 @@ fn build_dispatcher(
                 webhook.timeout = *timeout;
                 webhook.auth = bearer_token.clone().map(WebhookAuth::Bearer);
                 Arc::new(WebhookProvider::new(webhook)?)
+            }
+            Provider::Fcm {
+                service_account,
+                project_id,
+                api_base_url,
+                token_url,
+                timeout,
+            } => {
+                let mut fcm = FcmConfig::new(ServiceAccountSource::Path(service_account.clone()));
+                fcm.name = name.clone();
+                fcm.project_id = project_id.clone();
+                if let Some(url) = api_base_url {
+                    fcm.api_base_url = url.clone();
+                }
+                fcm.token_url = token_url.clone();
+                fcm.timeout = *timeout;
+                Arc::new(FcmProvider::new(fcm)?)
             }
         };
         providers.insert(name.clone(), provider);

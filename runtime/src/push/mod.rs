@@ -41,6 +41,7 @@
 //!   name the service gave.
 
 pub mod dispatcher;
+pub mod fcm;
 pub mod log;
 pub mod webhook;
 
@@ -55,6 +56,7 @@ pub use self::dispatcher::{
     Dispatcher, DispatcherBuilder, DispatcherError, ProviderLimits, PushReport, PushReports,
     Submission,
 };
+pub use self::fcm::{FcmConfig, FcmError, FcmProvider, ServiceAccountKey, ServiceAccountSource};
 pub use self::log::LogProvider;
 pub use self::webhook::{WebhookAuth, WebhookConfig, WebhookError, WebhookProvider};
 
