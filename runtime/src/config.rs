@@ -127,7 +127,7 @@ pub struct Sip {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Push {
-    /// Named providers.
+    /// Named providers; a `log` provider is always there unless redefined.
     pub providers: BTreeMap<String, Provider>,
     /// `pn-provider` value (`apns`, `fcm`, `webpush`...) → a provider name above. Only these
     /// values are advertised in Feature-Caps; any other gets 555 at REGISTER.
@@ -147,6 +147,34 @@ pub enum Provider {
         timeout: Duration,
         #[serde(default)]
         bearer_token: Option<String>,
+    },
+    /// Apple Push Notification service, VoIP pushes (PushKit), with token auth (`key`,
+    /// `key_id`, `team_id`) or certificate auth (`certificate`, a PKCS#12 or PEM file).
+    Apns {
+        /// Token auth: the .p8 signing key.
+        #[serde(default)]
+        key: Option<PathBuf>,
+        #[serde(default)]
+        key_id: Option<String>,
+        #[serde(default)]
+        team_id: Option<String>,
+        /// Certificate auth: a .p12/.pfx file (with `certificate_password`) or a PEM
+        /// certificate (with its key inside or in `certificate_key`).
+        #[serde(default)]
+        certificate: Option<PathBuf>,
+        #[serde(default)]
+        certificate_password: Option<String>,
+        #[serde(default)]
+        certificate_key: Option<PathBuf>,
+        /// Send every push to the sandbox (development builds); `apns.dev` bindings always go
+        /// there.
+        #[serde(default)]
+        sandbox: bool,
+        /// The app's bundle id, for bindings whose pn-param names no topic.
+        #[serde(default)]
+        bundle_id: Option<String>,
+        #[serde(default = "default_apns_timeout", with = "humantime_serde")]
+        timeout: Duration,
     },
     /// Firebase Cloud Messaging, HTTP v1 API, with a service-account key.
     Fcm {
@@ -168,6 +196,10 @@ pub enum Provider {
 
 fn default_webhook_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_apns_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for Config {
@@ -284,10 +316,17 @@ impl Config {
 
     /// Parses and checks `text`, naming `path` in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source: Box::new(source),
         })?;
+        // The built-in `log` provider stays available (the default routes use it) unless
+        // the file defines a provider of that name itself.
+        config
+            .push
+            .providers
+            .entry("log".to_owned())
+            .or_insert(Provider::Log);
         config.check(|span| match span {
             Some(span) => format!("{}:{}", path.display(), line_of(text, span.start)),
             None => path.display().to_string(),
@@ -326,6 +365,25 @@ impl Config {
                         provider.get_ref()
                     ),
                 ));
+            }
+        }
+        for (name, provider) in &self.push.providers {
+            if let Provider::Apns {
+                key,
+                key_id,
+                team_id,
+                certificate,
+                ..
+            } = provider
+            {
+                let token = key.is_some() && key_id.is_some() && team_id.is_some();
+                if token == certificate.is_some() {
+                    return Err(invalid(
+                        None,
+                        &format!("push.providers.{name}"),
+                        "give either key, key_id and team_id (token auth) or certificate".into(),
+                    ));
+                }
             }
         }
         let r = &self.registrar;
@@ -379,6 +437,13 @@ impl Config {
             max_calls: p.max_calls,
             max_calls_per_callee: p.max_calls_per_callee,
         }
+    }
+
+    /// Whether REGISTERs naming `pn_provider` are served: a route names it, or it is
+    /// `apns.dev` (the de-facto sandbox spelling) and `apns` is routed.
+    pub fn serves_push_provider(&self, pn_provider: &str) -> bool {
+        let routed = |p: &str| self.push.routes.keys().any(|k| k.eq_ignore_ascii_case(p));
+        routed(pn_provider) || (pn_provider.eq_ignore_ascii_case("apns.dev") && routed("apns"))
     }
 
     /// The digest algorithms to offer, most preferred first.
@@ -494,6 +559,25 @@ mod tests {
                 timeout: Duration::from_secs(5),
             })
         );
+    }
+
+    #[test]
+    fn an_apns_provider_needs_exactly_one_kind_of_credentials() {
+        let token = "[push.providers.apple]\nkind = \"apns\"\nkey = \"/k.p8\"\nkey_id = \"ABC123DEFG\"\nteam_id = \"DEF123GHIJ\"\n";
+        assert!(parse(token).is_ok());
+        let both = format!("{token}certificate = \"/c.p12\"\n");
+        let err = parse(&both).expect_err("two kinds of credentials");
+        assert!(err.contains("`push.providers.apple`"), "{err}");
+        let neither = "[push.providers.apple]\nkind = \"apns\"\n";
+        assert!(parse(neither).is_err());
+    }
+
+    #[test]
+    fn apns_dev_is_served_where_apns_is() {
+        let config = Config::default();
+        assert!(config.serves_push_provider("apns.dev"));
+        assert!(config.serves_push_provider("FCM"));
+        assert!(!config.serves_push_provider("pigeon"));
     }
 
     #[test]

@@ -319,7 +319,7 @@ impl State {
             if let Some(provider) = uri.pn_provider() {
                 let supported: Vec<&String> = self.config.push.routes.keys().collect();
                 match provider {
-                    Some(p) if !supported.iter().any(|s| s.eq_ignore_ascii_case(p)) => {
+                    Some(p) if !self.config.serves_push_provider(p) => {
                         return reply(self, 555, "Push Notification Service Not Supported", &[]);
                     }
                     Some(p) => feature_caps.push(p.to_ascii_lowercase()),

@@ -23,9 +23,10 @@ use crate::config::{Config, Provider, Transport};
 use crate::driver::Driver;
 use crate::proxy::{Branches, Calls};
 use crate::push::{
-    Dispatcher, DispatcherError, FcmConfig, FcmError, FcmProvider, LogProvider, ProviderLimits,
-    PushProvider, PushReport, PushReports, ServiceAccountSource, WebhookAuth, WebhookConfig,
-    WebhookError, WebhookProvider,
+    ApnsAuth, ApnsConfig, ApnsEnvironment, ApnsError, ApnsProvider, Dispatcher, DispatcherError,
+    FcmConfig, FcmError, FcmProvider, KeySource, LogProvider, ProviderLimits, PushProvider,
+    PushReport, PushReports, ServiceAccountSource, WebhookAuth, WebhookConfig, WebhookError,
+    WebhookProvider,
 };
 use crate::registrar::{Bindings, RegisterDone};
 use crate::sip::Message;
@@ -57,6 +58,8 @@ pub enum StartError {
     Webhook(#[from] WebhookError),
     #[error("push provider: {0}")]
     Fcm(#[from] FcmError),
+    #[error("push provider: {0}")]
+    Apns(#[from] ApnsError),
     #[error("push providers: {0}")]
     Dispatcher(#[from] DispatcherError),
 }
@@ -213,6 +216,41 @@ fn build_dispatcher(
                 webhook.auth = bearer_token.clone().map(WebhookAuth::Bearer);
                 Arc::new(WebhookProvider::new(webhook)?)
             }
+            Provider::Apns {
+                key,
+                key_id,
+                team_id,
+                certificate,
+                certificate_password,
+                certificate_key,
+                sandbox,
+                bundle_id,
+                timeout,
+            } => {
+                let auth = match (key, key_id, team_id, certificate) {
+                    (Some(key), Some(key_id), Some(team_id), _) => ApnsAuth::Token {
+                        key: KeySource::Path(key.clone()),
+                        key_id: key_id.clone(),
+                        team_id: team_id.clone(),
+                    },
+                    (_, _, _, Some(cert)) if is_pkcs12(cert) => ApnsAuth::Pkcs12 {
+                        file: KeySource::Path(cert.clone()),
+                        password: certificate_password.clone().unwrap_or_default(),
+                    },
+                    (_, _, _, cert) => ApnsAuth::Pem {
+                        cert: KeySource::Path(cert.clone().unwrap_or_default()),
+                        key: certificate_key.clone().map(KeySource::Path),
+                    },
+                };
+                let mut apns = ApnsConfig::new(auth);
+                apns.name = name.clone();
+                if *sandbox {
+                    apns.environment = ApnsEnvironment::Sandbox;
+                }
+                apns.fallback_bundle_id = bundle_id.clone();
+                apns.timeout = *timeout;
+                Arc::new(ApnsProvider::new(apns)?)
+            }
             Provider::Fcm {
                 service_account,
                 project_id,
@@ -239,7 +277,16 @@ fn build_dispatcher(
             builder = builder.provider(pns, Arc::clone(provider), ProviderLimits::default());
         }
     }
+    // `apns.dev` (the sandbox, as Flexisip spells it) goes where `apns` goes.
+    if config.push.routes.contains_key("apns") && !config.push.routes.contains_key("apns.dev") {
+        builder = builder.alias("apns.dev", "apns");
+    }
     Ok(builder.build()?)
+}
+
+fn is_pkcs12(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("p12") || e.eq_ignore_ascii_case("pfx"))
 }
 
 /// Seconds since the Unix epoch: binding expiry is wall-clock time, so it survives restarts.

@@ -40,6 +40,7 @@
 //!   [`reasons`] constants for failures raised locally), so logs and metrics keep the exact
 //!   name the service gave.
 
+pub mod apns;
 pub mod dispatcher;
 pub mod fcm;
 pub mod log;
@@ -52,6 +53,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+pub use self::apns::{ApnsAuth, ApnsConfig, ApnsEnvironment, ApnsError, ApnsProvider, KeySource};
 pub use self::dispatcher::{
     Dispatcher, DispatcherBuilder, DispatcherError, ProviderLimits, PushReport, PushReports,
     Submission,
