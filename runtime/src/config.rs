@@ -132,6 +132,10 @@ pub struct Push {
     /// `pn-provider` value (`apns`, `fcm`, `webpush`...) → a provider name above. Only these
     /// values are advertised in Feature-Caps; any other gets 555 at REGISTER.
     pub routes: BTreeMap<String, Spanned<String>>,
+    /// Pushes one device may get per minute, calls and retries together (a burst of as many
+    /// is allowed): nobody can make a phone wake without bound. Beyond it a push fails
+    /// as transient, and the core gives up on that device in time.
+    pub max_per_device_per_minute: u32,
 }
 
 /// One push provider.
@@ -279,6 +283,7 @@ impl Default for Push {
                 .into_iter()
                 .map(|pns| (pns.to_owned(), Spanned::new(0..0, log.clone())))
                 .collect(),
+            max_per_device_per_minute: 20,
         }
     }
 }
@@ -405,6 +410,13 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.push.max_per_device_per_minute == 0 {
+            return Err(invalid(
+                None,
+                "push.max_per_device_per_minute",
+                "must be at least 1".into(),
+            ));
         }
         if self.parking.push_attempts == 0 {
             return Err(invalid(

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use pushpark_model::{CallId, Callee, DeviceId, Effect, EndReason, Event};
@@ -687,6 +687,14 @@ impl State {
                 permanent: true,
             });
         };
+        if !self.push_budget.allow(device, Instant::now()) {
+            tracing::warn!("push to {device} for {call} refused: over the per-device rate limit");
+            return self.feed(Event::PushFailed {
+                call,
+                device,
+                permanent: false,
+            });
+        }
         let from = ctx.invite.from_header().and_then(Result::ok);
         let request = PushRequest {
             id,

@@ -24,9 +24,9 @@ use crate::driver::Driver;
 use crate::proxy::{Branches, Calls};
 use crate::push::{
     ApnsAuth, ApnsConfig, ApnsEnvironment, ApnsError, ApnsProvider, Dispatcher, DispatcherError,
-    FcmConfig, FcmError, FcmProvider, KeySource, LogProvider, ProviderLimits, PushProvider,
-    PushReport, PushReports, ServiceAccountSource, WebhookAuth, WebhookConfig, WebhookError,
-    WebhookProvider,
+    FcmConfig, FcmError, FcmProvider, KeySource, LogProvider, ProviderLimits, PushBudget,
+    PushProvider, PushReport, PushReports, ServiceAccountSource, WebhookAuth, WebhookConfig,
+    WebhookError, WebhookProvider,
 };
 use crate::registrar::{Bindings, RegisterDone};
 use crate::sip::Message;
@@ -120,6 +120,7 @@ impl Server {
         };
         let (input_tx, inputs) = mpsc::unbounded_channel();
         let bindings = Bindings::load(&store, unix_now())?;
+        let config_push_rate = config.push.max_per_device_per_minute;
         let mut state = State {
             driver: Driver::new(config.core()),
             transactions: Transactions::new(
@@ -140,6 +141,7 @@ impl Server {
             config,
             next_id: 1,
             gauges: Arc::new(Gauges::default()),
+            push_budget: PushBudget::new(config_push_rate),
         };
         let gauges = Arc::clone(&state.gauges);
         let (stop_tx, stop) = oneshot::channel();
@@ -315,6 +317,8 @@ pub(crate) struct State {
     pub addrs: Vec<(Transport, SocketAddr)>,
     next_id: u64,
     gauges: Arc<Gauges>,
+    /// How many more pushes each device may get for now.
+    pub push_budget: PushBudget<DeviceId>,
 }
 
 impl State {
@@ -330,7 +334,10 @@ impl State {
             let wake = self.next_wake();
             tokio::select! {
                 _ = &mut stop => break,
-                _ = sweep.tick() => self.sweep_bindings(),
+                _ = sweep.tick() => {
+                    self.sweep_bindings();
+                    self.push_budget.prune(Instant::now());
+                }
                 Some(item) = inbound.recv() => self.on_inbound(item),
                 Some(input) = inputs.recv() => match input {
                     Input::Registered(done) => {

@@ -510,3 +510,28 @@ async fn calls_for_foreign_domains_are_refused() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_calls_wakes_a_phone_only_as_often_as_the_push_budget_allows() {
+    let h = Harness::start(|c| c.push.max_per_device_per_minute = 3).await;
+    let _bob = h.sleeping_phone("sip:bob@localhost", "bob14", ANSWER).await;
+    for _ in 0..6 {
+        let caller = h.caller().await;
+        caller
+            .invite("sip:bob@localhost", h.udp)
+            .await
+            .expect("INVITE sent");
+        caller.expect_response(100, STEP).await.expect("100 Trying");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        caller.cancel().await.expect("CANCEL sent");
+        let ended = caller.expect_final(STEP).await.expect("a final response");
+        assert!([487, 480].contains(&ended.status_code.code()), "{ended}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.gateway.pushes_for("bob14").len(),
+        3,
+        "the push budget was exceeded"
+    );
+    h.stop().await;
+}

@@ -44,6 +44,7 @@ pub mod apns;
 pub mod dispatcher;
 pub mod fcm;
 pub mod log;
+pub mod rate;
 pub mod webhook;
 
 use std::fmt;
@@ -60,6 +61,7 @@ pub use self::dispatcher::{
 };
 pub use self::fcm::{FcmConfig, FcmError, FcmProvider, ServiceAccountKey, ServiceAccountSource};
 pub use self::log::LogProvider;
+pub use self::rate::PushBudget;
 pub use self::webhook::{WebhookAuth, WebhookConfig, WebhookError, WebhookProvider};
 
 /// Reason strings for failures raised by this module itself (not by a push service).
