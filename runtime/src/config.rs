@@ -81,6 +81,13 @@ pub struct Registrar {
     /// Granted when the REGISTER asks for no particular time.
     #[serde(with = "humantime_serde")]
     pub default_expires: Duration,
+    /// A binding with a push token that has not been refreshed this long before it expires
+    /// gets a refresh push (RFC 8599 §5.5; not to APNs VoIP tokens, see specs/parking.md).
+    #[serde(with = "humantime_serde")]
+    pub refresh_push_before: Duration,
+    /// How often expired bindings are swept and due refresh pushes sent.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
 }
 
 /// Digest authentication.
@@ -251,6 +258,8 @@ impl Default for Registrar {
             min_expires: Duration::from_secs(60),
             max_expires: Duration::from_secs(7 * 24 * 3600),
             default_expires: Duration::from_secs(3600),
+            refresh_push_before: Duration::from_secs(120),
+            sweep_interval: Duration::from_secs(30),
         }
     }
 }
@@ -410,6 +419,13 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.registrar.sweep_interval.is_zero() {
+            return Err(invalid(
+                None,
+                "registrar.sweep_interval",
+                "must not be zero".into(),
+            ));
         }
         if self.push.max_per_device_per_minute == 0 {
             return Err(invalid(

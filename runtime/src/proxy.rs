@@ -18,7 +18,7 @@ use crate::auth::{parse_authorization, ChallengeKind, Verdict};
 use crate::config::Transport;
 use crate::push::{PushKind, PushRequest};
 use crate::registrar::{aor_of, without_pn_params};
-use crate::server::{unix_now, Outgoing, State};
+use crate::server::{unix_now, Outgoing, PushTag, State};
 use crate::sip::{
     default_reason, parse_datagram_bytes, validate_request, HeaderName, Message, Method, SipUri,
     Uri,
@@ -718,7 +718,7 @@ impl State {
                 + Duration::from_millis(self.driver.core().config().park_timeout),
         };
         // Whether queued or refused, the outcome comes back as a report.
-        let _ = self.dispatcher.submit(request, (call, device));
+        let _ = self.dispatcher.submit(request, PushTag::Call(call, device));
     }
 
     /// Sends the caller's INVITE to the device over the flow of its last REGISTER; with

@@ -11,7 +11,8 @@ use pushpark_model::{AorId, DeviceId, Event, Target};
 
 use crate::auth::{parse_authorization, ChallengeKind, ParseError as AuthParseError, Verdict};
 use crate::config::Transport;
-use crate::server::{unix_now, Input, Outgoing, State};
+use crate::push::{PushKind, PushRequest};
+use crate::server::{unix_now, Input, Outgoing, PushTag, State};
 use crate::sip::{Contact, Message, SipUri, Uri};
 use crate::store::{Applied, Binding, BindingId, Change, ContactSpec, Register, Store, StoreError};
 use crate::transaction::Key;
@@ -25,6 +26,8 @@ pub(crate) struct Bindings {
     aor_of: HashMap<DeviceId, String>,
     flows: HashMap<DeviceId, Flow>,
     aor_ids: HashMap<String, AorId>,
+    /// The expiry each binding last got a refresh push for: one push per expiry.
+    refreshed: HashMap<DeviceId, u64>,
 }
 
 impl Bindings {
@@ -124,6 +127,7 @@ impl Bindings {
         for (_, id) in &gone {
             self.aor_of.remove(id);
             self.flows.remove(id);
+            self.refreshed.remove(id);
         }
         gone
     }
@@ -463,9 +467,11 @@ impl State {
 }
 
 impl State {
-    /// Forgets expired bindings, in memory and in the store, and tells the core.
+    /// Forgets expired bindings, in memory and in the store, and tells the core; pushes the
+    /// bindings that are due a refresh.
     pub(crate) fn sweep_bindings(&mut self) {
         let now = unix_now();
+        self.refresh_pushes(now);
         for (aor, device) in self.bindings.expire(now) {
             let aor = self.aor_id(&aor);
             self.feed(Event::DeviceUnavailable { aor, device });
@@ -476,6 +482,54 @@ impl State {
             }
             Input::Nothing
         });
+    }
+}
+
+impl State {
+    /// RFC 8599 §5.5: a binding with a push token that will expire before the next sweep
+    /// plus `refresh_push_before` gets one push to make the app register again; never one
+    /// to an APNs VoIP token (iOS kills an app that gets a VoIP push it does not report as
+    /// a call), nor to a binding that expired or was removed.
+    fn refresh_pushes(&mut self, now: u64) {
+        let registrar = &self.config.registrar;
+        let horizon =
+            now + registrar.refresh_push_before.as_secs() + registrar.sweep_interval.as_secs();
+        let due: Vec<(DeviceId, Binding)> = self
+            .bindings
+            .by_aor
+            .values()
+            .flatten()
+            .filter(|b| b.expires_at > now && b.expires_at <= horizon)
+            .filter(|b| {
+                b.push.as_ref().is_some_and(|p| {
+                    !p.provider.eq_ignore_ascii_case("apns")
+                        && !p.provider.eq_ignore_ascii_case("apns.dev")
+                })
+            })
+            .filter(|b| self.bindings.refreshed.get(&device(b.id)) != Some(&b.expires_at))
+            .map(|b| (device(b.id), b.clone()))
+            .collect();
+        for (id, binding) in due {
+            let Some(push) = binding.push else { continue };
+            self.bindings.refreshed.insert(id, binding.expires_at);
+            if !self.push_budget.allow(id, std::time::Instant::now()) {
+                continue;
+            }
+            let request = PushRequest {
+                id: format!("refresh-{id}-{}", self.next_id()),
+                kind: PushKind::BindingRefresh,
+                callee_aor: binding.aor.clone(),
+                pn_provider: push.provider,
+                pn_prid: push.prid,
+                pn_param: push.param,
+                caller_uri: String::new(),
+                caller_display_name: None,
+                call_id: binding.call_id.clone(),
+                deadline: std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(binding.expires_at),
+            };
+            let _ = self.dispatcher.submit(request, PushTag::Refresh(id));
+        }
     }
 }
 

@@ -34,9 +34,6 @@ use crate::store::{Store, StoreError, StoreOptions};
 use crate::transaction::{self, Output, Transactions};
 use crate::transport::{Flow, FlowId, Inbound, Transports};
 
-/// How often expired bindings are swept.
-const SWEEP_EVERY: Duration = Duration::from_secs(30);
-
 /// A message on its way out, and the flow it goes over: what the transaction layer keeps
 /// for retransmissions.
 #[derive(Clone, Debug)]
@@ -194,7 +191,14 @@ fn transaction_config(config: &Config) -> transaction::Config {
     }
 }
 
-type PushTag = (CallId, DeviceId);
+/// What a push was for, so its outcome goes where it belongs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PushTag {
+    /// A call parked for a device: the outcome goes to the core.
+    Call(CallId, DeviceId),
+    /// A binding-refresh push (RFC 8599 §5.5): only a dead token matters.
+    Refresh(DeviceId),
+}
 
 fn build_dispatcher(
     config: &Config,
@@ -329,7 +333,7 @@ impl State {
         mut reports: PushReports<PushTag>,
         mut stop: oneshot::Receiver<()>,
     ) {
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let mut sweep = tokio::time::interval(self.config.registrar.sweep_interval);
         loop {
             let wake = self.next_wake();
             tokio::select! {
@@ -411,7 +415,16 @@ impl State {
     }
 
     fn on_push_report(&mut self, report: PushReport<PushTag>) {
-        let (call, device) = report.tag;
+        let (call, device) = match report.tag {
+            PushTag::Call(call, device) => (call, device),
+            PushTag::Refresh(device) => {
+                if report.outcome.is_permanent() {
+                    warn!("refresh push {} failed: token dead", report.push_id);
+                    self.apply_effect(Effect::ForgetPushToken { device });
+                }
+                return;
+            }
+        };
         let event = match &report.outcome {
             crate::push::PushOutcome::Accepted => Event::PushAccepted { call, device },
             crate::push::PushOutcome::Failed { permanent, reason } => {

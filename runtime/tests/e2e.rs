@@ -535,3 +535,39 @@ async fn a_flood_of_calls_wakes_a_phone_only_as_often_as_the_push_budget_allows(
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_about_to_expire_gets_one_refresh_push_but_never_an_apns_voip_token() {
+    let h = Harness::start(|c| c.registrar.sweep_interval = Duration::from_millis(200)).await;
+    let android = Device::builder("sip:bob@localhost", h.tcp)
+        .transport(Transport::Tcp)
+        .push("fcm", "bob15a", Some("my-project"))
+        .start()
+        .await
+        .expect("the phone starts");
+    let iphone = Device::builder("sip:bob@localhost", h.tcp)
+        .transport(Transport::Tcp)
+        .push("apns", "bob15b", Some("ABCD1234.com.example.app.voip"))
+        .start()
+        .await
+        .expect("the phone starts");
+    // 100 s: inside the 120 s before expiry in which RFC 8599 §5.5 wants a refresh push.
+    for phone in [&android, &iphone] {
+        let ok = phone.register(100).await.expect("REGISTER is answered");
+        assert_eq!(ok.status_code.code(), 200, "{ok}");
+    }
+    let push = h.gateway.wait_for_push(STEP).await.expect("a refresh push");
+    assert_eq!(push.body.pn_prid, "bob15a");
+    assert_eq!(push.body.kind, "binding_refresh", "{}", push.json);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        h.gateway.pushes_for("bob15a").len(),
+        1,
+        "one refresh per expiry"
+    );
+    assert!(
+        h.gateway.pushes_for("bob15b").is_empty(),
+        "no VoIP push without a call"
+    );
+    h.stop().await;
+}

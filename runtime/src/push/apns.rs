@@ -580,6 +580,12 @@ impl ApnsProvider {
         // a new push kind must be mapped to another push type here, never sent as `voip`.
         match request.kind {
             PushKind::IncomingCall => {}
+            // A refresh is no call: as a VoIP push it would get the app killed.
+            PushKind::BindingRefresh => {
+                return Err(Verdict::Misconfigured(
+                    "refresh push to a VoIP token".into(),
+                ))
+            }
         }
         let token = request.pn_prid.trim();
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -1379,6 +1385,20 @@ tpoX7RtLdlNxFFgECKVvXkCSYvw0AgIIAA==\
 
     fn verdict(code: u16, reason: ErrorReason) -> Verdict {
         classify(&response(code, Some(reason)), TopicSource::PnParam)
+    }
+
+    #[test]
+    fn a_binding_refresh_is_never_sent_as_a_voip_push() {
+        let provider = token_provider();
+        let refresh = PushRequest {
+            kind: PushKind::BindingRefresh,
+            ..request()
+        };
+        assert!(
+            matches!(provider.prepare(&refresh), Err(Verdict::Misconfigured(_))),
+            "a refresh push to a VoIP token must be refused, and not as a dead token"
+        );
+        assert!(provider.prepare(&request()).is_ok());
     }
 
     // --- credentials ----------------------------------------------------------------------

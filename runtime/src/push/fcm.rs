@@ -102,7 +102,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{reasons, redact_token, PushFuture, PushOutcome, PushProvider, PushRequest};
+use super::{reasons, redact_token, PushFuture, PushKind, PushOutcome, PushProvider, PushRequest};
 
 /// OAuth2 scope for sending with FCM HTTP v1.
 pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -799,11 +799,16 @@ fn message_body(request: &PushRequest) -> serde_json::Value {
         .map(|d| d.as_secs())
         .unwrap_or(0)
         .min(MAX_TTL_SECS);
+    // A call must wake the phone at once; a binding refresh can wait for the next window.
+    let priority = match request.kind {
+        PushKind::IncomingCall => "HIGH",
+        PushKind::BindingRefresh => "NORMAL",
+    };
     serde_json::json!({
         "message": {
             "token": request.pn_prid,
             "data": data,
-            "android": {"priority": "HIGH", "ttl": format!("{ttl}s")},
+            "android": {"priority": priority, "ttl": format!("{ttl}s")},
         }
     })
 }

@@ -93,8 +93,10 @@ pub mod reasons {
 pub enum PushKind {
     /// A call (INVITE) is parked for the device; wake it so it re-REGISTERs and takes the call.
     IncomingCall,
-    // Later: `BindingRefresh` (RFC 8599 §5.5). Note that APNs VoIP pushes must not be used for
-    // it (iOS 13+ CallKit rule), so providers will map it to a different push type.
+    /// The binding expires soon and the app has not refreshed it (RFC 8599 §5.5): wake it so
+    /// it REGISTERs again. Never sent to APNs VoIP tokens: iOS kills an app that gets a
+    /// VoIP push it does not report to CallKit as a call.
+    BindingRefresh,
 }
 
 impl PushKind {
@@ -102,6 +104,7 @@ impl PushKind {
     pub fn as_str(self) -> &'static str {
         match self {
             PushKind::IncomingCall => "incoming_call",
+            PushKind::BindingRefresh => "binding_refresh",
         }
     }
 }
