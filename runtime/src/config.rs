@@ -158,6 +158,10 @@ pub enum Provider {
         timeout: Duration,
         #[serde(default)]
         bearer_token: Option<String>,
+        /// The body's shape: `pushpark` (the push request as it is) or `gorush` (gorush's
+        /// `/api/push`, to delegate to a gorush gateway).
+        #[serde(default)]
+        format: crate::push::WebhookFormat,
     },
     /// Apple Push Notification service, VoIP pushes (PushKit), with token auth (`key`,
     /// `key_id`, `team_id`) or certificate auth (`certificate`, a PKCS#12 or PEM file).

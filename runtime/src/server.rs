@@ -215,11 +215,13 @@ fn build_dispatcher(
                 url,
                 timeout,
                 bearer_token,
+                format,
             } => {
                 let mut webhook = WebhookConfig::new(url.clone());
                 webhook.name = name.clone();
                 webhook.timeout = *timeout;
                 webhook.auth = bearer_token.clone().map(WebhookAuth::Bearer);
+                webhook.format = *format;
                 Arc::new(WebhookProvider::new(webhook)?)
             }
             Provider::Apns {

@@ -33,6 +33,7 @@ fn config(dir: &Path, gateway: &PushGateway) -> Config {
             url: gateway.url(),
             timeout: Duration::from_secs(2),
             bearer_token: None,
+            format: Default::default(),
         },
     );
     for route in config.push.routes.values_mut() {

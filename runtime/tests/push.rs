@@ -807,3 +807,32 @@ fn dispatcher_needs_a_tokio_runtime() {
         .build();
     assert!(matches!(built, Err(DispatcherError::NoRuntime)));
 }
+
+#[tokio::test]
+async fn webhook_in_gorush_format_posts_a_voip_notification_for_ios_and_data_for_android() {
+    let server = TestServer::start(|_| Reply::status(200)).await;
+    let mut config = WebhookConfig::new(server.url());
+    config.format = pushpark::push::WebhookFormat::Gorush;
+    let provider = WebhookProvider::new(config).expect("a provider");
+    let ios = request("push-7", "apns.dev", "00fc13ad", LONG);
+    let android = request("push-8", "fcm", "fcm-token", LONG);
+    assert_eq!(provider.send(&ios).await, PushOutcome::Accepted);
+    assert_eq!(provider.send(&android).await, PushOutcome::Accepted);
+    let seen = server.seen();
+    let ios_body = seen[0].json();
+    let n = &ios_body["notifications"][0];
+    assert_eq!(n["tokens"], serde_json::json!(["00fc13ad"]));
+    assert_eq!(n["platform"], 1);
+    assert_eq!(n["voip"], true);
+    assert_eq!(n["push_type"], "voip");
+    assert_eq!(n["topic"], "com.example.app.voip");
+    assert_eq!(n["development"], true, "apns.dev is the sandbox");
+    assert_eq!(n["expiration"], ios.deadline_unix_secs());
+    assert_eq!(n["data"]["call_id"], "call-push-7@example.org");
+    let android_body = seen[1].json();
+    let n = &android_body["notifications"][0];
+    assert_eq!(n["platform"], 2);
+    assert_eq!(n["priority"], "high");
+    assert!(n["time_to_live"].as_u64().is_some_and(|t| t > 0));
+    assert!(n.get("voip").is_none());
+}

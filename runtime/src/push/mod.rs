@@ -62,7 +62,7 @@ pub use self::dispatcher::{
 pub use self::fcm::{FcmConfig, FcmError, FcmProvider, ServiceAccountKey, ServiceAccountSource};
 pub use self::log::LogProvider;
 pub use self::rate::PushBudget;
-pub use self::webhook::{WebhookAuth, WebhookConfig, WebhookError, WebhookProvider};
+pub use self::webhook::{WebhookAuth, WebhookConfig, WebhookError, WebhookFormat, WebhookProvider};
 
 /// Reason strings for failures raised by this module itself (not by a push service).
 ///

@@ -46,7 +46,7 @@ use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
-use super::{reasons, redact_token, PushFuture, PushOutcome, PushProvider, PushRequest};
+use super::{reasons, redact_token, PushFuture, PushKind, PushOutcome, PushProvider, PushRequest};
 
 /// Most bytes of a gateway answer body that are read.
 const MAX_BODY: usize = 4096;
@@ -95,6 +95,63 @@ pub struct WebhookConfig {
     pub http2_prior_knowledge: bool,
     /// How long an idle pooled connection is kept for reuse. Default 90 s.
     pub pool_idle_timeout: Duration,
+    /// The request body's shape. Default [`WebhookFormat::Pushpark`].
+    pub format: WebhookFormat,
+}
+
+/// The shape of the JSON a webhook POSTs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// The [`PushRequest`] itself.
+    #[default]
+    Pushpark,
+    /// gorush's `/api/push` request (`{"notifications": [...]}`), so an operator can
+    /// delegate to a gorush gateway it already runs: iOS pushes as VoIP with the topic
+    /// from pn-param and an expiration at the deadline, Android as high-priority data.
+    Gorush,
+}
+
+/// gorush's `/api/push` body for one push.
+fn gorush_body(request: &PushRequest) -> serde_json::Value {
+    let ios = matches!(
+        request.pn_provider.to_ascii_lowercase().as_str(),
+        "apns" | "apns.dev"
+    );
+    let time_left = request.time_left().map_or(0, |d| d.as_secs());
+    let data = serde_json::json!({
+        "kind": request.kind.as_str(),
+        "push_id": request.id,
+        "call_id": request.call_id,
+        "callee_aor": request.callee_aor,
+        "caller_uri": request.caller_uri,
+        "caller_display_name": request.caller_display_name,
+    });
+    let call = request.kind == PushKind::IncomingCall;
+    let mut notification = serde_json::json!({
+        "tokens": [request.pn_prid],
+        "platform": if ios { 1 } else { 2 },
+        "message": "",
+        "priority": if call { "high" } else { "normal" },
+        "data": data,
+    });
+    if ios {
+        // RFC 8599 §10: pn-param is <TeamID>.<bundle>.voip; the topic is what follows the team.
+        let topic = request
+            .pn_param
+            .as_deref()
+            .and_then(|p| p.split_once('.'))
+            .map(|(_, topic)| topic.to_owned());
+        notification["voip"] = serde_json::json!(true);
+        notification["push_type"] = serde_json::json!("voip");
+        notification["topic"] = serde_json::json!(topic);
+        notification["expiration"] = serde_json::json!(request.deadline_unix_secs());
+        notification["development"] =
+            serde_json::json!(request.pn_provider.eq_ignore_ascii_case("apns.dev"));
+    } else {
+        notification["time_to_live"] = serde_json::json!(time_left);
+    }
+    serde_json::json!({ "notifications": [notification] })
 }
 
 impl WebhookConfig {
@@ -108,6 +165,7 @@ impl WebhookConfig {
             auth: None,
             http2_prior_knowledge: false,
             pool_idle_timeout: Duration::from_secs(90),
+            format: WebhookFormat::Pushpark,
         }
     }
 }
@@ -146,6 +204,7 @@ pub struct WebhookProvider {
     timeout: Duration,
     auth: Option<(HeaderName, HeaderValue)>,
     client: reqwest::Client,
+    format: WebhookFormat,
 }
 
 impl WebhookProvider {
@@ -198,6 +257,7 @@ impl WebhookProvider {
             timeout: config.timeout,
             auth,
             client,
+            format: config.format,
         })
     }
 
@@ -207,11 +267,11 @@ impl WebhookProvider {
         };
         let timeout = self.timeout.min(left);
 
-        let mut builder = self
-            .client
-            .post(self.url.clone())
-            .timeout(timeout)
-            .json(request);
+        let builder = self.client.post(self.url.clone()).timeout(timeout);
+        let mut builder = match self.format {
+            WebhookFormat::Pushpark => builder.json(request),
+            WebhookFormat::Gorush => builder.json(&gorush_body(request)),
+        };
         if let Some((name, value)) = &self.auth {
             builder = builder.header(name.clone(), value.clone());
         }
