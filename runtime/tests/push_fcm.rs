@@ -1,6 +1,9 @@
 //! FCM provider tests against real HTTP servers on 127.0.0.1: one stands in for FCM, one for
 //! Google's OAuth2 token endpoint. Nothing leaves loopback.
 
+mod common;
+mod ua;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -979,4 +982,88 @@ async fn fcm_bad_configuration_is_refused_at_construction() {
         FcmProvider::new(FcmConfig::new(ServiceAccountSource::Json(json))).unwrap()
     );
     assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+}
+
+/// End to end: a call parked for an Android phone, FCM answers UNREGISTERED; the token
+/// disappears from the store and the caller hears 480 (specs/parking.md, push failed
+/// permanently with no other device).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_fcm_calls_unregistered_is_removed_from_the_store_and_the_caller_gets_480() {
+    use pushpark::config::{Provider, Transport as Listen};
+    use pushpark::server::Server;
+    use pushpark::store::{Store, StoreOptions};
+
+    let fcm = fcm_error(404, "NOT_FOUND", Some("UNREGISTERED")).await;
+    let oauth = token_server(3600).await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let key = dir.path().join("service-account.json");
+    std::fs::write(&key, key_json(&format!("{}/token", oauth.url()))).expect("the key file");
+    let mut config = common::loopback_config(dir.path(), &[Listen::Udp, Listen::Tcp], false);
+    config.auth.trusted_peers = vec!["127.0.0.1/32".parse().expect("a network")];
+    config.push.providers.insert(
+        "firebase".into(),
+        Provider::Fcm {
+            service_account: key,
+            project_id: None,
+            api_base_url: Some(fcm.url()),
+            token_url: None,
+            timeout: Duration::from_secs(2),
+        },
+    );
+    config.push.routes.insert(
+        "fcm".into(),
+        toml::Spanned::new(0..0, "firebase".to_owned()),
+    );
+    let store_path = config.store.path.clone();
+    let server = Server::start(config).await.expect("the server starts");
+    let udp = server.local_addr(Listen::Udp).expect("UDP");
+    let tcp = server.local_addr(Listen::Tcp).expect("TCP");
+
+    let phone = ua::Device::builder("sip:bob@localhost", tcp)
+        .transport(ua::Transport::Tcp)
+        .push("fcm", DEVICE_TOKEN, Some(KEY_PROJECT))
+        .start()
+        .await
+        .expect("the phone starts");
+    let ok = phone.register(600).await.expect("REGISTER is answered");
+    assert_eq!(ok.status_code.code(), 200, "{ok}");
+    phone.sleep().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let alice = ua::Caller::new("sip:alice@localhost", ua::Transport::Udp)
+        .await
+        .expect("the caller starts");
+    alice
+        .invite("sip:bob@localhost", udp)
+        .await
+        .expect("INVITE sent");
+    let unavailable = alice
+        .expect_final(ua::STEP)
+        .await
+        .expect("a final response");
+    assert_eq!(unavailable.status_code.code(), 480, "{unavailable}");
+    assert_eq!(fcm.seen().len(), 1, "one push, no retry of a dead token");
+
+    // The store forgets the token (written from a blocking task: give it a moment).
+    let mut forgotten = false;
+    for _ in 0..20 {
+        let store = Store::open(&store_path, &StoreOptions::default()).expect("the store opens");
+        let bindings = store
+            .bindings("sip:bob@localhost", pushpark_now())
+            .expect("bindings");
+        if bindings.iter().all(|b| b.push.is_none()) {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.shutdown().await;
+    assert!(forgotten, "the dead token is still in the store");
+}
+
+fn pushpark_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_secs()
 }
