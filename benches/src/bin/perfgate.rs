@@ -1,0 +1,55 @@
+//! The workloads of the CI perf gate (`.ci/perfgate`), run under callgrind, which counts
+//! instructions rather than seconds: the same binary and input give the same count on a
+//! noisy shared machine.
+//!
+//! perfgate SCENARIO N — runs SCENARIO N times (N = 0 measures the start-up to subtract).
+
+use std::hint::black_box;
+use std::process::ExitCode;
+
+use pushpark::sip::parse_datagram;
+use pushpark_benches::{invite_1k, parked_call_life};
+use pushpark_model::{CallId, Config, Core};
+
+const SCENARIOS: [&str; 3] = [
+    "core_parked_call_life",
+    "sip_parse_invite",
+    "sip_forward_invite",
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(scenario), Some(Ok(n))) = (args.first(), args.get(1).map(|n| n.parse::<u64>()))
+    else {
+        eprintln!(
+            "usage: perfgate SCENARIO N   (scenarios: {})",
+            SCENARIOS.join(", ")
+        );
+        return ExitCode::from(2);
+    };
+    if !SCENARIOS.contains(&scenario.as_str()) {
+        eprintln!("unknown scenario {scenario}");
+        return ExitCode::from(2);
+    }
+    let invite = invite_1k();
+    let message = parse_datagram(&invite).expect("the fixture parses");
+    let mut core = Core::new(Config::default());
+    let mut out = Vec::with_capacity(16);
+    let mut sink = 0usize;
+    for i in 0..n {
+        sink += match scenario.as_str() {
+            "core_parked_call_life" => parked_call_life(&mut core, CallId(i), i, &mut out),
+            "sip_parse_invite" => {
+                parse_datagram(black_box(&invite)).map_or(0, |m| m.header_count())
+            }
+            _ => message
+                .forward()
+                .push_via("SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bKpp1")
+                .max_forwards(69)
+                .to_bytes()
+                .len(),
+        };
+    }
+    black_box(sink);
+    ExitCode::SUCCESS
+}
