@@ -958,7 +958,7 @@ impl State {
         let (a, b) = (flows.next().map(FlowId), flows.next().map(FlowId));
         let other = if Some(arrived.id) == a { b } else { a };
         let out_flow = other
-            .and_then(|id| self.flows.get(&id).cloned())
+            .and_then(|id| self.flows.get(&id).map(|(flow, _)| flow.clone()))
             .filter(|f| self.transports.is_open(f));
         let is_ack = request.method().is_some_and(|m| m.as_str() == "ACK");
         let max_forwards = request.max_forwards_or_default().unwrap_or(70);
@@ -1027,21 +1027,19 @@ impl State {
         let Some(ip) = ip else { return };
         let addr = SocketAddr::new(ip, port);
         let bytes: Bytes = response.forward().pop_via().to_bytes().into();
+        if !next.transport.eq_ignore_ascii_case("TCP") {
+            return self.send_to(Transport::Udp, addr, bytes);
+        }
+        // Over TCP, back through the connection the request came on if it is still open.
         let existing = self
             .flows
             .values()
-            .find(|f| f.peer == addr && self.transports.is_open(f))
+            .map(|(flow, _)| flow)
+            .find(|f| f.transport == Transport::Tcp && f.peer == addr && self.transports.is_open(f))
             .cloned();
         match existing {
             Some(flow) => self.send(&flow, bytes),
-            None => {
-                let transport = if next.transport.eq_ignore_ascii_case("TCP") {
-                    Transport::Tcp
-                } else {
-                    Transport::Udp
-                };
-                self.send_to(transport, addr, bytes);
-            }
+            None => self.send_to(Transport::Tcp, addr, bytes),
         }
     }
 }

@@ -132,6 +132,11 @@ impl Bindings {
         gone
     }
 
+    /// Whether a device's binding is reached over `flow`.
+    pub fn uses_flow(&self, flow: FlowId) -> bool {
+        self.flows.values().any(|f| f.id == flow)
+    }
+
     /// A TCP connection closed: the devices on it can only be pushed now.
     pub fn flow_closed(&mut self, flow: FlowId) {
         self.flows.retain(|_, f| f.id != flow);

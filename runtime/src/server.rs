@@ -34,6 +34,9 @@ use crate::store::{Store, StoreError, StoreOptions};
 use crate::transaction::{self, Output, Transactions};
 use crate::transport::{Flow, FlowId, Inbound, Transports};
 
+/// How long a UDP flow may stay silent before the loop forgets it.
+const UDP_FLOW_IDLE: Duration = Duration::from_secs(4 * 3600);
+
 /// A message on its way out, and the flow it goes over: what the transaction layer keeps
 /// for retransmissions.
 #[derive(Clone, Debug)]
@@ -315,8 +318,9 @@ pub(crate) struct State {
     pub bindings: Bindings,
     pub calls: Calls,
     pub branches: Branches,
-    /// Flows seen, by id, so a flow token in a Record-Route leads back to its flow.
-    pub flows: HashMap<FlowId, Flow>,
+    /// Flows seen, by id, with when they last carried a message, so a flow token in a
+    /// Record-Route leads back to its flow; idle UDP flows are pruned by the sweep.
+    pub flows: HashMap<FlowId, (Flow, Instant)>,
     pub dispatcher: Dispatcher<PushTag>,
     pub auth: Option<(DigestAuth, UserDb)>,
     pub input_tx: mpsc::UnboundedSender<Input>,
@@ -343,6 +347,7 @@ impl State {
                 _ = sweep.tick() => {
                     self.sweep_bindings();
                     self.push_budget.prune(Instant::now());
+                    self.prune_flows(Instant::now());
                 }
                 Some(item) = inbound.recv() => self.on_inbound(item),
                 Some(input) = inputs.recv() => match input {
@@ -361,6 +366,17 @@ impl State {
                 .store(self.driver.core().len(), Ordering::Relaxed);
         }
         info!("stopped");
+    }
+
+    /// Forgets UDP flows idle for longer than any dialog plausibly stays silent, unless a
+    /// binding still names them (TCP flows go when their connection closes).
+    fn prune_flows(&mut self, now: Instant) {
+        let bindings = &self.bindings;
+        self.flows.retain(|id, (flow, seen)| {
+            flow.transport == Transport::Tcp
+                || now.saturating_duration_since(*seen) < UDP_FLOW_IDLE
+                || bindings.uses_flow(*id)
+        });
     }
 
     /// Milliseconds since start: the clock of the core and of the transactions.
@@ -398,7 +414,7 @@ impl State {
     fn on_inbound(&mut self, item: Inbound) {
         match item {
             Inbound::Message { flow, message } => {
-                self.flows.insert(flow.id, flow.clone());
+                self.flows.insert(flow.id, (flow.clone(), Instant::now()));
                 if message.is_request() {
                     self.on_request(flow, message);
                 } else {

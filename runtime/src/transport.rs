@@ -75,8 +75,6 @@ struct Inner {
     udp: Vec<Arc<UdpSocket>>,
     tcp_local: Vec<SocketAddr>,
     connections: Mutex<HashMap<FlowId, mpsc::UnboundedSender<Bytes>>>,
-    /// UDP flows by (our socket, peer), so a peer keeps its id.
-    udp_flows: Mutex<HashMap<(SocketAddr, SocketAddr), FlowId>>,
     next_id: AtomicU64,
     inbound: mpsc::Sender<Inbound>,
     max_message: usize,
@@ -104,7 +102,6 @@ impl Transports {
                 .collect::<io::Result<_>>()?,
             udp,
             connections: Mutex::new(HashMap::new()),
-            udp_flows: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             inbound,
             max_message,
@@ -195,6 +192,15 @@ impl Transports {
     }
 }
 
+/// UDP flow ids have the top bit set; TCP flows count up from 1 below it.
+fn udp_flow_id(local: SocketAddr, peer: SocketAddr) -> FlowId {
+    use std::hash::{Hash, Hasher};
+    // A fixed-key hasher: the id must be the same for the same pair, run after run.
+    let mut hasher = std::hash::DefaultHasher::new();
+    (local, peer).hash(&mut hasher);
+    FlowId(hasher.finish() | 1 << 63)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere while holding the lock leaves the map itself consistent.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -205,12 +211,11 @@ impl Inner {
         FlowId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// A UDP flow's id follows from its two addresses, so nothing is kept per peer: a
+    /// server seeing millions of NATed phones over time holds no map of them.
     fn udp_flow(&self, local: SocketAddr, peer: SocketAddr) -> Flow {
-        let id = *lock(&self.udp_flows)
-            .entry((local, peer))
-            .or_insert_with(|| self.new_id());
         Flow {
-            id,
+            id: udp_flow_id(local, peer),
             transport: Transport::Udp,
             local,
             peer,
@@ -347,4 +352,22 @@ async fn read_tcp(inner: Arc<Inner>, flow: Flow, mut reader: tokio::net::tcp::Ow
     }
     lock(&inner.connections).remove(&flow.id);
     let _ = inner.inbound.send(Inbound::Closed(flow.id)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_udp_flow_keeps_its_id_and_never_takes_a_tcp_one() {
+        let local: SocketAddr = "127.0.0.1:5060".parse().expect("an address");
+        let phone: SocketAddr = "192.0.2.7:40000".parse().expect("an address");
+        let other: SocketAddr = "192.0.2.7:40001".parse().expect("an address");
+        assert_eq!(udp_flow_id(local, phone), udp_flow_id(local, phone));
+        assert_ne!(udp_flow_id(local, phone), udp_flow_id(local, other));
+        assert!(
+            udp_flow_id(local, phone).0 >= 1 << 63,
+            "TCP ids count up from 1"
+        );
+    }
 }
