@@ -27,6 +27,15 @@ pub struct Config {
     pub store: Store,
     pub sip: Sip,
     pub push: Push,
+    pub admin: Admin,
+}
+
+/// The admin HTTP listener: Prometheus metrics at `/metrics`, liveness at `/health`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// Where to serve it (e.g. "127.0.0.1:9060"); none by default.
+    pub listen: Option<SocketAddr>,
 }
 
 /// One SIP listener.
@@ -238,6 +247,7 @@ impl Default for Config {
             store: Store::default(),
             sip: Sip::default(),
             push: Push::default(),
+            admin: Admin::default(),
         }
     }
 }

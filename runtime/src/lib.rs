@@ -8,6 +8,7 @@
 //! | [`auth`] | SIP digest authentication (MD5, SHA-256) and the users file of HA1 hashes |
 //! | [`config`] | the TOML configuration and its embedded defaults |
 //! | [`driver`] | the core driver: feeds the core with the time, keeps its timers |
+//! | [`metrics`] | Prometheus metrics and health on the admin listener |
 //! | [`proxy`] | INVITE, CANCEL and in-dialog requests; the core's effects carried out as SIP |
 //! | [`push`] | push providers (webhook, log) behind one trait, dispatched off the SIP path |
 //! | [`registrar`] | REGISTER: bindings, expiry, RFC 8599 push parameters, Feature-Caps |
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod driver;
+pub mod metrics;
 pub mod proxy;
 pub mod push;
 pub mod registrar;

@@ -322,6 +322,7 @@ impl State {
         }
         // 100 Trying at once: it quenches retransmissions and lets the caller CANCEL.
         reply(self, 100, &[]);
+        self.metrics.call();
         let callee = match &self.auth {
             Some((_, users))
                 if !users
@@ -654,6 +655,7 @@ impl State {
                 if let Some(ctx) = self.calls.by_id.get_mut(&call) {
                     ctx.answered = true;
                 }
+                self.metrics.outcome(code);
                 info!("call {call}: final response {code}");
             }
             Effect::ArmTimer { .. } | Effect::DisarmTimer { .. } => {}
@@ -718,6 +720,7 @@ impl State {
                 + Duration::from_millis(self.driver.core().config().park_timeout),
         };
         // Whether queued or refused, the outcome comes back as a report.
+        self.push_started.insert(request.id.clone(), Instant::now());
         let _ = self.dispatcher.submit(request, PushTag::Call(call, device));
     }
 

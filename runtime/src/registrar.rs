@@ -132,6 +132,11 @@ impl Bindings {
         gone
     }
 
+    /// Bindings held (some may have expired since the last sweep).
+    pub fn count(&self) -> usize {
+        self.aor_of.len()
+    }
+
     /// Whether a device's binding is reached over `flow`.
     pub fn uses_flow(&self, flow: FlowId) -> bool {
         self.flows.values().any(|f| f.id == flow)
@@ -533,6 +538,8 @@ impl State {
                 deadline: std::time::UNIX_EPOCH
                     + std::time::Duration::from_secs(binding.expires_at),
             };
+            self.push_started
+                .insert(request.id.clone(), std::time::Instant::now());
             let _ = self.dispatcher.submit(request, PushTag::Refresh(id));
         }
     }

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::auth::{DigestAuth, DigestConfig, Secret, UserDb, UsersError};
 use crate::config::{Config, Provider, Transport};
 use crate::driver::Driver;
+use crate::metrics::{push_result, Gauges, Metrics};
 use crate::proxy::{Branches, Calls};
 use crate::push::{
     ApnsAuth, ApnsConfig, ApnsEnvironment, ApnsError, ApnsProvider, Dispatcher, DispatcherError,
@@ -71,19 +71,11 @@ pub(crate) enum Input {
     Nothing,
 }
 
-/// What the server holds right now, refreshed after every event it handles.
-#[derive(Debug, Default)]
-pub struct Gauges {
-    /// Calls the proxy keeps SIP for (in progress, or ended but not let go yet).
-    pub calls: AtomicUsize,
-    /// Call records the core holds.
-    pub core_calls: AtomicUsize,
-}
-
 /// A running server.
 pub struct Server {
     addrs: Vec<(Transport, SocketAddr)>,
-    gauges: Arc<Gauges>,
+    metrics: Arc<Metrics>,
+    admin: Option<(SocketAddr, JoinHandle<()>)>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -140,10 +132,19 @@ impl Server {
             addrs: addrs.clone(),
             config,
             next_id: 1,
-            gauges: Arc::new(Gauges::default()),
+            metrics: Arc::new(Metrics::default()),
+            push_started: HashMap::new(),
             push_budget: PushBudget::new(config_push_rate),
         };
-        let gauges = Arc::clone(&state.gauges);
+        let metrics = Arc::clone(&state.metrics);
+        let admin = match state.config.admin.listen {
+            Some(addr) => Some(
+                crate::metrics::serve(addr, Arc::clone(&metrics))
+                    .await
+                    .map_err(StartError::Listen)?,
+            ),
+            None => None,
+        };
         let (stop_tx, stop) = oneshot::channel();
         let task = tokio::spawn(async move { state.run(inbound, inputs, reports, stop).await });
         for (transport, addr) in &addrs {
@@ -151,7 +152,8 @@ impl Server {
         }
         Ok(Self {
             addrs,
-            gauges,
+            metrics,
+            admin,
             stop: Some(stop_tx),
             task,
         })
@@ -166,12 +168,20 @@ impl Server {
     }
 
     /// What the server holds right now.
-    pub fn gauges(&self) -> &Gauges {
-        &self.gauges
+    pub fn gauges(&self) -> Gauges {
+        self.metrics.gauges()
+    }
+
+    /// The address of the admin listener (metrics, health), when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(addr, _)| *addr)
     }
 
     /// Stops serving; bindings are already durable.
     pub async fn shutdown(mut self) {
+        if let Some((_, admin)) = self.admin.take() {
+            admin.abort();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -326,7 +336,9 @@ pub(crate) struct State {
     pub input_tx: mpsc::UnboundedSender<Input>,
     pub addrs: Vec<(Transport, SocketAddr)>,
     next_id: u64,
-    gauges: Arc<Gauges>,
+    pub metrics: Arc<Metrics>,
+    /// When each push in flight was handed to its provider, by push id.
+    pub push_started: HashMap<String, Instant>,
     /// How many more pushes each device may get for now.
     pub push_budget: PushBudget<DeviceId>,
 }
@@ -360,10 +372,12 @@ impl State {
                 Some(report) = reports.recv() => self.on_push_report(report),
                 _ = sleep_until(self.started, wake) => self.on_timers(),
             }
-            self.gauges.calls.store(self.calls.len(), Ordering::Relaxed);
-            self.gauges
-                .core_calls
-                .store(self.driver.core().len(), Ordering::Relaxed);
+            self.metrics.set_gauges(Gauges {
+                core_calls: self.driver.core().len(),
+                proxy_calls: self.calls.len(),
+                bindings: self.bindings.count(),
+                transactions: self.transactions.len(),
+            });
         }
         info!("stopped");
     }
@@ -433,6 +447,18 @@ impl State {
     }
 
     fn on_push_report(&mut self, report: PushReport<PushTag>) {
+        let latency = self
+            .push_started
+            .remove(&report.push_id)
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        let (permanent, reason) = match &report.outcome {
+            crate::push::PushOutcome::Accepted => (None, ""),
+            crate::push::PushOutcome::Failed { permanent, reason } => {
+                (Some(*permanent), reason.as_str())
+            }
+        };
+        self.metrics
+            .push(&report.provider, push_result(permanent), reason, latency);
         let (call, device) = match report.tag {
             PushTag::Call(call, device) => (call, device),
             PushTag::Refresh(device) => {

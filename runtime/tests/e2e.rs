@@ -7,7 +7,6 @@ mod ua;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pushpark::config::{Config, Provider, Transport as Listen};
@@ -232,16 +231,8 @@ async fn phone_that_never_wakes_gives_480_at_the_park_deadline() {
     // Once the ended-notice window has closed too, nothing of the call is left.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let gauges = h.server.as_ref().expect("running").gauges();
-    assert_eq!(
-        gauges.calls.load(Ordering::Relaxed),
-        0,
-        "the proxy kept the call"
-    );
-    assert_eq!(
-        gauges.core_calls.load(Ordering::Relaxed),
-        0,
-        "the core kept the call"
-    );
+    assert_eq!(gauges.proxy_calls, 0, "the proxy kept the call");
+    assert_eq!(gauges.core_calls, 0, "the core kept the call");
     h.stop().await;
 }
 
@@ -570,5 +561,49 @@ async fn a_binding_about_to_expire_gets_one_refresh_push_but_never_an_apns_voip_
         h.gateway.pushes_for("bob15b").is_empty(),
         "no VoIP push without a call"
     );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_metrics_of_calls_outcomes_and_pushes() {
+    let h =
+        Harness::start(|c| c.admin.listen = Some("127.0.0.1:0".parse().expect("an address"))).await;
+    let bob = h.sleeping_phone("sip:bob@localhost", "bob16", ANSWER).await;
+    h.gateway.wake_on_push(&bob, Duration::from_millis(100));
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let ok = alice.expect_response(200, STEP).await.expect("answered");
+    ack_and_hang_up(&alice, &ok).await;
+    let admin = h
+        .server
+        .as_ref()
+        .expect("running")
+        .admin_addr()
+        .expect("an admin listener");
+    let get = |path: &'static str| async move {
+        reqwest::get(format!("http://{admin}{path}"))
+            .await
+            .expect("the admin listener answers")
+            .text()
+            .await
+            .expect("a body")
+    };
+    let metrics = get("/metrics").await;
+    for line in [
+        "pushpark_calls_total 1",
+        "pushpark_call_outcomes_total{code=\"200\"} 1",
+        "pushpark_pushes_total{provider=\"gateway\",result=\"accepted\",reason=\"\"} 1",
+        "pushpark_push_latency_seconds_count{provider=\"gateway\"} 1",
+        "pushpark_bindings 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+    assert_eq!(get("/health").await, "ok\n");
     h.stop().await;
 }

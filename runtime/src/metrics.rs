@@ -1,0 +1,240 @@
+//! Operational metrics in the Prometheus text format, served on the admin listener
+//! (`GET /metrics`, and `GET /health`).
+//!
+//! The event loop records into [`Metrics`]; the admin listener renders them. One mutex,
+//! taken briefly by both: the loop never waits on the network for it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+/// Upper bounds of the push-latency histogram, in seconds.
+const LATENCY_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    /// Cumulative counts per bucket of [`LATENCY_BUCKETS`].
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (bucket, bound) in self.buckets.iter_mut().zip(LATENCY_BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    calls: u64,
+    outcomes: BTreeMap<u16, u64>,
+    pushes: BTreeMap<(String, &'static str, String), u64>,
+    push_latency: BTreeMap<String, Histogram>,
+    gauges: Gauges,
+}
+
+/// What the server holds right now.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Gauges {
+    /// Call records the core holds (in progress, or ended and lingering).
+    pub core_calls: usize,
+    /// Calls the proxy keeps SIP for.
+    pub proxy_calls: usize,
+    /// Unexpired bindings.
+    pub bindings: usize,
+    /// SIP transactions in progress.
+    pub transactions: usize,
+}
+
+/// The server's counters, histograms and gauges.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    data: Mutex<Data>,
+}
+
+/// How a push ended, as a label.
+pub fn push_result(permanent: Option<bool>) -> &'static str {
+    match permanent {
+        None => "accepted",
+        Some(true) => "permanent",
+        Some(false) => "transient",
+    }
+}
+
+impl Metrics {
+    fn data(&self) -> std::sync::MutexGuard<'_, Data> {
+        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A call for a local user reached the core.
+    pub fn call(&self) {
+        self.data().calls += 1;
+    }
+
+    /// A caller got its final response `code`.
+    pub fn outcome(&self, code: u16) {
+        *self.data().outcomes.entry(code).or_default() += 1;
+    }
+
+    /// A push ended after `latency`.
+    pub fn push(&self, provider: &str, result: &'static str, reason: &str, latency: Duration) {
+        let mut data = self.data();
+        *data
+            .pushes
+            .entry((provider.to_owned(), result, reason.to_owned()))
+            .or_default() += 1;
+        data.push_latency
+            .entry(provider.to_owned())
+            .or_default()
+            .observe(latency.as_secs_f64());
+    }
+
+    pub fn set_gauges(&self, gauges: Gauges) {
+        self.data().gauges = gauges;
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        self.data().gauges
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let data = self.data();
+        let mut out = String::new();
+        let name = header(
+            &mut out,
+            "pushpark_calls_total",
+            "counter",
+            "INVITEs for local users handed to the call-parking core.",
+        );
+        let _ = writeln!(out, "{name} {}", data.calls);
+        let name = header(
+            &mut out,
+            "pushpark_call_outcomes_total",
+            "counter",
+            "Final responses given to callers, by status code.",
+        );
+        for (code, n) in &data.outcomes {
+            let _ = writeln!(out, "{name}{{code=\"{code}\"}} {n}");
+        }
+        let name = header(
+            &mut out,
+            "pushpark_pushes_total",
+            "counter",
+            "Pushes by provider, result (accepted, transient, permanent) and reason.",
+        );
+        for ((provider, result, reason), n) in &data.pushes {
+            let reason = reason.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "{name}{{provider=\"{provider}\",result=\"{result}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+        let name = header(
+            &mut out,
+            "pushpark_push_latency_seconds",
+            "histogram",
+            "From handing a push to its provider to the provider's answer.",
+        );
+        for (provider, h) in &data.push_latency {
+            for (bound, count) in LATENCY_BUCKETS.iter().zip(h.buckets) {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{provider=\"{provider}\",le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{provider=\"{provider}\",le=\"+Inf\"}} {}\n{name}_sum{{provider=\"{provider}\"}} {}\n{name}_count{{provider=\"{provider}\"}} {}",
+                h.count, h.sum, h.count
+            );
+        }
+        let g = data.gauges;
+        for (name, help, value) in [
+            (
+                "pushpark_core_calls",
+                "Call records the core holds.",
+                g.core_calls,
+            ),
+            (
+                "pushpark_proxy_calls",
+                "Calls the proxy keeps SIP for.",
+                g.proxy_calls,
+            ),
+            ("pushpark_bindings", "Unexpired bindings.", g.bindings),
+            (
+                "pushpark_transactions",
+                "SIP transactions in progress.",
+                g.transactions,
+            ),
+        ] {
+            let name = header(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        out
+    }
+}
+
+/// Writes the HELP and TYPE lines of a metric and returns its name.
+fn header(out: &mut String, name: &'static str, kind: &str, help: &str) -> &'static str {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    name
+}
+
+/// Serves `GET /metrics` and `GET /health` on `addr` until the task is aborted.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let metrics = Arc::clone(&metrics);
+                    async move {
+                        let (status, body) = match request.uri().path() {
+                            "/metrics" => (StatusCode::OK, metrics.render()),
+                            "/health" => (StatusCode::OK, "ok\n".to_owned()),
+                            _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+                        };
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(body)))
+                    }
+                });
+                let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                if let Err(e) = served {
+                    debug!("admin connection: {e}");
+                }
+            });
+        }
+    });
+    Ok((local, task))
+}
