@@ -661,12 +661,10 @@ impl State {
             Effect::ArmTimer { .. } | Effect::DisarmTimer { .. } => {}
             Effect::ForgetPushToken { device } => {
                 if let Some((id, prid)) = self.bindings.forget_push(device) {
-                    self.with_store(move |store| {
-                        if let Err(e) = store.forget_push_token(id, &prid) {
-                            tracing::error!("store: forgetting a dead token: {e}");
-                        }
-                        crate::server::Input::Nothing
-                    });
+                    self.with_store(
+                        move |store| store.forget_push_token(id, &prid),
+                        crate::server::log_failure("forgetting a dead token"),
+                    );
                 }
             }
         }

@@ -12,7 +12,7 @@ use pushpark_model::{AorId, DeviceId, Event, Target};
 use crate::auth::{parse_authorization, ChallengeKind, ParseError as AuthParseError, Verdict};
 use crate::config::Transport;
 use crate::push::{PushKind, PushRequest};
-use crate::server::{unix_now, Input, Outgoing, PushTag, State};
+use crate::server::{log_failure, unix_now, Input, Outgoing, PushTag, State};
 use crate::sip::{Contact, Message, SipUri, Uri};
 use crate::store::{Applied, Binding, BindingId, Change, ContactSpec, Register, Store, StoreError};
 use crate::transaction::Key;
@@ -384,19 +384,24 @@ impl State {
             changes,
         };
         let done_aor = aor.clone();
-        self.with_store(move |store: &mut Store| {
-            let result = store.apply(&done_aor, &register, now);
-            Input::Registered(Box::new(RegisterDone {
-                flow,
-                key,
-                request,
-                aor: done_aor,
-                upserted,
-                feature_caps,
-                outbound,
-                result,
-            }))
-        });
+        self.with_store(
+            move |store: &mut Store| store.apply(&done_aor, &register, now),
+            move |result, committed| {
+                let result = committed
+                    .map_err(|e| StoreError::NotCommitted(e.to_string()))
+                    .and(result);
+                Input::Registered(Box::new(RegisterDone {
+                    flow,
+                    key,
+                    request,
+                    aor,
+                    upserted,
+                    feature_caps,
+                    outbound,
+                    result,
+                }))
+            },
+        );
     }
 
     pub(crate) fn on_registered(&mut self, done: RegisterDone) {
@@ -486,12 +491,10 @@ impl State {
             let aor = self.aor_id(&aor);
             self.feed(Event::DeviceUnavailable { aor, device });
         }
-        self.with_store(move |store| {
-            if let Err(e) = store.sweep_expired(now) {
-                tracing::error!("store: sweeping expired bindings: {e}");
-            }
-            Input::Nothing
-        });
+        self.with_store(
+            move |store| store.sweep_expired(now),
+            log_failure("sweeping expired bindings"),
+        );
     }
 }
 

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -30,7 +30,7 @@ use crate::push::{
 };
 use crate::registrar::{Bindings, RegisterDone};
 use crate::sip::Message;
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::{Store, StoreError, StoreOptions, Writer};
 use crate::transaction::{self, Output, Transactions};
 use crate::transport::{Flow, FlowId, Inbound, Transports};
 
@@ -110,7 +110,7 @@ impl Server {
             }
             None => None,
         };
-        let (input_tx, inputs) = mpsc::unbounded_channel();
+        let (store_tx, inputs) = mpsc::unbounded_channel();
         let bindings = Bindings::load(&store, unix_now())?;
         let config_push_rate = config.push.max_per_device_per_minute;
         let mut state = State {
@@ -121,14 +121,16 @@ impl Server {
             ),
             started: Instant::now(),
             transports,
-            store: Arc::new(Mutex::new(store)),
+            store: Writer::start(store, move |input| {
+                let _ = store_tx.send(input);
+            })
+            .map_err(StartError::Listen)?,
             bindings,
             calls: Calls::default(),
             branches: Branches::default(),
             flows: HashMap::new(),
             dispatcher,
             auth,
-            input_tx,
             addrs: addrs.clone(),
             config,
             next_id: 1,
@@ -324,7 +326,8 @@ pub(crate) struct State {
     pub transactions: Transactions<Outgoing>,
     pub started: Instant,
     pub transports: Transports,
-    pub store: Arc<Mutex<Store>>,
+    /// The store's own thread (group commit).
+    pub store: Writer<Input>,
     pub bindings: Bindings,
     pub calls: Calls,
     pub branches: Branches,
@@ -333,7 +336,6 @@ pub(crate) struct State {
     pub flows: HashMap<FlowId, (Flow, Instant)>,
     pub dispatcher: Dispatcher<PushTag>,
     pub auth: Option<(DigestAuth, UserDb)>,
-    pub input_tx: mpsc::UnboundedSender<Input>,
     pub addrs: Vec<(Transport, SocketAddr)>,
     next_id: u64,
     pub metrics: Arc<Metrics>,
@@ -378,6 +380,11 @@ impl State {
                 bindings: self.bindings.count(),
                 transactions: self.transactions.len(),
             });
+        }
+        // Let the store commit what it was given: bindings already answered are durable,
+        // and the next start must find the file free.
+        if let Some(thread) = self.store.close() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         info!("stopped");
     }
@@ -572,17 +579,14 @@ impl State {
         self.bindings.aor_id(aor)
     }
 
-    /// Starts the blocking store work `f` and returns its result to the loop as an input.
-    pub fn with_store<F>(&self, f: F)
-    where
-        F: FnOnce(&mut Store) -> Input + Send + 'static,
-    {
-        let store = Arc::clone(&self.store);
-        let tx = self.input_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = tx.send(f(&mut store));
-        });
+    /// Queues the blocking store work `work` on the store's thread; once its commit has
+    /// ended, `done` makes the input the loop gets back.
+    pub fn with_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Store) -> T + Send + 'static,
+        done: impl FnOnce(T, Result<(), &StoreError>) -> Input + Send + 'static,
+    ) {
+        self.store.submit(work, done);
     }
 
     /// Whether `host` names this server: one of its domains or addresses.
@@ -599,6 +603,21 @@ impl State {
     pub fn respond_stateless(&self, flow: &Flow, request: &Message, code: u16, reason: &str) {
         let bytes = request.response(code).reason(reason).to_bytes();
         self.send(flow, Bytes::from(bytes));
+    }
+}
+
+/// The `done` of store work whose outcome needs no answer: a failure is logged.
+pub(crate) fn log_failure<T>(
+    what: &'static str,
+) -> impl FnOnce(Result<T, StoreError>, Result<(), &StoreError>) -> Input {
+    move |result, committed| {
+        let failure = committed
+            .map_err(ToString::to_string)
+            .and(result.map(drop).map_err(|e| e.to_string()));
+        if let Err(e) = failure {
+            tracing::error!("store: {what}: {e}");
+        }
+        Input::Nothing
     }
 }
 

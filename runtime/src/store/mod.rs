@@ -30,19 +30,18 @@
 //! FULL is the default because of who registers here: a sleeping iOS/Android app does not
 //! re-register on its own; it wakes when pushed. A binding lost after a 200 OK makes the phone
 //! silently unreachable (no pushes, no RFC 8599 §5.5 refresh push either) until the user next
-//! opens the app. One WAL fsync per REGISTER is a small price at registrar write rates. Choose
+//! opens the app. One WAL fsync per commit, shared by every REGISTER waiting ([`Writer`]), is a small price. Choose
 //! NORMAL with [`StoreOptions::synchronous`] where throughput matters more than that window.
 //!
 //! # Calling it from tokio
 //!
 //! [`Store`] is synchronous and every call blocks on disk I/O (an fsync per write with FULL).
-//! Never call it directly on an async worker thread. The recommended shape is one dedicated
-//! `std::thread` that owns the `Store` and serves requests from a channel
-//! (`tokio::sync::mpsc` in, a `tokio::sync::oneshot` reply out): SQLite allows only one writer
-//! at a time anyway, the thread keeps the prepared-statement cache warm, and requests are
-//! applied in the order the SIP layer sent them. `Arc<Mutex<Store>>` +
-//! `tokio::task::spawn_blocking` also works, but parks one blocking-pool thread per waiting
-//! request and does not preserve order. `Store` is `Send` but not `Sync`.
+//! Never call it directly on an async worker thread. [`Writer`] moves it to a thread of its
+//! own that serves jobs from a channel: SQLite allows only one writer at a time anyway, the
+//! thread keeps the prepared-statement cache warm, jobs are applied in the order the SIP
+//! layer sent them, and the jobs waiting when the thread wakes share one commit (group
+//! commit), so with FULL a burst of REGISTERs pays one fsync, not one each. `Store` is
+//! `Send` but not `Sync`.
 //!
 //! # Time
 //!
@@ -51,6 +50,9 @@
 
 mod schema;
 mod uri;
+mod writer;
+
+pub use self::writer::Writer;
 
 #[cfg(test)]
 mod tests;
@@ -60,7 +62,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 /// A binding's id: the SQLite rowid. Stable across restarts and replacements, never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -302,6 +304,9 @@ pub enum StoreError {
     /// The caller passed something the store cannot hold. Nothing was applied.
     #[error("invalid binding change: {0}")]
     Invalid(String),
+    /// The write was applied in a batch whose commit failed; none of the batch was kept.
+    #[error("binding store: commit failed: {0}")]
+    NotCommitted(String),
     /// Any other SQLite failure. The transaction was rolled back.
     #[error("binding store: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -440,9 +445,9 @@ impl Store {
     ) -> Result<Applied, StoreError> {
         validate(aor, register)?;
         let now_sql = to_sql_u64(now, "now")?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // A savepoint: its own transaction when called alone, or one part of the writer's
+        // batch (see `writer`), rolled back alone if this REGISTER fails.
+        let tx = self.conn.savepoint()?;
         let mut removed = Vec::new();
         // Bindings this request already wrote: its own Call-ID/CSeq on them is not "out of order".
         let mut touched = HashSet::new();
@@ -642,7 +647,7 @@ impl MatchRow {
 
 /// The existing binding of `aor` that `spec` replaces, by the rules of [`Store::apply`].
 fn find_match(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     aor: &str,
     spec: &ContactSpec,
 ) -> Result<Option<MatchRow>, StoreError> {
@@ -685,7 +690,7 @@ fn find_match(
 
 /// Other bindings of `aor` (not `keep`) holding the same push token as `spec`.
 fn push_duplicates(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     aor: &str,
     spec: &ContactSpec,
     keep: Option<i64>,
@@ -708,7 +713,7 @@ fn push_duplicates(
 
 /// Inserts a binding, or overwrites binding `id` keeping its id. Returns the id.
 fn write_binding(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     id: Option<i64>,
     aor: &str,
     spec: &ContactSpec,
