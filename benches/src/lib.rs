@@ -1,5 +1,7 @@
 //! Fixtures shared by pushpark's benches: scripted call lives driven through the core.
 
+pub mod pipeline;
+
 use pushpark_model::{AorId, CallId, Callee, Core, DeviceId, Effect, Event, Millis, Target};
 
 /// The one callee of the benches and its sleeping phone.

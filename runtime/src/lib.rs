@@ -24,6 +24,7 @@ pub mod config;
 pub mod demo;
 pub mod driver;
 pub mod metrics;
+pub mod pipeline;
 pub mod proxy;
 pub mod push;
 pub mod registrar;

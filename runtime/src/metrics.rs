@@ -20,35 +20,83 @@ use tokio::task::JoinHandle;
 use tracing::debug;
 
 /// Upper bounds of the push-latency histogram, in seconds.
-const LATENCY_BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-#[derive(Debug, Default, Clone)]
+/// Upper bounds of the wake-up delay histogram, in seconds: phones take from a fraction of
+/// a second to several seconds to wake, connect and register.
+const WAKEUP_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0];
+
+#[derive(Debug, Clone)]
 struct Histogram {
-    /// Cumulative counts per bucket of [`LATENCY_BUCKETS`].
-    buckets: [u64; LATENCY_BUCKETS.len()],
+    bounds: &'static [f64],
+    /// Cumulative counts per bucket of `bounds`.
+    buckets: Vec<u64>,
     count: u64,
     sum: f64,
 }
 
 impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: vec![0; bounds.len()],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+
     fn observe(&mut self, seconds: f64) {
-        for (bucket, bound) in self.buckets.iter_mut().zip(LATENCY_BUCKETS) {
-            if seconds <= bound {
+        for (bucket, bound) in self.buckets.iter_mut().zip(self.bounds) {
+            if seconds <= *bound {
                 *bucket += 1;
             }
         }
         self.count += 1;
         self.sum += seconds;
     }
+
+    /// The series of this histogram, `labels` (`key="value",...` or empty) on each.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, count) in self.bounds.iter().zip(&self.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
+        }
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}\n{name}_sum{braces} {}\n{name}_count{braces} {}",
+            self.count, self.sum, self.count
+        );
+    }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Data {
     calls: u64,
+    parked: u64,
     outcomes: BTreeMap<u16, u64>,
     pushes: BTreeMap<(String, &'static str, String), u64>,
     push_latency: BTreeMap<String, Histogram>,
+    wakeup: Histogram,
     gauges: Gauges,
+}
+
+impl Default for Data {
+    fn default() -> Self {
+        Self {
+            calls: 0,
+            parked: 0,
+            outcomes: BTreeMap::new(),
+            pushes: BTreeMap::new(),
+            push_latency: BTreeMap::new(),
+            wakeup: Histogram::new(WAKEUP_BUCKETS),
+            gauges: Gauges::default(),
+        }
+    }
 }
 
 /// What the server holds right now.
@@ -58,6 +106,8 @@ pub struct Gauges {
     pub core_calls: usize,
     /// Calls the proxy keeps SIP for.
     pub proxy_calls: usize,
+    /// Calls waiting for a pushed phone to wake.
+    pub parked_calls: usize,
     /// Unexpired bindings.
     pub bindings: usize,
     /// SIP transactions in progress.
@@ -89,6 +139,16 @@ impl Metrics {
         self.data().calls += 1;
     }
 
+    /// A call began to wait for a pushed phone.
+    pub fn parked(&self) {
+        self.data().parked += 1;
+    }
+
+    /// A parked call reached a phone that woke and registered, `delay` after it was parked.
+    pub fn woke(&self, delay: Duration) {
+        self.data().wakeup.observe(delay.as_secs_f64());
+    }
+
     /// A caller got its final response `code`.
     pub fn outcome(&self, code: u16) {
         *self.data().outcomes.entry(code).or_default() += 1;
@@ -103,7 +163,7 @@ impl Metrics {
             .or_default() += 1;
         data.push_latency
             .entry(provider.to_owned())
-            .or_default()
+            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
             .observe(latency.as_secs_f64());
     }
 
@@ -126,6 +186,13 @@ impl Metrics {
             "INVITEs for local users handed to the call-parking core.",
         );
         let _ = writeln!(out, "{name} {}", data.calls);
+        let name = header(
+            &mut out,
+            "pushpark_calls_parked_total",
+            "counter",
+            "Calls that waited for a pushed phone to wake.",
+        );
+        let _ = writeln!(out, "{name} {}", data.parked);
         let name = header(
             &mut out,
             "pushpark_call_outcomes_total",
@@ -155,18 +222,15 @@ impl Metrics {
             "From handing a push to its provider to the provider's answer.",
         );
         for (provider, h) in &data.push_latency {
-            for (bound, count) in LATENCY_BUCKETS.iter().zip(h.buckets) {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{provider=\"{provider}\",le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{provider=\"{provider}\",le=\"+Inf\"}} {}\n{name}_sum{{provider=\"{provider}\"}} {}\n{name}_count{{provider=\"{provider}\"}} {}",
-                h.count, h.sum, h.count
-            );
+            h.render(&mut out, name, &format!("provider=\"{provider}\""));
         }
+        let name = header(
+            &mut out,
+            "pushpark_wakeup_delay_seconds",
+            "histogram",
+            "From parking a call (its first push) to delivering it to a phone that woke.",
+        );
+        data.wakeup.render(&mut out, name, "");
         let g = data.gauges;
         for (name, help, value) in [
             (
@@ -179,6 +243,11 @@ impl Metrics {
                 "Calls the proxy keeps SIP for.",
                 g.proxy_calls,
             ),
+            (
+                "pushpark_calls_parked",
+                "Calls waiting for a pushed phone to wake.",
+                g.parked_calls,
+            ),
             ("pushpark_bindings", "Unexpired bindings.", g.bindings),
             (
                 "pushpark_transactions",
@@ -189,8 +258,26 @@ impl Metrics {
             let name = header(&mut out, name, "gauge", help);
             let _ = writeln!(out, "{name} {value}");
         }
+        drop(data);
+        if let Some(bytes) = resident_bytes() {
+            let name = header(
+                &mut out,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+            );
+            let _ = writeln!(out, "{name} {bytes}");
+        }
         out
     }
+}
+
+/// This process's resident set size (Linux: `VmRSS` of /proc/self/status).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Writes the HELP and TYPE lines of a metric and returns its name.

@@ -39,6 +39,8 @@ pub(crate) struct Calls {
     by_id: HashMap<CallId, CallContext>,
     by_invite: HashMap<Key, CallId>,
     next: u64,
+    /// Calls waiting for a pushed phone to wake (those with `parked_since`).
+    parked: usize,
 }
 
 /// What the proxy keeps of a call beside the core: the SIP the core never sees.
@@ -50,6 +52,9 @@ pub(crate) struct CallContext {
     to_tag: String,
     answered: bool,
     branches: HashMap<DeviceId, BranchContext>,
+    /// Since when the call waits for a pushed phone to wake: from its first push until a
+    /// phone that registered gets it, or it ends.
+    parked_since: Option<Instant>,
 }
 
 struct BranchContext {
@@ -80,6 +85,30 @@ impl Calls {
     /// Calls the proxy keeps SIP for.
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// Calls waiting for a pushed phone to wake.
+    pub fn parked(&self) -> usize {
+        self.parked
+    }
+
+    /// Marks `call` parked; whether it just became so.
+    fn park(&mut self, call: CallId, now: Instant) -> bool {
+        match self.by_id.get_mut(&call) {
+            Some(ctx) if ctx.parked_since.is_none() => {
+                ctx.parked_since = Some(now);
+                self.parked += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks `call` no longer parked; since when it was, if it was.
+    fn unpark(&mut self, call: CallId) -> Option<Instant> {
+        let since = self.by_id.get_mut(&call)?.parked_since.take()?;
+        self.parked -= 1;
+        Some(since)
     }
 }
 
@@ -352,6 +381,7 @@ impl State {
                 to_tag,
                 answered: false,
                 branches: HashMap::new(),
+                parked_since: None,
             },
         );
         self.feed(Event::CallArrived {
@@ -616,8 +646,19 @@ impl State {
     /// Carries out one effect of the core.
     pub(crate) fn apply_effect(&mut self, effect: Effect) {
         match effect {
-            Effect::Push { call, device } => self.push(call, device),
-            Effect::Forward { call, device } => self.forward(call, device, None),
+            Effect::Push { call, device } => {
+                if self.calls.park(call, Instant::now()) {
+                    self.metrics.parked();
+                }
+                self.push(call, device);
+            }
+            Effect::Forward { call, device } => {
+                // Forwarded after a push: a phone woke and registered.
+                if let Some(since) = self.calls.unpark(call) {
+                    self.metrics.woke(since.elapsed());
+                }
+                self.forward(call, device, None);
+            }
             Effect::TellEnded {
                 call,
                 device,
@@ -655,6 +696,7 @@ impl State {
                 if let Some(ctx) = self.calls.by_id.get_mut(&call) {
                     ctx.answered = true;
                 }
+                self.calls.unpark(call);
                 self.metrics.outcome(code);
                 info!("call {call}: final response {code}");
             }
@@ -936,6 +978,7 @@ impl State {
             c.answered && !telling
         }) && !self.driver.core().holds(call);
         if done {
+            self.calls.unpark(call);
             if let Some(ctx) = self.calls.by_id.remove(&call) {
                 self.calls.by_invite.remove(&ctx.key);
             }
@@ -1073,8 +1116,13 @@ fn with_received(flow: &Flow, request: Message) -> Message {
     if wants_port {
         value.push_str(&format!(";rport={}", flow.peer.port()));
     }
-    let bytes = request.forward().pop_via().push_via(&value).to_bytes();
-    parse_datagram_bytes(bytes.into()).unwrap_or(request)
+    match request.with_top_via(&value) {
+        Some(edited) => edited,
+        None => {
+            let bytes = request.forward().pop_via().push_via(&value).to_bytes();
+            parse_datagram_bytes(bytes.into()).unwrap_or(request)
+        }
+    }
 }
 
 /// The methods pushpark handles.

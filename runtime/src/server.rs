@@ -98,46 +98,7 @@ impl Server {
             .map_err(StartError::Listen)?;
         let addrs = transports.local_addrs();
         let store = Store::open(&config.store.path, &StoreOptions::default())?;
-        let (dispatcher, reports) = build_dispatcher(&config, extra)?;
-        let auth = match &config.auth.users_file {
-            Some(path) => {
-                let mut digest = DigestConfig::new(config.realm(), Secret::generate());
-                digest.algorithms = config.digest_algorithms();
-                if let Some(lifetime) = config.auth.nonce_lifetime {
-                    digest.nonce_lifetime = lifetime.as_secs();
-                }
-                Some((DigestAuth::new(digest), UserDb::load(path)?))
-            }
-            None => None,
-        };
-        let (store_tx, inputs) = mpsc::unbounded_channel();
-        let bindings = Bindings::load(&store, unix_now())?;
-        let config_push_rate = config.push.max_per_device_per_minute;
-        let mut state = State {
-            driver: Driver::new(config.core()),
-            transactions: Transactions::new(
-                transaction_config(&config),
-                crate::proxy::ack_for_non_2xx,
-            ),
-            started: Instant::now(),
-            transports,
-            store: Writer::start(store, move |input| {
-                let _ = store_tx.send(input);
-            })
-            .map_err(StartError::Listen)?,
-            bindings,
-            calls: Calls::default(),
-            branches: Branches::default(),
-            flows: HashMap::new(),
-            dispatcher,
-            auth,
-            addrs: addrs.clone(),
-            config,
-            next_id: 1,
-            metrics: Arc::new(Metrics::default()),
-            push_started: HashMap::new(),
-            push_budget: PushBudget::new(config_push_rate),
-        };
+        let (mut state, inputs, reports) = State::new(config, transports, store, extra)?;
         let metrics = Arc::clone(&state.metrics);
         let admin = match state.config.admin.listen {
             Some(addr) => Some(
@@ -346,6 +307,56 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The loop's state over `transports` and `store`, with the configured push providers
+    /// and `extra` ones; also what the store's thread and the push providers answer on.
+    pub(crate) fn new(
+        config: Config,
+        transports: Transports,
+        store: Store,
+        extra: HashMap<String, Arc<dyn PushProvider>>,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Input>, PushReports<PushTag>), StartError> {
+        let (dispatcher, reports) = build_dispatcher(&config, extra)?;
+        let auth = match &config.auth.users_file {
+            Some(path) => {
+                let mut digest = DigestConfig::new(config.realm(), Secret::generate());
+                digest.algorithms = config.digest_algorithms();
+                if let Some(lifetime) = config.auth.nonce_lifetime {
+                    digest.nonce_lifetime = lifetime.as_secs();
+                }
+                Some((DigestAuth::new(digest), UserDb::load(path)?))
+            }
+            None => None,
+        };
+        let (store_tx, inputs) = mpsc::unbounded_channel();
+        let bindings = Bindings::load(&store, unix_now())?;
+        let state = State {
+            driver: Driver::new(config.core()),
+            transactions: Transactions::new(
+                transaction_config(&config),
+                crate::proxy::ack_for_non_2xx,
+            ),
+            started: Instant::now(),
+            addrs: transports.local_addrs(),
+            transports,
+            store: Writer::start(store, move |input| {
+                let _ = store_tx.send(input);
+            })
+            .map_err(StartError::Listen)?,
+            bindings,
+            calls: Calls::default(),
+            branches: Branches::default(),
+            flows: HashMap::new(),
+            dispatcher,
+            auth,
+            next_id: 1,
+            metrics: Arc::new(Metrics::default()),
+            push_started: HashMap::new(),
+            push_budget: PushBudget::new(config.push.max_per_device_per_minute),
+            config,
+        };
+        Ok((state, inputs, reports))
+    }
+
     async fn run(
         &mut self,
         mut inbound: mpsc::Receiver<Inbound>,
@@ -364,22 +375,11 @@ impl State {
                     self.prune_flows(Instant::now());
                 }
                 Some(item) = inbound.recv() => self.on_inbound(item),
-                Some(input) = inputs.recv() => match input {
-                    Input::Registered(done) => {
-                        self.on_registered(*done);
-                        self.drain_transactions();
-                    }
-                    Input::Nothing => {}
-                },
+                Some(input) = inputs.recv() => self.on_input(input),
                 Some(report) = reports.recv() => self.on_push_report(report),
                 _ = sleep_until(self.started, wake) => self.on_timers(),
             }
-            self.metrics.set_gauges(Gauges {
-                core_calls: self.driver.core().len(),
-                proxy_calls: self.calls.len(),
-                bindings: self.bindings.count(),
-                transactions: self.transactions.len(),
-            });
+            self.metrics.set_gauges(self.gauges());
         }
         // Let the store commit what it was given: bindings already answered are durable,
         // and the next start must find the file free.
@@ -387,6 +387,17 @@ impl State {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         info!("stopped");
+    }
+
+    /// Acts on what the store's thread answered.
+    pub(crate) fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Registered(done) => {
+                self.on_registered(*done);
+                self.drain_transactions();
+            }
+            Input::Nothing => {}
+        }
     }
 
     /// Forgets UDP flows idle for longer than any dialog plausibly stays silent, unless a
@@ -398,6 +409,17 @@ impl State {
                 || now.saturating_duration_since(*seen) < UDP_FLOW_IDLE
                 || bindings.uses_flow(*id)
         });
+    }
+
+    /// What the loop holds right now.
+    pub(crate) fn gauges(&self) -> Gauges {
+        Gauges {
+            core_calls: self.driver.core().len(),
+            proxy_calls: self.calls.len(),
+            parked_calls: self.calls.parked(),
+            bindings: self.bindings.count(),
+            transactions: self.transactions.len(),
+        }
     }
 
     /// Milliseconds since start: the clock of the core and of the transactions.
@@ -432,7 +454,7 @@ impl State {
         self.drain_transactions();
     }
 
-    fn on_inbound(&mut self, item: Inbound) {
+    pub(crate) fn on_inbound(&mut self, item: Inbound) {
         match item {
             Inbound::Message { flow, message } => {
                 self.flows.insert(flow.id, (flow.clone(), Instant::now()));
@@ -453,7 +475,7 @@ impl State {
         self.drain_transactions();
     }
 
-    fn on_push_report(&mut self, report: PushReport<PushTag>) {
+    pub(crate) fn on_push_report(&mut self, report: PushReport<PushTag>) {
         let latency = self
             .push_started
             .remove(&report.push_id)

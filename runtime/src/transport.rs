@@ -72,7 +72,8 @@ pub struct Transports {
 }
 
 struct Inner {
-    udp: Vec<Arc<UdpSocket>>,
+    /// The UDP sockets and the addresses they are bound to.
+    udp: Vec<(SocketAddr, Endpoint)>,
     tcp_local: Vec<SocketAddr>,
     connections: Mutex<HashMap<FlowId, mpsc::UnboundedSender<Bytes>>>,
     next_id: AtomicU64,
@@ -80,7 +81,41 @@ struct Inner {
     max_message: usize,
 }
 
+/// Where UDP datagrams go: a real socket, or (for the socket-free pipeline of benches and
+/// tests) a list that keeps them.
+enum Endpoint {
+    Socket(Arc<UdpSocket>),
+    Memory(Outbox),
+}
+
+/// Datagrams sent by [`Transports::in_memory`], with the address each was sent to.
+pub type Outbox = Arc<Mutex<Vec<(SocketAddr, Bytes)>>>;
+
 impl Transports {
+    /// UDP "listeners" at `addrs` that bind nothing: what is sent over them lands in the
+    /// returned [`Outbox`]. The server's whole message path without sockets.
+    pub fn in_memory(addrs: &[SocketAddr], inbound: mpsc::Sender<Inbound>) -> (Self, Outbox) {
+        let outbox = Outbox::default();
+        let inner = Inner {
+            udp: addrs
+                .iter()
+                .map(|&a| (a, Endpoint::Memory(Arc::clone(&outbox))))
+                .collect(),
+            tcp_local: Vec::new(),
+            connections: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            inbound,
+            max_message: usize::MAX,
+        };
+        let inner = Arc::new(inner);
+        (Self { inner }, outbox)
+    }
+
+    /// The flow a datagram from `peer` to our `local` address arrives on.
+    pub fn udp_flow(&self, local: SocketAddr, peer: SocketAddr) -> Flow {
+        self.inner.udp_flow(local, peer)
+    }
+
     /// Binds every listener and starts receiving; messages arrive on `inbound`.
     pub async fn bind(
         listeners: &[Listener],
@@ -91,7 +126,10 @@ impl Transports {
         let mut tcp = Vec::new();
         for listener in listeners {
             match listener.transport {
-                Transport::Udp => udp.push(Arc::new(UdpSocket::bind(listener.address).await?)),
+                Transport::Udp => {
+                    let socket = UdpSocket::bind(listener.address).await?;
+                    udp.push((socket.local_addr()?, Endpoint::Socket(Arc::new(socket))));
+                }
                 Transport::Tcp => tcp.push(TcpListener::bind(listener.address).await?),
             }
         }
@@ -106,8 +144,10 @@ impl Transports {
             inbound,
             max_message,
         });
-        for socket in &inner.udp {
-            tokio::spawn(receive_udp(Arc::clone(&inner), Arc::clone(socket)));
+        for (local, endpoint) in &inner.udp {
+            if let Endpoint::Socket(socket) = endpoint {
+                tokio::spawn(receive_udp(Arc::clone(&inner), *local, Arc::clone(socket)));
+            }
         }
         for listener in tcp {
             tokio::spawn(accept_tcp(Arc::clone(&inner), listener));
@@ -117,8 +157,7 @@ impl Transports {
 
     /// The addresses actually bound (port 0 in the configuration picks a free one).
     pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
-        let udp = self.inner.udp.iter().filter_map(|s| s.local_addr().ok());
-        let udp = udp.map(|a| (Transport::Udp, a));
+        let udp = self.inner.udp.iter().map(|&(a, _)| (Transport::Udp, a));
         let tcp = self.inner.tcp_local.iter().map(|&a| (Transport::Tcp, a));
         udp.chain(tcp).collect()
     }
@@ -136,12 +175,14 @@ impl Transports {
     pub fn send(&self, flow: &Flow, bytes: Bytes) -> Result<(), SendError> {
         match flow.transport {
             Transport::Udp => {
-                let socket = self
-                    .inner
-                    .udp
-                    .iter()
-                    .find(|s| s.local_addr().ok() == Some(flow.local))
-                    .ok_or(SendError::NoListener(Transport::Udp))?;
+                let socket = match self.inner.udp.iter().find(|(l, _)| *l == flow.local) {
+                    Some((_, Endpoint::Socket(socket))) => socket,
+                    Some((_, Endpoint::Memory(outbox))) => {
+                        lock(outbox).push((flow.peer, bytes));
+                        return Ok(());
+                    }
+                    None => return Err(SendError::NoListener(Transport::Udp)),
+                };
                 match socket.try_send_to(&bytes, flow.peer) {
                     Ok(_) => Ok(()),
                     // The socket buffer is full: let a task wait for room.
@@ -172,15 +213,19 @@ impl Transports {
     ) -> Result<Flow, SendError> {
         match transport {
             Transport::Udp => {
-                let socket = self
+                let (local, endpoint) = self
                     .inner
                     .udp
                     .iter()
-                    .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == peer.is_ipv4()))
+                    .find(|(local, _)| local.is_ipv4() == peer.is_ipv4())
                     .ok_or(SendError::NoListener(Transport::Udp))?;
-                let local = socket.local_addr()?;
-                socket.send_to(&bytes, peer).await?;
-                Ok(self.inner.udp_flow(local, peer))
+                match endpoint {
+                    Endpoint::Socket(socket) => {
+                        socket.send_to(&bytes, peer).await?;
+                    }
+                    Endpoint::Memory(outbox) => lock(outbox).push((peer, bytes)),
+                }
+                Ok(self.inner.udp_flow(*local, peer))
             }
             Transport::Tcp => {
                 let stream = TcpStream::connect(peer).await?;
@@ -246,10 +291,7 @@ impl Inner {
     }
 }
 
-async fn receive_udp(inner: Arc<Inner>, socket: Arc<UdpSocket>) {
-    let Ok(local) = socket.local_addr() else {
-        return;
-    };
+async fn receive_udp(inner: Arc<Inner>, local: SocketAddr, socket: Arc<UdpSocket>) {
     let mut buf = BytesMut::zeroed(65_536);
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {

@@ -569,14 +569,7 @@ async fn the_admin_listener_serves_metrics_of_calls_outcomes_and_pushes() {
     let h =
         Harness::start(|c| c.admin.listen = Some("127.0.0.1:0".parse().expect("an address"))).await;
     let bob = h.sleeping_phone("sip:bob@localhost", "bob16", ANSWER).await;
-    h.gateway.wake_on_push(&bob, Duration::from_millis(100));
-    let alice = h.caller().await;
-    alice
-        .invite("sip:bob@localhost", h.udp)
-        .await
-        .expect("INVITE sent");
-    let ok = alice.expect_response(200, STEP).await.expect("answered");
-    ack_and_hang_up(&alice, &ok).await;
+    h.gateway.wake_on_push(&bob, Duration::from_millis(1500));
     let admin = h
         .server
         .as_ref()
@@ -591,8 +584,27 @@ async fn the_admin_listener_serves_metrics_of_calls_outcomes_and_pushes() {
             .await
             .expect("a body")
     };
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    h.gateway.wait_for_push(STEP).await.expect("a push");
+    // Pushed, the phone not awake yet: the call is parked.
+    let metrics = get("/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l == "pushpark_calls_parked 1"),
+        "not parked:\n{metrics}"
+    );
+    let ok = alice.expect_response(200, STEP).await.expect("answered");
+    ack_and_hang_up(&alice, &ok).await;
     let metrics = get("/metrics").await;
     for line in [
+        "pushpark_calls_parked 0",
+        "pushpark_calls_parked_total 1",
+        "pushpark_wakeup_delay_seconds_bucket{le=\"1\"} 0",
+        "pushpark_wakeup_delay_seconds_bucket{le=\"2\"} 1",
+        "pushpark_wakeup_delay_seconds_count 1",
         "pushpark_calls_total 1",
         "pushpark_call_outcomes_total{code=\"200\"} 1",
         "pushpark_pushes_total{provider=\"gateway\",result=\"accepted\",reason=\"\"} 1",
@@ -604,6 +616,12 @@ async fn the_admin_listener_serves_metrics_of_calls_outcomes_and_pushes() {
             "no {line:?} in\n{metrics}"
         );
     }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("process_resident_memory_bytes ")),
+        "no resident memory in\n{metrics}"
+    );
     assert_eq!(get("/health").await, "ok\n");
     h.stop().await;
 }

@@ -8,14 +8,20 @@ use std::hint::black_box;
 use std::process::ExitCode;
 
 use pushpark::sip::parse_datagram;
+use pushpark_benches::pipeline::{runtime, Fixture};
 use pushpark_benches::{invite_1k, parked_call_life};
 use pushpark_model::{CallId, Config, Core};
 
-const SCENARIOS: [&str; 3] = [
+const SCENARIOS: [&str; 5] = [
     "core_parked_call_life",
     "sip_parse_invite",
     "sip_forward_invite",
+    "pipeline_invite_to_push",
+    "pipeline_relay_invite",
 ];
+
+/// Calls one pipeline server takes before a fresh one replaces it.
+const CALLS_PER_SERVER: u64 = 2_000;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,6 +42,24 @@ fn main() -> ExitCode {
     let mut core = Core::new(Config::default());
     let mut out = Vec::with_capacity(16);
     let mut sink = 0usize;
+    if let Some(asleep) = match scenario.as_str() {
+        "pipeline_invite_to_push" => Some(true),
+        "pipeline_relay_invite" => Some(false),
+        _ => None,
+    } {
+        let rt = runtime();
+        let mut fixture = Fixture::new(&rt, asleep);
+        for _ in 0..n {
+            if fixture.calls() == CALLS_PER_SERVER {
+                fixture = Fixture::new(&rt, asleep);
+            }
+            let invite = fixture.next_invite();
+            fixture.receive_invite(invite);
+            sink += fixture.pipeline.take_sent().len();
+        }
+        black_box(sink);
+        return ExitCode::SUCCESS;
+    }
     for i in 0..n {
         sink += match scenario.as_str() {
             "core_parked_call_life" => parked_call_life(&mut core, CallId(i), i, &mut out),

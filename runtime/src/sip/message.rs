@@ -644,6 +644,55 @@ impl Message {
 
     /// Every comma-separated element of every line of a list header (Via, Contact, Route,
     /// Require, ...), in order. Splitting respects quotes and `<>`.
+    /// This message with its top Via replaced by `value` (a proxy adding `received` and
+    /// `rport`, RFC 3581), edited in place: the octets are spliced and the index shifted,
+    /// nothing is parsed again. `None` when the top Via shares its line with others or
+    /// was folded; then the caller re-serialises instead.
+    pub fn with_top_via(&self, value: &str) -> Option<Message> {
+        let index = self
+            .headers
+            .iter()
+            .position(|h| h.name == HeaderName::Via)?;
+        let header = &self.headers[index];
+        let Value::Span(old) = &header.value else {
+            return None;
+        };
+        if memchr::memchr(b',', &self.raw[old.clone()]).is_some() {
+            return None; // several Vias on one line (or a comma in a quoted param)
+        }
+        let line = header.line.clone();
+        let mut raw = Vec::with_capacity(self.raw.len() + value.len());
+        raw.extend_from_slice(&self.raw[..line.start]);
+        raw.extend_from_slice(b"Via: ");
+        let value_start = raw.len();
+        raw.extend_from_slice(value.as_bytes());
+        let value_end = raw.len();
+        raw.extend_from_slice(b"\r\n");
+        let line_end = raw.len();
+        raw.extend_from_slice(&self.raw[line.end..]);
+        let shift = |at: usize| at + line_end - line.end;
+        let mut headers = self.headers.clone();
+        headers[index] = Header {
+            name: HeaderName::Via,
+            line: line.start..line_end,
+            name_len: 3,
+            value: Value::Span(value_start..value_end),
+        };
+        for h in &mut headers[index + 1..] {
+            h.line = shift(h.line.start)..shift(h.line.end);
+            if let Value::Span(r) = &mut h.value {
+                *r = shift(r.start)..shift(r.end);
+            }
+        }
+        Some(Message {
+            raw: Bytes::from(raw),
+            start: self.start.clone(),
+            headers,
+            body: shift(self.body.start)..shift(self.body.end),
+            content_length: self.content_length,
+        })
+    }
+
     pub fn elements(
         &self,
         name: HeaderName,
@@ -669,6 +718,30 @@ pub(super) fn as_text(v: &[u8], name: HeaderName) -> Result<&str, SyntaxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_edited_top_via_is_what_parsing_the_edited_octets_gives() {
+        let raw = b"INVITE sip:bob@example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bK1;rport\r\n\
+Via: SIP/2.0/UDP edge.example.com;branch=z9hG4bKe\r\n\
+v: SIP/2.0/UDP far.example.com;branch=z9hG4bKf\r\n\
+To: <sip:bob@example.com>\r\nFrom: <sip:a@example.com>;tag=1\r\nCall-ID: c1\r\n\
+CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContent-Length: 4\r\n\r\nbody";
+        let message = parse_datagram(raw).expect("parses");
+        let value = "SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bK1;received=192.0.2.9;rport=4000";
+        let edited = message.with_top_via(value).expect("a single-Via line");
+        assert_eq!(edited, parse_datagram(edited.as_bytes()).expect("parses"));
+        assert_eq!(
+            edited.values(HeaderName::Via).next(),
+            Some(value.as_bytes())
+        );
+        assert_eq!(edited.values(HeaderName::Via).count(), 3);
+        assert_eq!(edited.body(), b"body");
+        // Several Vias on the top line: left to the caller.
+        let combined = parse_datagram(b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\nContent-Length: 0\r\n\r\n")
+            .expect("parses");
+        assert!(combined.with_top_via(value).is_none());
+    }
 
     const INV: &[u8] = b"INVITE sip:bob@example.com SIP/2.0\r\nv: SIP/2.0/UDP a.example.com;branch=z9hG4bK1\r\nX-Folded: one\r\n  two\r\n\tthree\r\nl: 4\r\n\r\nbody";
 

@@ -212,20 +212,26 @@ impl<'a> Via<'a> {
             port,
             params,
         };
-        if let Some(v) = via.params.get("received") {
-            Host::parse(v.ok_or(VIA)?, true)
-                .ok()
-                .and_then(|h| h.ip())
-                .ok_or(VIA)?;
-        }
-        if let Some(Some(v)) = via.params.get("rport") {
-            v.parse::<u16>().map_err(|_| VIA)?;
-        }
-        if let Some(v) = via.params.get("ttl") {
-            v.ok_or(VIA)?.parse::<u8>().map_err(|_| VIA)?;
-        }
-        if let Some(None) = via.params.get("branch") {
-            return Err(VIA);
+        // One pass over the parameters; as with `Params::get`, the first of a name counts.
+        let mut seen = [false; 4];
+        for param in via.params.iter() {
+            let known = ["received", "rport", "ttl", "branch"]
+                .iter()
+                .position(|n| param.name.eq_ignore_ascii_case(n));
+            let Some(k) = known.filter(|&k| !std::mem::replace(&mut seen[k], true)) else {
+                continue;
+            };
+            let value = param.value();
+            let valid = match (k, value) {
+                (0, Some(v)) => Host::parse(v, true).ok().and_then(|h| h.ip()).is_some(),
+                (1, Some(v)) => v.parse::<u16>().is_ok(),
+                (2, Some(v)) => v.parse::<u8>().is_ok(),
+                (1, None) | (3, Some(_)) => true,
+                _ => false,
+            };
+            if !valid {
+                return Err(VIA);
+            }
         }
         Ok(via)
     }

@@ -1,0 +1,83 @@
+//! The server's whole message path in process, without sockets (`pushpark::pipeline`):
+//! datagram bytes in, datagram bytes out, through parsing, transactions, registrar, proxy,
+//! the call-parking core, its effects and serialisation.
+//!
+//! - `invite_to_push`: a caller's INVITE for a sleeping phone → 100 Trying out, the call
+//!   parked and its push handed to the provider's queue;
+//! - `register_to_invite`: the woken phone's REGISTER → its binding written by the store's
+//!   thread (SQLite in memory) → 200 OK and the parked INVITE out;
+//! - `relay_invite`: an INVITE for an awake phone → 100 Trying and the forwarded INVITE out.
+//!
+//! Only the step named is timed; each server is replaced after `CALLS_PER_SERVER` calls, so
+//! no run measures an ever-growing server.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use pushpark_benches::pipeline::{phone, runtime, Fixture};
+
+const CALLS_PER_SERVER: u64 = 2_000;
+
+fn pipeline(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("pipeline");
+    group.bench_function("invite_to_push", |b| {
+        b.iter_custom(|iters| {
+            let mut f = Fixture::new(&rt, true);
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                if f.calls() == CALLS_PER_SERVER {
+                    f = Fixture::new(&rt, true);
+                }
+                let invite = f.next_invite();
+                let start = Instant::now();
+                f.receive_invite(invite);
+                spent += start.elapsed();
+                assert!(f.sent(Fixture::caller(), b"SIP/2.0 100"), "100 Trying");
+            }
+            spent
+        })
+    });
+    group.bench_function("register_to_invite", |b| {
+        b.iter_custom(|iters| {
+            let mut f = Fixture::new(&rt, true);
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                if f.calls() == CALLS_PER_SERVER {
+                    f = Fixture::new(&rt, true);
+                }
+                let invite = f.next_invite();
+                f.receive_invite(invite);
+                f.pipeline.take_sent();
+                let k = f.last_callee();
+                let wake = f.next_register(k);
+                let start = Instant::now();
+                f.receive_register(k, wake);
+                spent += start.elapsed();
+                assert!(f.sent(phone(k), b"INVITE "), "the parked INVITE");
+            }
+            spent
+        })
+    });
+    group.bench_function("relay_invite", |b| {
+        b.iter_custom(|iters| {
+            let mut f = Fixture::new(&rt, false);
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                if f.calls() == CALLS_PER_SERVER {
+                    f = Fixture::new(&rt, false);
+                }
+                let invite = f.next_invite();
+                let start = Instant::now();
+                f.receive_invite(invite);
+                spent += start.elapsed();
+                assert!(f.sent(phone(f.last_callee()), b"INVITE "), "forwarded");
+            }
+            spent
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);

@@ -1,0 +1,201 @@
+//! Fixtures for the in-process pipeline benches: a [`Pipeline`] with [`CALLEES`] callees,
+//! each with a phone registered over UDP (asleep with a push token, or awake without
+//! one), and the datagrams a caller and those phones send. Calls go to the callees in turn,
+//! so no callee holds more than a few calls, as on a real server.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use pushpark::config::Config;
+use pushpark::pipeline::Pipeline;
+use tokio::runtime::Runtime;
+
+/// The server's UDP address.
+pub const SERVER: &str = "127.0.0.1:5060";
+/// The caller's address.
+pub const CALLER: &str = "192.0.2.10:5060";
+/// How many callees a server has.
+pub const CALLEES: u64 = 250;
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("a literal address")
+}
+
+/// The address of callee `k`'s phone.
+pub fn phone(k: u64) -> SocketAddr {
+    let port = u16::try_from(40_000 + k).expect("a port");
+    SocketAddr::from(([192, 0, 2, 20], port))
+}
+
+/// A server with its callees registered, and the numbers their next requests use.
+pub struct Fixture {
+    pub pipeline: Pipeline,
+    asleep: bool,
+    next_call: u64,
+    /// Each callee's phone's last REGISTER CSeq.
+    cseq: Vec<u32>,
+}
+
+/// The configuration of the benches: embedded defaults, with no cap on pushes to one
+/// phone (the benches wake the same phones many times a second).
+pub fn config() -> Config {
+    let mut config = Config::default();
+    config.push.max_per_device_per_minute = u32::MAX;
+    config
+}
+
+impl Fixture {
+    /// A fresh server (inside `runtime`, where its push providers run) with every
+    /// callee's phone registered: `asleep` with a push token, else awake and reachable.
+    pub fn new(runtime: &Runtime, asleep: bool) -> Self {
+        let _entered = runtime.enter();
+        let pipeline =
+            Pipeline::new(config(), addr(SERVER), HashMap::new()).expect("the pipeline starts");
+        let mut fixture = Self {
+            pipeline,
+            asleep,
+            next_call: 0,
+            cseq: vec![0; CALLEES as usize],
+        };
+        for k in 0..CALLEES {
+            let register = fixture.next_register(k);
+            fixture.receive_register(k, register);
+            assert!(
+                fixture.sent(phone(k), b"SIP/2.0 200"),
+                "callee {k} is registered"
+            );
+        }
+        fixture
+    }
+
+    /// How many calls this server has been sent.
+    pub fn calls(&self) -> u64 {
+        self.next_call
+    }
+
+    /// The callee the last call was for.
+    pub fn last_callee(&self) -> u64 {
+        self.next_call % CALLEES
+    }
+
+    /// The next REGISTER of callee `k`'s phone: the same Call-ID, the next CSeq.
+    pub fn next_register(&mut self, k: u64) -> Bytes {
+        let slot = &mut self.cseq[usize::try_from(k).expect("an index")];
+        *slot += 1;
+        let cseq = *slot;
+        let phone = phone(k);
+        let push = if self.asleep {
+            format!(";pn-provider=fcm;pn-prid=token-{k};pn-param=project-1")
+        } else {
+            String::new()
+        };
+        Bytes::from(format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP {phone};branch=z9hG4bKreg{k}x{cseq};rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:u{k}@127.0.0.1>;tag=reg-{k}\r\n\
+To: <sip:u{k}@127.0.0.1>\r\n\
+Call-ID: reg-{k}@192.0.2.20\r\n\
+CSeq: {cseq} REGISTER\r\n\
+Contact: <sip:u{k}@{phone};transport=udp{push}>;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-{k:012}>\"\r\n\
+Expires: 3600\r\n\
+Content-Length: 0\r\n\r\n"
+        ))
+    }
+
+    /// Callee `k`'s phone's REGISTER arrives and the store's write completes: for a woken
+    /// phone, what delivers its parked calls.
+    pub fn receive_register(&mut self, k: u64, register: Bytes) {
+        self.pipeline
+            .receive(phone(k), register)
+            .expect("the REGISTER parses");
+        assert!(self.pipeline.complete_store_write(), "the store answers");
+    }
+
+    /// The next call's INVITE, for the next callee in turn, with its own Call-ID and branch.
+    pub fn next_invite(&mut self) -> Bytes {
+        self.next_call += 1;
+        let n = self.next_call;
+        let k = n % CALLEES;
+        let body = "v=0\r\no=alice 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 49170 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+        Bytes::from(format!(
+            "INVITE sip:u{k}@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP {CALLER};branch=z9hG4bKcall{n};rport\r\n\
+Max-Forwards: 70\r\n\
+From: \"Alice\" <sip:alice@127.0.0.1>;tag=a{n}\r\n\
+To: <sip:u{k}@127.0.0.1>\r\n\
+Call-ID: call-{n}@192.0.2.10\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@{CALLER}>\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+
+    /// A caller's INVITE arrives.
+    pub fn receive_invite(&mut self, invite: Bytes) {
+        self.pipeline
+            .receive(addr(CALLER), invite)
+            .expect("the INVITE parses");
+    }
+
+    /// Whether a datagram starting with `start` went to `to` since the last look.
+    pub fn sent(&self, to: SocketAddr, start: &[u8]) -> bool {
+        self.pipeline
+            .take_sent()
+            .iter()
+            .any(|(a, b)| *a == to && b.starts_with(start))
+    }
+
+    /// The caller's address.
+    pub fn caller() -> SocketAddr {
+        addr(CALLER)
+    }
+}
+
+/// The runtime the benches' push providers run on, beside the measuring thread.
+pub fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parked_call_gets_100_trying_and_is_delivered_on_the_wake_up_register() {
+        let rt = runtime();
+        let mut f = Fixture::new(&rt, true);
+        let invite = f.next_invite();
+        f.receive_invite(invite);
+        assert!(f.sent(Fixture::caller(), b"SIP/2.0 100"), "100 Trying");
+        assert_eq!(f.pipeline.gauges().parked_calls, 1, "parked");
+        let k = f.last_callee();
+        let wake = f.next_register(k);
+        f.receive_register(k, wake);
+        assert!(f.sent(phone(k), b"INVITE sip:u1@"), "delivered");
+        assert_eq!(f.pipeline.gauges().parked_calls, 0);
+    }
+
+    #[test]
+    fn a_call_to_an_awake_phone_is_forwarded_at_once() {
+        let rt = runtime();
+        let mut f = Fixture::new(&rt, false);
+        let invite = f.next_invite();
+        f.receive_invite(invite);
+        let sent = f.pipeline.take_sent();
+        assert!(sent
+            .iter()
+            .any(|(a, b)| *a == Fixture::caller() && b.starts_with(b"SIP/2.0 100")));
+        assert!(sent
+            .iter()
+            .any(|(a, b)| *a == phone(1) && b.starts_with(b"INVITE sip:u1@")));
+        assert_eq!(f.pipeline.gauges().parked_calls, 0);
+    }
+}
