@@ -1,5 +1,6 @@
 //! Fixtures shared by pushpark's benches: scripted call lives driven through the core.
 
+pub mod loadgen;
 pub mod pipeline;
 
 use pushpark_model::{AorId, CallId, Callee, Core, DeviceId, Effect, Event, Millis, Target};

@@ -1,0 +1,253 @@
+//! `loadgen`: drives a pushpark server with parked (or relayed, or held) calls over
+//! loopback and reports throughput, latency, parking overhead and memory.
+//!
+//! By default it starts `pushpark run` itself (the `pushpark` binary next to this one, or
+//! `--server-bin`) on a generated configuration in a temporary directory; with `--target`
+//! it drives a server already running on the configuration `--print-config` gives.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use pushpark_benches::loadgen::server::{self, ServerAddrs, SpawnedServer};
+use pushpark_benches::loadgen::{
+    run, LoadgenError, Mode, Options, Report, Target, Transport, Webhook,
+};
+
+/// Where an external server is assumed to be, and pushes to, when not told.
+const DEFAULT_SIP: &str = "127.0.0.1:5060";
+const DEFAULT_ADMIN: &str = "127.0.0.1:9060";
+const DEFAULT_WEBHOOK: &str = "127.0.0.1:8060";
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// Calls to sleeping devices: parked, pushed, woken, delivered, answered.
+    Park,
+    /// --calls calls parked at once (devices never wake), then cancelled: RSS per call.
+    Hold,
+    /// Calls to awake devices: the plain proxy path.
+    Relay,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Udp,
+    Tcp,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", about = "Load generator for the pushpark SIP server")]
+struct Cli {
+    /// What to run.
+    #[arg(value_enum)]
+    mode: ModeArg,
+    /// Calls in all (hold: calls held at once).
+    #[arg(long, default_value_t = 10_000)]
+    calls: u64,
+    /// Calls started per second; 0 = as fast as --max-in-flight allows (open loop).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Calls in flight at most (park, relay); hold: calls started and not yet parked.
+    #[arg(long, default_value_t = 500)]
+    max_in_flight: usize,
+    /// Devices to register (default: min(calls, 2 x max-in-flight); hold: min(calls, 10000)).
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Park: milliseconds from a push to the device's wake-up REGISTER.
+    #[arg(long, default_value_t = 0)]
+    wake_delay: u64,
+    /// Share of calls the device answers 486 Busy Here.
+    #[arg(long, default_value_t = 0.0)]
+    busy_ratio: f64,
+    /// Share of calls the device answers 603 Decline.
+    #[arg(long, default_value_t = 0.0)]
+    decline_ratio: f64,
+    /// SIP transport of callers and devices.
+    #[arg(long, value_enum, default_value_t = TransportArg::Udp)]
+    transport: TransportArg,
+    /// Sockets (UDP) or connections (TCP) the callers, and the devices, each spread over.
+    #[arg(long, default_value_t = 4)]
+    sockets: usize,
+    /// The server's park timeout in seconds (default 30; hold: 600).
+    #[arg(long)]
+    park_timeout: Option<f64>,
+    /// Print the final report as JSON too.
+    #[arg(long)]
+    json: bool,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+    /// Drive the server at this SIP address instead of starting one (see --print-config).
+    #[arg(long)]
+    target: Option<SocketAddr>,
+    /// The external server's admin listener, for its metrics.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Where the webhook listens (default with --target: 127.0.0.1:8060; else any port).
+    #[arg(long)]
+    webhook_listen: Option<SocketAddr>,
+    /// The pushpark binary to start (default: `pushpark` next to this executable).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Print the configuration an external server must run with for these options, and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+impl Cli {
+    fn options(&self) -> Options {
+        let mode = match self.mode {
+            ModeArg::Park => Mode::Park,
+            ModeArg::Hold => Mode::Hold,
+            ModeArg::Relay => Mode::Relay,
+        };
+        let mut options = Options::new(mode);
+        options.transport = match self.transport {
+            TransportArg::Udp => Transport::Udp,
+            TransportArg::Tcp => Transport::Tcp,
+        };
+        options.calls = self.calls;
+        options.rate = self.rate;
+        options.max_in_flight = self.max_in_flight;
+        options.devices = self.devices;
+        options.wake_delay = Duration::from_millis(self.wake_delay);
+        options.busy_ratio = self.busy_ratio;
+        options.decline_ratio = self.decline_ratio;
+        options.sockets = self.sockets;
+        if let Some(secs) = self.park_timeout {
+            options.park_timeout = Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO);
+        }
+        options.progress = !self.quiet;
+        options
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("a literal address")
+}
+
+/// Resolves on Ctrl-C (never, if the handler cannot be installed).
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs the load; `Ok(None)` when interrupted by Ctrl-C (a spawned server is stopped and
+/// its directory removed all the same).
+async fn drive(cli: &Cli, options: &Options) -> Result<Option<Report>, LoadgenError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| LoadgenError::Io { what, source }
+    };
+    if let Some(sip) = cli.target {
+        let listen = cli.webhook_listen.unwrap_or_else(|| addr(DEFAULT_WEBHOOK));
+        let webhook = Webhook::bind(listen)
+            .await
+            .map_err(io(&format!("webhook on {listen}")))?;
+        let target = Target {
+            sip,
+            admin: cli.admin,
+            webhook,
+            server_pid: None,
+        };
+        return tokio::select! {
+            result = run(options, &target) => result.map(Some),
+            () = interrupted() => Ok(None),
+        };
+    }
+    let listen = cli.webhook_listen.unwrap_or_else(|| addr("127.0.0.1:0"));
+    let webhook = Webhook::bind(listen)
+        .await
+        .map_err(io(&format!("webhook on {listen}")))?;
+    let bin = cli
+        .server_bin
+        .clone()
+        .or_else(server::sibling_server_bin)
+        .ok_or_else(|| LoadgenError::Server("cannot find the pushpark binary".to_owned()))?;
+    let server = tokio::select! {
+        // Dropped half-started, the server is killed (and its directory removed).
+        server = SpawnedServer::start(&bin, options, webhook.addr()) => server?,
+        () = interrupted() => return Ok(None),
+    };
+    if options.progress {
+        eprintln!(
+            "loadgen: started {} (pid {}) on {}",
+            bin.display(),
+            server.pid().map_or("?".to_owned(), |p| p.to_string()),
+            server.sip()
+        );
+    }
+    let target = Target {
+        sip: server.sip(),
+        admin: Some(server.admin()),
+        webhook,
+        server_pid: server.pid(),
+    };
+    let result = tokio::select! {
+        result = run(options, &target) => result.map(Some),
+        () = interrupted() => Ok(None),
+    };
+    if result.is_err() {
+        eprintln!(
+            "loadgen: the server's log ends with:\n{}",
+            server.log_tail()
+        );
+    }
+    server.stop().await;
+    result
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let options = cli.options();
+    if let Err(e) = options.validate() {
+        eprintln!("loadgen: {e}");
+        return ExitCode::from(2);
+    }
+    if cli.print_config {
+        let sip = cli.target.unwrap_or_else(|| addr(DEFAULT_SIP));
+        let addrs = ServerAddrs {
+            udp: sip,
+            tcp: sip,
+            admin: cli.admin.unwrap_or_else(|| addr(DEFAULT_ADMIN)),
+            webhook: cli.webhook_listen.unwrap_or_else(|| addr(DEFAULT_WEBHOOK)),
+        };
+        let store = PathBuf::from("pushpark-loadgen.db");
+        print!("{}", server::config_text(&options, &addrs, &store));
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("loadgen: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(drive(&cli, &options)) {
+        Ok(Some(report)) => {
+            println!("{report}");
+            if cli.json {
+                println!("{}", report.to_json());
+            }
+            if report.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Ok(None) => {
+            eprintln!("loadgen: interrupted");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,734 @@
+//! A load generator for pushpark over real UDP or TCP on loopback.
+//!
+//! It plays every party of a parked call against a running server: N sleeping devices
+//! register with RFC 8599 push parameters; it serves the webhook the server pushes to;
+//! callers INVITE at a set rate (or as fast as a cap on calls in flight allows); each
+//! device wakes on its push after a set delay, REGISTERs again, rings and answers (or is
+//! busy, or declines, at set ratios); ACK and BYE end each call. Three modes:
+//!
+//! * [`Mode::Park`]: every call is parked, pushed, woken and delivered (the push path).
+//! * [`Mode::Hold`]: N calls are kept parked at once (devices never wake) to measure the
+//!   server's memory per parked call, then released by CANCEL.
+//! * [`Mode::Relay`]: devices register without push parameters and stay reachable, so
+//!   calls take the plain proxy path.
+//!
+//! It stays cheap: a few sockets shared by all devices and callers (`link.rs`), one task per
+//! call in flight playing both of its ends (`call.rs`), and messages routed to calls by
+//! identifiers written into their Call-IDs and branches (`router.rs`). It reports completed
+//! calls per second, outcomes, failures by cause, the INVITE → 200 latency at the caller and
+//! the server's parking overhead (INVITE → push, wake-up REGISTER → INVITE), see
+//! [`Report`].
+//!
+//! Library use (what the tests do with an in-process server): bind a [`Webhook`] first, give
+//! its address to [`server::config_text`], start the server on that configuration, then
+//! [`run`] against a [`Target`].
+
+pub mod metrics;
+pub mod server;
+pub mod webhook;
+
+mod call;
+mod device;
+mod link;
+mod report;
+mod router;
+mod sip;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+pub use pushpark::config::Transport;
+pub use report::{HoldReport, Percentiles, Report, ServerFigures};
+pub use webhook::Webhook;
+
+use device::Devices;
+use link::{Link, Side};
+use metrics::Scrape;
+use report::Stats;
+use router::Router;
+
+/// How long hold mode waits, after the last INVITE, for every call to be parked.
+const HOLD_SETTLE: Duration = Duration::from_secs(30);
+/// How long hold mode waits, after the release, for the server to hold no call.
+const DRAIN_WAIT: Duration = Duration::from_secs(15);
+/// How much longer than the park timeout a call may take before it is a time-out.
+const CALL_GRACE: Duration = Duration::from_secs(5);
+
+/// What the load generator does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Calls to sleeping devices: parked, pushed, woken, delivered, answered, hung up.
+    Park,
+    /// `calls` calls kept parked at once, then cancelled: memory per parked call.
+    Hold,
+    /// Calls to awake, reachable devices: the plain proxy path.
+    Relay,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Park => "park",
+            Mode::Hold => "hold",
+            Mode::Relay => "relay",
+        })
+    }
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "park" => Ok(Mode::Park),
+            "hold" => Ok(Mode::Hold),
+            "relay" => Ok(Mode::Relay),
+            other => Err(format!("unknown mode {other:?} (park, hold or relay)")),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Park, hold or relay.
+    pub mode: Mode,
+    /// UDP or TCP, for callers and devices alike.
+    pub transport: Transport,
+    /// Calls in all (hold: calls held at once).
+    pub calls: u64,
+    /// Calls started per second; 0 starts them as fast as the other limits allow.
+    pub rate: f64,
+    /// Calls in flight at most (park, relay); hold: calls started and not yet parked.
+    pub max_in_flight: usize,
+    /// Devices registered; `None` picks a number from the others (see
+    /// [`Options::device_count`]).
+    pub devices: Option<usize>,
+    /// Park: from a device's push to its wake-up REGISTER.
+    pub wake_delay: Duration,
+    /// Share of calls the device answers 486 Busy Here.
+    pub busy_ratio: f64,
+    /// Share of calls the device answers 603 Decline.
+    pub decline_ratio: f64,
+    /// Sockets (UDP) or connections (TCP) the callers, and the devices, each spread over.
+    pub sockets: usize,
+    /// The server's park timeout (also in the generated configuration); a call that has
+    /// no final response 5 s after it is a time-out.
+    pub park_timeout: Duration,
+    /// Print a progress line to stderr every second.
+    pub progress: bool,
+}
+
+impl Options {
+    /// The defaults for `mode`: 10,000 calls as fast as 500 in flight allow, over UDP,
+    /// 4 sockets, no wake-up delay, every call answered, park timeout 30 s (hold: 10 min).
+    pub fn new(mode: Mode) -> Options {
+        Options {
+            mode,
+            transport: Transport::Udp,
+            calls: 10_000,
+            rate: 0.0,
+            max_in_flight: 500,
+            devices: None,
+            wake_delay: Duration::ZERO,
+            busy_ratio: 0.0,
+            decline_ratio: 0.0,
+            sockets: 4,
+            park_timeout: match mode {
+                Mode::Hold => Duration::from_secs(600),
+                Mode::Park | Mode::Relay => Duration::from_secs(30),
+            },
+            progress: true,
+        }
+    }
+
+    /// Devices to register: as asked, or else as many as calls but at most twice the calls
+    /// in flight (park, relay: a call takes a free device, so this bounds concurrency), or
+    /// at most 10,000 (hold: the calls share the devices round robin).
+    pub fn device_count(&self) -> usize {
+        let calls = usize::try_from(self.calls).unwrap_or(usize::MAX);
+        let auto = match self.mode {
+            Mode::Hold => calls.min(10_000),
+            Mode::Park | Mode::Relay => calls.min(self.max_in_flight.saturating_mul(2)),
+        };
+        self.devices.unwrap_or(auto).max(1)
+    }
+
+    /// Checks the options make sense together.
+    pub fn validate(&self) -> Result<(), LoadgenError> {
+        let usage = |s: &str| Err(LoadgenError::Usage(s.to_owned()));
+        if self.calls == 0 {
+            return usage("--calls must be at least 1");
+        }
+        if !(self.rate.is_finite() && self.rate >= 0.0) {
+            return usage("--rate must be a number of calls per second, 0 or more");
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > u32::MAX as usize / 2 {
+            return usage("--max-in-flight must be at least 1");
+        }
+        if self.mode == Mode::Hold && self.calls > u64::from(u32::MAX / 2) {
+            return usage("--calls is too large to hold at once");
+        }
+        if self.devices == Some(0) || self.device_count() > u32::MAX as usize {
+            return usage("--devices must be at least 1");
+        }
+        if self.sockets == 0 || self.sockets > 1024 {
+            return usage("--sockets must be between 1 and 1024");
+        }
+        let ratio = |r: f64| r.is_finite() && (0.0..=1.0).contains(&r);
+        if !ratio(self.busy_ratio)
+            || !ratio(self.decline_ratio)
+            || self.busy_ratio + self.decline_ratio > 1.0
+        {
+            return usage(
+                "--busy-ratio and --decline-ratio must be in 0..1 and add up to 1 at most",
+            );
+        }
+        if self.park_timeout.is_zero() {
+            return usage("--park-timeout must not be zero");
+        }
+        Ok(())
+    }
+
+    fn call_timeout(&self) -> Duration {
+        self.park_timeout + CALL_GRACE
+    }
+}
+
+/// The server a run goes against.
+pub struct Target {
+    /// Its SIP address for the run's transport.
+    pub sip: SocketAddr,
+    /// Its admin listener (metrics), if it has one.
+    pub admin: Option<SocketAddr>,
+    /// The webhook the server pushes to (bound before the server was configured).
+    pub webhook: Webhook,
+    /// Its process id, to read its RSS from /proc when it exposes no RSS metric.
+    pub server_pid: Option<u32>,
+}
+
+/// Why a run could not be carried out (failed calls are not errors: see [`Report`]).
+#[derive(Debug)]
+pub enum LoadgenError {
+    /// Options that do not make sense.
+    Usage(String),
+    /// A socket, file or process operation failed.
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The devices could not all register.
+    Registration(String),
+    /// The server could not be started or reached.
+    Server(String),
+}
+
+impl fmt::Display for LoadgenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadgenError::Usage(what) => write!(f, "{what}"),
+            LoadgenError::Io { what, source } => write!(f, "{what}: {source}"),
+            LoadgenError::Registration(what) => write!(f, "registration failed: {what}"),
+            LoadgenError::Server(what) => write!(f, "server: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadgenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LoadgenError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// What every call's task shares.
+pub(crate) struct Ctx {
+    pub run: u32,
+    pub mode: Mode,
+    pub transport: Transport,
+    pub server: SocketAddr,
+    pub router: Arc<Router>,
+    pub devices: Devices,
+    pub callers: Vec<Arc<Link>>,
+    pub stats: Stats,
+    pub wake_delay: Duration,
+    pub call_timeout: Duration,
+    pub busy_ratio: f64,
+    pub decline_ratio: f64,
+}
+
+/// An identifier for this run, so messages of an earlier run are told apart.
+fn run_id() -> u32 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+/// Runs the load described by `options` against `target` and reports what happened.
+pub async fn run(options: &Options, target: &Target) -> Result<Report, LoadgenError> {
+    options.validate()?;
+    let router = Arc::clone(target.webhook.router());
+    let run = run_id();
+    router.start_run(run);
+    let io = |what: &'static str| {
+        move |source| LoadgenError::Io {
+            what: what.to_owned(),
+            source,
+        }
+    };
+    let mut callers = Vec::with_capacity(options.sockets);
+    for _ in 0..options.sockets {
+        let link = Link::open(options.transport, Side::Caller, target.sip, &router)
+            .await
+            .map_err(io("opening a caller socket"))?;
+        callers.push(link);
+    }
+    let opened = Devices::open(options, target.sip, &router, run).await;
+    let (devices, mut pool) = match opened {
+        Ok(opened) => opened,
+        Err(source) => {
+            callers.iter().for_each(|c| c.shutdown());
+            return Err(io("opening a device socket")(source));
+        }
+    };
+    let ctx = Arc::new(Ctx {
+        run,
+        mode: options.mode,
+        transport: options.transport,
+        server: target.sip,
+        router,
+        devices,
+        callers,
+        stats: Stats::new(),
+        wake_delay: options.wake_delay,
+        call_timeout: options.call_timeout(),
+        busy_ratio: options.busy_ratio,
+        decline_ratio: options.decline_ratio,
+    });
+    let result = drive(&ctx, options, target, &mut pool).await;
+    ctx.devices.shutdown();
+    for caller in &ctx.callers {
+        caller.shutdown();
+    }
+    result
+}
+
+async fn drive(
+    ctx: &Arc<Ctx>,
+    options: &Options,
+    target: &Target,
+    pool: &mut mpsc::UnboundedReceiver<u32>,
+) -> Result<Report, LoadgenError> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| LoadgenError::Server(format!("HTTP client: {e}")))?;
+    let devices = ctx.devices.count();
+    if options.progress {
+        eprintln!(
+            "loadgen: registering {devices} devices over {} ({} sockets)…",
+            options.transport, options.sockets
+        );
+    }
+    let registering = Instant::now();
+    ctx.devices
+        .register_all(&ctx.router)
+        .await
+        .map_err(LoadgenError::Registration)?;
+    ctx.devices.fall_asleep(options.transport, options.mode);
+    if options.transport == Transport::Tcp && options.mode != Mode::Relay {
+        // Let the server see the registration connections close.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if options.progress {
+        eprintln!(
+            "loadgen: registered in {:.2} s; {} {} calls…",
+            registering.elapsed().as_secs_f64(),
+            match options.mode {
+                Mode::Hold => "holding",
+                Mode::Park => "parking",
+                Mode::Relay => "relaying",
+            },
+            options.calls
+        );
+    }
+    let counters = ctx.router.counters();
+    let before = scrape(&client, target.admin).await;
+    let rss_before = server_rss(before.as_ref(), target.server_pid);
+    let cpu_before = (
+        cpu_time("self"),
+        target.server_pid.and_then(|p| cpu_time(&p.to_string())),
+    );
+    let (server_ports, own_ports) = udp_ports(ctx, target);
+    let drops_before = (udp_drops(&server_ports), udp_drops(&own_ports));
+    let start = Instant::now();
+    let progress = options.progress.then(|| {
+        let ctx = Arc::clone(ctx);
+        tokio::spawn(async move { ctx.stats.progress(start).await })
+    });
+    let (duration, hold) = match options.mode {
+        Mode::Hold => {
+            let (duration, hold) = hold(ctx, options, target, &client, rss_before).await;
+            (duration, Some(hold))
+        }
+        Mode::Park | Mode::Relay => (load(ctx, options, pool).await, None),
+    };
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    let used = |before: Option<Duration>, now: Option<Duration>| Some(now?.saturating_sub(before?));
+    let loadgen_cpu = used(cpu_before.0, cpu_time("self"));
+    let server_cpu = used(
+        cpu_before.1,
+        target.server_pid.and_then(|p| cpu_time(&p.to_string())),
+    );
+    let dropped = |before: Option<u64>, now: Option<u64>| Some(now?.saturating_sub(before?));
+    let server_drops = dropped(drops_before.0, udp_drops(&server_ports));
+    let loadgen_udp_drops = dropped(drops_before.1, udp_drops(&own_ports));
+    let after = scrape(&client, target.admin).await;
+    let counters = ctx.router.counters().since(&counters);
+    for (cause, n) in [
+        ("unparsable message from the server", counters.unparsable),
+        (
+            "TCP connection closed by the server",
+            counters.closed_by_server,
+        ),
+        ("webhook request that is no push", counters.bad_pushes),
+    ] {
+        ctx.stats.fail(cause.to_owned(), n);
+    }
+    let tallied = ctx.stats.tallied();
+    let mut server = server_figures(
+        before.as_ref(),
+        after.as_ref(),
+        rss_before,
+        server_rss(after.as_ref(), target.server_pid),
+    );
+    server.cpu = server_cpu;
+    server.udp_drops = server_drops;
+    Ok(Report {
+        mode: options.mode,
+        transport: options.transport,
+        devices: u64::from(devices),
+        duration,
+        attempted: ctx.stats.sent.load(Ordering::Relaxed),
+        completed: ctx.stats.completed.load(Ordering::Relaxed),
+        failed: ctx.stats.failed.load(Ordering::Relaxed),
+        outcomes: tallied.outcomes,
+        failures: tallied.failures,
+        expected_rejections: tallied.expected_rejections,
+        latency: tallied.latency,
+        push_overhead: tallied.push_overhead,
+        wake_overhead: tallied.wake_overhead,
+        pushes: tallied.pushes + counters.unknown_pushes,
+        pushed_twice: tallied.pushed_twice,
+        not_pushed: tallied.not_pushed,
+        stray: counters.stray,
+        hold,
+        loadgen_cpu,
+        loadgen_udp_drops,
+        loadgen_peak_rss: status_bytes("self", "VmHWM:"),
+        server,
+    })
+}
+
+/// The UDP ports on 127.0.0.1 of the server and of the load generator's own sockets (none
+/// over TCP).
+fn udp_ports(ctx: &Ctx, target: &Target) -> (Vec<u16>, Vec<u16>) {
+    if ctx.transport != Transport::Udp {
+        return (Vec::new(), Vec::new());
+    }
+    let server = if target.sip.ip().is_loopback() {
+        vec![target.sip.port()]
+    } else {
+        Vec::new()
+    };
+    let mut own: Vec<u16> = ctx.callers.iter().map(|l| l.local().addr.port()).collect();
+    own.extend(ctx.devices.local_ports());
+    (server, own)
+}
+
+/// Datagrams the UDP sockets on 127.0.0.1 with these ports have dropped so far because
+/// their receive buffers were full (Linux: `/proc/net/udp`). `None` without ports.
+fn udp_drops(ports: &[u16]) -> Option<u64> {
+    if ports.is_empty() {
+        return None;
+    }
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    let mut total = 0;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some((ip, port)) = fields.get(1).and_then(|a| a.split_once(':')) else {
+            continue;
+        };
+        // 127.0.0.1 as the kernel prints it, on either byte order.
+        let loopback = ip == "0100007F" || ip == "7F000001";
+        let port = u16::from_str_radix(port, 16).ok();
+        if loopback && port.is_some_and(|p| ports.contains(&p)) {
+            total += fields
+                .last()
+                .and_then(|d| d.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
+/// CPU time (user and system, all threads) of process `pid` (`self`: this one), from
+/// `/proc/<pid>/stat` (Linux; clock ticks taken to be the usual 100 per second).
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, which may hold spaces: state is the
+    // 3rd field of the line, utime the 14th and stime the 15th.
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Waits until call `idx` is due at `rate` calls per second from `start`.
+async fn pace(start: Instant, idx: u64, rate: f64) {
+    if rate > 0.0 {
+        let due = start + Duration::from_secs_f64(idx as f64 / rate);
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+fn spawn_call(
+    ctx: &Arc<Ctx>,
+    idx: u64,
+    dev: u32,
+    hold: Option<call::Hold>,
+    permit: OwnedSemaphorePermit,
+) {
+    let events = ctx.router.open(idx);
+    ctx.stats.sent.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(call::run(Arc::clone(ctx), idx, dev, events, hold, permit));
+}
+
+/// Park and relay: starts the calls at the rate, each on a free device, at most
+/// `max_in_flight` at once; returns once all have ended.
+async fn load(
+    ctx: &Arc<Ctx>,
+    options: &Options,
+    pool: &mut mpsc::UnboundedReceiver<u32>,
+) -> Duration {
+    let permits = options.max_in_flight;
+    let in_flight = Arc::new(Semaphore::new(permits));
+    let start = Instant::now();
+    for idx in 0..options.calls {
+        pace(start, idx, options.rate).await;
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break;
+        };
+        let Some(dev) = pool.recv().await else {
+            break;
+        };
+        spawn_call(ctx, idx, dev, None, permit);
+    }
+    let _ = in_flight.acquire_many(permits as u32).await;
+    start.elapsed()
+}
+
+/// Hold: starts every call (devices round robin; at most `max_in_flight` not yet parked),
+/// waits until all are parked, measures, cancels them all (at most `max_in_flight` at once)
+/// and checks the server lets them go.
+async fn hold(
+    ctx: &Arc<Ctx>,
+    options: &Options,
+    target: &Target,
+    client: &reqwest::Client,
+    rss_before: Option<u64>,
+) -> (Duration, HoldReport) {
+    let calls = options.calls;
+    let permits = calls as usize;
+    let all = Arc::new(Semaphore::new(permits));
+    let parking = Arc::new(Semaphore::new(options.max_in_flight));
+    let cancelling = Arc::new(Semaphore::new(options.max_in_flight));
+    let (release, released) = watch::channel(false);
+    let devices = u64::from(ctx.devices.count());
+    let start = Instant::now();
+    for idx in 0..calls {
+        pace(start, idx, options.rate).await;
+        let (Ok(permit), Ok(until_parked)) = (
+            Arc::clone(&all).acquire_owned().await,
+            Arc::clone(&parking).acquire_owned().await,
+        ) else {
+            break;
+        };
+        let hold = call::Hold {
+            release: released.clone(),
+            until_parked,
+            cancelling: Arc::clone(&cancelling),
+        };
+        spawn_call(ctx, idx, (idx % devices) as u32, Some(hold), permit);
+    }
+    let stats = &ctx.stats;
+    let settle = Instant::now() + HOLD_SETTLE;
+    let (held_all, parked_gauge, at_hold) = loop {
+        let ended = stats.completed.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
+        let live = calls.saturating_sub(ended);
+        let trying = stats.trying.load(Ordering::Relaxed);
+        let pushed = stats.pushed.load(Ordering::Relaxed);
+        let now = scrape(client, target.admin).await;
+        let gauge = now.as_ref().and_then(|s| s.get(metrics::CALLS_PARKED));
+        let parked = match gauge {
+            Some(gauge) => gauge >= live as f64,
+            None => pushed >= live,
+        };
+        let held_all = trying >= calls && pushed >= calls && parked && ended == 0;
+        if held_all || live == 0 || Instant::now() > settle {
+            break (held_all, gauge, now);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let time_to_hold = start.elapsed();
+    let rss_held = server_rss(at_hold.as_ref(), target.server_pid);
+    let ended = stats.completed.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
+    let held = stats
+        .trying
+        .load(Ordering::Relaxed)
+        .min(stats.pushed.load(Ordering::Relaxed))
+        .saturating_sub(ended);
+    if !held_all {
+        let cause = format!(
+            "not every call was held ({held} of {calls}) within {HOLD_SETTLE:?} of the last INVITE"
+        );
+        stats.fail(cause, 1);
+    }
+    let _ = release.send(true);
+    let _ = all.acquire_many(permits as u32).await;
+    let duration = start.elapsed();
+    let drained = drained(client, target.admin).await;
+    if drained == Some(false) {
+        stats.fail(
+            "the server still held calls after the release".to_owned(),
+            1,
+        );
+    }
+    let hold = HoldReport {
+        calls,
+        held,
+        parked_gauge,
+        time_to_hold,
+        rss_before,
+        rss_held,
+        released: stats.completed.load(Ordering::Relaxed),
+        drained,
+    };
+    (duration, hold)
+}
+
+/// Whether the server lets go of every call: the parked gauge and the core's call records
+/// back to 0 (`None` without metrics).
+async fn drained(client: &reqwest::Client, admin: Option<SocketAddr>) -> Option<bool> {
+    admin?;
+    let deadline = Instant::now() + DRAIN_WAIT;
+    loop {
+        let now = scrape(client, admin).await;
+        let parked = now.as_ref().and_then(|s| s.get(metrics::CALLS_PARKED));
+        let core = now.as_ref().and_then(|s| s.get(metrics::CORE_CALLS));
+        if parked.is_none() && core.is_none() {
+            return None;
+        }
+        if parked.unwrap_or(0.0) == 0.0 && core.unwrap_or(0.0) == 0.0 {
+            return Some(true);
+        }
+        if Instant::now() > deadline {
+            return Some(false);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn scrape(client: &reqwest::Client, admin: Option<SocketAddr>) -> Option<Scrape> {
+    metrics::scrape(client, admin?).await.ok()
+}
+
+/// The server's RSS: its metric, or else /proc/<pid>/status.
+fn server_rss(scrape: Option<&Scrape>, pid: Option<u32>) -> Option<u64> {
+    if let Some(rss) = scrape.and_then(|s| s.get(metrics::RSS)) {
+        return Some(rss as u64);
+    }
+    status_bytes(&pid?.to_string(), "VmRSS:")
+}
+
+/// A memory figure (`VmRSS:`, `VmHWM:`) of process `pid` (`self`: this one) from
+/// `/proc/<pid>/status` (Linux).
+fn status_bytes(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+fn server_figures(
+    before: Option<&Scrape>,
+    after: Option<&Scrape>,
+    rss_before: Option<u64>,
+    rss_after: Option<u64>,
+) -> ServerFigures {
+    let Some(after) = after else {
+        return ServerFigures {
+            rss_before,
+            rss_after,
+            ..ServerFigures::default()
+        };
+    };
+    let delta = |name: &str| {
+        let now = after.sum(name)?;
+        Some(now - before.and_then(|b| b.sum(name)).unwrap_or(0.0))
+    };
+    let mut outcomes = std::collections::BTreeMap::new();
+    for (code, n) in after.by_label(metrics::OUTCOMES_TOTAL, "code") {
+        let earlier = before
+            .map(|b| b.by_label(metrics::OUTCOMES_TOTAL, "code"))
+            .and_then(|v| v.into_iter().find(|(c, _)| *c == code))
+            .map_or(0.0, |(_, n)| n);
+        if n - earlier > 0.0 {
+            outcomes.insert(code, n - earlier);
+        }
+    }
+    let sum = delta(&format!("{}_sum", metrics::WAKEUP_DELAY));
+    let count = delta(&format!("{}_count", metrics::WAKEUP_DELAY));
+    let wakeup_delay_mean = match (sum, count) {
+        (Some(sum), Some(count)) if count > 0.0 && sum >= 0.0 => {
+            Some(Duration::from_secs_f64(sum / count))
+        }
+        _ => None,
+    };
+    ServerFigures {
+        rss_before,
+        rss_after,
+        calls: delta(metrics::CALLS_TOTAL),
+        calls_parked: delta(metrics::CALLS_PARKED_TOTAL),
+        pushes: delta(metrics::PUSHES_TOTAL),
+        outcomes,
+        wakeup_delay_mean,
+        core_calls_after: after.get(metrics::CORE_CALLS),
+        transactions_after: after.get(metrics::TRANSACTIONS),
+        cpu: None,
+        udp_drops: None,
+    }
+}

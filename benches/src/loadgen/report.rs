@@ -1,0 +1,658 @@
+//! What a run measured: counters the progress line reads while calls run, histograms and
+//! tallies each call adds to when it ends, and the final [`Report`] (text and JSON).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use pushpark::config::Transport;
+use serde_json::{json, Value};
+
+use super::Mode;
+
+/// How one call ended, as its task saw it.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// The final response the caller got to its INVITE.
+    pub final_code: Option<u16>,
+    /// Why the call failed; `None` when it ended as expected.
+    pub failure: Option<String>,
+    /// INVITE sent → 200 at the caller.
+    pub latency: Option<Duration>,
+    /// INVITE sent → its (first) push at the webhook.
+    pub push_overhead: Option<Duration>,
+    /// Wake-up REGISTER sent → the parked INVITE at the device.
+    pub wake_overhead: Option<Duration>,
+    /// Pushes the call got.
+    pub pushes: u32,
+    /// The device was told to answer with this code instead of 200 (486, 603).
+    pub rejected_with: Option<u16>,
+}
+
+/// Counters read while the run goes on, and tallies filled as calls end.
+pub(crate) struct Stats {
+    /// Calls started.
+    pub sent: AtomicU64,
+    /// Calls that ended as expected.
+    pub completed: AtomicU64,
+    /// Calls that failed.
+    pub failed: AtomicU64,
+    /// Hold mode: calls that got their 100 Trying.
+    pub trying: AtomicU64,
+    /// Calls that got at least one push.
+    pub pushed: AtomicU64,
+    tallies: Mutex<Tallies>,
+}
+
+struct Tallies {
+    latency: Histogram<u64>,
+    push: Histogram<u64>,
+    wake: Histogram<u64>,
+    outcomes: BTreeMap<u16, u64>,
+    failures: BTreeMap<String, u64>,
+    pushes: u64,
+    pushed_twice: u64,
+    not_pushed: u64,
+    expected_rejections: BTreeMap<u16, u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // Microseconds, 1 µs to an hour, 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant, valid histogram bounds")
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            trying: AtomicU64::new(0),
+            pushed: AtomicU64::new(0),
+            tallies: Mutex::new(Tallies {
+                latency: histogram(),
+                push: histogram(),
+                wake: histogram(),
+                outcomes: BTreeMap::new(),
+                failures: BTreeMap::new(),
+                pushes: 0,
+                pushed_twice: 0,
+                not_pushed: 0,
+                expected_rejections: BTreeMap::new(),
+            }),
+        }
+    }
+
+    fn tallies(&self) -> std::sync::MutexGuard<'_, Tallies> {
+        self.tallies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A call ended.
+    pub fn record(&self, outcome: Outcome) {
+        let counter = if outcome.failure.is_some() {
+            &self.failed
+        } else {
+            &self.completed
+        };
+        let mut t = self.tallies();
+        if let Some(latency) = outcome.latency {
+            t.latency.saturating_record(micros(latency));
+        }
+        if let Some(d) = outcome.push_overhead {
+            t.push.saturating_record(micros(d));
+        }
+        if let Some(d) = outcome.wake_overhead {
+            t.wake.saturating_record(micros(d));
+        }
+        if let Some(code) = outcome.final_code {
+            *t.outcomes.entry(code).or_default() += 1;
+        }
+        if let Some(code) = outcome.rejected_with {
+            *t.expected_rejections.entry(code).or_default() += 1;
+        }
+        if let Some(failure) = outcome.failure {
+            *t.failures.entry(failure).or_default() += 1;
+        }
+        t.pushes += u64::from(outcome.pushes);
+        match outcome.pushes {
+            0 => t.not_pushed += 1,
+            1 => {}
+            _ => t.pushed_twice += 1,
+        }
+        drop(t);
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` failures that belong to no one call (e.g. the server did not drain).
+    pub fn fail(&self, cause: String, n: u64) {
+        if n > 0 {
+            *self.tallies().failures.entry(cause).or_default() += n;
+        }
+    }
+
+    /// Calls started and not ended yet.
+    pub fn in_flight(&self) -> u64 {
+        let ended = self.completed.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
+        self.sent.load(Ordering::Relaxed).saturating_sub(ended)
+    }
+
+    /// Prints a progress line to stderr once a second until the task is aborted.
+    pub async fn progress(&self, start: Instant) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        let mut last = 0;
+        loop {
+            tick.tick().await;
+            let completed = self.completed.load(Ordering::Relaxed);
+            let failed = self.failed.load(Ordering::Relaxed);
+            eprintln!(
+                "[{:7.1}s] sent {:>8}  completed {:>8}  failed {:>6}  in flight {:>6}  {:>7} calls/s",
+                start.elapsed().as_secs_f64(),
+                self.sent.load(Ordering::Relaxed),
+                completed,
+                failed,
+                self.in_flight(),
+                completed + failed - last,
+            );
+            last = completed + failed;
+        }
+    }
+}
+
+/// Percentiles of a latency distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Percentiles {
+    /// How many values.
+    pub count: u64,
+    /// Median.
+    pub p50: Duration,
+    /// 90th percentile.
+    pub p90: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// 99.9th percentile.
+    pub p999: Duration,
+    /// Largest value.
+    pub max: Duration,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Option<Percentiles> {
+        let at = |q: f64| Duration::from_micros(h.value_at_quantile(q));
+        (!h.is_empty()).then(|| Percentiles {
+            count: h.len(),
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: Duration::from_micros(h.max()),
+        })
+    }
+
+    fn to_json(self) -> Value {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        json!({
+            "count": self.count,
+            "p50_us": us(self.p50),
+            "p90_us": us(self.p90),
+            "p99_us": us(self.p99),
+            "p99_9_us": us(self.p999),
+            "max_us": us(self.max),
+        })
+    }
+}
+
+impl fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} calls)",
+            short(self.p50),
+            short(self.p90),
+            short(self.p99),
+            short(self.p999),
+            short(self.max),
+            self.count
+        )
+    }
+}
+
+/// `812 µs`, `12.3 ms`, `4.56 s`.
+fn short(d: Duration) -> String {
+    let us = d.as_micros();
+    if us < 10_000 {
+        format!("{us} µs")
+    } else if us < 10_000_000 {
+        format!("{:.1} ms", us as f64 / 1000.0)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+/// `12.3 MB`.
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// Hold mode: what holding the calls cost the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldReport {
+    /// Calls sent to be held.
+    pub calls: u64,
+    /// Calls that got their 100 Trying and a push while held.
+    pub held: u64,
+    /// `pushpark_calls_parked` at full hold, if the server exposes it.
+    pub parked_gauge: Option<f64>,
+    /// From the first INVITE until every call was held.
+    pub time_to_hold: Duration,
+    /// Server RSS before the first call.
+    pub rss_before: Option<u64>,
+    /// Server RSS with every call held.
+    pub rss_held: Option<u64>,
+    /// Calls released by CANCEL as expected (200 to the CANCEL, 487 to the INVITE).
+    pub released: u64,
+    /// After the release the server held no call any more (parked gauge and core calls 0).
+    pub drained: Option<bool>,
+}
+
+impl HoldReport {
+    /// RSS at full hold minus RSS before.
+    pub fn rss_delta(&self) -> Option<i64> {
+        let before = i64::try_from(self.rss_before?).ok()?;
+        let held = i64::try_from(self.rss_held?).ok()?;
+        Some(held - before)
+    }
+
+    /// RSS delta per held call.
+    pub fn bytes_per_call(&self) -> Option<f64> {
+        let held = self.held.max(1);
+        self.rss_delta().map(|d| d as f64 / held as f64)
+    }
+}
+
+/// What the server's metrics said (deltas over the run where that makes sense).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServerFigures {
+    /// Server RSS before the first call.
+    pub rss_before: Option<u64>,
+    /// Server RSS after the last call.
+    pub rss_after: Option<u64>,
+    /// `pushpark_calls_total` over the run.
+    pub calls: Option<f64>,
+    /// `pushpark_calls_parked_total` over the run.
+    pub calls_parked: Option<f64>,
+    /// `pushpark_pushes_total` (all labels) over the run.
+    pub pushes: Option<f64>,
+    /// `pushpark_call_outcomes_total` by code over the run.
+    pub outcomes: BTreeMap<String, f64>,
+    /// Mean of `pushpark_wakeup_delay_seconds` over the run.
+    pub wakeup_delay_mean: Option<Duration>,
+    /// `pushpark_core_calls` at the end.
+    pub core_calls_after: Option<f64>,
+    /// `pushpark_transactions` at the end.
+    pub transactions_after: Option<f64>,
+    /// CPU time (user and system) the server process used during the calls, when its pid
+    /// is known.
+    pub cpu: Option<Duration>,
+    /// Datagrams its UDP socket dropped during the calls because its receive buffer was full
+    /// (a loopback server, Linux).
+    pub udp_drops: Option<u64>,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Park, hold or relay.
+    pub mode: Mode,
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// Devices registered.
+    pub devices: u64,
+    /// From the first INVITE until the last call ended.
+    pub duration: Duration,
+    /// Calls started.
+    pub attempted: u64,
+    /// Calls that ended as expected (answered and hung up, or busy / declined as told, or
+    /// in hold mode released).
+    pub completed: u64,
+    /// Calls that failed.
+    pub failed: u64,
+    /// Final responses to the INVITEs, by code.
+    pub outcomes: BTreeMap<u16, u64>,
+    /// Failures by cause (calls, and problems of no one call).
+    pub failures: BTreeMap<String, u64>,
+    /// Rejections the devices were told to give (486, 603), by code.
+    pub expected_rejections: BTreeMap<u16, u64>,
+    /// INVITE sent → 200 at the caller.
+    pub latency: Option<Percentiles>,
+    /// INVITE sent → push at the webhook (loopback round trips included).
+    pub push_overhead: Option<Percentiles>,
+    /// Wake-up REGISTER sent → parked INVITE at the device (loopback round trips included).
+    pub wake_overhead: Option<Percentiles>,
+    /// Pushes for calls that reached the webhook.
+    pub pushes: u64,
+    /// Calls pushed more than once.
+    pub pushed_twice: u64,
+    /// Calls never pushed.
+    pub not_pushed: u64,
+    /// Messages for no call in flight (late retransmissions).
+    pub stray: u64,
+    /// Hold mode figures.
+    pub hold: Option<HoldReport>,
+    /// CPU time (user and system) this process used during the calls (an in-process
+    /// server's included).
+    pub loadgen_cpu: Option<Duration>,
+    /// Datagrams the load generator's UDP sockets dropped during the calls because their
+    /// receive buffers were full (Linux).
+    pub loadgen_udp_drops: Option<u64>,
+    /// The load generator's own peak RSS (an in-process server's included; Linux).
+    pub loadgen_peak_rss: Option<u64>,
+    /// The server's own figures.
+    pub server: ServerFigures,
+}
+
+/// What the run's tallies hold, for [`Report`].
+pub(crate) struct Tallied {
+    pub outcomes: BTreeMap<u16, u64>,
+    pub failures: BTreeMap<String, u64>,
+    pub expected_rejections: BTreeMap<u16, u64>,
+    pub latency: Option<Percentiles>,
+    pub push_overhead: Option<Percentiles>,
+    pub wake_overhead: Option<Percentiles>,
+    pub pushes: u64,
+    pub pushed_twice: u64,
+    pub not_pushed: u64,
+}
+
+impl Stats {
+    /// The tallies, summarised.
+    pub fn tallied(&self) -> Tallied {
+        let t = self.tallies();
+        Tallied {
+            outcomes: t.outcomes.clone(),
+            failures: t.failures.clone(),
+            expected_rejections: t.expected_rejections.clone(),
+            latency: Percentiles::of(&t.latency),
+            push_overhead: Percentiles::of(&t.push),
+            wake_overhead: Percentiles::of(&t.wake),
+            pushes: t.pushes,
+            pushed_twice: t.pushed_twice,
+            not_pushed: t.not_pushed,
+        }
+    }
+}
+
+impl Report {
+    /// No call failed and nothing else went wrong.
+    pub fn success(&self) -> bool {
+        self.failed == 0 && self.failures.is_empty() && self.completed == self.attempted
+    }
+
+    /// Completed calls per second of the run.
+    pub fn calls_per_second(&self) -> f64 {
+        let secs = self.duration.as_secs_f64();
+        if secs > 0.0 {
+            self.completed as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The report as JSON.
+    pub fn to_json(&self) -> Value {
+        let percentiles = |p: Option<Percentiles>| p.map_or(Value::Null, Percentiles::to_json);
+        let hold = self.hold.as_ref().map_or(Value::Null, |h| {
+            json!({
+                "calls": h.calls,
+                "held": h.held,
+                "parked_gauge": h.parked_gauge,
+                "time_to_hold_s": h.time_to_hold.as_secs_f64(),
+                "rss_before_bytes": h.rss_before,
+                "rss_held_bytes": h.rss_held,
+                "rss_delta_bytes": h.rss_delta(),
+                "rss_bytes_per_call": h.bytes_per_call(),
+                "released": h.released,
+                "drained": h.drained,
+            })
+        });
+        let s = &self.server;
+        json!({
+            "mode": self.mode.to_string(),
+            "transport": self.transport.to_string(),
+            "devices": self.devices,
+            "duration_s": self.duration.as_secs_f64(),
+            "attempted": self.attempted,
+            "completed": self.completed,
+            "failed": self.failed,
+            "calls_per_second": self.calls_per_second(),
+            "success": self.success(),
+            "outcomes": self.outcomes.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "failures": self.failures,
+            "expected_rejections": self.expected_rejections.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "latency_invite_to_200": percentiles(self.latency),
+            "overhead_invite_to_push": percentiles(self.push_overhead),
+            "overhead_register_to_invite": percentiles(self.wake_overhead),
+            "pushes": self.pushes,
+            "calls_pushed_twice": self.pushed_twice,
+            "calls_not_pushed": self.not_pushed,
+            "stray_messages": self.stray,
+            "hold": hold,
+            "loadgen_cpu_s": self.loadgen_cpu.map(|d| d.as_secs_f64()),
+            "loadgen_udp_drops": self.loadgen_udp_drops,
+            "loadgen_peak_rss_bytes": self.loadgen_peak_rss,
+            "server": {
+                "rss_before_bytes": s.rss_before,
+                "rss_after_bytes": s.rss_after,
+                "calls": s.calls,
+                "calls_parked": s.calls_parked,
+                "pushes": s.pushes,
+                "outcomes": s.outcomes,
+                "wakeup_delay_mean_s": s.wakeup_delay_mean.map(|d| d.as_secs_f64()),
+                "core_calls_after": s.core_calls_after,
+                "transactions_after": s.transactions_after,
+                "cpu_s": s.cpu.map(|d| d.as_secs_f64()),
+                "udp_drops": s.udp_drops,
+            },
+        })
+    }
+}
+
+fn counts<K: fmt::Display, V: fmt::Display>(map: &BTreeMap<K, V>) -> String {
+    if map.is_empty() {
+        return "none".to_owned();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let line = |f: &mut fmt::Formatter<'_>, what: &str, value: String| {
+            writeln!(f, "  {what:<36} {value}")
+        };
+        writeln!(
+            f,
+            "pushpark loadgen: {} over {}, {} devices",
+            self.mode, self.transport, self.devices
+        )?;
+        line(
+            f,
+            "duration",
+            format!("{:.2} s", self.duration.as_secs_f64()),
+        )?;
+        line(
+            f,
+            "calls",
+            format!(
+                "{} attempted, {} completed, {} failed",
+                self.attempted, self.completed, self.failed
+            ),
+        )?;
+        if self.mode != Mode::Hold {
+            line(
+                f,
+                "throughput",
+                format!("{:.0} completed calls/s", self.calls_per_second()),
+            )?;
+        }
+        line(f, "final responses", counts(&self.outcomes))?;
+        if !self.expected_rejections.is_empty() {
+            line(
+                f,
+                "rejections asked of devices",
+                counts(&self.expected_rejections),
+            )?;
+        }
+        line(f, "failures", counts(&self.failures))?;
+        let none = || "no data".to_owned();
+        if self.mode != Mode::Hold {
+            line(
+                f,
+                "latency INVITE → 200 (caller)",
+                self.latency.map_or_else(none, |p| p.to_string()),
+            )?;
+        }
+        if self.mode != Mode::Relay {
+            line(
+                f,
+                "overhead INVITE → push (webhook)",
+                self.push_overhead.map_or_else(none, |p| p.to_string()),
+            )?;
+        }
+        if self.mode == Mode::Park {
+            line(
+                f,
+                "overhead REGISTER → INVITE (device)",
+                self.wake_overhead.map_or_else(none, |p| p.to_string()),
+            )?;
+            writeln!(
+                f,
+                "  {:<36} (parking overheads include the loopback round trips and the load \
+                 generator's own scheduling)",
+                ""
+            )?;
+        }
+        let pushes = if self.mode == Mode::Relay {
+            format!("{} received (none expected)", self.pushes)
+        } else {
+            format!(
+                "{} received, {} calls pushed more than once, {} calls not pushed",
+                self.pushes, self.pushed_twice, self.not_pushed
+            )
+        };
+        line(f, "pushes", pushes)?;
+        if self.stray > 0 {
+            line(f, "stray messages", self.stray.to_string())?;
+        }
+        if let Some(h) = &self.hold {
+            line(
+                f,
+                "held",
+                format!(
+                    "{} of {} calls in {:.2} s (server parked gauge: {})",
+                    h.held,
+                    h.calls,
+                    h.time_to_hold.as_secs_f64(),
+                    h.parked_gauge
+                        .map_or("absent".to_owned(), |g| format!("{g}"))
+                ),
+            )?;
+            let rss = match (h.rss_before, h.rss_held, h.rss_delta(), h.bytes_per_call()) {
+                (Some(before), Some(held), Some(delta), Some(per_call)) => format!(
+                    "{} before, {} held, delta {:.1} MB, {:.0} bytes per parked call",
+                    megabytes(before),
+                    megabytes(held),
+                    delta as f64 / 1e6,
+                    per_call
+                ),
+                _ => "not measured (no RSS metric and no server pid)".to_owned(),
+            };
+            line(f, "server RSS", rss)?;
+            line(
+                f,
+                "released by CANCEL",
+                format!(
+                    "{} (server back to no calls: {})",
+                    h.released,
+                    match h.drained {
+                        Some(true) => "yes",
+                        Some(false) => "NO",
+                        None => "unknown",
+                    }
+                ),
+            )?;
+        } else if let (Some(before), Some(after)) = (self.server.rss_before, self.server.rss_after)
+        {
+            line(
+                f,
+                "server RSS",
+                format!("{} before, {} after", megabytes(before), megabytes(after)),
+            )?;
+        }
+        let share = |cpu: Duration| {
+            let secs = self.duration.as_secs_f64();
+            let percent = if secs > 0.0 {
+                cpu.as_secs_f64() / secs * 100.0
+            } else {
+                0.0
+            };
+            format!("{:.2} s ({percent:.0}% of one core)", cpu.as_secs_f64())
+        };
+        let cpu = match (self.loadgen_cpu, self.server.cpu) {
+            (Some(own), Some(server)) => {
+                Some(format!("loadgen {}, server {}", share(own), share(server)))
+            }
+            (Some(own), None) => Some(format!("loadgen process {}", share(own))),
+            (None, Some(server)) => Some(format!("server {}", share(server))),
+            (None, None) => None,
+        };
+        if let Some(cpu) = cpu {
+            line(f, "CPU during the calls", cpu)?;
+        }
+        let drops = match (self.server.udp_drops, self.loadgen_udp_drops) {
+            (Some(server), Some(own)) => {
+                Some(format!("server socket {server}, loadgen sockets {own}"))
+            }
+            (Some(server), None) => Some(format!("server socket {server}")),
+            (None, Some(own)) => Some(format!("loadgen sockets {own}")),
+            (None, None) => None,
+        };
+        if let Some(drops) = drops {
+            line(f, "UDP datagrams dropped (buffer full)", drops)?;
+        }
+        if let Some(peak) = self.loadgen_peak_rss {
+            line(f, "loadgen peak RSS", megabytes(peak))?;
+        }
+        let s = &self.server;
+        let mut figures = Vec::new();
+        let mut add = |name: &str, v: Option<f64>| {
+            if let Some(v) = v {
+                figures.push(format!("{name} {v}"));
+            }
+        };
+        add("calls", s.calls);
+        add("parked", s.calls_parked);
+        add("pushes", s.pushes);
+        add("core calls now", s.core_calls_after);
+        add("transactions now", s.transactions_after);
+        if let Some(d) = s.wakeup_delay_mean {
+            figures.push(format!("mean wake-up delay {}", short(d)));
+        }
+        if !s.outcomes.is_empty() {
+            figures.push(format!("outcomes {}", counts(&s.outcomes)));
+        }
+        if !figures.is_empty() {
+            line(f, "server metrics", figures.join(", "))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,245 @@
+//! The server under load: the configuration it must run with for the load generator, and
+//! (by default) the `pushpark` binary started on that configuration in a temporary
+//! directory, stopped and cleaned up when the run ends.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use super::{LoadgenError, Mode, Options};
+
+/// How long the spawned server may take to answer on its admin listener.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where a server for the load generator listens, and where it pushes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerAddrs {
+    /// The SIP UDP listener (port 0: any).
+    pub udp: SocketAddr,
+    /// The SIP TCP listener (port 0: any).
+    pub tcp: SocketAddr,
+    /// The admin (metrics) listener.
+    pub admin: SocketAddr,
+    /// The load generator's webhook.
+    pub webhook: SocketAddr,
+}
+
+/// TOML has one string escape we may meet in a path: backslash, and quotes.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn duration(d: Duration) -> String {
+    format!("\"{}ms\"", d.as_millis())
+}
+
+/// The configuration a server needs for a run of `options`: loopback listeners, metrics on
+/// the admin listener, `pn-provider=fcm` routed to the load generator's webhook, limits
+/// (calls per callee, pushes per device) out of the way, and the store at `store`. In hold
+/// mode a call's record lingers only 2 s after its CANCEL, so the server drains quickly.
+pub fn config_text(options: &Options, addrs: &ServerAddrs, store: &Path) -> String {
+    let devices = options.device_count().max(1) as u64;
+    let per_callee = match options.mode {
+        Mode::Hold => options.calls.div_ceil(devices) + 10,
+        Mode::Park | Mode::Relay => 1000,
+    };
+    let max_calls = (options.calls * 2).max(200_000);
+    let linger = match options.mode {
+        Mode::Hold => Duration::from_secs(2),
+        Mode::Park | Mode::Relay => Duration::from_secs(30),
+    };
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# pushpark configuration for `loadgen {}` (generated)\n\
+         domains = [\"127.0.0.1\", \"localhost\"]\n\n\
+         [[listen]]\ntransport = \"udp\"\naddress = \"{}\"\n\n\
+         [[listen]]\ntransport = \"tcp\"\naddress = \"{}\"\n\n\
+         [parking]\npark_timeout = {}\nended_notice_window = {}\n\
+         max_calls = {max_calls}\nmax_calls_per_callee = {per_callee}\n\n\
+         [store]\npath = {}\n\n\
+         [push]\nmax_per_device_per_minute = 1000000\n\n\
+         [push.providers.loadgen]\nkind = \"webhook\"\nurl = \"http://{}/push\"\n\n\
+         [push.routes]\n{} = \"loadgen\"\n\n\
+         [admin]\nlisten = \"{}\"",
+        options.mode,
+        addrs.udp,
+        addrs.tcp,
+        duration(options.park_timeout),
+        duration(linger),
+        toml_string(&store.to_string_lossy()),
+        addrs.webhook,
+        super::sip::PN_PROVIDER,
+        addrs.admin,
+    );
+    text
+}
+
+/// A port free on 127.0.0.1 for both UDP and TCP right now.
+pub fn free_port() -> io::Result<u16> {
+    for _ in 0..50 {
+        let tcp = TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::other("no port free for both UDP and TCP"))
+}
+
+/// The `pushpark` binary next to the running executable (`target/release/pushpark` for
+/// `target/release/loadgen`).
+pub fn sibling_server_bin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.join("pushpark"))
+}
+
+/// A `pushpark run` process started for the load generator. Killed when dropped.
+pub struct SpawnedServer {
+    child: Child,
+    dir: TempDir,
+    sip: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl SpawnedServer {
+    /// Writes the configuration for `options` (pushing to `webhook`) into a temporary
+    /// directory and starts `bin run --config` on it; returns once its admin listener
+    /// answers. The server's log goes to `server.log` in that directory (`RUST_LOG`
+    /// defaults to `warn`: per-call info lines would slow it down).
+    pub async fn start(
+        bin: &Path,
+        options: &Options,
+        webhook: SocketAddr,
+    ) -> Result<SpawnedServer, LoadgenError> {
+        if !bin.is_file() {
+            return Err(LoadgenError::Server(format!(
+                "no server binary at {} (build it: cargo build --release -p pushpark, or \
+                 name one with --server-bin)",
+                bin.display()
+            )));
+        }
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| LoadgenError::Io { what, source }
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("pushpark-loadgen-")
+            .tempdir()
+            .map_err(io("creating a temporary directory"))?;
+        let port = free_port().map_err(io("finding a free port"))?;
+        let admin_port = free_port().map_err(io("finding a free port"))?;
+        let sip = SocketAddr::from(([127, 0, 0, 1], port));
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let addrs = ServerAddrs {
+            udp: sip,
+            tcp: sip,
+            admin,
+            webhook,
+        };
+        let config = dir.path().join("pushpark.toml");
+        let text = config_text(options, &addrs, &dir.path().join("bindings.db"));
+        std::fs::write(&config, text).map_err(io("writing the server configuration"))?;
+        let log = std::fs::File::create(dir.path().join("server.log"))
+            .map_err(io("creating the server log"))?;
+        let log_err = log.try_clone().map_err(io("creating the server log"))?;
+        let child = Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io(&format!("starting {}", bin.display())))?;
+        let mut server = SpawnedServer {
+            child,
+            dir,
+            sip,
+            admin,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), LoadgenError> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| LoadgenError::Server(format!("HTTP client: {e}")))?;
+        let url = format!("http://{}/health", self.admin);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(LoadgenError::Server(format!(
+                    "the server exited at once ({status}):\n{}",
+                    self.log_tail()
+                )));
+            }
+            let answered = client
+                .get(&url)
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if answered {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(LoadgenError::Server(format!(
+                    "the server did not answer on {url} within {START_TIMEOUT:?}:\n{}",
+                    self.log_tail()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of the server's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Its SIP address (UDP and TCP).
+    pub fn sip(&self) -> SocketAddr {
+        self.sip
+    }
+
+    /// Its admin (metrics) address.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills it, waits for it to go, and removes its directory.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}

@@ -1,0 +1,190 @@
+//! The load generator against an in-process pushpark server, configured with the very text
+//! `loadgen --print-config` gives: small runs that finish in a few seconds each.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pushpark::config::Config;
+use pushpark::server::Server;
+use pushpark_benches::loadgen::server::{config_text, ServerAddrs};
+use pushpark_benches::loadgen::{run, Mode, Options, Report, Target, Transport, Webhook};
+use tempfile::TempDir;
+
+fn any() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("a literal address")
+}
+
+/// A small run's options: `calls` calls at `rate` per second, quiet.
+fn options(mode: Mode, transport: Transport, calls: u64, rate: f64) -> Options {
+    let mut options = Options::new(mode);
+    options.transport = transport;
+    options.calls = calls;
+    options.rate = rate;
+    options.max_in_flight = 100;
+    options.devices = Some(50);
+    options.sockets = 2;
+    options.progress = false;
+    options
+}
+
+/// Starts a server on the generated configuration (edited by `edit`) and the webhook it
+/// pushes to.
+async fn start(
+    options: &Options,
+    edit: impl FnOnce(String) -> String,
+) -> (Server, Target, TempDir) {
+    let webhook = Webhook::bind(any()).await.expect("the webhook binds");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let addrs = ServerAddrs {
+        udp: any(),
+        tcp: any(),
+        admin: any(),
+        webhook: webhook.addr(),
+    };
+    let text = edit(config_text(
+        options,
+        &addrs,
+        &dir.path().join("bindings.db"),
+    ));
+    let config = Config::parse(&text, &dir.path().join("pushpark.toml"))
+        .unwrap_or_else(|e| panic!("the generated configuration parses: {e}\n{text}"));
+    let server = Server::start(config).await.expect("the server starts");
+    let target = Target {
+        sip: server
+            .local_addr(options.transport)
+            .expect("a listener for the transport"),
+        admin: server.admin_addr(),
+        webhook,
+        server_pid: None,
+    };
+    (server, target, dir)
+}
+
+async fn load(options: &Options) -> Report {
+    let (server, target, _dir) = start(options, |text| text).await;
+    let report = run(options, &target).await.expect("the run is carried out");
+    server.shutdown().await;
+    report
+}
+
+/// Every call was pushed once; the server agrees when it counts parked calls.
+fn assert_parked_once_each(report: &Report, calls: u64) {
+    assert_eq!(report.pushes, calls, "{report}");
+    assert_eq!(report.pushed_twice, 0, "{report}");
+    assert_eq!(report.not_pushed, 0, "{report}");
+    if let Some(parked) = report.server.calls_parked {
+        assert_eq!(parked, calls as f64, "{report}");
+    }
+    if let Some(server_calls) = report.server.calls {
+        assert_eq!(server_calls, calls as f64, "{report}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn park_over_udp_completes_every_call_pushing_each_once() {
+    let options = options(Mode::Park, Transport::Udp, 200, 200.0);
+    let report = load(&options).await;
+    assert!(report.success(), "{report}");
+    assert_eq!(report.completed, 200, "{report}");
+    assert_eq!(report.outcomes.get(&200), Some(&200), "{report}");
+    assert_parked_once_each(&report, 200);
+    assert_eq!(report.latency.map(|p| p.count), Some(200), "{report}");
+    assert_eq!(report.push_overhead.map(|p| p.count), Some(200), "{report}");
+    assert_eq!(report.wake_overhead.map(|p| p.count), Some(200), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn park_with_busy_and_decline_ratios_counts_them_as_expected() {
+    let mut options = options(Mode::Park, Transport::Udp, 200, 0.0);
+    options.busy_ratio = 0.2;
+    options.decline_ratio = 0.1;
+    options.wake_delay = Duration::from_millis(5);
+    let report = load(&options).await;
+    assert!(report.success(), "{report}");
+    let busy = report.outcomes.get(&486).copied().unwrap_or(0);
+    let declined = report.outcomes.get(&603).copied().unwrap_or(0);
+    let answered = report.outcomes.get(&200).copied().unwrap_or(0);
+    assert_eq!(
+        Some(&busy),
+        report.expected_rejections.get(&486),
+        "{report}"
+    );
+    assert_eq!(
+        Some(&declined),
+        report.expected_rejections.get(&603),
+        "{report}"
+    );
+    assert!((20..=60).contains(&busy), "{report}");
+    assert!((5..=40).contains(&declined), "{report}");
+    assert_eq!(answered + busy + declined, 200, "{report}");
+    assert_parked_once_each(&report, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn park_over_tcp_completes_every_call() {
+    let options = options(Mode::Park, Transport::Tcp, 200, 200.0);
+    let report = load(&options).await;
+    assert!(report.success(), "{report}");
+    assert_eq!(report.outcomes.get(&200), Some(&200), "{report}");
+    assert_parked_once_each(&report, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_keeps_every_call_parked_then_releases_them_all() {
+    let mut options = options(Mode::Hold, Transport::Udp, 300, 0.0);
+    options.devices = Some(100);
+    let report = load(&options).await;
+    assert!(report.success(), "{report}");
+    let hold = report.hold.as_ref().expect("hold figures");
+    assert_eq!(hold.held, 300, "{report}");
+    assert_eq!(hold.released, 300, "{report}");
+    assert_eq!(hold.drained, Some(true), "{report}");
+    if let Some(gauge) = hold.parked_gauge {
+        assert_eq!(gauge, 300.0, "{report}");
+    }
+    assert_eq!(report.outcomes.get(&487), Some(&300), "{report}");
+    assert_eq!(report.server.core_calls_after, Some(0.0), "{report}");
+    assert_parked_once_each(&report, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_over_udp_forwards_every_call_without_a_push() {
+    let options = options(Mode::Relay, Transport::Udp, 200, 0.0);
+    let report = load(&options).await;
+    assert!(report.success(), "{report}");
+    assert_eq!(report.outcomes.get(&200), Some(&200), "{report}");
+    assert_eq!(report.pushes, 0, "{report}");
+    assert_eq!(report.push_overhead, None, "{report}");
+    assert_eq!(report.server.calls_parked.unwrap_or(0.0), 0.0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_over_tcp_forwards_every_call() {
+    let options = options(Mode::Relay, Transport::Tcp, 200, 0.0);
+    let report = load(&options).await;
+    assert!(report.success(), "{report}");
+    assert_eq!(report.outcomes.get(&200), Some(&200), "{report}");
+    assert_eq!(report.pushes, 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_wakes_the_devices_fails_the_run() {
+    // The push route goes to the `log` provider: it accepts every push and wakes nobody,
+    // so each call waits out a short park timeout and ends 480.
+    let mut options = options(Mode::Park, Transport::Udp, 20, 0.0);
+    options.park_timeout = Duration::from_secs(1);
+    let (server, target, _dir) = start(&options, |text| {
+        text.replace("fcm = \"loadgen\"", "fcm = \"log\"")
+    })
+    .await;
+    let report = run(&options, &target)
+        .await
+        .expect("the run is carried out");
+    server.shutdown().await;
+    assert!(!report.success(), "{report}");
+    assert_eq!(report.failed, 20, "{report}");
+    assert_eq!(report.completed, 0, "{report}");
+    assert_eq!(report.failures.get("final 480"), Some(&20), "{report}");
+    assert_eq!(report.outcomes.get(&480), Some(&20), "{report}");
+    assert_eq!(report.pushes, 0, "{report}");
+}
