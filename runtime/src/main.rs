@@ -16,6 +16,9 @@ use pushpark::demo;
 use pushpark::server::{Server, StartError};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "pushpark", version, about)]
 struct Cli {

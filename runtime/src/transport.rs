@@ -127,7 +127,7 @@ impl Transports {
         for listener in listeners {
             match listener.transport {
                 Transport::Udp => {
-                    let socket = UdpSocket::bind(listener.address).await?;
+                    let socket = bind_udp(listener.address)?;
                     udp.push((socket.local_addr()?, Endpoint::Socket(Arc::new(socket))));
                 }
                 Transport::Tcp => tcp.push(TcpListener::bind(listener.address).await?),
@@ -235,6 +235,28 @@ impl Transports {
             }
         }
     }
+}
+
+/// The socket buffers a UDP listener asks for. The kernel's default (~200 KB) holds only
+/// a few hundred datagrams, so a burst that arrives while the loop is busy is dropped and
+/// comes back only through retransmissions, seconds later. Linux caps the request at
+/// `net.core.rmem_max` / `wmem_max`; raise those to let it have all of it.
+const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
+/// A UDP socket bound to `address`, with [`UDP_SOCKET_BUFFER`]-sized buffers.
+fn bind_udp(address: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    // Best effort: a smaller buffer than asked for still works.
+    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER);
+    socket.bind(&address.into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// UDP flow ids have the top bit set; TCP flows count up from 1 below it.

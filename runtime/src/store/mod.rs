@@ -312,9 +312,17 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
 }
 
-/// The columns of a [`Binding`], in the order [`binding_from_row`] reads them.
-const COLUMNS: &str = "id, aor, contact, instance, reg_id, pn_provider, pn_prid, pn_param, \
-                       pnsreg, q, call_id, cseq, expires_at, updated_at";
+/// `SELECT` of the columns of a [`Binding`], in the order [`binding_from_row`] reads them,
+/// followed by the rest of the statement: a literal, so no statement text is built per call.
+macro_rules! select_bindings {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, aor, contact, instance, reg_id, pn_provider, pn_prid, pn_param, \
+             pnsreg, q, call_id, cseq, expires_at, updated_at FROM bindings ",
+            $rest
+        )
+    };
+}
 
 /// The binding store: one SQLite connection. See the module docs for durability and for how
 /// to call it from async code.
@@ -412,10 +420,10 @@ impl Store {
         let Some(id) = sql_id(id) else {
             return Ok(None);
         };
-        let sql = format!("SELECT {COLUMNS} FROM bindings WHERE id = ?1");
+        let sql = select_bindings!("WHERE id = ?1");
         Ok(self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_row([id], binding_from_row)
             .optional()?)
     }
@@ -547,11 +555,9 @@ impl Store {
     pub fn expiring_between(&self, from: u64, to: u64) -> Result<Vec<Binding>, StoreError> {
         let from = to_sql_u64(from, "from")?;
         let to = to_sql_u64(to, "to")?;
-        let sql = format!(
-            "SELECT {COLUMNS} FROM bindings WHERE expires_at >= ?1 AND expires_at < ?2 \
-             ORDER BY expires_at, id"
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let sql =
+            select_bindings!("WHERE expires_at >= ?1 AND expires_at < ?2 ORDER BY expires_at, id");
+        let mut stmt = self.conn.prepare_cached(sql)?;
         let rows = stmt.query_map([from, to], binding_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -760,15 +766,21 @@ fn delete(conn: &Connection, id: i64) -> Result<usize, StoreError> {
 }
 
 fn bindings_of(conn: &Connection, aor: &str, now: u64) -> Result<Vec<Binding>, StoreError> {
-    let now = to_sql_u64(now, "now")?;
-    let sql =
-        format!("SELECT {COLUMNS} FROM bindings WHERE aor = ?1 AND expires_at > ?2 ORDER BY id");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![aor, now], binding_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    // Expiry is filtered here, not in SQL: with the range in the statement, SQLite's STAT4
+    // planner re-prepares it on every call.
+    let mut stmt = conn.prepare_cached(select_bindings!("WHERE aor = ?1 ORDER BY id"))?;
+    let rows = stmt.query_map([aor], binding_from_row)?;
+    let mut bindings = Vec::new();
+    for binding in rows {
+        let binding = binding?;
+        if binding.expires_at > now {
+            bindings.push(binding);
+        }
+    }
+    Ok(bindings)
 }
 
-/// Reads a [`Binding`] from a row selected with [`COLUMNS`]. Values outside the Rust types'
+/// Reads a [`Binding`] from a row selected with [`select_bindings`]. Values outside the Rust types'
 /// ranges come back as SQLite conversion errors rather than panics.
 fn binding_from_row(r: &Row<'_>) -> rusqlite::Result<Binding> {
     let provider: Option<String> = r.get(5)?;

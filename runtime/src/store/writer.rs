@@ -82,11 +82,11 @@ impl Store {
     fn run_batch<O>(&mut self, batch: Vec<Job<O>>) -> Vec<O> {
         // If the transaction cannot even begin (the file locked by another process past the
         // busy timeout), each job runs on its own and its own result tells how it went.
-        let began = self.conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+        let began = self.run_cached("BEGIN IMMEDIATE").is_ok();
         let dones: Vec<Done<O>> = batch.into_iter().map(|job| job(self)).collect();
         let committed = if began {
-            self.conn.execute_batch("COMMIT").map_err(|e| {
-                let _ = self.conn.execute_batch("ROLLBACK");
+            self.run_cached("COMMIT").map(drop).map_err(|e| {
+                let _ = self.run_cached("ROLLBACK");
                 StoreError::NotCommitted(e.to_string())
             })
         } else {
@@ -96,6 +96,11 @@ impl Store {
             .into_iter()
             .map(|done| done(committed.as_ref().map(|_| ())))
             .collect()
+    }
+
+    /// Runs a statement without parameters, prepared once per connection.
+    fn run_cached(&self, sql: &str) -> rusqlite::Result<usize> {
+        self.conn.prepare_cached(sql)?.execute([])
     }
 }
 
