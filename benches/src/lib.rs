@@ -108,10 +108,41 @@ Content-Length: {}\r\n\r\n",
     v
 }
 
+/// A REGISTER as a woken iPhone app sends it: RFC 8599 pn-* parameters, `+sip.pnsreg`,
+/// `+sip.instance` and `reg-id` on the Contact.
+pub fn register_pn() -> Vec<u8> {
+    b"REGISTER sip:example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.20:40000;branch=z9hG4bKreg7731;rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:bob@example.com>;tag=reg-bob\r\n\
+To: <sip:bob@example.com>\r\n\
+Call-ID: 3c26700857e2-reg@192.0.2.20\r\n\
+CSeq: 42 REGISTER\r\n\
+Contact: <sip:bob@192.0.2.20:40000;transport=udp;pn-provider=apns;pn-param=ABCD1234.com.example.app.voip;pn-prid=00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0>;+sip.pnsreg;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\";reg-id=1;expires=3600\r\n\
+Supported: outbound, path, gruu\r\n\
+User-Agent: LinphoneiOS/5.2.0 (iPhone) LinphoneSDK/5.2.0\r\n\
+Content-Length: 0\r\n\r\n"
+        .to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use pushpark_model::Config;
+
+    #[test]
+    fn rsip_parses_the_invite_fixture_so_its_bench_measures_a_whole_parse() {
+        let invite = invite_1k();
+        let parsed = rsip::SipMessage::try_from(&invite[..]);
+        assert!(parsed.is_ok(), "{parsed:?}");
+    }
+
+    #[test]
+    fn the_register_fixture_parses_with_its_push_parameters() {
+        let register = pushpark::sip::parse_datagram(&register_pn()).expect("parses");
+        assert!(matches!(register.contacts().next(), Some(Ok(_))));
+        assert!(pushpark::sip::validate_request(&register).is_ok());
+    }
 
     #[test]
     fn a_parked_call_life_ends_answered_and_leaves_nothing() {
