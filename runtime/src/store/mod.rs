@@ -452,68 +452,22 @@ impl Store {
         now: u64,
     ) -> Result<Applied, StoreError> {
         validate(aor, register)?;
-        let now_sql = to_sql_u64(now, "now")?;
         // A savepoint: its own transaction when called alone, or one part of the writer's
-        // batch (see `writer`), rolled back alone if this REGISTER fails.
-        let tx = self.conn.savepoint()?;
-        let mut removed = Vec::new();
-        // Bindings this request already wrote: its own Call-ID/CSeq on them is not "out of order".
-        let mut touched = HashSet::new();
-        for change in &register.changes {
-            match change {
-                Change::RemoveAll => {
-                    let rows = {
-                        let mut stmt = tx.prepare_cached(
-                            "SELECT id, call_id, cseq, expires_at FROM bindings WHERE aor = ?1",
-                        )?;
-                        let rows = stmt
-                            .query_map([aor], MatchRow::from_row)?
-                            .collect::<Result<Vec<_>, _>>()?;
-                        rows
-                    };
-                    for row in rows {
-                        row.check_order(register, now_sql, &touched)?;
-                        delete(&tx, row.id)?;
-                        removed.push(row.binding_id()?);
-                    }
-                }
-                Change::Remove(spec) => {
-                    if let Some(row) = find_match(&tx, aor, spec)? {
-                        row.check_order(register, now_sql, &touched)?;
-                        delete(&tx, row.id)?;
-                        removed.push(row.binding_id()?);
-                    }
-                }
-                Change::Upsert {
-                    contact,
-                    expires_at,
-                } => {
-                    let expires_sql = to_sql_u64(*expires_at, "expires_at")?;
-                    let found = find_match(&tx, aor, contact)?;
-                    if let Some(row) = &found {
-                        row.check_order(register, now_sql, &touched)?;
-                    }
-                    if expires_sql <= now_sql {
-                        if let Some(row) = found {
-                            delete(&tx, row.id)?;
-                            removed.push(row.binding_id()?);
-                        }
-                        continue;
-                    }
-                    let keep = found.as_ref().map(|r| r.id);
-                    for dup in push_duplicates(&tx, aor, contact, keep)? {
-                        delete(&tx, dup)?;
-                        removed.push(to_binding_id(dup)?);
-                    }
-                    let id =
-                        write_binding(&tx, keep, aor, contact, register, expires_sql, now_sql)?;
-                    touched.insert(id);
-                }
+        // batch (see `writer`), rolled back alone if this REGISTER fails. Its statements
+        // are prepared once, like every other: parsing SQL per REGISTER shows in profiles.
+        run_cached(&self.conn, "SAVEPOINT apply")?;
+        match apply_changes(&self.conn, aor, register, now) {
+            Ok(applied) => {
+                run_cached(&self.conn, "RELEASE apply")?;
+                Ok(applied)
+            }
+            Err(e) => {
+                // What failed is the error to report; SQLite may have rolled back already.
+                let _ = run_cached(&self.conn, "ROLLBACK TO apply");
+                let _ = run_cached(&self.conn, "RELEASE apply");
+                Err(e)
             }
         }
-        let bindings = bindings_of(&tx, aor, now)?;
-        tx.commit()?;
-        Ok(Applied { bindings, removed })
     }
 
     /// Removes the binding with this id. Returns whether there was one.
@@ -649,6 +603,77 @@ impl MatchRow {
         }
         Ok(())
     }
+}
+
+/// What [`Store::apply`] does inside its savepoint.
+fn apply_changes(
+    tx: &Connection,
+    aor: &str,
+    register: &Register,
+    now: u64,
+) -> Result<Applied, StoreError> {
+    let now_sql = to_sql_u64(now, "now")?;
+    let mut removed = Vec::new();
+    // Bindings this request already wrote: its own Call-ID/CSeq on them is not "out of order".
+    let mut touched = HashSet::new();
+    for change in &register.changes {
+        match change {
+            Change::RemoveAll => {
+                let rows = {
+                    let mut stmt = tx.prepare_cached(
+                        "SELECT id, call_id, cseq, expires_at FROM bindings WHERE aor = ?1",
+                    )?;
+                    let rows = stmt
+                        .query_map([aor], MatchRow::from_row)?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    rows
+                };
+                for row in rows {
+                    row.check_order(register, now_sql, &touched)?;
+                    delete(tx, row.id)?;
+                    removed.push(row.binding_id()?);
+                }
+            }
+            Change::Remove(spec) => {
+                if let Some(row) = find_match(tx, aor, spec)? {
+                    row.check_order(register, now_sql, &touched)?;
+                    delete(tx, row.id)?;
+                    removed.push(row.binding_id()?);
+                }
+            }
+            Change::Upsert {
+                contact,
+                expires_at,
+            } => {
+                let expires_sql = to_sql_u64(*expires_at, "expires_at")?;
+                let found = find_match(tx, aor, contact)?;
+                if let Some(row) = &found {
+                    row.check_order(register, now_sql, &touched)?;
+                }
+                if expires_sql <= now_sql {
+                    if let Some(row) = found {
+                        delete(tx, row.id)?;
+                        removed.push(row.binding_id()?);
+                    }
+                    continue;
+                }
+                let keep = found.as_ref().map(|r| r.id);
+                for dup in push_duplicates(tx, aor, contact, keep)? {
+                    delete(tx, dup)?;
+                    removed.push(to_binding_id(dup)?);
+                }
+                let id = write_binding(tx, keep, aor, contact, register, expires_sql, now_sql)?;
+                touched.insert(id);
+            }
+        }
+    }
+    let bindings = bindings_of(tx, aor, now)?;
+    Ok(Applied { bindings, removed })
+}
+
+/// Runs a statement without parameters, prepared once per connection.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute([])
 }
 
 /// The existing binding of `aor` that `spec` replaces, by the rules of [`Store::apply`].

@@ -13,7 +13,7 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use super::{Store, StoreError};
+use super::{run_cached, Store, StoreError};
 
 /// The most jobs one commit carries, so one batch never delays the next for long.
 const MAX_BATCH: usize = 512;
@@ -82,11 +82,11 @@ impl Store {
     fn run_batch<O>(&mut self, batch: Vec<Job<O>>) -> Vec<O> {
         // If the transaction cannot even begin (the file locked by another process past the
         // busy timeout), each job runs on its own and its own result tells how it went.
-        let began = self.run_cached("BEGIN IMMEDIATE").is_ok();
+        let began = run_cached(&self.conn, "BEGIN IMMEDIATE").is_ok();
         let dones: Vec<Done<O>> = batch.into_iter().map(|job| job(self)).collect();
         let committed = if began {
-            self.run_cached("COMMIT").map(drop).map_err(|e| {
-                let _ = self.run_cached("ROLLBACK");
+            run_cached(&self.conn, "COMMIT").map(drop).map_err(|e| {
+                let _ = run_cached(&self.conn, "ROLLBACK");
                 StoreError::NotCommitted(e.to_string())
             })
         } else {
@@ -96,11 +96,6 @@ impl Store {
             .into_iter()
             .map(|done| done(committed.as_ref().map(|_| ())))
             .collect()
-    }
-
-    /// Runs a statement without parameters, prepared once per connection.
-    fn run_cached(&self, sql: &str) -> rusqlite::Result<usize> {
-        self.conn.prepare_cached(sql)?.execute([])
     }
 }
 
