@@ -207,7 +207,10 @@ fn check_status(status: u16) -> Result<(), Error> {
 pub struct Transactions<M> {
     config: Config,
     build_ack: fn(&M, &M) -> M,
-    txs: HashMap<Key, Transaction<M>>,
+    /// Boxed: a server holds tens of thousands (each lingers 32 s after its final
+    /// response), and growing a table of ~600-byte entries in place stalls the loop for
+    /// tens of milliseconds while it moves them.
+    txs: HashMap<Key, Box<Transaction<M>>>,
     /// (deadline, key) of every transaction with an armed timer; one entry per transaction.
     schedule: BTreeSet<(Millis, Key)>,
     out: VecDeque<Output<M>>,
@@ -295,7 +298,7 @@ impl<M: Clone> Transactions<M> {
             None => {
                 let invite = *method == Method::Invite;
                 let tx = Transaction::new_server(now, invite, transport, &self.config);
-                self.txs.insert(key.clone(), tx);
+                self.txs.insert(key.clone(), Box::new(tx));
                 RequestOutcome::New(msg)
             }
         };
@@ -377,7 +380,7 @@ impl<M: Clone> Transactions<M> {
             out: &mut self.out,
         };
         let tx = Transaction::new_client(now, invite, transport, timer_c, msg, &mut ctx);
-        self.txs.insert(key.clone(), tx);
+        self.txs.insert(key.clone(), Box::new(tx));
         self.settle(&key);
         Ok(())
     }
