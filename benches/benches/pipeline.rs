@@ -8,12 +8,17 @@
 //!   thread (SQLite in memory) → 200 OK and the parked INVITE out;
 //! - `relay_invite`: an INVITE for an awake phone → 100 Trying and the forwarded INVITE out.
 //!
+//! - `store/wake_up_refresh_in_memory`: the SQLite half of `register_to_invite` alone — a
+//!   woken phone's REGISTER applied to the store (in memory, so no fsync), without the
+//!   hand-offs between the loop and the store's thread.
+//!
 //! Only the step named is timed; each server is replaced after `CALLS_PER_SERVER` calls, so
 //! no run measures an ever-growing server.
 
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use pushpark::store::{Change, ContactSpec, Register, Store, StoreOptions};
 use pushpark_benches::pipeline::{phone, runtime, Fixture};
 
 const CALLS_PER_SERVER: u64 = 2_000;
@@ -79,5 +84,32 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipeline);
+fn store(c: &mut Criterion) {
+    let mut store = Store::open_in_memory(&StoreOptions::default()).expect("a store");
+    let contact = ContactSpec::new(
+        "sip:bob@192.0.2.20:40000;transport=udp;pn-provider=fcm;pn-prid=bob-token;pn-param=p1",
+    )
+    .instance("\"<urn:uuid:00000000-0000-1000-8000-00000000b0b0>\"");
+    let mut cseq = 0;
+    c.bench_function("store/wake_up_refresh_in_memory", |b| {
+        b.iter(|| {
+            cseq += 1;
+            let register = Register {
+                call_id: "reg-bob@192.0.2.20".into(),
+                cseq,
+                changes: vec![Change::Upsert {
+                    contact: contact.clone(),
+                    expires_at: 1_000_000,
+                }],
+            };
+            store
+                .apply("sip:bob@127.0.0.1", &register, 1)
+                .expect("applied")
+                .bindings
+                .len()
+        })
+    });
+}
+
+criterion_group!(benches, pipeline, store);
 criterion_main!(benches);
