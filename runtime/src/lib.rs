@@ -33,3 +33,8 @@ pub mod sip;
 pub mod store;
 pub mod transaction;
 pub mod transport;
+
+/// The hash map of the event loop's tables: keyed by what peers send (branches, Call-IDs,
+/// AORs), so hashed with a per-process random key (HashDoS), by aHash, which costs a
+/// fraction of SipHash on the SIP path.
+pub(crate) type Map<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;

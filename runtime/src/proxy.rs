@@ -7,6 +7,7 @@
 //! either side goes back over the other side's flow even when the device sits behind NAT.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +28,7 @@ use crate::transaction::{
     self, Key, RequestOutcome, ResponseOutcome, Timer as TxTimer, TuEvent, MAGIC_COOKIE,
 };
 use crate::transport::{Flow, FlowId};
+use crate::Map;
 
 /// Branches of requests forwarded without a transaction (in-dialog requests).
 const STATELESS: &str = "z9hG4bKpps";
@@ -36,8 +38,8 @@ const STATEFUL: &str = "z9hG4bKppc";
 /// The calls in progress, by the core's id and by their INVITE server transaction.
 #[derive(Default)]
 pub(crate) struct Calls {
-    by_id: HashMap<CallId, CallContext>,
-    by_invite: HashMap<Key, CallId>,
+    by_id: Map<CallId, CallContext>,
+    by_invite: Map<Key, CallId>,
     next: u64,
     /// Calls waiting for a pushed phone to wake (those with `parked_since`).
     parked: usize,
@@ -78,7 +80,7 @@ struct BranchContext {
 /// Client transactions of branches, back to their call and device.
 #[derive(Default)]
 pub(crate) struct Branches {
-    by_key: HashMap<Key, (CallId, DeviceId)>,
+    by_key: Map<Key, (CallId, DeviceId)>,
 }
 
 impl Calls {
@@ -1103,18 +1105,23 @@ fn with_received(flow: &Flow, request: Message) -> Message {
     let Some(Ok(top)) = request.elements(HeaderName::Via).next() else {
         return request;
     };
-    let mut value: String = top
-        .split(';')
-        .filter(|p| {
-            !p.trim().eq_ignore_ascii_case("rport")
-                && !p.trim().to_ascii_lowercase().starts_with("received=")
-        })
-        .collect::<Vec<_>>()
-        .join(";");
+    let mut value = String::with_capacity(top.len() + 40);
+    for (i, param) in top.split(';').enumerate() {
+        let name = param.split('=').next().unwrap_or_default().trim();
+        let replaced = name.eq_ignore_ascii_case("received")
+            || (wants_port && name.eq_ignore_ascii_case("rport"));
+        if i > 0 && replaced {
+            continue;
+        }
+        if i > 0 {
+            value.push(';');
+        }
+        value.push_str(param);
+    }
     // RFC 3261's grammar writes an IPv6 `received` without brackets.
-    value.push_str(&format!(";received={}", flow.peer.ip()));
+    let _ = write!(value, ";received={}", flow.peer.ip());
     if wants_port {
-        value.push_str(&format!(";rport={}", flow.peer.port()));
+        let _ = write!(value, ";rport={}", flow.peer.port());
     }
     match request.with_top_via(&value) {
         Some(edited) => edited,
@@ -1147,4 +1154,60 @@ fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::parse_datagram;
+    use crate::transport::FlowId;
+
+    fn from(peer: &str) -> Flow {
+        Flow {
+            id: FlowId(1),
+            transport: Transport::Udp,
+            local: "127.0.0.1:5060".parse().expect("an address"),
+            peer: peer.parse().expect("an address"),
+        }
+    }
+
+    fn top_via_after(via: &str, peer: &str) -> String {
+        let request = format!(
+            "OPTIONS sip:bob@127.0.0.1 SIP/2.0\r\nVia: {via}\r\nVia: SIP/2.0/UDP edge;branch=z9hG4bKe\r\n\
+             Call-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        let message = parse_datagram(request.as_bytes()).expect("parses");
+        let edited = with_received(&from(peer), message);
+        let vias: Vec<&[u8]> = edited.values(HeaderName::Via).collect();
+        assert_eq!(vias.len(), 2, "the other Via stays");
+        String::from_utf8(vias[0].to_vec()).expect("text")
+    }
+
+    #[test]
+    fn rport_is_filled_and_a_stale_received_replaced() {
+        assert_eq!(
+            top_via_after(
+                "SIP/2.0/UDP 10.0.0.7:5060;received=10.9.9.9;branch=z9hG4bK1;RPORT",
+                "192.0.2.9:40000"
+            ),
+            "SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bK1;received=192.0.2.9;rport=40000"
+        );
+    }
+
+    #[test]
+    fn without_rport_only_received_is_added_and_a_filled_rport_kept() {
+        assert_eq!(
+            top_via_after(
+                "SIP/2.0/UDP 10.0.0.7:5060;rport=5062;branch=z9hG4bK1",
+                "192.0.2.9:40000"
+            ),
+            "SIP/2.0/UDP 10.0.0.7:5060;rport=5062;branch=z9hG4bK1;received=192.0.2.9"
+        );
+    }
+
+    #[test]
+    fn a_via_that_is_already_right_is_left_alone() {
+        let via = "SIP/2.0/UDP 192.0.2.9:40000;branch=z9hG4bK1";
+        assert_eq!(top_via_after(via, "192.0.2.9:40000"), via);
+    }
 }

@@ -5,8 +5,6 @@
 //! survives a restart. Only then is the core told the device registered: a parked call
 //! goes to a device whose registration the registrar accepted (RFC 8599 §5.6.2).
 
-use std::collections::HashMap;
-
 use pushpark_model::{AorId, DeviceId, Event, Target};
 
 use crate::auth::{parse_authorization, ChallengeKind, ParseError as AuthParseError, Verdict};
@@ -17,17 +15,18 @@ use crate::sip::{Contact, Message, SipUri, Uri};
 use crate::store::{Applied, Binding, BindingId, Change, ContactSpec, Register, Store, StoreError};
 use crate::transaction::Key;
 use crate::transport::{Flow, FlowId};
+use crate::Map;
 
 /// The bindings of every callee, as in the store, plus what only lives in memory: the
 /// flow each device last registered over, and the ids the core knows callees by.
 #[derive(Default)]
 pub(crate) struct Bindings {
-    by_aor: HashMap<String, Vec<Binding>>,
-    aor_of: HashMap<DeviceId, String>,
-    flows: HashMap<DeviceId, Flow>,
-    aor_ids: HashMap<String, AorId>,
+    by_aor: Map<String, Vec<Binding>>,
+    aor_of: Map<DeviceId, String>,
+    flows: Map<DeviceId, Flow>,
+    aor_ids: Map<String, AorId>,
     /// The expiry each binding last got a refresh push for: one push per expiry.
-    refreshed: HashMap<DeviceId, u64>,
+    refreshed: Map<DeviceId, u64>,
 }
 
 impl Bindings {

@@ -33,6 +33,7 @@ use crate::sip::Message;
 use crate::store::{Store, StoreError, StoreOptions, Writer};
 use crate::transaction::{self, Output, Transactions};
 use crate::transport::{Flow, FlowId, Inbound, Transports};
+use crate::Map;
 
 /// How long a UDP flow may stay silent before the loop forgets it.
 const UDP_FLOW_IDLE: Duration = Duration::from_secs(4 * 3600);
@@ -294,14 +295,14 @@ pub(crate) struct State {
     pub branches: Branches,
     /// Flows seen, by id, with when they last carried a message, so a flow token in a
     /// Record-Route leads back to its flow; idle UDP flows are pruned by the sweep.
-    pub flows: HashMap<FlowId, (Flow, Instant)>,
+    pub flows: Map<FlowId, (Flow, Instant)>,
     pub dispatcher: Dispatcher<PushTag>,
     pub auth: Option<(DigestAuth, UserDb)>,
     pub addrs: Vec<(Transport, SocketAddr)>,
     next_id: u64,
     pub metrics: Arc<Metrics>,
     /// When each push in flight was handed to its provider, by push id.
-    pub push_started: HashMap<String, Instant>,
+    pub push_started: Map<String, Instant>,
     /// How many more pushes each device may get for now.
     pub push_budget: PushBudget<DeviceId>,
 }
@@ -345,12 +346,12 @@ impl State {
             bindings,
             calls: Calls::default(),
             branches: Branches::default(),
-            flows: HashMap::new(),
+            flows: Map::default(),
             dispatcher,
             auth,
             next_id: 1,
             metrics: Arc::new(Metrics::default()),
-            push_started: HashMap::new(),
+            push_started: Map::default(),
             push_budget: PushBudget::new(config.push.max_per_device_per_minute),
             config,
         };

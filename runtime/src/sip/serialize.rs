@@ -55,6 +55,9 @@ impl Message {
 }
 
 fn strip_crlf(s: &str) -> String {
+    if memchr::memchr2(b'\r', b'\n', s.as_bytes()).is_none() {
+        return s.to_owned(); // nearly always: a value we built ourselves
+    }
     s.chars().filter(|c| *c != '\r' && *c != '\n').collect()
 }
 

@@ -34,7 +34,9 @@ mod timer;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::Map;
 use std::fmt;
 
 use self::machine::{Ctx, Transaction};
@@ -210,7 +212,7 @@ pub struct Transactions<M> {
     /// Boxed: a server holds tens of thousands (each lingers 32 s after its final
     /// response), and growing a table of ~600-byte entries in place stalls the loop for
     /// tens of milliseconds while it moves them.
-    txs: HashMap<Key, Box<Transaction<M>>>,
+    txs: Map<Key, Box<Transaction<M>>>,
     /// (deadline, key) of every transaction with an armed timer; one entry per transaction.
     schedule: BTreeSet<(Millis, Key)>,
     out: VecDeque<Output<M>>,
@@ -235,7 +237,7 @@ impl<M: Clone> Transactions<M> {
         Transactions {
             config,
             build_ack,
-            txs: HashMap::new(),
+            txs: Map::default(),
             schedule: BTreeSet::new(),
             out: VecDeque::new(),
         }
