@@ -35,6 +35,9 @@ use crate::transaction::{self, Output, Transactions};
 use crate::transport::{Flow, FlowId, Inbound, Transports};
 use crate::Map;
 
+/// How many datagrams the loop reads from a socket before it looks at its other work.
+const UDP_BATCH: usize = 64;
+
 /// How long a UDP flow may stay silent before the loop forgets it.
 const UDP_FLOW_IDLE: Duration = Duration::from_secs(4 * 3600);
 
@@ -366,10 +369,17 @@ impl State {
         mut stop: oneshot::Receiver<()>,
     ) {
         let mut sweep = tokio::time::interval(self.config.registrar.sweep_interval);
+        let transports = self.transports.clone();
+        let mut datagram = vec![0; 65_536];
         loop {
             let wake = self.next_wake();
             tokio::select! {
                 _ = &mut stop => break,
+                index = transports.udp_readable() => {
+                    transports.read_udp(index, UDP_BATCH, &mut datagram, |item| {
+                        self.on_inbound(item);
+                    });
+                }
                 _ = sweep.tick() => {
                     self.sweep_bindings();
                     self.push_budget.prune(Instant::now());

@@ -1,4 +1,6 @@
-//! SIP over UDP and TCP: listeners, flows, and the one queue every inbound message joins.
+//! SIP over UDP and TCP: listeners, flows, and how inbound messages reach the server's loop
+//! (the loop reads UDP sockets itself; each TCP connection has a reader task that queues
+//! its messages for the loop).
 //!
 //! A **flow** is what a device can be reached on (RFC 5626): a TCP connection, or a UDP
 //! peer address on one of our sockets. Inbound messages carry their flow, so a response or
@@ -111,6 +113,62 @@ impl Transports {
         (Self { inner }, outbox)
     }
 
+    /// Waits until one of the UDP sockets has a datagram waiting, and says which. The
+    /// server's loop reads UDP itself: handing each datagram from a reader task to the loop
+    /// cost a task wake-up (and often a thread switch) per message.
+    pub async fn udp_readable(&self) -> usize {
+        std::future::poll_fn(|cx| {
+            for (index, (_, endpoint)) in self.inner.udp.iter().enumerate() {
+                if let Endpoint::Socket(socket) = endpoint {
+                    // An error is "ready" too: the read that follows reports it.
+                    if socket.poll_recv_ready(cx).is_ready() {
+                        return std::task::Poll::Ready(index);
+                    }
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// Reads up to `max` datagrams waiting on UDP socket `index` (see
+    /// [`udp_readable`](Self::udp_readable)), using `buf` (64 KiB), and hands each to
+    /// `each` as what arrived: a message, or garbage that cannot be answered.
+    pub fn read_udp(
+        &self,
+        index: usize,
+        max: usize,
+        buf: &mut [u8],
+        mut each: impl FnMut(Inbound),
+    ) {
+        let Some((local, Endpoint::Socket(socket))) = self.inner.udp.get(index) else {
+            return;
+        };
+        for _ in 0..max {
+            let (len, peer) = match socket.try_recv_from(buf) {
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP port unreachable and the like surface here on some systems.
+                Err(e) => {
+                    debug!("UDP {local}: {e}");
+                    continue;
+                }
+            };
+            let flow = self.inner.udp_flow(*local, peer);
+            let datagram = Bytes::copy_from_slice(&buf[..len]);
+            each(match sip::parse_datagram_bytes(datagram) {
+                // A CRLF keep-alive over UDP needs no answer (RFC 5626 uses STUN there).
+                Err(ParseError::KeepAlive) => continue,
+                Err(error) => Inbound::Garbage { flow, error },
+                Ok(_) if len > self.inner.max_message => Inbound::Garbage {
+                    flow,
+                    error: ParseError::MessageTooLarge,
+                },
+                Ok(message) => Inbound::Message { flow, message },
+            });
+        }
+    }
+
     /// The flow a datagram from `peer` to our `local` address arrives on.
     pub fn udp_flow(&self, local: SocketAddr, peer: SocketAddr) -> Flow {
         self.inner.udp_flow(local, peer)
@@ -144,11 +202,6 @@ impl Transports {
             inbound,
             max_message,
         });
-        for (local, endpoint) in &inner.udp {
-            if let Endpoint::Socket(socket) = endpoint {
-                tokio::spawn(receive_udp(Arc::clone(&inner), *local, Arc::clone(socket)));
-            }
-        }
         for listener in tcp {
             tokio::spawn(accept_tcp(Arc::clone(&inner), listener));
         }
@@ -310,35 +363,6 @@ impl Inner {
         });
         tokio::spawn(read_tcp(Arc::clone(self), flow.clone(), reader));
         Ok(flow)
-    }
-}
-
-async fn receive_udp(inner: Arc<Inner>, local: SocketAddr, socket: Arc<UdpSocket>) {
-    let mut buf = BytesMut::zeroed(65_536);
-    loop {
-        let (len, peer) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
-            // ICMP port unreachable and the like surface here on some systems.
-            Err(e) => {
-                debug!("UDP {local}: {e}");
-                continue;
-            }
-        };
-        let datagram = Bytes::copy_from_slice(&buf[..len]);
-        let flow = inner.udp_flow(local, peer);
-        let item = match sip::parse_datagram_bytes(datagram) {
-            // A CRLF keep-alive over UDP needs no answer (RFC 5626 uses STUN there).
-            Err(ParseError::KeepAlive) => continue,
-            Err(error) => Inbound::Garbage { flow, error },
-            Ok(_) if len > inner.max_message => Inbound::Garbage {
-                flow,
-                error: ParseError::MessageTooLarge,
-            },
-            Ok(message) => Inbound::Message { flow, message },
-        };
-        if inner.inbound.send(item).await.is_err() {
-            return; // the server stopped
-        }
     }
 }
 
