@@ -597,8 +597,14 @@ impl State {
         }
     }
 
-    /// Sends a request to an address no flow leads to (in-dialog requests by their URI).
+    /// Sends a request to an address no flow leads to (in-dialog requests by their URI):
+    /// over UDP at once, over TCP by a task that connects first.
     pub fn send_to(&self, transport: Transport, peer: SocketAddr, bytes: Bytes) {
+        if transport == Transport::Udp {
+            if let Some(flow) = self.transports.udp_flow_to(peer) {
+                return self.send(&flow, bytes);
+            }
+        }
         let transports = self.transports.clone();
         tokio::spawn(async move {
             if let Err(e) = transports.send_to(transport, peer, bytes).await {

@@ -169,6 +169,16 @@ impl Transports {
         }
     }
 
+    /// The flow to `peer` from our first UDP socket of its address family, if we have one:
+    /// what a request sent by address (not over a known flow) goes out on.
+    pub fn udp_flow_to(&self, peer: SocketAddr) -> Option<Flow> {
+        self.inner
+            .udp
+            .iter()
+            .find(|(local, _)| local.is_ipv4() == peer.is_ipv4())
+            .map(|(local, _)| self.inner.udp_flow(*local, peer))
+    }
+
     /// The flow a datagram from `peer` to our `local` address arrives on.
     pub fn udp_flow(&self, local: SocketAddr, peer: SocketAddr) -> Flow {
         self.inner.udp_flow(local, peer)
