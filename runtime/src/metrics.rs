@@ -5,7 +5,7 @@
 //! taken briefly by both: the loop never waits on the network for it.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -179,20 +179,20 @@ impl Metrics {
     pub fn render(&self) -> String {
         let data = self.data();
         let mut out = String::new();
-        let name = header(
+        single(
             &mut out,
             "pushpark_calls_total",
             "counter",
             "INVITEs for local users handed to the call-parking core.",
+            data.calls,
         );
-        let _ = writeln!(out, "{name} {}", data.calls);
-        let name = header(
+        single(
             &mut out,
             "pushpark_calls_parked_total",
             "counter",
             "Calls that waited for a pushed phone to wake.",
+            data.parked,
         );
-        let _ = writeln!(out, "{name} {}", data.parked);
         let name = header(
             &mut out,
             "pushpark_call_outcomes_total",
@@ -255,18 +255,17 @@ impl Metrics {
                 g.transactions,
             ),
         ] {
-            let name = header(&mut out, name, "gauge", help);
-            let _ = writeln!(out, "{name} {value}");
+            single(&mut out, name, "gauge", help, value);
         }
         drop(data);
         if let Some(bytes) = resident_bytes() {
-            let name = header(
+            single(
                 &mut out,
                 "process_resident_memory_bytes",
                 "gauge",
                 "Resident memory size in bytes.",
+                bytes,
             );
-            let _ = writeln!(out, "{name} {bytes}");
         }
         out
     }
@@ -278,6 +277,12 @@ fn resident_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Writes a metric of one unlabelled value.
+fn single(out: &mut String, name: &'static str, kind: &str, help: &str, value: impl fmt::Display) {
+    let name = header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// Writes the HELP and TYPE lines of a metric and returns its name.
