@@ -478,6 +478,13 @@ impl State {
             Inbound::Garbage { flow, error } => {
                 debug!("{flow}: dropped: {error}");
             }
+            Inbound::TooLarge { flow, message } => {
+                debug!("{flow}: message over the size limit");
+                // A request (never an ACK) is answered; a response has no one to answer.
+                if message.method().is_some_and(|m| m.as_str() != "ACK") {
+                    self.respond_stateless(&flow, &message, 513, "Message Too Large");
+                }
+            }
             Inbound::Closed(id) => {
                 self.flows.remove(&id);
                 self.bindings.flow_closed(id);

@@ -52,6 +52,9 @@ pub enum Inbound {
     Message { flow: Flow, message: Message },
     /// Octets that are no SIP message; nothing can be answered to them.
     Garbage { flow: Flow, error: ParseError },
+    /// A datagram larger than the configured limit that still parsed: a request among them
+    /// is answered 513 (RFC 3261 §18.1.1), nothing of it is acted on.
+    TooLarge { flow: Flow, message: Message },
     /// A TCP connection closed: its flow is gone.
     Closed(FlowId),
 }
@@ -160,10 +163,7 @@ impl Transports {
                 // A CRLF keep-alive over UDP needs no answer (RFC 5626 uses STUN there).
                 Err(ParseError::KeepAlive) => continue,
                 Err(error) => Inbound::Garbage { flow, error },
-                Ok(_) if len > self.inner.max_message => Inbound::Garbage {
-                    flow,
-                    error: ParseError::MessageTooLarge,
-                },
+                Ok(message) if len > self.inner.max_message => Inbound::TooLarge { flow, message },
                 Ok(message) => Inbound::Message { flow, message },
             });
         }

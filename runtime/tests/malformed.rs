@@ -183,3 +183,27 @@ async fn a_stream_whose_framing_is_lost_is_closed_and_others_carry_on() {
     server.shutdown().await;
     assert_eq!(after, Some(100), "bob's binding was lost");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_size_limit_gets_513_and_a_response_is_dropped() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut config = common::loopback_config(dir.path(), &[Transport::Udp], false);
+    config.sip.max_message_size = 1_000;
+    let (server, udp) = common::start_udp(config).await;
+    let body = "v=0\r\n".repeat(200);
+    let invite = request("INVITE", "big", "Content-Type: application/sdp\r\n", &body);
+    assert!(invite.len() > 1_000);
+    assert_eq!(udp_answer(udp, invite.as_bytes()).await, Some(513));
+    let small = request("INVITE", "small", "", "");
+    assert_eq!(
+        udp_answer(udp, small.as_bytes()).await,
+        Some(100),
+        "the limit applies to the big one only"
+    );
+    let response = format!(
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKx\r\nFrom: <sip:a@localhost>;tag=a\r\nTo: <sip:b@localhost>;tag=b\r\nCall-ID: r@test\r\nCSeq: 1 INVITE\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(udp_answer(udp, response.as_bytes()).await, None);
+    server.shutdown().await;
+}
