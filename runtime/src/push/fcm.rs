@@ -888,22 +888,11 @@ async fn read_body_prefix(response: &mut reqwest::Response) -> Vec<u8> {
     body
 }
 
-/// Keeps a service-supplied code usable as a metric label: at most 64 characters of
-/// `[A-Za-z0-9_.-]` (others become `_`). `None` if empty.
+/// Keeps a service-supplied code usable as a metric label: `[A-Za-z0-9_.-]` only.
 fn sanitise(raw: &str) -> Option<String> {
-    let cleaned: String = raw
-        .trim()
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    (!cleaned.is_empty()).then_some(cleaned)
+    super::clean_label(raw, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
+    })
 }
 
 #[cfg(test)]

@@ -64,6 +64,22 @@ pub use self::log::LogProvider;
 pub use self::rate::PushBudget;
 pub use self::webhook::{WebhookAuth, WebhookConfig, WebhookError, WebhookFormat, WebhookProvider};
 
+/// Most characters kept of a service-supplied reason or code.
+const MAX_LABEL_CHARS: usize = 64;
+
+/// A service-supplied reason or code made safe as a log field and metric label: trimmed,
+/// at most [`MAX_LABEL_CHARS`] characters, each character `keep` refuses replaced by `_`. `None` if empty.
+fn clean_label(raw: &str, keep: impl Fn(char) -> bool) -> Option<String> {
+    let cleaned: String = raw
+        .trim()
+        .chars()
+        .take(MAX_LABEL_CHARS)
+        .map(|c| if keep(c) { c } else { '_' })
+        .collect();
+    let cleaned = cleaned.trim();
+    (!cleaned.is_empty()).then(|| cleaned.to_owned())
+}
+
 /// Reason strings for failures raised by this module itself (not by a push service).
 ///
 /// They are stable so they can be used as metric labels.

@@ -50,9 +50,6 @@ use super::{reasons, redact_token, PushFuture, PushKind, PushOutcome, PushProvid
 
 /// Most bytes of a gateway answer body that are read.
 const MAX_BODY: usize = 4096;
-/// Most characters kept of a gateway-supplied reason.
-const MAX_REASON_CHARS: usize = 64;
-
 /// How the provider authenticates to the gateway.
 #[derive(Clone)]
 pub enum WebhookAuth {
@@ -375,22 +372,9 @@ fn classify(status: StatusCode, body: &[u8]) -> PushOutcome {
 }
 
 /// Keeps a gateway-supplied reason usable as a log field and metric label: printable ASCII
-/// only (others become `_`), trimmed, at most [`MAX_REASON_CHARS`]. `None` if empty.
+/// and spaces only.
 fn sanitise_reason(raw: &str) -> Option<String> {
-    let cleaned: String = raw
-        .trim()
-        .chars()
-        .take(MAX_REASON_CHARS)
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let cleaned = cleaned.trim().to_owned();
-    (!cleaned.is_empty()).then_some(cleaned)
+    super::clean_label(raw, |c| c.is_ascii_graphic() || c == ' ')
 }
 
 #[cfg(test)]
@@ -465,7 +449,10 @@ mod tests {
         let long = "x".repeat(500);
         let body = format!(r#"{{"reason":"{long}"}}"#);
         let outcome = classify(status(410), body.as_bytes());
-        assert_eq!(outcome.reason().map(str::len), Some(MAX_REASON_CHARS));
+        assert_eq!(
+            outcome.reason().map(str::len),
+            Some(super::super::MAX_LABEL_CHARS)
+        );
 
         let outcome = classify(status(410), "{\"reason\":\"a\\nb\u{e9}\"}".as_bytes());
         assert_eq!(outcome.reason(), Some("a_b_"));
