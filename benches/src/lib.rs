@@ -3,7 +3,7 @@
 pub mod loadgen;
 pub mod pipeline;
 
-use pushpark_model::{AorId, CallId, Callee, Core, DeviceId, Effect, Event, Millis, Target};
+use pushpark_model::{AorId, CallId, Callee, Core, DeviceId, Effect, Event, Flow, Millis, Target};
 
 /// The one callee of the benches and its sleeping phone.
 pub const CALLEE: AorId = AorId(1);
@@ -25,7 +25,7 @@ pub fn parked_call_life(
             aor: CALLEE,
             callee: Callee::Devices(vec![Target {
                 device: PHONE,
-                reachable: false,
+                flow: Flow::Closed,
                 pushable: true,
             }]),
         },
@@ -65,7 +65,7 @@ pub fn burst(core: &mut Core, first: u64, calls: u64, out: &mut Vec<Effect>) -> 
                 aor: AorId(i),
                 callee: Callee::Devices(vec![Target {
                     device: DeviceId(i),
-                    reachable: false,
+                    flow: Flow::Closed,
                     pushable: true,
                 }]),
             },

@@ -17,6 +17,11 @@ pub struct Config {
     pub push_attempts: u8,
     /// Delay before the first retry; each further retry waits twice as long.
     pub push_retry_base: Millis,
+    /// How long after the last message from a device's connectionless (UDP) flow the device
+    /// still counts as awake: a call is then forwarded to it at once, with a push in
+    /// parallel in case it fell asleep meanwhile. A device in a dialog through this server
+    /// counts as awake whatever the time. Zero trusts only dialogs.
+    pub awake_window: Millis,
     /// Calls the core holds at once (in progress or lingering); beyond it new calls get 503.
     pub max_calls: usize,
     /// Calls in progress for one callee; beyond it new calls for that callee get 486.
@@ -30,6 +35,7 @@ impl Default for Config {
             ended_notice_window: 30_000,
             push_attempts: 3,
             push_retry_base: 500,
+            awake_window: 120_000,
             max_calls: 200_000,
             max_calls_per_callee: 10,
         }

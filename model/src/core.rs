@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::fault::Fault;
 use crate::{
-    AorId, CallId, Callee, Config, DeviceId, Effect, EndReason, Event, Millis, Target, Timer,
+    AorId, CallId, Callee, Config, DeviceId, Effect, EndReason, Event, Flow, Millis, Target, Timer,
 };
 
 /// The decisions of the call-parking server for the callees it owns. Sans-IO: every input
@@ -52,9 +52,35 @@ struct Leg {
     /// Pushes sent to the device for this call: one, plus the retries of transient
     /// failures.
     pushes: u8,
-    /// The push service has not answered the last push yet.
-    push_outstanding: bool,
+    /// What became of the last push.
+    push: PushState,
+    /// The device sent a provisional on the INVITE forwarded to it: it holds the INVITE.
+    heard: bool,
     state: LegState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum PushState {
+    /// No push was sent for this call.
+    None,
+    /// The push service has not answered the last push yet.
+    Outstanding,
+    /// The push service accepted the last push.
+    Accepted,
+    /// The push service refused the last push.
+    Failed,
+}
+
+/// How awake a device is, judged from what the runtime knows of its flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Awake {
+    /// A request sent now reaches it (an open connection; or UDP and no way to push it).
+    Surely,
+    /// Heard from on UDP within the awake window, or in a dialog through us: forward, and
+    /// push in parallel in case it fell asleep since.
+    Probably,
+    /// Asleep: only a push can bring it.
+    No,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,10 +91,19 @@ enum LegState {
     Backoff,
     /// The INVITE was sent to the device; no final response yet.
     Forwarded,
+    /// The device is reachable, but a notice of an ended call rings on it: the INVITE waits
+    /// until the notice is over, so that a single-line phone does not answer it busy.
+    Queued,
     /// The call ended and the branch was cancelled; waiting for its final response.
     Cancelling,
     /// The call ended before the pushed device registered; it is told when it does.
     Abandoned,
+    /// The call ended, the pushed device has registered, and its notice waits until no other
+    /// INVITE of this server is in progress on the device.
+    NoticeDue,
+    /// The notice (the INVITE, then a CANCEL with the reason) is on its way; waiting for the
+    /// branch's final response.
+    Telling,
     /// Nothing more will happen on this leg.
     Done(Outcome),
 }
@@ -87,7 +122,7 @@ impl LegState {
     /// Still able to produce a call for the caller (in the given phase).
     fn is_live(self, phase: Phase) -> bool {
         match self {
-            LegState::Forwarded => true,
+            LegState::Forwarded | LegState::Queued => true,
             LegState::Parked | LegState::Backoff => phase == Phase::Parking,
             _ => false,
         }
@@ -245,11 +280,7 @@ impl Core {
                     self.end(now, call, 487, None, EndReason::CallerCancelled, out);
                 }
             }
-            Event::DeviceRegistered { aor, device } => {
-                for call in self.calls_of(aor) {
-                    self.registered(call, device, out);
-                }
-            }
+            Event::DeviceRegistered { aor, device } => self.registered(aor, device, out),
             Event::DeviceUnavailable { aor, device } => {
                 for call in self.calls_of(aor) {
                     self.leg_unavailable(now, call, device, out);
@@ -262,8 +293,17 @@ impl Core {
                 permanent,
             } => self.push_failed(now, call, device, permanent, out),
             Event::BranchRang { call, device } => {
-                if self.live_branch(call, device).is_some() {
-                    out.push(Effect::RelayProvisional { call, device });
+                let live = self.calls.get(&call).is_some_and(Call::is_pending);
+                if let Some((_, _, leg)) = leg_of(&mut self.calls, call, device) {
+                    if matches!(
+                        leg.state,
+                        LegState::Forwarded | LegState::Cancelling | LegState::Telling
+                    ) {
+                        leg.heard = true;
+                        if live && leg.state == LegState::Forwarded {
+                            out.push(Effect::RelayProvisional { call, device });
+                        }
+                    }
                 }
             }
             Event::BranchAnswered { call, device } => self.answered(now, call, device, out),
@@ -279,9 +319,44 @@ impl Core {
         self.by_aor.get(&aor).cloned().unwrap_or_default()
     }
 
-    fn live_branch(&mut self, call: CallId, device: DeviceId) -> Option<&mut Leg> {
-        let c = self.calls.get_mut(&call).filter(|c| c.is_pending())?;
-        c.leg(device).filter(|l| l.state == LegState::Forwarded)
+    /// The states of `device`'s legs in every call of `aor`.
+    fn legs_of(&self, aor: AorId, device: DeviceId) -> impl Iterator<Item = LegState> + '_ {
+        self.by_aor
+            .get(&aor)
+            .into_iter()
+            .flatten()
+            .filter_map(move |id| self.calls.get(id)?.legs.iter().find(|l| l.device == device))
+            .map(|l| l.state)
+    }
+
+    /// A notice of an ended call is ringing on `device`.
+    fn telling(&self, aor: AorId, device: DeviceId) -> bool {
+        self.fault != Some(Fault::NoticeBeforeLiveCall)
+            && self.legs_of(aor, device).any(|s| s == LegState::Telling)
+    }
+
+    /// The core's judgement of whether a device is awake, from what the runtime knows of
+    /// its flow (specs/parking.md §3).
+    fn awake(&self, now: Millis, target: &Target) -> Awake {
+        match target.flow {
+            Flow::Connected => Awake::Surely,
+            Flow::Datagram { .. } if !target.pushable => Awake::Surely,
+            Flow::Datagram {
+                heard_at,
+                in_dialog,
+            } if self.fault != Some(Fault::AwakeDeviceTakenAsleep)
+                && (in_dialog || self.heard_lately(now, heard_at)) =>
+            {
+                Awake::Probably
+            }
+            Flow::Datagram { .. } | Flow::Closed => Awake::No,
+        }
+    }
+
+    /// Heard from within the awake window; a window of zero trusts only dialogs.
+    fn heard_lately(&self, now: Millis, heard_at: Millis) -> bool {
+        let window = self.config.awake_window;
+        window > 0 && now.saturating_sub(heard_at) <= window
     }
 
     fn arrive(
@@ -317,25 +392,32 @@ impl Core {
             return out.push(respond(486));
         }
         let mut legs: Vec<Leg> = Vec::with_capacity(targets.len());
-        for &Target {
-            device,
-            reachable,
-            pushable,
-        } in &targets
-        {
-            if (reachable || pushable) && !legs.iter().any(|l| l.device == device) {
-                legs.push(Leg {
-                    device,
-                    pushable,
-                    pushes: u8::from(!reachable),
-                    push_outstanding: !reachable,
-                    state: if reachable {
-                        LegState::Forwarded
-                    } else {
-                        LegState::Parked
-                    },
-                });
+        for target in &targets {
+            if legs.iter().any(|l| l.device == target.device) {
+                continue;
             }
+            let awake = self.awake(now, target);
+            let pushed = awake != Awake::Surely && target.pushable;
+            if awake == Awake::No && !pushed {
+                continue;
+            }
+            let state = match awake {
+                Awake::No => LegState::Parked,
+                _ if self.telling(aor, target.device) => LegState::Queued,
+                _ => LegState::Forwarded,
+            };
+            legs.push(Leg {
+                device: target.device,
+                pushable: target.pushable,
+                pushes: u8::from(pushed),
+                push: if pushed {
+                    PushState::Outstanding
+                } else {
+                    PushState::None
+                },
+                heard: false,
+                state,
+            });
         }
         if legs.is_empty() {
             return out.push(respond(480));
@@ -348,16 +430,20 @@ impl Core {
             });
         }
         for leg in &legs {
-            out.push(match leg.state {
-                LegState::Forwarded => Effect::Forward {
+            // A device that is probably awake is pushed first and forwarded at once: should
+            // it have fallen asleep, the push brings it back to register.
+            if leg.pushes > 0 {
+                out.push(Effect::Push {
                     call,
                     device: leg.device,
-                },
-                _ => Effect::Push {
+                });
+            }
+            if leg.state == LegState::Forwarded {
+                out.push(Effect::Forward {
                     call,
                     device: leg.device,
-                },
-            });
+                });
+            }
         }
         self.calls.insert(
             call,
@@ -372,7 +458,30 @@ impl Core {
         self.by_aor.entry(aor).or_default().push(call);
     }
 
-    fn registered(&mut self, call: CallId, device: DeviceId, out: &mut Vec<Effect>) {
+    /// A device of `aor` registered: every call of the callee in turn, oldest first, then
+    /// what its line can take now.
+    fn registered(&mut self, aor: AorId, device: DeviceId, out: &mut Vec<Effect>) {
+        let telling = self.telling(aor, device);
+        let calls = self.calls_of(aor);
+        for &call in &calls {
+            self.registered_for(call, device, telling, out);
+        }
+        self.serve_line(aor, device, out);
+        // A device told (or due to be told) waits no more inside the notice window.
+        for call in calls {
+            if self.calls.get(&call).is_some_and(|c| !c.is_pending()) {
+                self.settle_ended(call, out);
+            }
+        }
+    }
+
+    fn registered_for(
+        &mut self,
+        call: CallId,
+        device: DeviceId,
+        telling: bool,
+        out: &mut Vec<Effect>,
+    ) {
         let fault = self.fault;
         let Some(c) = self.calls.get_mut(&call) else {
             return;
@@ -386,7 +495,8 @@ impl Core {
                         device,
                         pushable: false,
                         pushes: 0,
-                        push_outstanding: false,
+                        push: PushState::None,
+                        heard: false,
                         state: LegState::Done(Outcome::Unavailable),
                     });
                 }
@@ -400,30 +510,96 @@ impl Core {
                         }
                     }
                     LegState::Parked | LegState::Done(Outcome::Unavailable) => {}
+                    // Forwarded, and not heard from: it may have slept through the INVITE
+                    // and come back on a new flow.
+                    LegState::Forwarded if !leg.heard && fault != Some(Fault::NoReroute) => {
+                        return out.push(Effect::Reroute { call, device });
+                    }
                     // Already has the call, or has given its answer: a second REGISTER
                     // changes nothing.
                     _ => return,
                 }
-                leg.state = LegState::Forwarded;
-                out.push(Effect::Forward { call, device });
+                if telling {
+                    leg.state = LegState::Queued;
+                } else {
+                    leg.state = LegState::Forwarded;
+                    out.push(Effect::Forward { call, device });
+                }
             }
             Phase::Ended(reason) => {
                 let Some(leg) = c.leg(device) else { return };
-                if leg.state == LegState::Abandoned {
-                    if fault == Some(Fault::ForwardAfterCancel)
-                        && reason == EndReason::CallerCancelled
-                    {
+                if leg.state == LegState::Cancelling
+                    && !leg.heard
+                    && fault != Some(Fault::NoReroute)
+                {
+                    // Cancelled while it slept through the INVITE: the INVITE goes over the
+                    // fresh flow, and the CANCEL waiting for its provisional follows.
+                    return out.push(Effect::Reroute { call, device });
+                }
+                if leg.state != LegState::Abandoned {
+                    return;
+                }
+                match fault {
+                    Some(Fault::ForwardAfterCancel) if reason == EndReason::CallerCancelled => {
+                        leg.state = LegState::Done(Outcome::Told);
                         out.push(Effect::Forward { call, device });
-                    } else {
+                        self.settle_ended(call, out);
+                    }
+                    Some(Fault::NoticeBeforeLiveCall) => {
+                        leg.state = LegState::Telling;
                         out.push(Effect::TellEnded {
                             call,
                             device,
                             reason,
                         });
                     }
-                    leg.state = LegState::Done(Outcome::Told);
-                    self.settle_ended(call, out);
+                    _ => leg.state = LegState::NoticeDue,
                 }
+            }
+        }
+    }
+
+    /// What `device` can take now that something on it changed: live INVITEs held back by a
+    /// notice go once no notice rings; the oldest notice due goes once no other INVITE of
+    /// ours is in progress on the device. One INVITE per call, and never a notice beside
+    /// another INVITE, so a single-line phone never answers a live call busy because of a
+    /// notice (specs/parking.md §6).
+    fn serve_line(&mut self, aor: AorId, device: DeviceId, out: &mut Vec<Effect>) {
+        if self.telling(aor, device) {
+            return;
+        }
+        let calls = self.calls_of(aor);
+        for &call in &calls {
+            if let Some(leg) = self.calls.get_mut(&call).and_then(|c| c.leg(device)) {
+                if leg.state == LegState::Queued {
+                    leg.state = LegState::Forwarded;
+                    out.push(Effect::Forward { call, device });
+                }
+            }
+        }
+        let busy = self.legs_of(aor, device).any(|s| {
+            matches!(
+                s,
+                LegState::Forwarded | LegState::Queued | LegState::Cancelling
+            )
+        });
+        if busy {
+            return;
+        }
+        for call in calls {
+            let Some(c) = self.calls.get_mut(&call) else {
+                continue;
+            };
+            let Phase::Ended(reason) = c.phase else {
+                continue;
+            };
+            if let Some(leg) = c.leg(device).filter(|l| l.state == LegState::NoticeDue) {
+                leg.state = LegState::Telling;
+                return out.push(Effect::TellEnded {
+                    call,
+                    device,
+                    reason,
+                });
             }
         }
     }
@@ -442,7 +618,7 @@ impl Core {
             LegState::Backoff => out.push(Effect::DisarmTimer {
                 timer: Timer::PushRetry(call, device),
             }),
-            LegState::Parked | LegState::Abandoned => {}
+            LegState::Parked | LegState::Abandoned | LegState::Queued | LegState::NoticeDue => {}
             _ => return,
         }
         leg.state = LegState::Done(Outcome::Unavailable);
@@ -454,10 +630,10 @@ impl Core {
         let Some((_, _, leg)) = leg_of(&mut self.calls, call, device) else {
             return;
         };
-        if !leg.push_outstanding {
+        if leg.push != PushState::Outstanding {
             return;
         }
-        leg.push_outstanding = false;
+        leg.push = PushState::Accepted;
         if fault == Some(Fault::PushTwice) && leg.state == LegState::Parked {
             out.push(Effect::Push { call, device });
         }
@@ -479,10 +655,10 @@ impl Core {
         let Some((phase, deadline, leg)) = leg_of(&mut self.calls, call, device) else {
             return;
         };
-        if !leg.push_outstanding {
+        if leg.push != PushState::Outstanding {
             return;
         }
-        leg.push_outstanding = false;
+        leg.push = PushState::Failed;
         leg.pushable &= !permanent;
         match leg.state {
             LegState::Parked => {
@@ -501,7 +677,9 @@ impl Core {
                 }
             }
             LegState::Abandoned => {}
-            // The device registered on its own meanwhile: the push no longer matters.
+            // The device registered on its own meanwhile, or was forwarded the call at once
+            // as probably awake: the push no longer matters, unless that INVITE turns out
+            // undeliverable (see `unreachable`).
             _ => return,
         }
         leg.state = LegState::Done(Outcome::Unavailable);
@@ -509,6 +687,9 @@ impl Core {
     }
 
     fn answered(&mut self, now: Millis, call: CallId, device: DeviceId, out: &mut Vec<Effect>) {
+        let Some(aor) = self.aor_of(call) else {
+            return;
+        };
         let Some((phase, _, leg)) = leg_of(&mut self.calls, call, device) else {
             return;
         };
@@ -525,15 +706,20 @@ impl Core {
                     out,
                 );
             }
-            // The 2xx won the race against our CANCEL: the caller already has its final
-            // response, so the device's dialog must be closed.
-            LegState::Cancelling => {
-                leg.state = LegState::Done(Outcome::Answered);
+            // The 2xx won the race against our CANCEL, or the user answered a notice: the
+            // caller already has its final response, so the device's dialog must be closed.
+            LegState::Cancelling | LegState::Telling => {
+                leg.state = LegState::Done(if leg.state == LegState::Telling {
+                    Outcome::Told
+                } else {
+                    Outcome::Answered
+                });
                 out.push(Effect::HangUpBranch { call, device });
                 self.settle_ended(call, out);
             }
-            _ => {}
+            _ => return,
         }
+        self.serve_line(aor, device, out);
     }
 
     fn rejected(
@@ -544,6 +730,9 @@ impl Core {
         code: u16,
         out: &mut Vec<Effect>,
     ) {
+        let Some(aor) = self.aor_of(call) else {
+            return;
+        };
         let Some((phase, _, leg)) = leg_of(&mut self.calls, call, device) else {
             return;
         };
@@ -565,34 +754,47 @@ impl Core {
                     self.settle(now, call, out);
                 }
             }
-            LegState::Cancelling => {
-                leg.state = LegState::Done(Outcome::Rejected(code));
+            LegState::Cancelling | LegState::Telling => {
+                leg.state = LegState::Done(if leg.state == LegState::Telling {
+                    Outcome::Told
+                } else {
+                    Outcome::Rejected(code)
+                });
                 if self.fault != Some(Fault::LeakFinishedCall) {
                     self.settle_ended(call, out);
                 }
             }
-            _ => {}
+            _ => return,
         }
+        self.serve_line(aor, device, out);
     }
 
     fn unreachable(&mut self, now: Millis, call: CallId, device: DeviceId, out: &mut Vec<Effect>) {
+        let Some(aor) = self.aor_of(call) else {
+            return;
+        };
+        let fault = self.fault;
+        let attempts = self.config.push_attempts;
         let Some((phase, _, leg)) = leg_of(&mut self.calls, call, device) else {
             return;
         };
-        let parking = phase == Phase::Parking;
         match leg.state {
             LegState::Forwarded => {
-                if parking && leg.pushable && leg.pushes == 0 {
+                let may_push = phase == Phase::Parking
+                    && leg.pushable
+                    && matches!(leg.push, PushState::None | PushState::Failed)
+                    && leg.pushes < attempts
+                    && fault != Some(Fault::NoFallbackPush);
+                leg.heard = false;
+                leg.state = if may_push {
                     // Its flow died while it slept: wake it the RFC 8599 way.
-                    leg.pushes = 1;
-                    leg.push_outstanding = true;
-                    leg.state = LegState::Parked;
+                    leg.pushes += 1;
+                    leg.push = PushState::Outstanding;
                     out.push(Effect::Push { call, device });
-                    return;
-                }
-                // A pushed device is parked again: the push (on its way, or delivered
-                // while the INVITE was lost) may bring it back to register.
-                leg.state = if leg.pushes > 0 {
+                    LegState::Parked
+                } else if leg.pushes > 0 && leg.push != PushState::Failed {
+                    // A pushed device is parked again: the push (on its way, or delivered
+                    // while the INVITE was lost) may bring it back to register.
                     LegState::Parked
                 } else {
                     LegState::Done(Outcome::Unavailable)
@@ -600,11 +802,44 @@ impl Core {
                 self.settle(now, call, out);
             }
             LegState::Cancelling => {
+                // Cancelled before it arrived: if a push for this call woke the device, it
+                // is told when it registers, as if the call had ended while it slept.
+                let woken = leg.pushes > 0 && leg.push != PushState::Failed;
+                leg.state = if woken {
+                    LegState::Abandoned
+                } else {
+                    LegState::Done(Outcome::Unavailable)
+                };
+                if woken {
+                    self.linger(now, call, out);
+                }
+                self.settle_ended(call, out);
+            }
+            // The notice did not arrive: the device is gone again, and learns nothing more.
+            LegState::Telling => {
                 leg.state = LegState::Done(Outcome::Unavailable);
                 self.settle_ended(call, out);
             }
-            _ => {}
+            _ => return,
         }
+        self.serve_line(aor, device, out);
+    }
+
+    /// Arms the ended-notice window of `call`, unless it is armed already.
+    fn linger(&mut self, now: Millis, call: CallId, out: &mut Vec<Effect>) {
+        let window = self.config.ended_notice_window;
+        if let Some(c) = self.calls.get_mut(&call).filter(|c| !c.linger) {
+            c.linger = true;
+            out.push(Effect::ArmTimer {
+                timer: Timer::Linger(call),
+                at: now + window,
+            });
+        }
+    }
+
+    /// The callee of `call`, if the core holds it.
+    fn aor_of(&self, call: CallId) -> Option<AorId> {
+        self.calls.get(&call).map(|c| c.aor)
     }
 
     fn timer(&mut self, now: Millis, timer: Timer, out: &mut Vec<Effect>) {
@@ -636,7 +871,7 @@ impl Core {
                     LegState::Backoff if pending => {
                         leg.state = LegState::Parked;
                         leg.pushes += 1;
-                        leg.push_outstanding = true;
+                        leg.push = PushState::Outstanding;
                         out.push(Effect::Push { call, device });
                     }
                     LegState::Forwarded if pending && self.fault == Some(Fault::PushAfterWake) => {
@@ -680,7 +915,8 @@ impl Core {
     }
 
     /// Gives the caller its final response and winds the call down: forwarded branches are
-    /// cancelled, pushed devices that have not registered will be told when they do.
+    /// cancelled, pushed devices that have not registered will be told when they do, and
+    /// pushed devices that have are told once their line is free.
     fn end(
         &mut self,
         now: Millis,
@@ -691,7 +927,6 @@ impl Core {
         out: &mut Vec<Effect>,
     ) {
         let fault = self.fault;
-        let notice_window = self.config.ended_notice_window;
         let Some(c) = self.calls.get_mut(&call) else {
             return;
         };
@@ -713,6 +948,10 @@ impl Core {
                     LegState::Cancelling
                 }
                 LegState::Parked => LegState::Abandoned,
+                // Held back by a notice, it never got the INVITE; if a push for this call
+                // woke it, it is told like any other woken device.
+                LegState::Queued if leg.pushes > 0 => LegState::NoticeDue,
+                LegState::Queued => LegState::Done(Outcome::Unavailable),
                 LegState::Backoff => {
                     out.push(Effect::DisarmTimer {
                         timer: Timer::PushRetry(call, leg.device),
@@ -723,17 +962,13 @@ impl Core {
             };
         }
         if c.legs.iter().any(|l| l.state == LegState::Abandoned) {
-            c.linger = true;
-            out.push(Effect::ArmTimer {
-                timer: Timer::Linger(call),
-                at: now + notice_window,
-            });
+            self.linger(now, call, out);
         }
         self.settle_ended(call, out);
     }
 
     /// An ended call leaves no trace once no branch awaits its final response and no
-    /// pushed device may still register for it.
+    /// pushed device may still register for it or wait to be told.
     fn settle_ended(&mut self, call: CallId, out: &mut Vec<Effect>) {
         let Some(c) = self.calls.get_mut(&call) else {
             return;
@@ -745,7 +980,15 @@ impl Core {
                 timer: Timer::Linger(call),
             });
         }
-        let busy = |l: &Leg| awaiting(l) || l.state == LegState::Cancelling;
+        let busy = |l: &Leg| {
+            matches!(
+                l.state,
+                LegState::Abandoned
+                    | LegState::NoticeDue
+                    | LegState::Telling
+                    | LegState::Cancelling
+            )
+        };
         if c.legs.iter().any(busy) {
             return;
         }

@@ -10,6 +10,11 @@ pub enum Effect {
     Push { call: CallId, device: DeviceId },
     /// Send the caller's INVITE to `device` over its live flow (a new client transaction).
     Forward { call: CallId, device: DeviceId },
+    /// The device registered again while the INVITE forwarded to it has had no provisional:
+    /// send that same INVITE (the same client transaction, a retransmission) over the
+    /// device's fresh flow. A device that already holds it absorbs it as a retransmission
+    /// (RFC 3261 §17.2.1); one that never got it (it slept) gets it now, once.
+    Reroute { call: CallId, device: DeviceId },
     /// Send a CANCEL on the branch forwarded to `device`. Its final response still comes
     /// back as `BranchRejected` (487), `BranchAnswered` (a 2xx that won the race) or
     /// `BranchUnreachable`.
@@ -33,8 +38,11 @@ pub enum Effect {
     /// The push service says this device's token is dead: drop the token from its binding.
     ForgetPushToken { device: DeviceId },
     /// The device registered after the call it was pushed for had ended: tell it, so the
-    /// app can close its CallKit screen (the runtime sends the INVITE and at once a CANCEL
-    /// with this reason, see specs/parking.md).
+    /// app can close its CallKit screen. The runtime sends the INVITE and, as soon as RFC
+    /// 3261 §9.1 allows, a CANCEL with this reason (specs/parking.md §6). The branch's end
+    /// comes back like any other: `BranchRejected` (487), `BranchAnswered` (hung up) or
+    /// `BranchUnreachable`. The core never sends a notice while the device has another
+    /// INVITE of this server in progress, and holds live INVITEs back while a notice is.
     TellEnded {
         call: CallId,
         device: DeviceId,

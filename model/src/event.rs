@@ -1,6 +1,6 @@
 //! What happened: the inputs of [`Core::step`](crate::Core::step).
 
-use crate::{AorId, CallId, DeviceId, Timer};
+use crate::{AorId, CallId, DeviceId, Millis, Timer};
 
 /// Something the runtime observed. Each carries only what the decision needs; the SIP
 /// messages themselves stay in the runtime, keyed by the same ids.
@@ -29,7 +29,8 @@ pub enum Event {
         device: DeviceId,
         permanent: bool,
     },
-    /// The device sent a provisional response (180/183) on the forwarded INVITE.
+    /// The device sent a provisional response (180/183) on the INVITE forwarded to it: it
+    /// holds the INVITE.
     BranchRang { call: CallId, device: DeviceId },
     /// The device answered the forwarded INVITE with a 2xx (first one only).
     BranchAnswered { call: CallId, device: DeviceId },
@@ -40,8 +41,10 @@ pub enum Event {
         device: DeviceId,
         code: u16,
     },
-    /// The forwarded INVITE could not be sent, or its flow failed before any response
-    /// (connection closed, 430 Flow Failed): the device is asleep after all.
+    /// The forwarded INVITE never reached the device: it could not be sent, its connection
+    /// closed before a final response, the device's edge answered 430 Flow Failed (RFC 5626
+    /// §7), or no response at all came back before Timer B (RFC 3261 §17.1.1.2). The device
+    /// is asleep after all.
     BranchUnreachable { call: CallId, device: DeviceId },
     /// A timer the core armed has fired.
     TimerFired(Timer),
@@ -56,12 +59,32 @@ pub enum Callee {
     Devices(Vec<Target>),
 }
 
-/// One device of the callee when the call arrives.
+/// One device of the callee when the call arrives: the facts the runtime has about it. The
+/// core judges from them whether the device is awake (see [`Flow`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
     pub device: DeviceId,
-    /// It has a live flow: the INVITE can be sent now.
-    pub reachable: bool,
+    /// The flow the device last registered over, as the runtime sees it now.
+    pub flow: Flow,
     /// It registered a push token (RFC 8599 pn-provider and pn-prid).
     pub pushable: bool,
+}
+
+/// What the runtime knows of a device's flow. The runtime reports facts; whether the device
+/// counts as awake is the core's judgement (`Config::awake_window`, specs/parking.md §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Flow {
+    /// No flow is open: the device is asleep, or gone.
+    Closed,
+    /// A connection (TCP, TLS) that is open: a request sent over it reaches the app, or the
+    /// runtime learns that it did not (the connection closes, a send fails).
+    Connected,
+    /// A connectionless flow (UDP): nothing says whether the app still listens on it.
+    Datagram {
+        /// When a message last came from the flow.
+        heard_at: Millis,
+        /// A dialog record-routed through this server is up on the flow: the app is in a
+        /// call.
+        in_dialog: bool,
+    },
 }

@@ -22,11 +22,24 @@ pub enum Fault {
     IgnoreCancelWhileParked,
     /// No park deadline is ever armed.
     NoDeadline,
+    /// A woken device is told of its ended calls at once on registering, ahead of or beside
+    /// its live calls, and live calls are not held back while a notice rings (the order the
+    /// runtime used before the core decided it).
+    NoticeBeforeLiveCall,
+    /// A device on a connectionless flow is taken to be asleep however recently it was
+    /// heard from, even in a call: it is only pushed, and an awake app does not register
+    /// for a push.
+    AwakeDeviceTakenAsleep,
+    /// A forwarded branch whose flow died ends the device's leg instead of pushing it.
+    NoFallbackPush,
+    /// A device that registers while its INVITE has had no provisional is not sent that
+    /// INVITE over its fresh flow.
+    NoReroute,
 }
 
 impl Fault {
     /// Every fault, for tests that go through them all.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 12] = [
         Fault::KeepDeadlineOnAnswer,
         Fault::ForwardAfterCancel,
         Fault::PushTwice,
@@ -35,5 +48,9 @@ impl Fault {
         Fault::LeakFinishedCall,
         Fault::IgnoreCancelWhileParked,
         Fault::NoDeadline,
+        Fault::NoticeBeforeLiveCall,
+        Fault::AwakeDeviceTakenAsleep,
+        Fault::NoFallbackPush,
+        Fault::NoReroute,
     ];
 }

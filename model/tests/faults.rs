@@ -19,6 +19,10 @@ fn caught_by(fault: Fault) -> (&'static str, &'static str) {
         Fault::LeakFinishedCall => ("1x1", "quiescent_means_resolved"),
         Fault::IgnoreCancelWhileParked => ("1x1", "cancel_gets_487"),
         Fault::NoDeadline => ("1x2-no-cancel", "every_call_gets_a_final_response"),
+        Fault::NoticeBeforeLiveCall => ("2x1", "live_call_never_refused_for_a_notice"),
+        Fault::AwakeDeviceTakenAsleep => ("2x1-udp", "awake_device_gets_the_call"),
+        Fault::NoFallbackPush => ("1x2-flow", "dead_flow_falls_back_to_push"),
+        Fault::NoReroute => ("2x1-udp", "woken_device_learns_outcome"),
     }
 }
 
@@ -88,6 +92,26 @@ fn missing_deadline_is_caught_by_liveness() {
 }
 
 #[test]
+fn notice_sent_beside_a_live_call_is_caught() {
+    assert_caught(Fault::NoticeBeforeLiveCall);
+}
+
+#[test]
+fn awake_device_left_waiting_for_a_register_is_caught() {
+    assert_caught(Fault::AwakeDeviceTakenAsleep);
+}
+
+#[test]
+fn dead_flow_without_a_fallback_push_is_caught() {
+    assert_caught(Fault::NoFallbackPush);
+}
+
+#[test]
+fn invite_not_rerouted_to_a_woken_device_is_caught() {
+    assert_caught(Fault::NoReroute);
+}
+
+#[test]
 fn every_fault_has_a_test() {
     // `caught_by` is exhaustive over `Fault`; this keeps `Fault::ALL` honest too.
     let configurations: BTreeSet<_> = Fault::ALL.iter().map(|&f| caught_by(f).0).collect();
@@ -96,7 +120,7 @@ fn every_fault_has_a_test() {
         .all(|c| ParkModel::configuration(c).is_some()));
     assert_eq!(
         Fault::ALL.iter().collect::<BTreeSet<_>>().len(),
-        8,
+        12,
         "a fault is listed twice or missing"
     );
 }

@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pushpark_model::{
-    AorId, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Millis, Target, Timer,
+    AorId, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Flow, Millis, Target,
+    Timer,
 };
 
 const U1: AorId = AorId(1);
@@ -162,7 +163,7 @@ fn arrival(call: CallId, aor: AorId, targets: &[Target]) -> Event {
 fn online(device: DeviceId) -> Target {
     Target {
         device,
-        reachable: true,
+        flow: Flow::Connected,
         pushable: false,
     }
 }
@@ -171,7 +172,7 @@ fn online(device: DeviceId) -> Target {
 fn online_pushable(device: DeviceId) -> Target {
     Target {
         device,
-        reachable: true,
+        flow: Flow::Connected,
         pushable: true,
     }
 }
@@ -180,7 +181,7 @@ fn online_pushable(device: DeviceId) -> Target {
 fn sleeping(device: DeviceId) -> Target {
     Target {
         device,
-        reachable: false,
+        flow: Flow::Closed,
         pushable: true,
     }
 }
@@ -215,6 +216,10 @@ fn respond(call: CallId, code: u16, relay: Option<DeviceId>) -> Effect {
 
 fn forward(call: CallId, device: DeviceId) -> Effect {
     Effect::Forward { call, device }
+}
+
+fn reroute(call: CallId, device: DeviceId) -> Effect {
+    Effect::Reroute { call, device }
 }
 
 fn push(call: CallId, device: DeviceId) -> Effect {
@@ -263,7 +268,7 @@ fn known_user_without_a_usable_device_gets_480_and_nothing_else() {
 
     let useless = |device| Target {
         device,
-        reachable: false,
+        flow: Flow::Closed,
         pushable: false,
     };
     let effects = d.send(arrival(C2, U1, &[useless(D1), useless(D2)]));
@@ -403,6 +408,8 @@ fn device_woken_for_a_call_declined_elsewhere_is_told_so() {
             disarm(Timer::Linger(C1))
         ]
     );
+    // The notice rang and was cancelled: its branch ends with 487.
+    assert_eq!(d.send(rejected(C1, D2, 487)), NOTHING);
     d.assert_idle();
 }
 
@@ -465,6 +472,8 @@ fn park_deadline_without_a_registration_gives_480_and_a_device_waking_within_the
             disarm(Timer::Linger(C1))
         ]
     );
+    // The notice rang and was cancelled: its branch ends with 487.
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
     d.assert_idle();
 }
 
@@ -519,6 +528,8 @@ fn deadline_during_a_forwarded_branch_waits_for_its_answer_and_the_sleeper_is_to
             disarm(Timer::Linger(C1))
         ]
     );
+    // The notice rang and was cancelled: its branch ends with 487.
+    assert_eq!(d.send(rejected(C1, D2, 487)), NOTHING);
     d.assert_idle();
     assert_eq!(d.responses(), [respond(C1, 200, Some(D1))]);
 }
@@ -548,6 +559,8 @@ fn caller_cancel_while_parked_gives_487_and_the_woken_device_is_told_not_called(
         ]
     );
     assert!(!d.log.contains(&forward(C1, D1)));
+    // The notice rang and was cancelled: its branch ends with 487.
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
     d.assert_idle();
 }
 
@@ -815,7 +828,13 @@ fn repeated_registration_does_not_forward_the_call_twice() {
     d.send(arrival(C1, U1, &[sleeping(D1)]));
     d.send(push_accepted(C1, D1));
     assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
-    assert_eq!(d.send(registered(U1, D1)), NOTHING);
+    // Not heard from yet: the same INVITE (a retransmission, never a second one) goes over
+    // the flow of the latest REGISTER, in case the device slept through the first.
+    assert_eq!(d.send(registered(U1, D1)), [reroute(C1, D1)]);
+    d.send(Event::BranchRang {
+        call: C1,
+        device: D1,
+    });
     d.clock_to(3_000);
     assert_eq!(d.send(registered(U1, D1)), NOTHING);
     assert_eq!(
@@ -846,6 +865,8 @@ fn register_at_the_deadline_instant_after_it_fired_is_told_the_call_ended() {
             disarm(Timer::Linger(C1))
         ]
     );
+    // The notice rang and was cancelled: its branch ends with 487.
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
     d.assert_idle();
     assert_eq!(d.responses(), [respond(C1, 480, None)]);
 }
@@ -932,6 +953,8 @@ fn second_phone_registering_while_the_call_is_parked_also_gets_it() {
             disarm(Timer::Linger(C1))
         ]
     );
+    // The notice rang and was cancelled: its branch ends with 487.
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
     d.assert_idle();
 }
 
@@ -976,5 +999,186 @@ fn stale_events_have_no_effect() {
     ] {
         assert_eq!(d.send(event.clone()), NOTHING, "{event:?}");
     }
+    d.assert_idle();
+}
+
+/// A device on UDP with a push token, last heard from at `heard_at`.
+fn on_udp(device: DeviceId, heard_at: Millis, in_dialog: bool) -> Target {
+    Target {
+        device,
+        flow: Flow::Datagram {
+            heard_at,
+            in_dialog,
+        },
+        pushable: true,
+    }
+}
+
+fn rang(call: CallId, device: DeviceId) -> Event {
+    Event::BranchRang { call, device }
+}
+
+// Race 1 of the real phones: a woken device gets its live call first; the notice of the
+// call that ended while it slept waits until the live call is settled.
+#[test]
+fn woken_device_gets_the_live_call_before_the_notice_of_an_ended_one() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(Event::CallerCancelled { call: C1 });
+    d.clock_to(1_000);
+    d.send(arrival(C2, U1, &[sleeping(D1)]));
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [forward(C2, D1), disarm(Timer::Linger(C1))],
+        "the live call only; the device is owed its notice, whatever the window"
+    );
+    assert_eq!(
+        d.send(rang(C2, D1)),
+        [Effect::RelayProvisional {
+            call: C2,
+            device: D1
+        }]
+    );
+    // Answered: the line is free of live INVITEs, so the notice goes now.
+    assert_eq!(
+        d.send(answered(C2, D1)),
+        [
+            respond(C2, 200, Some(D1)),
+            disarm(Timer::Deadline(C2)),
+            told(C1, D1, EndReason::CallerCancelled)
+        ]
+    );
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
+    d.assert_idle();
+}
+
+// Race 1, the other order: a live call for a device on which a notice rings waits for the
+// notice to end, so that a single-line phone does not answer it busy.
+#[test]
+fn live_call_for_a_device_hearing_a_notice_waits_for_the_notice_to_end() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(Event::CallerCancelled { call: C1 });
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::CallerCancelled),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    d.clock_to(500);
+    assert_eq!(
+        d.send(arrival(C2, U1, &[online(D1)])),
+        [arm(Timer::Deadline(C2), 30_500)]
+    );
+    assert_eq!(
+        d.send(rang(C1, D1)),
+        NOTHING,
+        "a notice's ringing is not relayed"
+    );
+    assert_eq!(d.send(rejected(C1, D1, 487)), [forward(C2, D1)]);
+    assert_eq!(
+        d.send(rejected(C2, D1, 486)),
+        [respond(C2, 486, Some(D1)), disarm(Timer::Deadline(C2))]
+    );
+    d.assert_idle();
+}
+
+// Race 2: a device heard from on UDP within the awake window, or in a dialog through us,
+// is forwarded the call at once, with a push in parallel; one silent for longer is pushed.
+#[test]
+fn device_awake_on_udp_is_forwarded_at_once_with_a_push_beside() {
+    let mut d = Driver::new();
+    d.clock_to(200_000);
+    let window = Config::default().awake_window;
+    assert_eq!(
+        d.send(arrival(C1, U1, &[on_udp(D1, 200_000 - window, false)])),
+        [
+            arm(Timer::Deadline(C1), 230_000),
+            push(C1, D1),
+            forward(C1, D1)
+        ]
+    );
+    assert_eq!(
+        d.send(arrival(C2, U2, &[on_udp(D2, 0, true)])),
+        [
+            arm(Timer::Deadline(C2), 230_000),
+            push(C2, D2),
+            forward(C2, D2)
+        ],
+        "in a call: awake, however long ago it was heard"
+    );
+    assert_eq!(
+        d.send(arrival(C3, U2, &[on_udp(D3, 200_000 - window - 1, false)])),
+        [arm(Timer::Deadline(C3), 230_000), push(C3, D3)],
+        "silent for longer than the window: asleep"
+    );
+    let unpushable = Target {
+        pushable: false,
+        ..on_udp(D1, 0, false)
+    };
+    assert_eq!(
+        d.send(arrival(CallId(4), AorId(3), &[unpushable])),
+        [
+            arm(Timer::Deadline(CallId(4)), 230_000),
+            forward(CallId(4), D1)
+        ],
+        "no token: the flow is all there is"
+    );
+    // The awake device answers busy (it is in a call): the caller hears it at once.
+    d.send(push_accepted(C2, D2));
+    assert_eq!(
+        d.send(rejected(C2, D2, 486)),
+        [respond(C2, 486, Some(D2)), disarm(Timer::Deadline(C2))]
+    );
+}
+
+// Race 2, the device had fallen asleep: the push wakes it, and its REGISTER brings the same
+// INVITE over the new flow; a dead flow after a failed push pushes again at once.
+#[test]
+fn device_asleep_after_all_gets_the_invite_rerouted_or_pushed_again() {
+    let mut d = Driver::new();
+    d.clock_to(10_000);
+    d.send(arrival(C1, U1, &[on_udp(D1, 9_000, false)]));
+    d.send(push_accepted(C1, D1));
+    assert_eq!(d.send(registered(U1, D1)), [reroute(C1, D1)]);
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [respond(C1, 200, Some(D1)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+
+    d.send(arrival(C2, U1, &[on_udp(D1, 9_000, false)]));
+    assert_eq!(d.send(push_failed(C2, D1, false)), NOTHING);
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C2,
+            device: D1
+        }),
+        [push(C2, D1)],
+        "no push on its way: the dead flow falls back to one at once"
+    );
+    d.send(push_accepted(C2, D1));
+    assert_eq!(d.send(registered(U1, D1)), [forward(C2, D1)]);
+}
+
+// A device woken by the push while the INVITE it slept through is being cancelled gets
+// that INVITE over its fresh flow, and with it the CANCEL: it learns the call ended.
+#[test]
+fn woken_device_whose_invite_was_cancelled_unseen_gets_it_with_the_cancel() {
+    let mut d = Driver::new();
+    d.clock_to(10_000);
+    d.send(arrival(C1, U1, &[on_udp(D1, 9_000, false)]));
+    d.send(push_accepted(C1, D1));
+    assert_eq!(
+        d.send(Event::CallerCancelled { call: C1 }),
+        [
+            respond(C1, 487, None),
+            disarm(Timer::Deadline(C1)),
+            cancel_branch(C1, D1)
+        ]
+    );
+    assert_eq!(d.send(registered(U1, D1)), [reroute(C1, D1)]);
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
     d.assert_idle();
 }

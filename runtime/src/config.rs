@@ -73,6 +73,9 @@ pub struct Parking {
     pub push_attempts: u8,
     #[serde(with = "humantime_serde")]
     pub push_retry_base: Duration,
+    /// A device heard from over UDP this recently counts as awake (specs/parking.md §3).
+    #[serde(with = "humantime_serde")]
+    pub awake_window: Duration,
     pub max_calls: usize,
     pub max_calls_per_callee: usize,
 }
@@ -260,6 +263,7 @@ impl Default for Parking {
             ended_notice_window: Duration::from_millis(core.ended_notice_window),
             push_attempts: core.push_attempts,
             push_retry_base: Duration::from_millis(core.push_retry_base),
+            awake_window: Duration::from_millis(core.awake_window),
             max_calls: core.max_calls,
             max_calls_per_callee: core.max_calls_per_callee,
         }
@@ -476,6 +480,7 @@ impl Config {
             ended_notice_window: ms(p.ended_notice_window),
             push_attempts: p.push_attempts,
             push_retry_base: ms(p.push_retry_base),
+            awake_window: ms(p.awake_window),
             max_calls: p.max_calls,
             max_calls_per_callee: p.max_calls_per_callee,
         }

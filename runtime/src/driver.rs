@@ -86,7 +86,7 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pushpark_model::{AorId, CallId, Callee, DeviceId, Target};
+    use pushpark_model::{AorId, CallId, Callee, DeviceId, Flow, Target};
 
     fn park(driver: &mut Driver) {
         driver.handle(
@@ -96,7 +96,7 @@ mod tests {
                 aor: AorId(1),
                 callee: Callee::Devices(vec![Target {
                     device: DeviceId(1),
-                    reachable: false,
+                    flow: Flow::Closed,
                     pushable: true,
                 }]),
             },

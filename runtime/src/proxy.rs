@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use pushpark_model::{CallId, Callee, DeviceId, Effect, EndReason, Event};
+use pushpark_model::{CallId, Callee, DeviceId, Effect, EndReason, Event, Flow as CoreFlow};
 use tracing::{debug, info};
 
 use crate::auth::{parse_authorization, ChallengeKind, Verdict};
@@ -65,22 +65,77 @@ struct BranchContext {
     /// The INVITE as sent to the device.
     invite: Message,
     provisional: bool,
-    /// A CANCEL is due (with the reason to give, if any), waiting for a provisional.
+    /// A CANCEL is due (with the reason to give, if any), waiting for a provisional. A
+    /// notice of an ended call has one due from the start.
     cancel_pending: Option<Option<EndReason>>,
     cancel_sent: bool,
     /// The last response of the branch, to relay.
     response: Option<Message>,
-    /// The branch only tells a woken device that its call ended.
-    telling: Option<EndReason>,
     /// The branch has its final response (or gave up waiting).
     finished: bool,
     answered: bool,
 }
 
+/// Dialogs record-routed through us, by Call-ID, with the device in them: a device in a
+/// call is awake, however long its flow has been silent (specs/parking.md §3).
+/// A dialog ends with a BYE through us; one whose BYE we never saw goes after a day.
+#[derive(Default)]
+pub(crate) struct Dialogs {
+    by_call_id: Map<String, (DeviceId, Instant)>,
+    per_device: Map<DeviceId, u32>,
+}
+
+/// How long a dialog whose BYE we never saw is taken to last.
+const DIALOG_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+impl Dialogs {
+    fn open(&mut self, call_id: &str, device: DeviceId, now: Instant) {
+        if self
+            .by_call_id
+            .insert(call_id.to_owned(), (device, now))
+            .is_none()
+        {
+            *self.per_device.entry(device).or_default() += 1;
+        }
+    }
+
+    fn close(&mut self, call_id: &str) {
+        let Some((device, _)) = self.by_call_id.remove(call_id) else {
+            return;
+        };
+        if let Some(n) = self.per_device.get_mut(&device) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_device.remove(&device);
+            }
+        }
+    }
+
+    /// A dialog through us is up with `device`.
+    pub fn with(&self, device: DeviceId) -> bool {
+        self.per_device.contains_key(&device)
+    }
+
+    /// Forgets dialogs older than a day.
+    pub fn prune(&mut self, now: Instant) {
+        let old: Vec<String> = self
+            .by_call_id
+            .iter()
+            .filter(|(_, (_, since))| now.saturating_duration_since(*since) > DIALOG_MAX_AGE)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in old {
+            self.close(&id);
+        }
+    }
+}
+
 /// Client transactions of branches, back to their call and device.
 #[derive(Default)]
 pub(crate) struct Branches {
-    by_key: Map<Key, (CallId, DeviceId)>,
+    by_key: Map<Key, (CallId, DeviceId, FlowId)>,
+    /// The branches sent over each flow, so a closed connection fails them at once.
+    by_flow: Map<FlowId, Vec<Key>>,
 }
 
 impl Calls {
@@ -115,8 +170,38 @@ impl Calls {
 }
 
 impl Branches {
+    /// The branch `key` is for `call` and `device`, over `flow` (again, if it moved).
+    fn insert(&mut self, key: Key, (call, device): (CallId, DeviceId), flow: FlowId) {
+        if let Some((_, _, old)) = self.by_key.insert(key.clone(), (call, device, flow)) {
+            self.unlist(&key, old);
+        }
+        self.by_flow.entry(flow).or_default().push(key);
+    }
+
+    fn get(&self, key: &Key) -> Option<(CallId, DeviceId)> {
+        self.by_key
+            .get(key)
+            .map(|&(call, device, _)| (call, device))
+    }
+
+    fn unlist(&mut self, key: &Key, flow: FlowId) {
+        if let Some(keys) = self.by_flow.get_mut(&flow) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.by_flow.remove(&flow);
+            }
+        }
+    }
+
     pub fn terminated(&mut self, key: &Key) {
-        self.by_key.remove(key);
+        if let Some((_, _, flow)) = self.by_key.remove(key) {
+            self.unlist(key, flow);
+        }
+    }
+
+    /// The branches whose INVITE went over `flow`.
+    pub fn over(&self, flow: FlowId) -> Vec<Key> {
+        self.by_flow.get(&flow).cloned().unwrap_or_default()
     }
 }
 
@@ -365,7 +450,7 @@ impl State {
             }
             _ => Callee::Devices(
                 self.bindings
-                    .targets(&aor, unix_now(), |f| self.transports.is_open(f)),
+                    .targets(&aor, unix_now(), |d, f| self.flow_facts(d, f)),
             ),
         };
         self.calls.next += 1;
@@ -510,7 +595,7 @@ impl State {
         if !delivered || method != transaction::Method::Invite {
             return;
         }
-        let Some(&(call, device)) = self.branches.by_key.get(&key) else {
+        let Some((call, device)) = self.branches.get(&key) else {
             return;
         };
         self.on_branch_response(call, device, status, response);
@@ -533,20 +618,6 @@ impl State {
             branch.provisional = true;
         }
         branch.finished |= status >= 200;
-        if let Some(reason) = branch.telling {
-            // The device only had to learn the call ended: CANCEL once it rings, hang up
-            // a 2xx, and let the rest go.
-            if status < 200 && status > 100 && branch.cancel_pending.is_none() {
-                branch.cancel_pending = Some(Some(reason));
-                self.send_cancel(call, device);
-            } else if (200..300).contains(&status) {
-                self.hang_up(call, device, &response);
-            }
-            if status >= 200 {
-                self.forget_if_done(call);
-            }
-            return;
-        }
         let cancel_now = branch.cancel_pending.is_some() && branch.provisional && status < 200;
         let event = match status {
             100 => return,
@@ -565,6 +636,9 @@ impl State {
                 branch.response = Some(response);
                 Event::BranchAnswered { call, device }
             }
+            // RFC 5626 §7: the device's edge could not reach it over its flow: the INVITE
+            // never arrived, as when its connection closes.
+            430 => Event::BranchUnreachable { call, device },
             _ => {
                 branch.response = Some(response);
                 Event::BranchRejected {
@@ -598,27 +672,27 @@ impl State {
                 }
             }
             TuEvent::Timeout { key, timer } => {
-                if let Some(&(call, device)) = self.branches.by_key.get(&key) {
+                if let Some((call, device)) = self.branches.get(&key) {
                     self.finish_branch(call, device);
-                    let telling = self
-                        .branch(call, device)
-                        .is_some_and(|b| b.telling.is_some());
-                    if !telling && matches!(timer, TxTimer::B | TxTimer::C | TxTimer::CancelWait) {
-                        self.feed(Event::BranchRejected {
+                    self.feed(match timer {
+                        // Timer B runs only until the first response: nothing came back at
+                        // all, so the INVITE never reached the device (RFC 3261 §17.1.1.2).
+                        TxTimer::B => Event::BranchUnreachable { call, device },
+                        _ => Event::BranchRejected {
                             call,
                             device,
                             code: 408,
-                        });
-                    }
+                        },
+                    });
                 }
             }
             TuEvent::CancelNeeded { key } => {
-                if let Some(&(call, device)) = self.branches.by_key.get(&key) {
+                if let Some((call, device)) = self.branches.get(&key) {
                     self.send_cancel(call, device);
                 }
             }
             TuEvent::TransportError { key } => {
-                if let Some(&(call, device)) = self.branches.by_key.get(&key) {
+                if let Some((call, device)) = self.branches.get(&key) {
                     self.finish_branch(call, device);
                     self.feed(Event::BranchUnreachable { call, device });
                 }
@@ -626,7 +700,7 @@ impl State {
         }
     }
 
-    /// A branch gave up (transaction time-out): a telling branch may let its call go.
+    /// A branch gave up (transaction time-out or transport error).
     fn finish_branch(&mut self, call: CallId, device: DeviceId) {
         let branch = self
             .calls
@@ -635,9 +709,6 @@ impl State {
             .and_then(|c| c.branches.get_mut(&device));
         if let Some(branch) = branch {
             branch.finished = true;
-            if branch.telling.is_some() {
-                self.forget_if_done(call);
-            }
         }
     }
 
@@ -661,6 +732,7 @@ impl State {
                 }
                 self.forward(call, device, None);
             }
+            Effect::Reroute { call, device } => self.reroute(call, device),
             Effect::TellEnded {
                 call,
                 device,
@@ -695,6 +767,9 @@ impl State {
                     Some(device) => self.relay(call, device),
                     None => self.respond(call, code),
                 }
+                if let (200, Some(device)) = (code, relay) {
+                    self.dialog_opened(call, device);
+                }
                 if let Some(ctx) = self.calls.by_id.get_mut(&call) {
                     ctx.answered = true;
                 }
@@ -714,18 +789,46 @@ impl State {
         }
     }
 
+    /// The device answered the call: a dialog through us is up on its flow.
+    fn dialog_opened(&mut self, call: CallId, device: DeviceId) {
+        let Some(ctx) = self.calls.by_id.get(&call) else {
+            return;
+        };
+        if let Some(call_id) = raw(&ctx.invite, HeaderName::CallId) {
+            self.dialogs.open(call_id, device, Instant::now());
+        }
+    }
+
+    /// What the core is told of `device`'s flow: whether it is open, and for UDP, when it
+    /// was last heard from and whether the device is in a dialog through us.
+    pub(crate) fn flow_facts(&self, device: DeviceId, flow: &Flow) -> CoreFlow {
+        if !self.transports.is_open(flow) {
+            return CoreFlow::Closed;
+        }
+        match flow.transport {
+            Transport::Tcp => CoreFlow::Connected,
+            Transport::Udp => CoreFlow::Datagram {
+                heard_at: self
+                    .flows
+                    .get(&flow.id)
+                    .map_or(0, |(_, seen)| self.millis_at(*seen)),
+                in_dialog: self.dialogs.with(device),
+            },
+        }
+    }
+
     fn push(&mut self, call: CallId, device: DeviceId) {
         let id = format!("{call}-{device}-{}", self.next_id());
         let (Some(ctx), Some(binding)) = (self.calls.by_id.get(&call), self.bindings.get(device))
         else {
-            return self.feed(Event::PushFailed {
+            return self.feedback.push(Event::PushFailed {
                 call,
                 device,
                 permanent: false,
             });
         };
         let Some(push) = binding.push.clone() else {
-            return self.feed(Event::PushFailed {
+            return self.feedback.push(Event::PushFailed {
                 call,
                 device,
                 permanent: true,
@@ -733,7 +836,7 @@ impl State {
         };
         if !self.push_budget.allow(device, Instant::now()) {
             tracing::warn!("push to {device} for {call} refused: over the per-device rate limit");
-            return self.feed(Event::PushFailed {
+            return self.feedback.push(Event::PushFailed {
                 call,
                 device,
                 permanent: false,
@@ -766,25 +869,9 @@ impl State {
         let _ = self.dispatcher.submit(request, PushTag::Call(call, device));
     }
 
-    /// Sends the caller's INVITE to the device over the flow of its last REGISTER; with
-    /// `telling`, only so that a CANCEL with that reason can follow.
-    fn forward(&mut self, call: CallId, device: DeviceId, telling: Option<EndReason>) {
-        let flow = self
-            .bindings
-            .flow(device)
-            .cloned()
-            .filter(|f| self.transports.is_open(f));
-        let (Some(flow), Some(binding)) = (flow, self.bindings.get(device)) else {
-            if telling.is_none() {
-                self.feed(Event::BranchUnreachable { call, device });
-            }
-            return;
-        };
-        let contact = without_pn_params(&binding.contact);
-        let branch = format!("{STATEFUL}{}", self.next_id());
-        let Some(ctx) = self.calls.by_id.get(&call) else {
-            return;
-        };
+    /// The caller's INVITE as the branch with `branch` sends it to `contact` over `flow`:
+    /// our Via, one hop less, and a Record-Route whose flow token names both flows.
+    fn branch_invite(&self, ctx: &CallContext, contact: &str, flow: &Flow, branch: &str) -> Bytes {
         let local = format_addr(flow.local);
         let via = format!("SIP/2.0/{} {local};branch={branch}", flow.transport);
         let record_route = format!("<sip:pp-{}-{}@{local};lr>", ctx.flow.id.0, flow.id.0);
@@ -796,14 +883,41 @@ impl State {
         let mut forward = ctx
             .invite
             .forward()
-            .request_uri(&contact)
+            .request_uri(contact)
             .push_via(&via)
             .max_forwards(max_forwards)
             .record_route(&record_route);
         if self.is_routed_through_us(&ctx.invite) {
             forward = forward.pop_route();
         }
-        let bytes: Bytes = forward.to_bytes().into();
+        forward.to_bytes().into()
+    }
+
+    /// The open flow of `device`'s last REGISTER and its Contact without pn-* parameters.
+    fn device_flow(&self, device: DeviceId) -> Option<(Flow, String)> {
+        let flow = self
+            .bindings
+            .flow(device)
+            .filter(|f| self.transports.is_open(f))?
+            .clone();
+        let contact = without_pn_params(&self.bindings.get(device)?.contact);
+        Some((flow, contact))
+    }
+
+    /// Sends the caller's INVITE to the device over the flow of its last REGISTER, as a
+    /// live call's branch or, with `notice`, as the notice of an ended call: its CANCEL with
+    /// that reason is due as soon as the device rings.
+    fn forward(&mut self, call: CallId, device: DeviceId, notice: Option<EndReason>) {
+        let Some((flow, contact)) = self.device_flow(device) else {
+            return self
+                .feedback
+                .push(Event::BranchUnreachable { call, device });
+        };
+        let branch = format!("{STATEFUL}{}", self.next_id());
+        let Some(ctx) = self.calls.by_id.get(&call) else {
+            return;
+        };
+        let bytes = self.branch_invite(ctx, &contact, &flow, &branch);
         let Ok(invite) = parse_datagram_bytes(bytes.clone()) else {
             return;
         };
@@ -822,7 +936,7 @@ impl State {
         {
             return;
         }
-        self.branches.by_key.insert(key.clone(), (call, device));
+        self.branches.insert(key.clone(), (call, device), flow.id);
         if let Some(ctx) = self.calls.by_id.get_mut(&call) {
             ctx.branches.insert(
                 device,
@@ -831,14 +945,54 @@ impl State {
                     flow,
                     invite,
                     provisional: false,
-                    cancel_pending: None,
+                    cancel_pending: notice.map(Some),
                     cancel_sent: false,
                     response: None,
-                    telling,
                     finished: false,
                     answered: false,
                 },
             );
+        }
+    }
+
+    /// Sends a branch's INVITE again, as the same transaction, over the flow of the device's
+    /// latest REGISTER: a device that slept through it gets it now, one that has it absorbs
+    /// the retransmission. Nothing to do if the flow is the one the branch already uses.
+    fn reroute(&mut self, call: CallId, device: DeviceId) {
+        let Some((flow, contact)) = self.device_flow(device) else {
+            return;
+        };
+        let Some(ctx) = self.calls.by_id.get(&call) else {
+            return;
+        };
+        let Some(branch) = ctx.branches.get(&device).filter(|b| b.flow.id != flow.id) else {
+            return;
+        };
+        let key = branch.key.clone();
+        let bytes = self.branch_invite(ctx, &contact, &flow, key.branch());
+        let Ok(invite) = parse_datagram_bytes(bytes.clone()) else {
+            return;
+        };
+        let out = Outgoing {
+            flow: flow.clone(),
+            bytes,
+        };
+        if self
+            .transactions
+            .reroute(&key, tx_transport(&flow), out)
+            .is_err()
+        {
+            return;
+        }
+        self.branches.insert(key, (call, device), flow.id);
+        if let Some(branch) = self
+            .calls
+            .by_id
+            .get_mut(&call)
+            .and_then(|c| c.branches.get_mut(&device))
+        {
+            branch.flow = flow;
+            branch.invite = invite;
         }
     }
 
@@ -868,7 +1022,7 @@ impl State {
             raw(invite, HeaderName::CallId).unwrap_or_default(),
             invite.cseq().and_then(Result::ok).map_or(1, |c| c.seq),
         );
-        if let Some(Some(reason)) = branch.cancel_pending.or(branch.telling.map(Some)) {
+        if let Some(Some(reason)) = branch.cancel_pending {
             text.push_str(&format!("Reason: {}\r\n", reason_header(reason)));
         }
         text.push_str("Content-Length: 0\r\n\r\n");
@@ -972,13 +1126,8 @@ impl State {
     /// Drops what the proxy keeps of a call once the core has let it go and its caller is
     /// answered.
     pub(crate) fn forget_if_done(&mut self, call: CallId) {
-        let done = self.calls.by_id.get(&call).is_some_and(|c| {
-            let telling = c
-                .branches
-                .values()
-                .any(|b| b.telling.is_some() && !b.finished);
-            c.answered && !telling
-        }) && !self.driver.core().holds(call);
+        let done = self.calls.by_id.get(&call).is_some_and(|c| c.answered)
+            && !self.driver.core().holds(call);
         if done {
             self.calls.unpark(call);
             if let Some(ctx) = self.calls.by_id.remove(&call) {
@@ -1007,6 +1156,11 @@ impl State {
             .and_then(|id| self.flows.get(&id).map(|(flow, _)| flow.clone()))
             .filter(|f| self.transports.is_open(f));
         let is_ack = request.method().is_some_and(|m| m.as_str() == "ACK");
+        if request.method().is_some_and(|m| m.as_str() == "BYE") {
+            if let Some(Ok(call_id)) = request.call_id() {
+                self.dialogs.close(call_id);
+            }
+        }
         let max_forwards = request.max_forwards_or_default().unwrap_or(70);
         if max_forwards == 0 {
             if !is_ack {

@@ -5,10 +5,9 @@
 //! survives a restart. Only then is the core told the device registered: a parked call
 //! goes to a device whose registration the registrar accepted (RFC 8599 §5.6.2).
 
-use pushpark_model::{AorId, DeviceId, Event, Target};
+use pushpark_model::{AorId, DeviceId, Event, Flow as CoreFlow, Target};
 
 use crate::auth::{parse_authorization, ChallengeKind, ParseError as AuthParseError, Verdict};
-use crate::config::Transport;
 use crate::push::{PushKind, PushRequest};
 use crate::server::{log_failure, unix_now, Input, Outgoing, PushTag, State};
 use crate::sip::{Contact, Message, SipUri, Uri};
@@ -64,19 +63,24 @@ impl Bindings {
         self.flows.get(&id)
     }
 
-    /// The core's view of `aor`'s devices. A device is reachable over the flow of its
-    /// last REGISTER while that flow is open; a device with a push token on UDP is taken
-    /// to be asleep, since UDP says nothing about whether the app still listens.
-    pub fn targets(&self, aor: &str, now: u64, is_open: impl Fn(&Flow) -> bool) -> Vec<Target> {
+    /// The core's view of `aor`'s devices: each one's push token, and what `facts` knows
+    /// of the flow of its last REGISTER (`Closed` when it has none). Whether the device is
+    /// awake is the core's judgement, not ours.
+    pub fn targets(
+        &self,
+        aor: &str,
+        now: u64,
+        facts: impl Fn(DeviceId, &Flow) -> CoreFlow,
+    ) -> Vec<Target> {
         self.of(aor, now)
             .map(|b| {
                 let id = device(b.id);
-                let reachable = self.flows.get(&id).is_some_and(|flow| {
-                    is_open(flow) && !(flow.transport == Transport::Udp && b.push.is_some())
-                });
                 Target {
                     device: id,
-                    reachable,
+                    flow: self
+                        .flows
+                        .get(&id)
+                        .map_or(CoreFlow::Closed, |flow| facts(id, flow)),
                     pushable: b.push.is_some(),
                 }
             })

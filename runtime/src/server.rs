@@ -308,6 +308,10 @@ pub(crate) struct State {
     pub push_started: Map<String, Instant>,
     /// How many more pushes each device may get for now.
     pub push_budget: PushBudget<DeviceId>,
+    /// Events found out while carrying out a step's effects, fed once all are carried out.
+    pub feedback: Vec<Event>,
+    /// Dialogs record-routed through us, so a device in a call counts as awake.
+    pub dialogs: crate::proxy::Dialogs,
 }
 
 impl State {
@@ -356,6 +360,8 @@ impl State {
             metrics: Arc::new(Metrics::default()),
             push_started: Map::default(),
             push_budget: PushBudget::new(config.push.max_per_device_per_minute),
+            feedback: Vec::new(),
+            dialogs: crate::proxy::Dialogs::default(),
             config,
         };
         Ok((state, inputs, reports))
@@ -384,6 +390,7 @@ impl State {
                     self.sweep_bindings();
                     self.push_budget.prune(Instant::now());
                     self.prune_flows(Instant::now());
+                    self.dialogs.prune(Instant::now());
                 }
                 Some(item) = inbound.recv() => self.on_inbound(item),
                 Some(input) = inputs.recv() => self.on_input(input),
@@ -438,6 +445,12 @@ impl State {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The core's clock reading at `instant`.
+    pub fn millis_at(&self, instant: Instant) -> u64 {
+        let since = instant.saturating_duration_since(self.started);
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// A fresh number, for branches, tags and ids.
     pub fn next_id(&mut self) -> u64 {
         self.next_id += 1;
@@ -488,6 +501,10 @@ impl State {
             Inbound::Closed(id) => {
                 self.flows.remove(&id);
                 self.bindings.flow_closed(id);
+                // What was sent over it and is still waiting will never be answered.
+                for key in self.branches.over(id) {
+                    let _ = self.transactions.transport_error(&key);
+                }
             }
         }
         self.drain_transactions();
@@ -556,6 +573,12 @@ impl State {
         };
         let effects = self.driver.handle(now, event);
         self.execute(call, effects);
+        // What carrying out the effects found out (a push refused at once, a flow already
+        // closed) is fed only now: every effect of a step is applied before the next step.
+        let feedback = std::mem::take(&mut self.feedback);
+        for event in feedback {
+            self.feed(event);
+        }
         self.drain_transactions();
     }
 
@@ -567,6 +590,7 @@ impl State {
             let about = match &effect {
                 Effect::Push { call, .. }
                 | Effect::Forward { call, .. }
+                | Effect::Reroute { call, .. }
                 | Effect::CancelBranch { call, .. }
                 | Effect::HangUpBranch { call, .. }
                 | Effect::RelayProvisional { call, .. }
@@ -589,7 +613,12 @@ impl State {
     pub fn drain_transactions(&mut self) {
         while let Some(output) = self.transactions.poll_output() {
             match output {
-                Output::Send { msg, .. } => self.send(&msg.flow, msg.bytes),
+                Output::Send { key, msg } => {
+                    if let Err(e) = self.transports.send(&msg.flow, msg.bytes) {
+                        debug!("{}: send failed: {e}", msg.flow);
+                        let _ = self.transactions.transport_error(&key);
+                    }
+                }
                 Output::ToTu(event) => self.on_transaction_event(event),
                 Output::Terminated(key) => self.branches.terminated(&key),
             }

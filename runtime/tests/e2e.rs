@@ -625,3 +625,126 @@ async fn the_admin_listener_serves_metrics_of_calls_outcomes_and_pushes() {
     assert_eq!(get("/health").await, "ok\n");
     h.stop().await;
 }
+
+// The three races found with real phones (specs/parking.md §5), with the in-repo UAs.
+
+/// Race 1: a phone woken for a call that was cancelled while it slept, and for a live call,
+/// gets the live call first; the notice of the cancelled one only once the live call is
+/// settled, so a single-line phone never refuses the live call busy because of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_of_an_ended_call_never_comes_before_the_live_call_it_would_make_busy() {
+    let h = Harness::start(|_| {}).await;
+    let bob = h.sleeping_phone("sip:bob@localhost", "bob30", ANSWER).await;
+    let alice = h.caller().await;
+    let ended = alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    h.gateway.wait_for_push(STEP).await.expect("the first push");
+    alice.cancel().await.expect("CANCEL sent");
+    let cancelled = alice.expect_final(STEP).await.expect("487");
+    assert_eq!(cancelled.status_code.code(), 487, "{cancelled}");
+
+    h.gateway.wake_on_push(&bob, Duration::from_millis(100));
+    let carol = Caller::new("sip:carol@localhost", Transport::Udp)
+        .await
+        .expect("the second caller starts");
+    let live = carol
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let ok = carol
+        .expect_response(200, STEP)
+        .await
+        .expect("the live call is answered");
+    let first = bob
+        .expect_request(Method::Invite, STEP)
+        .await
+        .expect("an INVITE");
+    assert_eq!(first.call_id, live, "the live call comes first");
+    ack_and_hang_up(&carol, &ok).await;
+    let notice = bob
+        .expect_request(Method::Invite, STEP)
+        .await
+        .expect("then the notice");
+    assert_eq!(notice.call_id, ended);
+    let cancel = bob
+        .expect_request(Method::Cancel, STEP)
+        .await
+        .expect("the notice's CANCEL");
+    assert_eq!(cancel.reason_cause(), Some(487), "{:?}", cancel.reason);
+    h.stop().await;
+}
+
+/// Race 2: a phone in a call over UDP (with a push token) has no reason to register again
+/// for a push; a second call reaches it at once, here as its own 486.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_in_a_call_on_udp_gets_a_second_call_at_once() {
+    let h = Harness::start(|_| {}).await;
+    let bob = Device::builder("sip:bob@localhost", h.udp)
+        .transport(Transport::Udp)
+        .push("apns", "bob31", Some("ABCD1234.com.example.app.voip"))
+        .instance("00000000-0000-1000-8000-000000000031")
+        .behaviour(ANSWER)
+        .start()
+        .await
+        .expect("the phone starts");
+    let ok = bob.register(600).await.expect("REGISTER is answered");
+    assert_eq!(ok.status_code.code(), 200, "{ok}");
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let ok = alice.expect_response(200, STEP).await.expect("answered");
+    alice.ack(&ok).await.expect("ACK sent");
+
+    bob.set_behaviour(Behaviour::Busy);
+    let carol = Caller::new("sip:carol@localhost", Transport::Udp)
+        .await
+        .expect("the second caller starts");
+    carol
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    let busy = carol
+        .expect_final(STEP)
+        .await
+        .expect("the phone's own answer, long before the park deadline");
+    assert_eq!(busy.status_code.code(), 486, "{busy}");
+    assert_eq!(bob.count(Method::Invite), 2, "both calls reached the phone");
+    alice.bye().await.expect("BYE sent");
+    h.stop().await;
+}
+
+/// Race 3: a phone rung over its TCP connection loses the connection before it answers: it
+/// is pushed at once, and the call reaches it when it wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_tcp_connection_falls_back_to_a_push_and_the_call_still_arrives() {
+    let h = Harness::start(|_| {}).await;
+    let bob = h
+        .phone("sip:bob@localhost", "bob32", Behaviour::Ignore)
+        .await;
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    bob.expect_request(Method::Invite, STEP)
+        .await
+        .expect("rung directly over its connection");
+    assert!(
+        h.gateway.pushes().is_empty(),
+        "no push while it is connected"
+    );
+    bob.set_behaviour(ANSWER);
+    h.gateway.wake_on_push(&bob, Duration::from_millis(100));
+    bob.sleep().await;
+    let ok = alice
+        .expect_response(200, STEP)
+        .await
+        .expect("answered after the fallback push woke it");
+    ack_and_hang_up(&alice, &ok).await;
+    assert_eq!(h.gateway.pushes_for("bob32").len(), 1, "one fallback push");
+    h.stop().await;
+}

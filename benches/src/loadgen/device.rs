@@ -3,10 +3,11 @@
 //! Each device has a fixed `+sip.instance` and push token (`tok<i>`) and REGISTERs once at
 //! the start, all with one REGISTER Call-ID each and a rising CSeq. Which links they use:
 //!
-//! * **UDP**: `--sockets` sockets; device `i` always uses socket `i mod K`. A device with a
-//!   push token on UDP is asleep to the server whatever it last did, so every call for it
-//!   is parked; its wake-up REGISTER comes from its own socket, and the parked INVITE goes
-//!   back to it.
+//! * **UDP**: `--sockets` sockets; device `i` always uses socket `i mod K`. The generated
+//!   configuration sets `awake_window = "0s"`, so a device with a push token on UDP is asleep
+//!   to the server once its previous call is over (its BYE went through the server), and
+//!   every call for it is parked; its wake-up REGISTER comes from its own socket, and the
+//!   parked INVITE goes back to it.
 //! * **TCP, relay**: `--sockets` connections that stay open: the devices are reachable over
 //!   them.
 //! * **TCP, park and hold**: a device on an open connection is awake to the server, so the

@@ -53,6 +53,9 @@ fn duration(d: Duration) -> String {
 /// the admin listener, `pn-provider=fcm` routed to the load generator's webhook, limits
 /// (calls per callee, pushes per device) out of the way, and the store at `store`. In hold
 /// mode a call's record lingers only 2 s after its CANCEL, so the server drains quickly.
+/// The simulated phones keep their sockets open while they "sleep", which no real sleeping
+/// app does, and are called seconds after registering: `awake_window = "0s"` keeps the server
+/// from taking them to be awake, so park and hold runs measure the park path.
 pub fn config_text(options: &Options, addrs: &ServerAddrs, store: &Path) -> String {
     let devices = options.device_count().max(1) as u64;
     let per_callee = match options.mode {
@@ -71,7 +74,7 @@ pub fn config_text(options: &Options, addrs: &ServerAddrs, store: &Path) -> Stri
          domains = [\"127.0.0.1\", \"localhost\"]\n\n\
          [[listen]]\ntransport = \"udp\"\naddress = \"{}\"\n\n\
          [[listen]]\ntransport = \"tcp\"\naddress = \"{}\"\n\n\
-         [parking]\npark_timeout = {}\nended_notice_window = {}\n\
+         [parking]\npark_timeout = {}\nended_notice_window = {}\nawake_window = \"0s\"\n\
          max_calls = {max_calls}\nmax_calls_per_callee = {per_callee}\n\n\
          [store]\npath = {}\n\n\
          [push]\nmax_per_device_per_minute = 1000000\n\n\

@@ -21,7 +21,8 @@ use std::fmt;
 use stateright::{Model, Property};
 
 use crate::{
-    AorId, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Fault, Target, Timer,
+    AorId, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Fault, Flow, Target,
+    Timer,
 };
 
 pub use properties::{LIVENESS, SAFETY, SOMETIMES};
@@ -67,6 +68,9 @@ pub struct Budget {
     pub lost_pushes: u8,
     /// Forwarded INVITEs whose flow turns out dead (the device fell asleep).
     pub flow_failures: u8,
+    /// Times an awake device on UDP falls asleep without a word: the server still takes it
+    /// to be awake (it was heard from lately), and what it sends there is lost.
+    pub silent_sleeps: u8,
 }
 
 /// A bounded configuration of the environment around the core.
@@ -78,6 +82,14 @@ pub struct ParkModel {
     pub devices: u8,
     /// The first `awake` devices start with a live flow; the others sleep.
     pub awake: u8,
+    /// The first `udp` devices register over UDP, a flow without connection: the server
+    /// cannot tell whether they still listen. The others use TCP, whose connection closes
+    /// when the app sleeps.
+    pub udp: u8,
+    /// Devices take a second INVITE while ringing or in a call (call waiting). Without it a
+    /// device is a single-line phone, as most apps are: it answers 486 to an INVITE that
+    /// arrives while it rings or talks.
+    pub call_waiting: bool,
     /// Whether callers may CANCEL. Without it, the server alone must end every call.
     pub callers_cancel: bool,
     /// What a device may answer to a forwarded INVITE (any of them, each time).
@@ -102,6 +114,8 @@ impl ParkModel {
             calls,
             devices,
             awake: 0,
+            udp: 0,
+            call_waiting: false,
             callers_cancel: true,
             answers: vec![Answer::Accept, Answer::Busy, Answer::Decline],
             ringing: false,
@@ -111,6 +125,7 @@ impl ParkModel {
                 permanent_failures: 1,
                 lost_pushes: 1,
                 flow_failures: 0,
+                silent_sleeps: 0,
             },
             config: Config {
                 push_attempts: 2,
@@ -120,8 +135,11 @@ impl ParkModel {
         }
     }
 
-    /// The model's time: abstract, so always zero (see the module docs).
-    const NOW: u64 = 0;
+    /// The model's time: abstract, so always the same (see the module docs). Far enough from
+    /// zero that a device last heard at [`STALE`](Self::STALE) is outside the awake window.
+    const NOW: u64 = 1 << 40;
+    /// When the server last heard from a device that has not registered in this run.
+    const STALE: u64 = 0;
 
     /// The configuration called `name` (see [`CONFIGURATIONS`]).
     pub fn configuration(name: &str) -> Option<Self> {
@@ -155,9 +173,18 @@ impl ParkModel {
                 },
                 ..Self::new(2, 2)
             },
-            "3x1" => Self::new(3, 1),
+            "3x1" => Self {
+                extra_registers: 0,
+                ..Self::new(3, 1)
+            },
             "1x2-no-cancel" => no_cancel(1, 2),
-            "2x2-no-cancel" => no_cancel(2, 2),
+            "2x2-no-cancel" => Self {
+                budget: Budget {
+                    transient_failures: 0,
+                    ..Self::new(2, 2).budget
+                },
+                ..no_cancel(2, 2)
+            },
             "1x2-flow" => Self {
                 awake: 1,
                 budget: Budget {
@@ -166,13 +193,35 @@ impl ParkModel {
                 },
                 ..Self::new(1, 2)
             },
+            "2x1-udp" => Self::awake_on_udp(false),
+            "2x1-udp-waiting" => Self::awake_on_udp(true),
             _ => return None,
         })
     }
 }
 
+impl ParkModel {
+    /// Two calls for one device awake on UDP with a push token: the server heard from it
+    /// lately and it may be in a call, but it may also have fallen asleep without a word;
+    /// an awake app ignores pushes (it has no reason to register again).
+    fn awake_on_udp(call_waiting: bool) -> Self {
+        Self {
+            awake: 1,
+            udp: 1,
+            call_waiting,
+            extra_registers: 0,
+            budget: Budget {
+                silent_sleeps: 1,
+                lost_pushes: 0,
+                ..Self::new(2, 1).budget
+            },
+            ..Self::new(2, 1)
+        }
+    }
+}
+
 /// The bounded configurations CI checks exhaustively, with what each is for.
-pub const CONFIGURATIONS: [(&str, &str); 8] = [
+pub const CONFIGURATIONS: [(&str, &str); 10] = [
     (
         "1x1",
         "one call, one sleeping device; it may ring, answer, be busy, decline or not answer",
@@ -196,6 +245,14 @@ pub const CONFIGURATIONS: [(&str, &str); 8] = [
         "1x2-flow",
         "one call, one awake device whose flow may be dead, one sleeping device",
     ),
+    (
+        "2x1-udp",
+        "two calls, one single-line device awake on UDP that may fall asleep unseen",
+    ),
+    (
+        "2x1-udp-waiting",
+        "as 2x1-udp, with a device that takes a second call while in one (call waiting)",
+    ),
 ];
 
 /// A caller and what it has received.
@@ -218,8 +275,17 @@ pub struct Caller {
 /// A device and what it went through.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Device {
-    /// Has a live flow: reachable without a push.
+    /// The app runs and its flow works: what is sent to it arrives.
     pub awake: bool,
+    /// Registers over UDP (else TCP).
+    pub udp: bool,
+    /// The server heard from it in this run (a REGISTER, an answer): on UDP, the server
+    /// takes it to be awake, rightly or not.
+    pub heard: bool,
+    /// INVITEs it holds and has not answered with a final response: live calls and notices.
+    pub line: BTreeSet<CallId>,
+    /// Calls it answered and is in.
+    pub in_call: BTreeSet<CallId>,
     /// Calls whose push reached it and that it has not registered for yet.
     pub woken_for: BTreeSet<CallId>,
     /// Unsolicited REGISTERs left.
@@ -249,10 +315,27 @@ pub struct History {
     pub registered_after_wake: BTreeSet<Pair>,
     /// Calls whose ended-notice window closed.
     pub lingered: BTreeSet<CallId>,
+    /// Pairs whose last push the push service accepted (delivered or lost).
+    pub push_accepted: BTreeSet<Pair>,
+    /// Live INVITEs a single-line device refused 486 because its line held only notices.
+    pub refused_for_a_notice: BTreeSet<Pair>,
+    /// Live INVITEs forwarded at once to a device awake on UDP, and delivered.
+    pub reached_awake: BTreeSet<Pair>,
+    /// INVITEs lost to a silently sleeping device that a REGISTER's reroute delivered.
+    pub rerouted: BTreeSet<Pair>,
+    /// Devices pushed again at once after a forwarded INVITE was found undeliverable.
+    pub fallback_pushed: BTreeSet<Pair>,
+    /// A device answered a live call after it was told of an ended one.
+    pub answered_after_notice: bool,
     pub forward_after_final: bool,
     pub forwarded_twice: bool,
     pub bad_push: bool,
     pub push_after_deadline: bool,
+    /// A call arrived for a device known to be awake and was not forwarded to it at once.
+    pub awake_not_forwarded: bool,
+    /// A forwarded INVITE was undeliverable while the call was parking, the device's token
+    /// alive, and no push for the call was on its way or accepted afterwards.
+    pub dead_flow_not_pushed: bool,
 }
 
 /// The whole system: the core and its environment.
@@ -266,8 +349,16 @@ pub struct State {
     pub budget: Budget,
     /// Push requests the push service has not answered.
     pub pushes: BTreeSet<Pair>,
-    /// Forwarded INVITEs without a final response from the device.
+    /// INVITEs (live calls and notices) the device holds, without its final response.
     pub branches: BTreeSet<Pair>,
+    /// INVITEs sent to a device that was not there (asleep on UDP, or its connection
+    /// closed): undelivered, until a reroute delivers them or the runtime reports them
+    /// undeliverable.
+    pub lost: BTreeSet<Pair>,
+    /// Branches that carry a notice of an ended call (delivered or lost).
+    pub notices: BTreeSet<Pair>,
+    /// Branches a single-line device holds while busy: its only answer is 486.
+    pub busy: BTreeSet<Pair>,
     /// Branches that sent a provisional.
     pub rang: BTreeSet<Pair>,
     /// Branches the server sent a CANCEL on.
@@ -304,6 +395,13 @@ pub enum Action {
     Respond(CallId, DeviceId, u16),
     /// The branch's flow is dead: the INVITE never reached the device.
     FlowFails(CallId, DeviceId),
+    /// An INVITE sent where the device no longer was is reported undeliverable (Timer B
+    /// without any response on UDP, a send failure on TCP).
+    Undeliverable(CallId, DeviceId),
+    /// An awake device on UDP falls asleep; the server does not notice.
+    Sleep(DeviceId),
+    /// The push reaches an awake app, which has no reason to register again.
+    PushIgnored(CallId, DeviceId),
     /// A timer fires.
     Fire(Timer),
 }
@@ -325,6 +423,13 @@ impl fmt::Display for Action {
             Action::Ring(c, d) => write!(f, "{d} → server: 180 Ringing ({c})"),
             Action::Respond(c, d, code) => write!(f, "{d} → server: {code} ({c})"),
             Action::FlowFails(c, d) => write!(f, "{d}: flow dead, INVITE {c} undeliverable"),
+            Action::Undeliverable(c, d) => {
+                write!(f, "{d}: INVITE {c} never arrived (Timer B / send failed)")
+            }
+            Action::Sleep(d) => write!(f, "{d}: falls asleep unseen"),
+            Action::PushIgnored(c, d) => {
+                write!(f, "push service: {c} push delivered to {d}, awake, ignored")
+            }
             Action::Fire(t) => write!(f, "timer {t:?} fires"),
         }
     }
@@ -333,6 +438,60 @@ impl fmt::Display for Action {
 impl ParkModel {
     fn device_ids(&self) -> impl Iterator<Item = DeviceId> {
         (0..u64::from(self.devices)).map(DeviceId)
+    }
+
+    /// What the server knows of `device`'s flow: the facts the runtime reports in a
+    /// [`Target`].
+    fn flow(device: &Device) -> Flow {
+        match (device.udp, device.awake) {
+            (false, true) => Flow::Connected,
+            (false, false) => Flow::Closed,
+            (true, _) => Flow::Datagram {
+                heard_at: if device.heard { Self::NOW } else { Self::STALE },
+                in_dialog: !device.in_call.is_empty(),
+            },
+        }
+    }
+
+    /// An INVITE (a live call's, or a notice) arrives at the device.
+    fn deliver(&self, s: &mut State, pair: Pair, notice: bool) {
+        let (call, device) = pair;
+        let d = &mut s.devices[device.0 as usize];
+        let taken = !d.line.is_empty() || !d.in_call.is_empty();
+        if taken && !self.call_waiting {
+            s.busy.insert(pair);
+            let only_notices = d.in_call.is_empty()
+                && d.line
+                    .iter()
+                    .all(|&other| s.notices.contains(&(other, device)));
+            if !notice && only_notices {
+                s.history.refused_for_a_notice.insert(pair);
+            }
+        }
+        d.line.insert(call);
+        s.branches.insert(pair);
+        if !notice && !s.history.forwarded.insert(pair) {
+            s.history.forwarded_twice = true;
+        }
+    }
+
+    /// Sends an INVITE: delivered if the device is there, lost otherwise.
+    fn send_invite(&self, s: &mut State, pair: Pair, notice: bool) {
+        if s.devices[pair.1 .0 as usize].awake {
+            self.deliver(s, pair, notice);
+        } else {
+            s.lost.insert(pair);
+        }
+    }
+
+    /// The branch is over for the device: it holds the INVITE no more.
+    fn close_branch(s: &mut State, (call, device): Pair) {
+        s.branches.remove(&(call, device));
+        s.lost.remove(&(call, device));
+        s.cancelling.remove(&(call, device));
+        s.busy.remove(&(call, device));
+        s.notices.remove(&(call, device));
+        s.devices[device.0 as usize].line.remove(&call);
     }
 
     /// Applies the core's effects to the environment, recording what the properties check.
@@ -356,25 +515,29 @@ impl ParkModel {
                         h.push_after_deadline = true;
                     }
                     h.may_retry.remove(&pair);
+                    h.push_accepted.remove(&pair);
                     h.pushed.insert(pair);
                     s.pushes.insert(pair);
                 }
                 Effect::Forward { call, device } => {
-                    let pair = (call, device);
-                    let h = &mut s.history;
                     if s.callers[call.0 as usize].response.is_some() {
-                        h.forward_after_final = true;
+                        s.history.forward_after_final = true;
                     }
-                    if !h.forwarded.insert(pair) {
-                        h.forwarded_twice = true;
+                    self.send_invite(s, (call, device), false);
+                }
+                Effect::Reroute { call, device } => {
+                    let pair = (call, device);
+                    if s.devices[device.0 as usize].awake && s.lost.remove(&pair) {
+                        s.history.rerouted.insert(pair);
+                        self.deliver(s, pair, false);
                     }
-                    s.branches.insert(pair);
                 }
                 Effect::CancelBranch { call, device } => {
                     s.cancelling.insert((call, device));
                 }
                 Effect::HangUpBranch { call, device } => {
                     s.history.hung_up.insert((call, device));
+                    s.devices[device.0 as usize].in_call.remove(&call);
                 }
                 Effect::RelayProvisional { .. } => {}
                 Effect::Respond { call, code, relay } => {
@@ -396,7 +559,13 @@ impl ParkModel {
                     device,
                     reason,
                 } => {
+                    let pair = (call, device);
                     s.history.told.insert((call, device, reason));
+                    // The INVITE, and a CANCEL as soon as it rings: the device answers 487,
+                    // or 200 if the user was quicker.
+                    s.notices.insert(pair);
+                    s.cancelling.insert(pair);
+                    self.send_invite(s, pair, true);
                 }
             }
         }
@@ -411,6 +580,8 @@ impl Model for ParkModel {
         let devices = (0..self.devices)
             .map(|i| Device {
                 awake: i < self.awake,
+                udp: i < self.udp,
+                heard: i < self.awake,
                 registers_left: self.extra_registers,
                 ..Device::default()
             })
@@ -423,6 +594,9 @@ impl Model for ParkModel {
             budget: self.budget,
             pushes: BTreeSet::new(),
             branches: BTreeSet::new(),
+            lost: BTreeSet::new(),
+            notices: BTreeSet::new(),
+            busy: BTreeSet::new(),
             rang: BTreeSet::new(),
             cancelling: BTreeSet::new(),
             timers: BTreeSet::new(),
@@ -442,7 +616,11 @@ impl Model for ParkModel {
             }
         }
         for &(c, d) in &s.pushes {
+            let device = &s.devices[d.0 as usize];
             actions.push(Action::PushDelivered(c, d));
+            if device.awake && device.udp {
+                actions.push(Action::PushIgnored(c, d));
+            }
             if s.budget.lost_pushes > 0 {
                 actions.push(Action::PushLost(c, d));
             }
@@ -458,8 +636,21 @@ impl Model for ParkModel {
             if !device.woken_for.is_empty() || device.registers_left > 0 {
                 actions.push(Action::Register(d));
             }
+            if s.budget.silent_sleeps > 0
+                && device.udp
+                && device.awake
+                && device.line.is_empty()
+                && device.in_call.is_empty()
+            {
+                actions.push(Action::Sleep(d));
+            }
         }
         for &(c, d) in &s.branches {
+            if s.busy.contains(&(c, d)) {
+                // A single-line phone refuses what arrives while it rings or talks.
+                actions.push(Action::Respond(c, d, 486));
+                continue;
+            }
             if s.cancelling.contains(&(c, d)) {
                 // The CANCEL races the device's answer.
                 actions.push(Action::Respond(c, d, 487));
@@ -476,6 +667,9 @@ impl Model for ParkModel {
                 actions.push(Action::FlowFails(c, d));
             }
         }
+        for &(c, d) in &s.lost {
+            actions.push(Action::Undeliverable(c, d));
+        }
         for &timer in &s.timers {
             actions.push(Action::Fire(timer));
         }
@@ -483,16 +677,32 @@ impl Model for ParkModel {
 
     fn next_state(&self, last: &State, action: Action) -> Option<State> {
         let mut s = last.clone();
+        // Checks made on the effects of this very step.
+        let mut awake_at_arrival: Vec<DeviceId> = Vec::new();
+        let mut undeliverable: Option<Pair> = None;
         let event = match action {
             Action::Invite => {
                 let call = CallId(u64::from(s.invited));
                 s.invited += 1;
                 let targets = self
                     .device_ids()
-                    .map(|d| Target {
-                        device: d,
-                        reachable: s.devices[d.0 as usize].awake,
-                        pushable: !s.devices[d.0 as usize].token_forgotten,
+                    .map(|d| {
+                        let device = &s.devices[d.0 as usize];
+                        let flow = Self::flow(device);
+                        let known_awake = match flow {
+                            Flow::Connected => true,
+                            Flow::Datagram { heard_at, .. } => heard_at == Self::NOW,
+                            Flow::Closed => false,
+                        };
+                        let notice_rings = s.notices.iter().any(|&(_, nd)| nd == d);
+                        if known_awake && !notice_rings {
+                            awake_at_arrival.push(d);
+                        }
+                        Target {
+                            device: d,
+                            flow,
+                            pushable: !device.token_forgotten,
+                        }
                     })
                     .collect();
                 Event::CallArrived {
@@ -509,12 +719,19 @@ impl Model for ParkModel {
             }
             Action::PushDelivered(call, device) => {
                 s.pushes.remove(&(call, device));
+                s.history.push_accepted.insert((call, device));
                 s.history.woken.insert((call, device));
                 s.devices[device.0 as usize].woken_for.insert(call);
                 Event::PushAccepted { call, device }
             }
+            Action::PushIgnored(call, device) => {
+                s.pushes.remove(&(call, device));
+                s.history.push_accepted.insert((call, device));
+                Event::PushAccepted { call, device }
+            }
             Action::PushLost(call, device) => {
                 s.pushes.remove(&(call, device));
+                s.history.push_accepted.insert((call, device));
                 s.budget.lost_pushes -= 1;
                 Event::PushAccepted { call, device }
             }
@@ -540,6 +757,7 @@ impl Model for ParkModel {
                     dev.registers_left -= 1;
                 }
                 dev.awake = true;
+                dev.heard = true;
                 for call in std::mem::take(&mut dev.woken_for) {
                     if !s.history.lingered.contains(&call) {
                         s.history.registered_after_wake.insert((call, device));
@@ -550,19 +768,39 @@ impl Model for ParkModel {
                     device,
                 }
             }
+            Action::Sleep(device) => {
+                s.budget.silent_sleeps -= 1;
+                s.devices[device.0 as usize].awake = false;
+                // Asleep, it can no longer learn anything until it registers again.
+                s.history
+                    .registered_after_wake
+                    .retain(|&(_, d)| d != device);
+                return Some(s);
+            }
             Action::Ring(call, device) => {
                 s.rang.insert((call, device));
                 Event::BranchRang { call, device }
             }
             Action::Respond(call, device, code) => {
-                s.branches.remove(&(call, device));
-                s.cancelling.remove(&(call, device));
+                let notice = s.notices.contains(&(call, device));
+                Self::close_branch(&mut s, (call, device));
                 if code < 300 {
                     s.history.answered.insert((call, device));
+                    let told_before = s
+                        .history
+                        .told
+                        .iter()
+                        .any(|&(c, d, _)| d == device && c != call);
+                    if !notice && told_before {
+                        s.history.answered_after_notice = true;
+                    }
+                    let dev = &mut s.devices[device.0 as usize];
+                    dev.in_call.insert(call);
+                    dev.heard = true;
                     Event::BranchAnswered { call, device }
                 } else {
                     let caller = &mut s.callers[call.0 as usize];
-                    if caller.response.is_none() && matches!(code, 486 | 603) {
+                    if !notice && caller.response.is_none() && matches!(code, 486 | 603) {
                         caller.first_rejection.get_or_insert(code);
                     }
                     Event::BranchRejected { call, device, code }
@@ -575,10 +813,15 @@ impl Model for ParkModel {
                 s.history
                     .registered_after_wake
                     .retain(|&(_, d)| d != device);
-                s.branches.remove(&(call, device));
-                s.cancelling.remove(&(call, device));
+                Self::close_branch(&mut s, (call, device));
                 s.budget.flow_failures -= 1;
                 s.devices[device.0 as usize].awake = false;
+                undeliverable = Some((call, device));
+                Event::BranchUnreachable { call, device }
+            }
+            Action::Undeliverable(call, device) => {
+                Self::close_branch(&mut s, (call, device));
+                undeliverable = Some((call, device));
                 Event::BranchUnreachable { call, device }
             }
             Action::Fire(timer) => {
@@ -593,9 +836,48 @@ impl Model for ParkModel {
                 Event::TimerFired(timer)
             }
         };
+        // What a fallback push must look like, judged before the step.
+        let fallback_due = undeliverable.filter(|&(c, d)| {
+            let caller = s.caller(c);
+            let device = &s.devices[d.0 as usize];
+            caller.response.is_none()
+                && !caller.deadline_fired
+                && !device.token_dead
+                && !device.token_forgotten
+                && !last.cancelling.contains(&(c, d))
+                && !last.notices.contains(&(c, d))
+        });
         let mut effects = Vec::new();
         s.core.step(Self::NOW, event, &mut effects);
+        for &d in &awake_at_arrival {
+            let call = CallId(u64::from(s.invited) - 1);
+            let forwarded = effects.contains(&Effect::Forward { call, device: d });
+            let refused = effects.iter().any(|e| matches!(e, Effect::Respond { .. }));
+            if !forwarded && !refused {
+                s.history.awake_not_forwarded = true;
+            }
+        }
+        if let Some((c, d)) = undeliverable {
+            if effects.contains(&Effect::Push { call: c, device: d }) {
+                s.history.fallback_pushed.insert((c, d));
+            }
+        }
+        if let Action::Invite = action {
+            let call = CallId(u64::from(s.invited) - 1);
+            for d in self.device_ids() {
+                let device = &s.devices[d.0 as usize];
+                let forward = Effect::Forward { call, device: d };
+                if device.udp && device.awake && effects.contains(&forward) {
+                    s.history.reached_awake.insert((call, d));
+                }
+            }
+        }
         self.apply(&mut s, effects);
+        if let Some(pair) = fallback_due {
+            if !s.pushes.contains(&pair) && !s.history.push_accepted.contains(&pair) {
+                s.history.dead_flow_not_pushed = true;
+            }
+        }
         Some(s)
     }
 

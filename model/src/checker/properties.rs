@@ -6,7 +6,7 @@ use super::{ParkModel, State};
 use crate::{CallId, EndReason};
 
 /// Invariants: no reachable state may break them.
-pub const SAFETY: [&str; 12] = [
+pub const SAFETY: [&str; 15] = [
     "one_final_response_per_call",
     "nothing_forwarded_after_final",
     "no_device_gets_a_call_twice",
@@ -19,13 +19,16 @@ pub const SAFETY: [&str; 12] = [
     "late_answer_is_hung_up",
     "quiescent_means_resolved",
     "woken_device_learns_outcome",
+    "live_call_never_refused_for_a_notice",
+    "awake_device_gets_the_call",
+    "dead_flow_falls_back_to_push",
 ];
 
 /// Liveness: on every path.
 pub const LIVENESS: [&str; 1] = ["every_call_gets_a_final_response"];
 
 /// Reachability: proof that the interesting paths exist, so no invariant holds vacuously.
-pub const SOMETIMES: [&str; 8] = [
+pub const SOMETIMES: [&str; 12] = [
     "call_delivered_after_push",
     "call_timed_out",
     "busy_reaches_caller",
@@ -34,6 +37,10 @@ pub const SOMETIMES: [&str; 8] = [
     "push_failure_while_other_device_answers",
     "push_retried_after_transient_failure",
     "late_answer_hung_up",
+    "live_call_answered_after_a_notice",
+    "awake_device_answers_without_registering",
+    "push_after_dead_flow",
+    "lost_invite_rerouted",
 ];
 
 fn calls(s: &State) -> impl Iterator<Item = CallId> {
@@ -92,7 +99,8 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
                     let caller = s.caller(c);
                     !caller.deadline_fired
                         || caller.response.is_some()
-                        || s.branches.iter().any(|&(call, _)| call == c)
+                        || s.branches.iter().chain(&s.lost).any(|&(call, _)| call == c)
+                        || !s.notices.is_empty()
                 })
         }),
         Property::<ParkModel>::always("timers_match_state", |_, s| {
@@ -121,6 +129,18 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
                     s.history.forwarded.contains(&(c, d))
                         || s.history.told.iter().any(|&(tc, td, _)| (tc, td) == (c, d))
                 })
+        }),
+        Property::<ParkModel>::always("live_call_never_refused_for_a_notice", |_, s| {
+            calls(s).all(|c| match s.caller(c).response {
+                Some((486, Some(d))) => !s.history.refused_for_a_notice.contains(&(c, d)),
+                _ => true,
+            })
+        }),
+        Property::<ParkModel>::always("awake_device_gets_the_call", |_, s| {
+            !s.history.awake_not_forwarded
+        }),
+        Property::<ParkModel>::always("dead_flow_falls_back_to_push", |_, s| {
+            !s.history.dead_flow_not_pushed
         }),
         // Liveness.
         Property::<ParkModel>::eventually("every_call_gets_a_final_response", all_answered),
@@ -161,6 +181,20 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
         }),
         Property::<ParkModel>::sometimes("late_answer_hung_up", |_, s| {
             !s.history.hung_up.is_empty()
+        }),
+        Property::<ParkModel>::sometimes("live_call_answered_after_a_notice", |_, s| {
+            s.history.answered_after_notice
+        }),
+        Property::<ParkModel>::sometimes("awake_device_answers_without_registering", |_, s| {
+            some_response(s, |c, _, relay| {
+                relay.is_some_and(|d| s.history.reached_awake.contains(&(c, d)))
+            })
+        }),
+        Property::<ParkModel>::sometimes("push_after_dead_flow", |_, s| {
+            !s.history.fallback_pushed.is_empty()
+        }),
+        Property::<ParkModel>::sometimes("lost_invite_rerouted", |_, s| {
+            !s.history.rerouted.is_empty()
         }),
     ]
 }

@@ -375,6 +375,23 @@ impl<M: Clone> Transaction<M> {
         }
     }
 
+    /// Client: the request goes over another flow from now on (the device registered again
+    /// on a new one). Sent there at once; its retransmissions follow it, and stop if the new
+    /// transport is reliable (§17.1.1.2). A request that has had a response stays put.
+    pub(super) fn reroute(&mut self, transport: Transport, msg: M, ctx: &mut Ctx<'_, M>) {
+        let waiting = matches!(self.state, State::Calling | State::Trying);
+        if self.kind == Kind::InviteServer || self.kind == Kind::NonInviteServer || !waiting {
+            return;
+        }
+        ctx.send(msg.clone());
+        self.stored = Some(msg);
+        self.transport = transport;
+        if transport == Transport::Reliable {
+            self.timers.clear(Timer::A);
+            self.timers.clear(Timer::E);
+        }
+    }
+
     /// A transport error while sending on this transaction (§17.1.4, §17.2.4, RFC 6026 §7.1).
     pub(super) fn transport_error(&mut self, ctx: &mut Ctx<'_, M>) {
         ctx.tell_tu(TuEvent::TransportError {

@@ -424,6 +424,20 @@ impl<M: Clone> Transactions<M> {
         Ok(())
     }
 
+    /// A client transaction's request is sent over another flow from now on (see
+    /// `Transaction::reroute`): sent there at once, retransmitted there after.
+    pub fn reroute(&mut self, key: &Key, transport: Transport, msg: M) -> Result<(), Error> {
+        let tx = self.txs.get_mut(key).ok_or(Error::NoTransaction)?;
+        let mut ctx = Ctx {
+            config: &self.config,
+            key,
+            out: &mut self.out,
+        };
+        tx.reroute(transport, msg, &mut ctx);
+        self.settle(key);
+        Ok(())
+    }
+
     /// The transport failed to deliver a message of this transaction (§17.1.4, §17.2.4).
     /// Reports [`TuEvent::TransportError`]; terminates all but INVITE server transactions
     /// (RFC 6026 §7.1).

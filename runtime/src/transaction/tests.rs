@@ -160,6 +160,54 @@ fn timer_b_is_reported_once_even_when_the_driver_wakes_late() {
 }
 
 #[test]
+fn rerouted_invite_is_sent_at_once_and_retransmitted_over_the_new_flow_only() {
+    let mut t = table();
+    let k = client_key("a", &Method::Invite);
+    t.start_client(0, k.clone(), Transport::Unreliable, m("INVITE old"))
+        .unwrap();
+    drain(&mut t);
+    t.handle_timeout(500);
+    assert_eq!(drain(&mut t), vec![send(&k, "INVITE old")]);
+    t.reroute(&k, Transport::Unreliable, m("INVITE new"))
+        .unwrap();
+    assert_eq!(drain(&mut t), vec![send(&k, "INVITE new")], "sent at once");
+    let ev = run(&mut t, Millis::MAX);
+    assert!(
+        ev.iter()
+            .all(|(_, o)| !matches!(o, Output::Send { msg, .. } if msg.0 == "INVITE old")),
+        "nothing more goes the old way: {ev:?}"
+    );
+    assert_eq!(send_times(&ev), vec![1_500, 3_500, 7_500, 15_500, 31_500]);
+    assert_eq!(tu_events(&ev), vec![(32_000, timeout(&k, Timer::B))]);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn invite_rerouted_onto_a_connection_is_not_retransmitted_and_one_answered_stays_put() {
+    let mut t = table();
+    let k = client_key("a", &Method::Invite);
+    t.start_client(0, k.clone(), Transport::Unreliable, m("INVITE udp"))
+        .unwrap();
+    drain(&mut t);
+    t.reroute(&k, Transport::Reliable, m("INVITE tcp")).unwrap();
+    assert_eq!(drain(&mut t), vec![send(&k, "INVITE tcp")]);
+    let ev = run(&mut t, Millis::MAX);
+    assert_eq!(send_times(&ev), Vec::<Millis>::new());
+    assert_eq!(tu_events(&ev), vec![(32_000, timeout(&k, Timer::B))]);
+
+    let k = client_key("b", &Method::Invite);
+    t.start_client(0, k.clone(), Transport::Unreliable, m("INVITE"))
+        .unwrap();
+    t.handle_response(10, &k, 180, m("180")).unwrap();
+    drain(&mut t);
+    t.reroute(&k, Transport::Unreliable, m("INVITE again"))
+        .unwrap();
+    assert_eq!(drain(&mut t), vec![], "the device holds it already");
+    t.handle_response(20, &k, 486, m("486")).unwrap();
+    assert_no_leak(&mut t);
+}
+
+#[test]
 fn provisional_stops_timer_a_and_timer_b() {
     let mut t = table();
     let k = client_key("a", &Method::Invite);
