@@ -1,15 +1,22 @@
-//! Fixtures for the in-process pipeline benches: a [`Pipeline`] with [`CALLEES`] callees,
-//! each with a phone registered over UDP (asleep with a push token, or awake without
-//! one), and the datagrams a caller and those phones send. Calls go to the callees in turn,
-//! so no callee holds more than a few calls, as on a real server.
+//! Fixtures for the in-process pipeline benches: a sans-IO [`Node`] with [`CALLEES`]
+//! callees, each with a phone registered over UDP (asleep with a push token, or awake
+//! without one), and the datagrams a caller and those phones send. Calls go to the callees
+//! in turn, so no callee holds more than a few calls, as on a real server. The node's store
+//! jobs run on an SQLite store in memory, here on the measuring thread; its pushes are
+//! counted and dropped.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use pushpark::config::Config;
-use pushpark::pipeline::Pipeline;
-use tokio::runtime::Runtime;
+use pushpark::auth::Secret;
+use pushpark::config::{Config, Transport};
+use pushpark::metrics::Metrics;
+use pushpark::node::{Destination, Node, NodeOptions, StoreJob};
+use pushpark::sip;
+use pushpark::store::{Store, StoreOptions};
+use pushpark::transport::{Flow, Inbound};
 
 /// The server's UDP address.
 pub const SERVER: &str = "127.0.0.1:5060";
@@ -30,7 +37,14 @@ pub fn phone(k: u64) -> SocketAddr {
 
 /// A server with its callees registered, and the numbers their next requests use.
 pub struct Fixture {
-    pub pipeline: Pipeline,
+    pub node: Node,
+    store: Store,
+    /// The store jobs the node asked for and that have not run yet.
+    jobs: Vec<StoreJob>,
+    /// The datagrams sent since the last look, with the address each went to.
+    sent: Vec<(SocketAddr, Bytes)>,
+    /// The pushes the node handed out.
+    pub pushes: u64,
     asleep: bool,
     next_call: u64,
     /// Each callee's phone's last REGISTER CSeq.
@@ -48,14 +62,27 @@ pub fn config() -> Config {
 }
 
 impl Fixture {
-    /// A fresh server (inside `runtime`, where its push providers run) with every
-    /// callee's phone registered: `asleep` with a push token, else awake and reachable.
-    pub fn new(runtime: &Runtime, asleep: bool) -> Self {
-        let _entered = runtime.enter();
-        let pipeline =
-            Pipeline::new(config(), addr(SERVER), HashMap::new()).expect("the pipeline starts");
+    /// A fresh server with every callee's phone registered: `asleep` with a push token,
+    /// else awake and reachable.
+    pub fn new(asleep: bool) -> Self {
+        let node = Node::new(
+            config(),
+            Instant::now(),
+            NodeOptions {
+                listeners: vec![(Transport::Udp, addr(SERVER))],
+                bindings: Vec::new(),
+                users: None,
+                secret: Secret::generate(),
+                unix_time: 1_800_000_000,
+                metrics: Arc::new(Metrics::default()),
+            },
+        );
         let mut fixture = Self {
-            pipeline,
+            node,
+            store: Store::open_in_memory(&StoreOptions::default()).expect("a store in memory"),
+            jobs: Vec::new(),
+            sent: Vec::new(),
+            pushes: 0,
             asleep,
             next_call: 0,
             cseq: vec![0; CALLEES as usize],
@@ -69,6 +96,48 @@ impl Fixture {
             );
         }
         fixture
+    }
+
+    /// A datagram from `peer` arrives and is handled as far as it goes without waiting.
+    fn receive(&mut self, peer: SocketAddr, datagram: Bytes) {
+        let message = sip::parse_datagram_bytes(datagram).expect("the datagram parses");
+        let flow = Flow::udp(addr(SERVER), peer);
+        self.node
+            .handle_inbound(Instant::now(), Inbound::Message { flow, message });
+        self.carry_out();
+    }
+
+    /// Takes what the node asked for: datagrams kept, pushes counted, store jobs queued.
+    fn carry_out(&mut self) {
+        while let Some(transmit) = self.node.poll_transmit() {
+            let to = match transmit.destination {
+                Destination::Flow(flow) => flow.peer,
+                Destination::Address(_, addr) => addr,
+            };
+            self.sent.push((to, transmit.bytes));
+        }
+        while self.node.poll_push().is_some() {
+            self.pushes += 1;
+        }
+        while let Some(job) = self.node.poll_store() {
+            self.jobs.push(job);
+        }
+    }
+
+    /// Runs the store jobs waiting in one transaction, as the store's thread would, and
+    /// hands their answers to the node.
+    fn complete_store_writes(&mut self) {
+        let jobs = std::mem::take(&mut self.jobs);
+        let batch = jobs.into_iter().map(StoreJob::into_job).collect();
+        for done in self.store.run_batch(batch) {
+            self.node.handle_store_done(Instant::now(), done);
+            self.carry_out();
+        }
+    }
+
+    /// The datagrams sent since the last call, with the address each went to.
+    pub fn take_sent(&mut self) -> Vec<(SocketAddr, Bytes)> {
+        std::mem::take(&mut self.sent)
     }
 
     /// How many calls this server has been sent.
@@ -109,10 +178,8 @@ Content-Length: 0\r\n\r\n"
     /// Callee `k`'s phone's REGISTER arrives and the store's write completes: for a woken
     /// phone, what delivers its parked calls.
     pub fn receive_register(&mut self, k: u64, register: Bytes) {
-        self.pipeline
-            .receive(phone(k), register)
-            .expect("the REGISTER parses");
-        assert!(self.pipeline.complete_store_write(), "the store answers");
+        self.receive(phone(k), register);
+        self.complete_store_writes();
     }
 
     /// The next call's INVITE, for the next callee in turn, with its own Call-ID and branch.
@@ -138,15 +205,12 @@ Content-Length: {}\r\n\r\n{body}",
 
     /// A caller's INVITE arrives.
     pub fn receive_invite(&mut self, invite: Bytes) {
-        self.pipeline
-            .receive(addr(CALLER), invite)
-            .expect("the INVITE parses");
+        self.receive(addr(CALLER), invite);
     }
 
     /// Whether a datagram starting with `start` went to `to` since the last look.
-    pub fn sent(&self, to: SocketAddr, start: &[u8]) -> bool {
-        self.pipeline
-            .take_sent()
+    pub fn sent(&mut self, to: SocketAddr, start: &[u8]) -> bool {
+        self.take_sent()
             .iter()
             .any(|(a, b)| *a == to && b.starts_with(start))
     }
@@ -157,47 +221,37 @@ Content-Length: {}\r\n\r\n{body}",
     }
 }
 
-/// The runtime the benches' push providers run on, beside the measuring thread.
-pub fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_parked_call_gets_100_trying_and_is_delivered_on_the_wake_up_register() {
-        let rt = runtime();
-        let mut f = Fixture::new(&rt, true);
+        let mut f = Fixture::new(true);
         let invite = f.next_invite();
         f.receive_invite(invite);
         assert!(f.sent(Fixture::caller(), b"SIP/2.0 100"), "100 Trying");
-        assert_eq!(f.pipeline.gauges().parked_calls, 1, "parked");
+        assert_eq!(f.node.gauges().parked_calls, 1, "parked");
+        assert_eq!(f.pushes, 1, "pushed");
         let k = f.last_callee();
         let wake = f.next_register(k);
         f.receive_register(k, wake);
         assert!(f.sent(phone(k), b"INVITE sip:u1@"), "delivered");
-        assert_eq!(f.pipeline.gauges().parked_calls, 0);
+        assert_eq!(f.node.gauges().parked_calls, 0);
     }
 
     #[test]
     fn a_call_to_an_awake_phone_is_forwarded_at_once() {
-        let rt = runtime();
-        let mut f = Fixture::new(&rt, false);
+        let mut f = Fixture::new(false);
         let invite = f.next_invite();
         f.receive_invite(invite);
-        let sent = f.pipeline.take_sent();
+        let sent = f.take_sent();
         assert!(sent
             .iter()
             .any(|(a, b)| *a == Fixture::caller() && b.starts_with(b"SIP/2.0 100")));
         assert!(sent
             .iter()
             .any(|(a, b)| *a == phone(1) && b.starts_with(b"INVITE sip:u1@")));
-        assert_eq!(f.pipeline.gauges().parked_calls, 0);
+        assert_eq!(f.node.gauges().parked_calls, 0);
     }
 }

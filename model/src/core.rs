@@ -56,6 +56,10 @@ struct Leg {
     push: PushState,
     /// The device sent a provisional on the INVITE forwarded to it: it holds the INVITE.
     heard: bool,
+    /// Forwarded to a device only probably awake (on UDP, heard from lately), which has
+    /// shown no sign of life since: no provisional, no REGISTER. Such a branch does not keep
+    /// the call past its deadline.
+    probing: bool,
     state: LegState,
 }
 
@@ -118,11 +122,14 @@ enum Outcome {
     Told,
 }
 
-impl LegState {
-    /// Still able to produce a call for the caller (in the given phase).
-    fn is_live(self, phase: Phase) -> bool {
-        match self {
-            LegState::Forwarded | LegState::Queued => true,
+impl Leg {
+    /// Still able to produce a call for the caller (in the given phase). Past the deadline
+    /// a branch to a device only probably awake keeps the call only once the device has
+    /// shown a sign of life: silent all that time, it slept through the INVITE.
+    fn is_live(&self, phase: Phase) -> bool {
+        match self.state {
+            LegState::Forwarded => phase == Phase::Parking || !self.probing,
+            LegState::Queued => true,
             LegState::Parked | LegState::Backoff => phase == Phase::Parking,
             _ => false,
         }
@@ -300,6 +307,7 @@ impl Core {
                         LegState::Forwarded | LegState::Cancelling | LegState::Telling
                     ) {
                         leg.heard = true;
+                        leg.probing = false;
                         if live && leg.state == LegState::Forwarded {
                             out.push(Effect::RelayProvisional { call, device });
                         }
@@ -416,6 +424,7 @@ impl Core {
                     PushState::None
                 },
                 heard: false,
+                probing: awake == Awake::Probably,
                 state,
             });
         }
@@ -497,6 +506,7 @@ impl Core {
                         pushes: 0,
                         push: PushState::None,
                         heard: false,
+                        probing: false,
                         state: LegState::Done(Outcome::Unavailable),
                     });
                 }
@@ -513,6 +523,7 @@ impl Core {
                     // Forwarded, and not heard from: it may have slept through the INVITE
                     // and come back on a new flow.
                     LegState::Forwarded if !leg.heard && fault != Some(Fault::NoReroute) => {
+                        leg.probing = false;
                         return out.push(Effect::Reroute { call, device });
                     }
                     // Already has the call, or has given its answer: a second REGISTER
@@ -786,6 +797,7 @@ impl Core {
                     && leg.pushes < attempts
                     && fault != Some(Fault::NoFallbackPush);
                 leg.heard = false;
+                leg.probing = false;
                 leg.state = if may_push {
                     // Its flow died while it slept: wake it the RFC 8599 way.
                     leg.pushes += 1;
@@ -907,7 +919,7 @@ impl Core {
         if !c.is_pending() {
             return self.settle_ended(call, out);
         }
-        if c.legs.iter().any(|l| l.state.is_live(c.phase)) {
+        if c.legs.iter().any(|l| l.is_live(c.phase)) {
             return;
         }
         let (code, relay) = best_response(&c.legs, self.fault);

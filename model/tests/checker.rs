@@ -88,7 +88,7 @@ const SECOND_CALL: &str = "live_call_answered_after_a_notice";
 const PINNED: [(&str, usize, &[&str]); 10] = [
     (
         "1x1",
-        697,
+        607,
         &[
             OTHER_DEVICE,
             SECOND_CALL,
@@ -99,7 +99,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
     ),
     (
         "1x2",
-        51_646,
+        34_512,
         &[
             SECOND_CALL,
             AWAKE_OR_DEAD_FLOW[0],
@@ -109,7 +109,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
     ),
     (
         "2x1",
-        79_275,
+        46_625,
         &[
             OTHER_DEVICE,
             AWAKE_OR_DEAD_FLOW[0],
@@ -119,7 +119,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
     ),
     (
         "2x2",
-        2_686_161,
+        1_187_543,
         &[
             "push_retried_after_transient_failure",
             AWAKE_OR_DEAD_FLOW[0],
@@ -129,7 +129,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
     ),
     (
         "3x1",
-        3_377_998,
+        1_486_846,
         &[
             OTHER_DEVICE,
             AWAKE_OR_DEAD_FLOW[0],
@@ -139,7 +139,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
     ),
     (
         "1x2-no-cancel",
-        1_096,
+        959,
         &[
             "cancel_races_register",
             SECOND_CALL,
@@ -150,7 +150,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
     ),
     (
         "2x2-no-cancel",
-        749_253,
+        374_343,
         &[
             "cancel_races_register",
             "push_retried_after_transient_failure",
@@ -161,11 +161,11 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
     ),
     (
         "1x2-flow",
-        62_078,
+        43_693,
         &[SECOND_CALL, AWAKE_OR_DEAD_FLOW[0], AWAKE_OR_DEAD_FLOW[2]],
     ),
-    ("2x1-udp", 95_290, &[OTHER_DEVICE]),
-    ("2x1-udp-waiting", 106_878, &[OTHER_DEVICE]),
+    ("2x1-udp", 64_384, &[OTHER_DEVICE]),
+    ("2x1-udp-waiting", 76_716, &[OTHER_DEVICE]),
 ];
 
 fn check_pinned(name: &str) -> impl Checker<ParkModel> {

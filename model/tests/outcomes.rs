@@ -1182,3 +1182,42 @@ fn woken_device_whose_invite_was_cancelled_unseen_gets_it_with_the_cancel() {
     assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
     d.assert_idle();
 }
+
+// A device taken to be awake on UDP that stays silent through the whole park (it slept
+// through the INVITE and its push never woke it) does not hold the caller past the
+// deadline; one that rang does.
+#[test]
+fn silent_branch_to_a_device_only_probably_awake_ends_at_the_deadline() {
+    let mut d = Driver::new();
+    d.clock_to(10_000);
+    d.send(arrival(C1, U1, &[on_udp(D1, 9_000, false)]));
+    d.send(push_accepted(C1, D1));
+    assert_eq!(
+        d.advance_to(40_000),
+        [(
+            Timer::Deadline(C1),
+            vec![respond(C1, 480, None), cancel_branch(C1, D1)]
+        )]
+    );
+    // Timer B ends the branch that never arrived; the push was accepted, so the device
+    // may still wake and is told then.
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        [arm(Timer::Linger(C1), 70_000)]
+    );
+
+    d.send(arrival(C2, U1, &[on_udp(D2, 39_000, false)]));
+    d.send(rang(C2, D2));
+    assert_eq!(
+        d.advance_to(70_000),
+        [(Timer::Deadline(C2), vec![]), (Timer::Linger(C1), vec![])]
+    );
+    assert_eq!(
+        d.send(answered(C2, D2)),
+        [respond(C2, 200, Some(D2))],
+        "it rang: the call waited for its answer"
+    );
+}

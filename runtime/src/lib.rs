@@ -9,10 +9,9 @@
 //! | [`config`] | the TOML configuration and its embedded defaults |
 //! | [`driver`] | the core driver: feeds the core with the time, keeps its timers |
 //! | [`metrics`] | Prometheus metrics and health on the admin listener |
-//! | [`proxy`] | INVITE, CANCEL and in-dialog requests; the core's effects carried out as SIP |
-//! | [`push`] | push providers (webhook, log) behind one trait, dispatched off the SIP path |
-//! | [`registrar`] | REGISTER: bindings, expiry, RFC 8599 push parameters, Feature-Caps |
-//! | [`server`] | the event loop that owns it all; start and shutdown |
+//! | [`node`] | the sans-IO SIP node: transactions, registrar, proxy and core in one value; `handle_*` in, `poll_*` out |
+//! | [`push`] | push providers (APNs, FCM, webhook, log) behind one trait, dispatched off the SIP path |
+//! | [`server`] | the tokio shell: sockets, store thread, push providers, the loop that feeds the node; start and shutdown |
 //! | [`sip`] | SIP syntax: framing, parsing, typed headers, validation, serialisation |
 //! | [`transaction`] | RFC 3261 §17 transactions and their timers, sans-IO (RFC 6026 included) |
 //! | [`transport`] | UDP and TCP listeners and the flows devices are reached on |
@@ -24,10 +23,8 @@ pub mod config;
 pub mod demo;
 pub mod driver;
 pub mod metrics;
-pub mod pipeline;
-pub mod proxy;
+pub mod node;
 pub mod push;
-pub mod registrar;
 pub mod server;
 pub mod sip;
 pub mod store;

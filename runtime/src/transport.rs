@@ -39,6 +39,20 @@ pub struct Flow {
     pub peer: SocketAddr,
 }
 
+impl Flow {
+    /// The flow of datagrams between our socket at `local` and `peer`. A UDP flow's id
+    /// follows from its two addresses, so nothing is kept per peer: a server seeing
+    /// millions of NATed phones over time holds no map of them.
+    pub fn udp(local: SocketAddr, peer: SocketAddr) -> Flow {
+        Flow {
+            id: udp_flow_id(local, peer),
+            transport: Transport::Udp,
+            local,
+            peer,
+        }
+    }
+}
+
 impl fmt::Display for Flow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} <- {}", self.transport, self.local, self.peer)
@@ -78,7 +92,7 @@ pub struct Transports {
 
 struct Inner {
     /// The UDP sockets and the addresses they are bound to.
-    udp: Vec<(SocketAddr, Endpoint)>,
+    udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
     tcp_local: Vec<SocketAddr>,
     connections: Mutex<HashMap<FlowId, mpsc::UnboundedSender<Bytes>>>,
     next_id: AtomicU64,
@@ -86,47 +100,16 @@ struct Inner {
     max_message: usize,
 }
 
-/// Where UDP datagrams go: a real socket, or (for the socket-free pipeline of benches and
-/// tests) a list that keeps them.
-enum Endpoint {
-    Socket(Arc<UdpSocket>),
-    Memory(Outbox),
-}
-
-/// Datagrams sent by [`Transports::in_memory`], with the address each was sent to.
-pub type Outbox = Arc<Mutex<Vec<(SocketAddr, Bytes)>>>;
-
 impl Transports {
-    /// UDP "listeners" at `addrs` that bind nothing: what is sent over them lands in the
-    /// returned [`Outbox`]. The server's whole message path without sockets.
-    pub fn in_memory(addrs: &[SocketAddr], inbound: mpsc::Sender<Inbound>) -> (Self, Outbox) {
-        let outbox = Outbox::default();
-        let inner = Inner {
-            udp: addrs
-                .iter()
-                .map(|&a| (a, Endpoint::Memory(Arc::clone(&outbox))))
-                .collect(),
-            tcp_local: Vec::new(),
-            connections: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            inbound,
-            max_message: usize::MAX,
-        };
-        let inner = Arc::new(inner);
-        (Self { inner }, outbox)
-    }
-
     /// Waits until one of the UDP sockets has a datagram waiting, and says which. The
     /// server's loop reads UDP itself: handing each datagram from a reader task to the loop
     /// cost a task wake-up (and often a thread switch) per message.
     pub async fn udp_readable(&self) -> usize {
         std::future::poll_fn(|cx| {
-            for (index, (_, endpoint)) in self.inner.udp.iter().enumerate() {
-                if let Endpoint::Socket(socket) = endpoint {
-                    // An error is "ready" too: the read that follows reports it.
-                    if socket.poll_recv_ready(cx).is_ready() {
-                        return std::task::Poll::Ready(index);
-                    }
+            for (index, (_, socket)) in self.inner.udp.iter().enumerate() {
+                // An error is "ready" too: the read that follows reports it.
+                if socket.poll_recv_ready(cx).is_ready() {
+                    return std::task::Poll::Ready(index);
                 }
             }
             std::task::Poll::Pending
@@ -144,7 +127,7 @@ impl Transports {
         buf: &mut [u8],
         mut each: impl FnMut(Inbound),
     ) {
-        let Some((local, Endpoint::Socket(socket))) = self.inner.udp.get(index) else {
+        let Some((local, socket)) = self.inner.udp.get(index) else {
             return;
         };
         for _ in 0..max {
@@ -157,7 +140,7 @@ impl Transports {
                     continue;
                 }
             };
-            let flow = self.inner.udp_flow(*local, peer);
+            let flow = Flow::udp(*local, peer);
             let datagram = Bytes::copy_from_slice(&buf[..len]);
             each(match sip::parse_datagram_bytes(datagram) {
                 // A CRLF keep-alive over UDP needs no answer (RFC 5626 uses STUN there).
@@ -167,21 +150,6 @@ impl Transports {
                 Ok(message) => Inbound::Message { flow, message },
             });
         }
-    }
-
-    /// The flow to `peer` from our first UDP socket of its address family, if we have one:
-    /// what a request sent by address (not over a known flow) goes out on.
-    pub fn udp_flow_to(&self, peer: SocketAddr) -> Option<Flow> {
-        self.inner
-            .udp
-            .iter()
-            .find(|(local, _)| local.is_ipv4() == peer.is_ipv4())
-            .map(|(local, _)| self.inner.udp_flow(*local, peer))
-    }
-
-    /// The flow a datagram from `peer` to our `local` address arrives on.
-    pub fn udp_flow(&self, local: SocketAddr, peer: SocketAddr) -> Flow {
-        self.inner.udp_flow(local, peer)
     }
 
     /// Binds every listener and starts receiving; messages arrive on `inbound`.
@@ -196,7 +164,7 @@ impl Transports {
             match listener.transport {
                 Transport::Udp => {
                     let socket = bind_udp(listener.address)?;
-                    udp.push((socket.local_addr()?, Endpoint::Socket(Arc::new(socket))));
+                    udp.push((socket.local_addr()?, Arc::new(socket)));
                 }
                 Transport::Tcp => tcp.push(TcpListener::bind(listener.address).await?),
             }
@@ -225,26 +193,13 @@ impl Transports {
         udp.chain(tcp).collect()
     }
 
-    /// Whether the flow can still carry a message. UDP flows always can (whether the
-    /// peer still listens is the registrar's judgement); TCP flows while connected.
-    pub fn is_open(&self, flow: &Flow) -> bool {
-        match flow.transport {
-            Transport::Udp => true,
-            Transport::Tcp => lock(&self.inner.connections).contains_key(&flow.id),
-        }
-    }
-
     /// Sends `bytes` over `flow` without waiting.
     pub fn send(&self, flow: &Flow, bytes: Bytes) -> Result<(), SendError> {
         match flow.transport {
             Transport::Udp => {
-                let socket = match self.inner.udp.iter().find(|(l, _)| *l == flow.local) {
-                    Some((_, Endpoint::Socket(socket))) => socket,
-                    Some((_, Endpoint::Memory(outbox))) => {
-                        lock(outbox).push((flow.peer, bytes));
-                        return Ok(());
-                    }
-                    None => return Err(SendError::NoListener(Transport::Udp)),
+                let Some((_, socket)) = self.inner.udp.iter().find(|(l, _)| *l == flow.local)
+                else {
+                    return Err(SendError::NoListener(Transport::Udp));
                 };
                 match socket.try_send_to(&bytes, flow.peer) {
                     Ok(_) => Ok(()),
@@ -276,19 +231,14 @@ impl Transports {
     ) -> Result<Flow, SendError> {
         match transport {
             Transport::Udp => {
-                let (local, endpoint) = self
+                let (local, socket) = self
                     .inner
                     .udp
                     .iter()
                     .find(|(local, _)| local.is_ipv4() == peer.is_ipv4())
                     .ok_or(SendError::NoListener(Transport::Udp))?;
-                match endpoint {
-                    Endpoint::Socket(socket) => {
-                        socket.send_to(&bytes, peer).await?;
-                    }
-                    Endpoint::Memory(outbox) => lock(outbox).push((peer, bytes)),
-                }
-                Ok(self.inner.udp_flow(*local, peer))
+                socket.send_to(&bytes, peer).await?;
+                Ok(Flow::udp(*local, peer))
             }
             Transport::Tcp => {
                 let stream = TcpStream::connect(peer).await?;
@@ -339,17 +289,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Inner {
     fn new_id(&self) -> FlowId {
         FlowId(self.next_id.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// A UDP flow's id follows from its two addresses, so nothing is kept per peer: a
-    /// server seeing millions of NATed phones over time holds no map of them.
-    fn udp_flow(&self, local: SocketAddr, peer: SocketAddr) -> Flow {
-        Flow {
-            id: udp_flow_id(local, peer),
-            transport: Transport::Udp,
-            local,
-            peer,
-        }
     }
 
     /// Registers a connection and starts its reader and writer.

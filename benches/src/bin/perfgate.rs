@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::process::ExitCode;
 
 use pushpark::sip::parse_datagram;
-use pushpark_benches::pipeline::{runtime, Fixture};
+use pushpark_benches::pipeline::Fixture;
 use pushpark_benches::{invite_1k, parked_call_life};
 use pushpark_model::{CallId, Config, Core};
 
@@ -47,15 +47,14 @@ fn main() -> ExitCode {
         "pipeline_relay_invite" => Some(false),
         _ => None,
     } {
-        let rt = runtime();
-        let mut fixture = Fixture::new(&rt, asleep);
+        let mut fixture = Fixture::new(asleep);
         for _ in 0..n {
             if fixture.calls() == CALLS_PER_SERVER {
-                fixture = Fixture::new(&rt, asleep);
+                fixture = Fixture::new(asleep);
             }
             let invite = fixture.next_invite();
             fixture.receive_invite(invite);
-            sink += fixture.pipeline.take_sent().len();
+            sink += fixture.take_sent().len();
         }
         black_box(sink);
         return ExitCode::SUCCESS;

@@ -45,6 +45,7 @@ pub mod dispatcher;
 pub mod fcm;
 pub mod log;
 pub mod rate;
+pub mod setup;
 pub mod webhook;
 
 use std::fmt;

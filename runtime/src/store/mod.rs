@@ -52,7 +52,7 @@ mod schema;
 mod uri;
 mod writer;
 
-pub use self::writer::Writer;
+pub use self::writer::{Done, Job, Writer};
 
 #[cfg(test)]
 mod tests;

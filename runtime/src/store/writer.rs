@@ -19,8 +19,9 @@ use super::{run_cached, Store, StoreError};
 const MAX_BATCH: usize = 512;
 
 /// What a job hands back once its batch is committed (`Ok`) or lost (`Err`).
-type Done<O> = Box<dyn FnOnce(Result<(), &StoreError>) -> O + Send>;
-type Job<O> = Box<dyn FnOnce(&mut Store) -> Done<O> + Send>;
+pub type Done<O> = Box<dyn FnOnce(Result<(), &StoreError>) -> O + Send>;
+/// Work on the store, run inside a batch's transaction.
+pub type Job<O> = Box<dyn FnOnce(&mut Store) -> Done<O> + Send>;
 
 /// The handle to the store's thread. Dropping it (or [`close`](Self::close)) lets the thread
 /// finish the jobs already sent and end.
@@ -60,10 +61,14 @@ impl<O: Send + 'static> Writer<O> {
         work: impl FnOnce(&mut Store) -> T + Send + 'static,
         done: impl FnOnce(T, Result<(), &StoreError>) -> O + Send + 'static,
     ) {
-        let job: Job<O> = Box::new(move |store| {
+        self.submit_job(Box::new(move |store| {
             let value = work(store);
             Box::new(move |committed| done(value, committed))
-        });
+        }));
+    }
+
+    /// Queues a job made elsewhere.
+    pub fn submit_job(&self, job: Job<O>) {
         if let Some(jobs) = &self.jobs {
             // Only fails once the thread has ended, i.e. never before `close`.
             let _ = jobs.send(job);
@@ -78,8 +83,10 @@ impl<O: Send + 'static> Writer<O> {
 }
 
 impl Store {
-    /// Runs `batch` in one transaction and returns each job's outcome after the commit.
-    fn run_batch<O>(&mut self, batch: Vec<Job<O>>) -> Vec<O> {
+    /// Runs `batch` in one transaction and returns each job's outcome after the commit:
+    /// what the store's thread does with each batch, and what a caller without that thread
+    /// (the benches, the simulation) does itself.
+    pub fn run_batch<O>(&mut self, batch: Vec<Job<O>>) -> Vec<O> {
         // If the transaction cannot even begin (the file locked by another process past the
         // busy timeout), each job runs on its own and its own result tells how it went.
         let began = run_cached(&self.conn, "BEGIN IMMEDIATE").is_ok();

@@ -7,9 +7,9 @@
 
 use pushpark_model::{AorId, DeviceId, Event, Flow as CoreFlow, Target};
 
+use super::{log_failure, Node, Outgoing, PushTag, StoreDone};
 use crate::auth::{parse_authorization, ChallengeKind, ParseError as AuthParseError, Verdict};
 use crate::push::{PushKind, PushRequest};
-use crate::server::{log_failure, unix_now, Input, Outgoing, PushTag, State};
 use crate::sip::{Contact, Message, SipUri, Uri};
 use crate::store::{Applied, Binding, BindingId, Change, ContactSpec, Register, Store, StoreError};
 use crate::transaction::Key;
@@ -29,15 +29,15 @@ pub(crate) struct Bindings {
 }
 
 impl Bindings {
-    /// Every binding the store holds that has not expired.
-    pub fn load(store: &Store, now: u64) -> Result<Self, StoreError> {
+    /// The bindings the store held at start (those not expired).
+    pub fn new(stored: Vec<Binding>) -> Self {
         let mut bindings = Self::default();
-        for binding in store.expiring_between(now + 1, i64::MAX as u64)? {
+        for binding in stored {
             let aor = binding.aor.clone();
             bindings.aor_of.insert(device(binding.id), aor.clone());
             bindings.by_aor.entry(aor).or_default().push(binding);
         }
-        Ok(bindings)
+        bindings
     }
 
     pub fn aor_id(&mut self, aor: &str) -> AorId {
@@ -195,7 +195,7 @@ pub(crate) fn without_pn_params(contact: &str) -> String {
     out
 }
 
-impl State {
+impl Node {
     /// The URI a digest response must be for: the Request-URI, or any SIP URI naming this
     /// server (SIPp and some phones put the registrar's address there). The response hash
     /// covers the URI, so accepting either lets no credentials be replayed elsewhere.
@@ -207,10 +207,10 @@ impl State {
     }
 
     pub(crate) fn on_register(&mut self, flow: Flow, key: Key, request: Message) {
-        let reply = |state: &mut State, code: u16, reason: &str, extra: &[(&str, String)]| {
+        let reply = |node: &mut Node, code: u16, reason: &str, extra: &[(&str, String)]| {
             let mut response = request.response(code).reason(reason);
             if code >= 200 {
-                response = response.to_tag(&format!("pp{}", state.next_id()));
+                response = response.to_tag(&format!("pp{}", node.next_id()));
             }
             for (name, value) in extra {
                 response = response.header(name, value);
@@ -220,9 +220,7 @@ impl State {
                 flow: flow.clone(),
                 bytes,
             };
-            let _ = state
-                .transactions
-                .send_response(state.now(), &key, code, out);
+            let _ = node.transactions.send_response(node.now(), &key, code, out);
         };
         // The AOR: a SIP URI of one of our domains (RFC 3261 §10.3 steps 1, 5).
         let to = match request.to_header() {
@@ -240,7 +238,7 @@ impl State {
         }
         // Digest authentication: the authenticated user registers for its own AOR only.
         if let Some((digest, users)) = &self.auth {
-            let now = unix_now();
+            let now = self.unix_now();
             let uri = request.request_uri_str().unwrap_or_default();
             let verdict = request
                 .first_str(crate::sip::HeaderName::Authorization)
@@ -292,7 +290,7 @@ impl State {
             registrar.max_expires.as_secs(),
             registrar.default_expires.as_secs(),
         );
-        let now = unix_now();
+        let now = self.unix_now();
         let mut changes = Vec::new();
         let mut upserted = Vec::new();
         let mut feature_caps = Vec::new();
@@ -393,7 +391,7 @@ impl State {
                 let result = committed
                     .map_err(|e| StoreError::NotCommitted(e.to_string()))
                     .and(result);
-                Input::Registered(Box::new(RegisterDone {
+                StoreDone(Some(Box::new(RegisterDone {
                     flow,
                     key,
                     request,
@@ -402,7 +400,7 @@ impl State {
                     feature_caps,
                     outbound,
                     result,
-                }))
+                })))
             },
         );
     }
@@ -418,7 +416,7 @@ impl State {
             outbound,
             result,
         } = done;
-        let now = unix_now();
+        let now = self.unix_now();
         if let Err(e) = &result {
             tracing::debug!("REGISTER for {aor} not applied: {e}");
         }
@@ -459,7 +457,7 @@ impl State {
         let _ = self.transactions.send_response(self.now(), &key, code, out);
         let Some(applied) = applied else { return };
         self.bindings.replace(&aor, &applied);
-        let aor_id = self.aor_id(&aor);
+        let aor_id = self.bindings.aor_id(&aor);
         for id in &applied.removed {
             self.feed(Event::DeviceUnavailable {
                 aor: aor_id,
@@ -484,14 +482,14 @@ impl State {
     }
 }
 
-impl State {
+impl Node {
     /// Forgets expired bindings, in memory and in the store, and tells the core; pushes the
     /// bindings that are due a refresh.
     pub(crate) fn sweep_bindings(&mut self) {
-        let now = unix_now();
+        let now = self.unix_now();
         self.refresh_pushes(now);
         for (aor, device) in self.bindings.expire(now) {
-            let aor = self.aor_id(&aor);
+            let aor = self.bindings.aor_id(&aor);
             self.feed(Event::DeviceUnavailable { aor, device });
         }
         self.with_store(
@@ -501,7 +499,7 @@ impl State {
     }
 }
 
-impl State {
+impl Node {
     /// RFC 8599 §5.5: a binding with a push token that will expire before the next sweep
     /// plus `refresh_push_before` gets one push to make the app register again; never one
     /// to an APNs VoIP token (iOS kills an app that gets a VoIP push it does not report as
@@ -528,7 +526,7 @@ impl State {
         for (id, binding) in due {
             let Some(push) = binding.push else { continue };
             self.bindings.refreshed.insert(id, binding.expires_at);
-            if !self.push_budget.allow(id, std::time::Instant::now()) {
+            if !self.push_budget.allow(id, self.instant()) {
                 continue;
             }
             let request = PushRequest {
@@ -544,9 +542,7 @@ impl State {
                 deadline: std::time::UNIX_EPOCH
                     + std::time::Duration::from_secs(binding.expires_at),
             };
-            self.push_started
-                .insert(request.id.clone(), std::time::Instant::now());
-            let _ = self.dispatcher.submit(request, PushTag::Refresh(id));
+            self.submit_push(request, PushTag::Refresh(id));
         }
     }
 }

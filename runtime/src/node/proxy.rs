@@ -9,17 +9,17 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pushpark_model::{CallId, Callee, DeviceId, Effect, EndReason, Event, Flow as CoreFlow};
 use tracing::{debug, info};
 
+use super::registrar::{aor_of, without_pn_params};
+use super::{log_failure, Node, Outgoing, PushTag};
 use crate::auth::{parse_authorization, ChallengeKind, Verdict};
 use crate::config::Transport;
 use crate::push::{PushKind, PushRequest};
-use crate::registrar::{aor_of, without_pn_params};
-use crate::server::{unix_now, Outgoing, PushTag, State};
 use crate::sip::{
     default_reason, parse_datagram_bytes, validate_request, HeaderName, Message, Method, SipUri,
     Uri,
@@ -304,7 +304,7 @@ fn uri_target(uri: &SipUri<'_>) -> Option<(Transport, SocketAddr)> {
     Some((transport, SocketAddr::new(ip, uri.port.unwrap_or(5060))))
 }
 
-impl State {
+impl Node {
     /// A request from any peer: checked, matched to its transaction, then handled.
     pub(crate) fn on_request(&mut self, flow: Flow, request: Message) {
         if let Err(rejection) = validate_request(&request) {
@@ -416,8 +416,8 @@ impl State {
     }
 
     fn on_invite(&mut self, flow: Flow, key: Key, invite: Message) {
-        let reply = |state: &mut State, code: u16, extra: &[(&str, String)]| {
-            state.reply(&flow, &key, &invite, code, extra)
+        let reply = |node: &mut Node, code: u16, extra: &[(&str, String)]| {
+            node.reply(&flow, &key, &invite, code, extra)
         };
         // RFC 3261 §16.3 step 4: an INVITE that already went through us comes back in a loop.
         if self.already_forwarded_by_us(&invite) {
@@ -450,12 +450,12 @@ impl State {
             }
             _ => Callee::Devices(
                 self.bindings
-                    .targets(&aor, unix_now(), |d, f| self.flow_facts(d, f)),
+                    .targets(&aor, self.unix_now(), |d, f| self.flow_facts(d, f)),
             ),
         };
         self.calls.next += 1;
         let call = CallId(self.calls.next);
-        let aor_id = self.aor_id(&aor);
+        let aor_id = self.bindings.aor_id(&aor);
         let to_tag = format!("pp{}", self.next_id());
         self.calls.by_invite.insert(key.clone(), call);
         self.calls.by_id.insert(
@@ -512,7 +512,7 @@ impl State {
         if !self.is_local_host(from_uri.host_raw) {
             return None;
         }
-        let now = unix_now();
+        let now = self.unix_now();
         let uri = invite.request_uri_str().unwrap_or_default();
         let verdict = invite
             .first_str(HeaderName::ProxyAuthorization)
@@ -720,7 +720,7 @@ impl State {
     pub(crate) fn apply_effect(&mut self, effect: Effect) {
         match effect {
             Effect::Push { call, device } => {
-                if self.calls.park(call, Instant::now()) {
+                if self.calls.park(call, self.instant()) {
                     self.metrics.parked();
                 }
                 self.push(call, device);
@@ -728,7 +728,8 @@ impl State {
             Effect::Forward { call, device } => {
                 // Forwarded after a push: a phone woke and registered.
                 if let Some(since) = self.calls.unpark(call) {
-                    self.metrics.woke(since.elapsed());
+                    self.metrics
+                        .woke(self.instant().saturating_duration_since(since));
                 }
                 self.forward(call, device, None);
             }
@@ -782,7 +783,7 @@ impl State {
                 if let Some((id, prid)) = self.bindings.forget_push(device) {
                     self.with_store(
                         move |store| store.forget_push_token(id, &prid),
-                        crate::server::log_failure("forgetting a dead token"),
+                        log_failure("forgetting a dead token"),
                     );
                 }
             }
@@ -795,14 +796,14 @@ impl State {
             return;
         };
         if let Some(call_id) = raw(&ctx.invite, HeaderName::CallId) {
-            self.dialogs.open(call_id, device, Instant::now());
+            self.dialogs.open(call_id, device, self.instant());
         }
     }
 
     /// What the core is told of `device`'s flow: whether it is open, and for UDP, when it
     /// was last heard from and whether the device is in a dialog through us.
     pub(crate) fn flow_facts(&self, device: DeviceId, flow: &Flow) -> CoreFlow {
-        if !self.transports.is_open(flow) {
+        if !self.is_open(flow) {
             return CoreFlow::Closed;
         }
         match flow.transport {
@@ -834,7 +835,7 @@ impl State {
                 permanent: true,
             });
         };
-        if !self.push_budget.allow(device, Instant::now()) {
+        if !self.push_budget.allow(device, self.instant()) {
             tracing::warn!("push to {device} for {call} refused: over the per-device rate limit");
             return self.feedback.push(Event::PushFailed {
                 call,
@@ -861,12 +862,12 @@ impl State {
             call_id: raw(&ctx.invite, HeaderName::CallId)
                 .unwrap_or_default()
                 .to_owned(),
-            deadline: SystemTime::now()
+            deadline: UNIX_EPOCH
+                + Duration::from_secs(self.unix_now())
                 + Duration::from_millis(self.driver.core().config().park_timeout),
         };
         // Whether queued or refused, the outcome comes back as a report.
-        self.push_started.insert(request.id.clone(), Instant::now());
-        let _ = self.dispatcher.submit(request, PushTag::Call(call, device));
+        self.submit_push(request, PushTag::Call(call, device));
     }
 
     /// The caller's INVITE as the branch with `branch` sends it to `contact` over `flow`:
@@ -898,7 +899,7 @@ impl State {
         let flow = self
             .bindings
             .flow(device)
-            .filter(|f| self.transports.is_open(f))?
+            .filter(|f| self.is_open(f))?
             .clone();
         let contact = without_pn_params(&self.bindings.get(device)?.contact);
         Some((flow, contact))
@@ -1154,7 +1155,7 @@ impl State {
         let other = if Some(arrived.id) == a { b } else { a };
         let out_flow = other
             .and_then(|id| self.flows.get(&id).map(|(flow, _)| flow.clone()))
-            .filter(|f| self.transports.is_open(f));
+            .filter(|f| self.is_open(f));
         let is_ack = request.method().is_some_and(|m| m.as_str() == "ACK");
         if request.method().is_some_and(|m| m.as_str() == "BYE") {
             if let Some(Ok(call_id)) = request.call_id() {
@@ -1235,7 +1236,7 @@ impl State {
             .flows
             .values()
             .map(|(flow, _)| flow)
-            .find(|f| f.transport == Transport::Tcp && f.peer == addr && self.transports.is_open(f))
+            .find(|f| f.transport == Transport::Tcp && f.peer == addr && self.is_open(f))
             .cloned();
         match existing {
             Some(flow) => self.send(&flow, bytes),

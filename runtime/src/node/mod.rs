@@ -1,0 +1,586 @@
+//! The SIP node, sans-IO in the manner of quinn-proto's `Endpoint`: one value that owns
+//! everything with protocol state — the transactions, the registrar's bindings, the proxy's
+//! calls and dialogs, the call-parking core and its timers — and does no I/O at all.
+//!
+//! The shell ([`crate::server`]) feeds it what happened, each input with the time it
+//! happened at (`handle_*(now, …)`), and after every input drains what it must do
+//! (`poll_transmit`, `poll_push`, `poll_store`) and when to call again (`poll_timeout`).
+//! No socket, clock, thread or task is touched in here; the same node runs under the tokio
+//! shell, in the benches and in the whole-node simulation.
+//!
+//! Every effect of one core step is carried out before the next event reaches the core:
+//! what carrying out an effect finds out at once (a push refused, a flow already gone) is
+//! queued and fed after the step, in the order found.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`registrar`] | REGISTER: bindings, expiry, RFC 8599 push parameters, refresh pushes |
+//! | [`proxy`] | requests and responses: dispatch, calls and their branches, dialogs |
+
+pub(crate) mod proxy;
+pub(crate) mod registrar;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pushpark_model::{CallId, DeviceId, Effect, Event, Timer};
+use tracing::{debug, warn};
+
+use crate::auth::{DigestAuth, DigestConfig, Secret, UserDb};
+use crate::config::{Config, Transport};
+use crate::driver::Driver;
+use crate::metrics::{push_result, Gauges, Metrics};
+use crate::push::{PushBudget, PushOutcome, PushReport, PushRequest};
+use crate::sip::Message;
+use crate::store::{Job, Store, StoreError};
+use crate::transaction::{self, Key, Output, Transactions};
+use crate::transport::{Flow, FlowId, Inbound};
+use crate::Map;
+
+use self::proxy::{Branches, Calls, Dialogs};
+pub(crate) use self::registrar::Bindings;
+use self::registrar::RegisterDone;
+
+/// How long a UDP flow may stay silent before the node forgets it.
+const UDP_FLOW_IDLE: Duration = Duration::from_secs(4 * 3600);
+
+/// A message on its way out, and the flow it goes over: what the transaction layer keeps
+/// for retransmissions.
+#[derive(Clone, Debug)]
+pub(crate) struct Outgoing {
+    pub flow: Flow,
+    pub bytes: Bytes,
+}
+
+/// Where a message goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// Over a flow: a UDP peer on one of our sockets, or an open TCP connection.
+    Flow(Flow),
+    /// To an address no flow leads to (in-dialog requests by their URI, responses by their
+    /// Via): over UDP from our socket of that address family, or over a new TCP connection.
+    Address(Transport, SocketAddr),
+}
+
+/// A message for the shell to send.
+#[derive(Clone, Debug)]
+pub struct Transmit {
+    pub destination: Destination,
+    pub bytes: Bytes,
+    /// The transaction the message belongs to: a failure to send it is reported back with
+    /// [`Node::handle_send_failed`].
+    pub key: Option<Key>,
+}
+
+/// What a push was for, so its outcome goes where it belongs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushTag {
+    /// A call parked for a device: the outcome goes to the core.
+    Call(CallId, DeviceId),
+    /// A binding-refresh push (RFC 8599 §5.5): only a dead token matters.
+    Refresh(DeviceId),
+}
+
+/// A store job's answer, handed back with [`Node::handle_store_done`].
+pub struct StoreDone(Option<Box<RegisterDone>>);
+
+/// Work for the bindings store, to run on the store's own thread in the order given; the
+/// node does not run it. [`Store::run_batch`] does, inside one transaction, and gives back
+/// what to hand to the node once that transaction has committed (or failed to).
+pub struct StoreJob(Job<StoreDone>);
+
+impl StoreJob {
+    fn new<T: Send + 'static>(
+        work: impl FnOnce(&mut Store) -> T + Send + 'static,
+        done: impl FnOnce(T, Result<(), &StoreError>) -> StoreDone + Send + 'static,
+    ) -> Self {
+        Self(Box::new(move |store| {
+            let value = work(store);
+            Box::new(move |committed| done(value, committed))
+        }))
+    }
+
+    /// The job, for the store's thread or [`Store::run_batch`].
+    pub fn into_job(self) -> Job<StoreDone> {
+        self.0
+    }
+}
+
+/// The `done` of store work whose outcome needs no answer: a failure is logged.
+fn log_failure<T>(
+    what: &'static str,
+) -> impl FnOnce(Result<T, StoreError>, Result<(), &StoreError>) -> StoreDone {
+    move |result, committed| {
+        let failure = committed
+            .map_err(ToString::to_string)
+            .and(result.map(drop).map_err(|e| e.to_string()));
+        if let Err(e) = failure {
+            tracing::error!("store: {what}: {e}");
+        }
+        StoreDone(None)
+    }
+}
+
+/// What the node needs from its surroundings when it starts.
+pub struct NodeOptions {
+    /// The addresses the shell's listeners are bound to.
+    pub listeners: Vec<(Transport, SocketAddr)>,
+    /// The bindings the store held at start.
+    pub bindings: Vec<crate::store::Binding>,
+    /// The users file, when digest authentication is on.
+    pub users: Option<UserDb>,
+    /// The key of the digest nonces.
+    pub secret: Secret,
+    /// The wall-clock time at `now`, in seconds since the Unix epoch: binding expiry is
+    /// wall-clock time, so that it survives restarts.
+    pub unix_time: u64,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The SIP node: see the module documentation.
+pub struct Node {
+    config: Config,
+    driver: Driver,
+    transactions: Transactions<Outgoing>,
+    /// The time the node started, and the wall-clock seconds then.
+    started: Instant,
+    unix_at_start: u64,
+    /// The time of the input being handled.
+    clock: Instant,
+    bindings: Bindings,
+    calls: Calls,
+    branches: Branches,
+    dialogs: Dialogs,
+    /// Flows seen, by id, with when they last carried a message, so a flow token in a
+    /// Record-Route leads back to its flow; idle UDP flows are pruned by the sweep, TCP
+    /// flows go when their connection closes.
+    flows: Map<FlowId, (Flow, Instant)>,
+    auth: Option<(DigestAuth, UserDb)>,
+    addrs: Vec<(Transport, SocketAddr)>,
+    next_id: u64,
+    metrics: Arc<Metrics>,
+    /// When each push in flight was handed out, by push id.
+    push_started: Map<String, Instant>,
+    /// How many more pushes each device may get for now.
+    push_budget: PushBudget<DeviceId>,
+    /// When the registrar's next sweep is due.
+    next_sweep: Instant,
+    /// Events found out while carrying out a step's effects, fed once all are carried out.
+    feedback: Vec<Event>,
+    transmits: VecDeque<Transmit>,
+    pushes: VecDeque<(PushRequest, PushTag)>,
+    store_jobs: VecDeque<StoreJob>,
+}
+
+impl Node {
+    /// A node on `config`, started at `now`.
+    pub fn new(config: Config, now: Instant, options: NodeOptions) -> Self {
+        let auth = options.users.map(|users| {
+            let mut digest = DigestConfig::new(config.realm(), options.secret);
+            digest.algorithms = config.digest_algorithms();
+            if let Some(lifetime) = config.auth.nonce_lifetime {
+                digest.nonce_lifetime = lifetime.as_secs();
+            }
+            (DigestAuth::new(digest), users)
+        });
+        Node {
+            driver: Driver::new(config.core()),
+            transactions: Transactions::new(transaction_config(&config), proxy::ack_for_non_2xx),
+            started: now,
+            unix_at_start: options.unix_time,
+            clock: now,
+            bindings: Bindings::new(options.bindings),
+            calls: Calls::default(),
+            branches: Branches::default(),
+            dialogs: Dialogs::default(),
+            flows: Map::default(),
+            auth,
+            addrs: options.listeners,
+            next_id: 1,
+            metrics: options.metrics,
+            push_started: Map::default(),
+            push_budget: PushBudget::new(config.push.max_per_device_per_minute),
+            next_sweep: now + config.registrar.sweep_interval,
+            feedback: Vec::new(),
+            transmits: VecDeque::new(),
+            pushes: VecDeque::new(),
+            store_jobs: VecDeque::new(),
+            config,
+        }
+    }
+
+    // ----- inputs ----------------------------------------------------------------------
+
+    /// What a transport received: a message, garbage, an oversized datagram, or the end
+    /// of a TCP connection.
+    pub fn handle_inbound(&mut self, now: Instant, item: Inbound) {
+        self.advance(now);
+        match item {
+            Inbound::Message { flow, message } => {
+                self.flows.insert(flow.id, (flow.clone(), now));
+                if message.is_request() {
+                    self.on_request(flow, message);
+                } else {
+                    self.on_response(flow, message);
+                }
+            }
+            Inbound::Garbage { flow, error } => {
+                debug!("{flow}: dropped: {error}");
+            }
+            Inbound::TooLarge { flow, message } => {
+                debug!("{flow}: message over the size limit");
+                // A request (never an ACK) is answered; a response has no one to answer.
+                if message.method().is_some_and(|m| m.as_str() != "ACK") {
+                    self.respond_stateless(&flow, &message, 513, "Message Too Large");
+                }
+            }
+            Inbound::Closed(id) => {
+                self.flows.remove(&id);
+                self.bindings.flow_closed(id);
+                // What was sent over it and is still waiting will never be answered.
+                for key in self.branches.over(id) {
+                    let _ = self.transactions.transport_error(&key);
+                }
+            }
+        }
+        self.drain_transactions();
+    }
+
+    /// A message of transaction `key` could not be sent (RFC 3261 §17.1.4, §17.2.4).
+    pub fn handle_send_failed(&mut self, now: Instant, key: &Key) {
+        self.advance(now);
+        let _ = self.transactions.transport_error(key);
+        self.drain_transactions();
+    }
+
+    /// A store job has finished and its transaction committed (or failed to).
+    pub fn handle_store_done(&mut self, now: Instant, done: StoreDone) {
+        self.advance(now);
+        if let StoreDone(Some(registered)) = done {
+            self.on_registered(*registered);
+            self.drain_transactions();
+        }
+    }
+
+    /// A push provider's answer.
+    pub fn handle_push_report(&mut self, now: Instant, report: PushReport<PushTag>) {
+        self.advance(now);
+        let latency = self
+            .push_started
+            .remove(&report.push_id)
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let (permanent, reason) = match &report.outcome {
+            PushOutcome::Accepted => (None, ""),
+            PushOutcome::Failed { permanent, reason } => (Some(*permanent), reason.as_str()),
+        };
+        self.metrics
+            .push(&report.provider, push_result(permanent), reason, latency);
+        let (call, device) = match report.tag {
+            PushTag::Call(call, device) => (call, device),
+            PushTag::Refresh(device) => {
+                if report.outcome.is_permanent() {
+                    warn!("refresh push {} failed: token dead", report.push_id);
+                    self.apply_effect(Effect::ForgetPushToken { device });
+                }
+                return;
+            }
+        };
+        let event = match &report.outcome {
+            PushOutcome::Accepted => Event::PushAccepted { call, device },
+            PushOutcome::Failed { permanent, reason } => {
+                warn!(
+                    "push {} via {} failed ({}): {reason}",
+                    report.push_id,
+                    report.provider,
+                    if *permanent {
+                        "token dead"
+                    } else {
+                        "transient"
+                    }
+                );
+                Event::PushFailed {
+                    call,
+                    device,
+                    permanent: *permanent,
+                }
+            }
+        };
+        self.feed(event);
+    }
+
+    /// Time has passed: fires the core's timers, the transactions' and the registrar's
+    /// sweep that are due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        let millis = self.now();
+        while let Some((timer, effects)) = self.driver.fire_next(millis) {
+            let call = match timer {
+                Timer::Deadline(call) | Timer::Linger(call) | Timer::PushRetry(call, _) => call,
+            };
+            self.execute(Some(call), effects);
+            self.feed_back();
+        }
+        self.transactions.handle_timeout(millis);
+        if now >= self.next_sweep {
+            self.next_sweep = now + self.config.registrar.sweep_interval;
+            self.sweep_bindings();
+            self.push_budget.prune(now);
+            self.prune_flows(now);
+            self.dialogs.prune(now);
+        }
+        self.drain_transactions();
+    }
+
+    // ----- outputs ---------------------------------------------------------------------
+
+    /// The next message to send. The queue holds what the last inputs produced; drain it
+    /// after each input.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next push to hand to the push providers; its outcome comes back with
+    /// [`handle_push_report`](Self::handle_push_report).
+    pub fn poll_push(&mut self) -> Option<(PushRequest, PushTag)> {
+        self.pushes.pop_front()
+    }
+
+    /// The next job for the store's thread; run them in the order given.
+    pub fn poll_store(&mut self) -> Option<StoreJob> {
+        self.store_jobs.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is due next.
+    pub fn poll_timeout(&self) -> Instant {
+        let millis = [
+            self.driver.next_timer().map(|(at, _)| at),
+            self.transactions.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timer = millis.map(|at| self.started + Duration::from_millis(at));
+        timer.map_or(self.next_sweep, |at| at.min(self.next_sweep))
+    }
+
+    /// What the node holds right now.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            core_calls: self.driver.core().len(),
+            proxy_calls: self.calls.len(),
+            parked_calls: self.calls.parked(),
+            bindings: self.bindings.count(),
+            transactions: self.transactions.len(),
+        }
+    }
+
+    // ----- time ------------------------------------------------------------------------
+
+    /// Moves the node's clock to `now`; it never runs backwards.
+    fn advance(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
+    }
+
+    /// The time of the input being handled.
+    fn instant(&self) -> Instant {
+        self.clock
+    }
+
+    /// Milliseconds since start: the clock of the core and of the transactions.
+    fn now(&self) -> u64 {
+        self.millis_at(self.clock)
+    }
+
+    /// The core's clock reading at `instant`.
+    fn millis_at(&self, instant: Instant) -> u64 {
+        let since = instant.saturating_duration_since(self.started);
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Seconds since the Unix epoch, now.
+    fn unix_now(&self) -> u64 {
+        self.unix_at_start + self.clock.saturating_duration_since(self.started).as_secs()
+    }
+
+    // ----- the core --------------------------------------------------------------------
+
+    /// Feeds one event to the core, carries out what it decides, then feeds what that
+    /// found out.
+    fn feed(&mut self, event: Event) {
+        let call = match &event {
+            Event::CallArrived { call, .. }
+            | Event::CallerCancelled { call }
+            | Event::PushAccepted { call, .. }
+            | Event::PushFailed { call, .. }
+            | Event::BranchRang { call, .. }
+            | Event::BranchAnswered { call, .. }
+            | Event::BranchRejected { call, .. }
+            | Event::BranchUnreachable { call, .. } => Some(*call),
+            Event::DeviceRegistered { .. } | Event::DeviceUnavailable { .. } => None,
+            Event::TimerFired(_) => None,
+        };
+        let effects = self.driver.handle(self.now(), event);
+        self.execute(call, effects);
+        self.feed_back();
+        self.drain_transactions();
+    }
+
+    /// Feeds what carrying out the last step's effects found out: every effect of a step
+    /// is applied before the next step.
+    fn feed_back(&mut self) {
+        let feedback = std::mem::take(&mut self.feedback);
+        for event in feedback {
+            self.feed(event);
+        }
+    }
+
+    /// Carries out `effects`, then lets go of the calls they (and `call`, the one the event
+    /// was about) were about if the core has let go of them: nothing outlives a call.
+    fn execute(&mut self, call: Option<CallId>, effects: Vec<Effect>) {
+        let mut touched: Vec<CallId> = call.into_iter().collect();
+        for effect in effects {
+            let about = match &effect {
+                Effect::Push { call, .. }
+                | Effect::Forward { call, .. }
+                | Effect::Reroute { call, .. }
+                | Effect::CancelBranch { call, .. }
+                | Effect::HangUpBranch { call, .. }
+                | Effect::RelayProvisional { call, .. }
+                | Effect::Respond { call, .. }
+                | Effect::TellEnded { call, .. } => Some(*call),
+                Effect::ArmTimer { .. } | Effect::DisarmTimer { .. } => None,
+                Effect::ForgetPushToken { .. } => None,
+            };
+            if let Some(call) = about.filter(|c| !touched.contains(c)) {
+                touched.push(call);
+            }
+            self.apply_effect(effect);
+        }
+        for call in touched {
+            self.forget_if_done(call);
+        }
+    }
+
+    // ----- what goes out ---------------------------------------------------------------
+
+    /// Queues what the transaction layer sends and hands its events to the proxy.
+    fn drain_transactions(&mut self) {
+        while let Some(output) = self.transactions.poll_output() {
+            match output {
+                Output::Send { key, msg } => self.transmits.push_back(Transmit {
+                    destination: Destination::Flow(msg.flow),
+                    bytes: msg.bytes,
+                    key: Some(key),
+                }),
+                Output::ToTu(event) => self.on_transaction_event(event),
+                Output::Terminated(key) => self.branches.terminated(&key),
+            }
+        }
+    }
+
+    /// Sends over a flow, outside any transaction.
+    fn send(&mut self, flow: &Flow, bytes: Bytes) {
+        self.transmits.push_back(Transmit {
+            destination: Destination::Flow(flow.clone()),
+            bytes,
+            key: None,
+        });
+    }
+
+    /// Sends to an address no flow leads to: over UDP from our socket of its family if we
+    /// have one (a flow the node can name), else as the shell finds a way.
+    fn send_to(&mut self, transport: Transport, peer: SocketAddr, bytes: Bytes) {
+        if transport == Transport::Udp {
+            if let Some(flow) = self.udp_flow_to(peer) {
+                return self.send(&flow, bytes);
+            }
+        }
+        self.transmits.push_back(Transmit {
+            destination: Destination::Address(transport, peer),
+            bytes,
+            key: None,
+        });
+    }
+
+    /// Hands a push to the providers.
+    fn submit_push(&mut self, request: PushRequest, tag: PushTag) {
+        self.push_started.insert(request.id.clone(), self.clock);
+        self.pushes.push_back((request, tag));
+    }
+
+    /// Queues store work; once the transaction it runs in has ended, `done` makes what the
+    /// node gets back.
+    fn with_store<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Store) -> T + Send + 'static,
+        done: impl FnOnce(T, Result<(), &StoreError>) -> StoreDone + Send + 'static,
+    ) {
+        self.store_jobs.push_back(StoreJob::new(work, done));
+    }
+
+    /// A generated response to `request`, sent back where it came from.
+    fn respond_stateless(&mut self, flow: &Flow, request: &Message, code: u16, reason: &str) {
+        let bytes = request.response(code).reason(reason).to_bytes();
+        self.send(flow, Bytes::from(bytes));
+    }
+
+    // ----- flows -----------------------------------------------------------------------
+
+    /// Whether `flow` can still carry a message: a UDP flow from one of our sockets always
+    /// can (whether the peer still listens is the core's judgement), a TCP flow while its
+    /// connection is open.
+    fn is_open(&self, flow: &Flow) -> bool {
+        match flow.transport {
+            Transport::Udp => self.addrs.contains(&(Transport::Udp, flow.local)),
+            Transport::Tcp => self.flows.contains_key(&flow.id),
+        }
+    }
+
+    /// The UDP flow to `peer` from our first UDP socket of its address family.
+    fn udp_flow_to(&self, peer: SocketAddr) -> Option<Flow> {
+        self.addrs
+            .iter()
+            .find(|(t, local)| *t == Transport::Udp && local.is_ipv4() == peer.is_ipv4())
+            .map(|&(_, local)| Flow::udp(local, peer))
+    }
+
+    /// Forgets UDP flows idle for longer than any dialog plausibly stays silent, unless a
+    /// binding still names them (TCP flows go when their connection closes).
+    fn prune_flows(&mut self, now: Instant) {
+        let bindings = &self.bindings;
+        self.flows.retain(|id, (flow, seen)| {
+            flow.transport == Transport::Tcp
+                || now.saturating_duration_since(*seen) < UDP_FLOW_IDLE
+                || bindings.uses_flow(*id)
+        });
+    }
+
+    /// A fresh number, for branches, tags and ids.
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Whether `host` names this server: one of its domains or addresses.
+    fn is_local_host(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.config
+            .domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(host))
+            || self.addrs.iter().any(|(_, a)| a.ip().to_string() == host)
+    }
+}
+
+fn transaction_config(config: &Config) -> transaction::Config {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    transaction::Config {
+        t1: ms(config.sip.t1),
+        t2: ms(config.sip.t2),
+        t4: ms(config.sip.t4),
+        ..transaction::Config::default()
+    }
+}
