@@ -54,12 +54,16 @@ struct Leg {
     pushes: u8,
     /// What became of the last push.
     push: PushState,
-    /// The device sent a provisional on the INVITE forwarded to it: it holds the INVITE.
+    /// The device answered the INVITE forwarded to it with a provisional (100, 180, 183):
+    /// it holds the INVITE.
     heard: bool,
     /// Forwarded to a device only probably awake (on UDP, heard from lately), which has
     /// shown no sign of life since: no provisional, no REGISTER. Such a branch does not keep
     /// the call past its deadline.
     probing: bool,
+    /// The device registered again while an ended call's INVITE was in progress on it: the
+    /// reroute of this branch waits until that is over.
+    reroute_due: bool,
     state: LegState,
 }
 
@@ -95,8 +99,9 @@ enum LegState {
     Backoff,
     /// The INVITE was sent to the device; no final response yet.
     Forwarded,
-    /// The device is reachable, but a notice of an ended call rings on it: the INVITE waits
-    /// until the notice is over, so that a single-line phone does not answer it busy.
+    /// The device is reachable, but an ended call's INVITE (a notice, a cancelled branch)
+    /// is in progress on it: the INVITE waits until that is over, so that a single-line phone
+    /// does not answer it busy.
     Queued,
     /// The call ended and the branch was cancelled; waiting for its final response.
     Cancelling,
@@ -299,27 +304,33 @@ impl Core {
                 device,
                 permanent,
             } => self.push_failed(now, call, device, permanent, out),
-            Event::BranchRang { call, device } => {
-                let live = self.calls.get(&call).is_some_and(Call::is_pending);
-                if let Some((_, _, leg)) = leg_of(&mut self.calls, call, device) {
-                    if matches!(
-                        leg.state,
-                        LegState::Forwarded | LegState::Cancelling | LegState::Telling
-                    ) {
-                        leg.heard = true;
-                        leg.probing = false;
-                        if live && leg.state == LegState::Forwarded {
-                            out.push(Effect::RelayProvisional { call, device });
-                        }
-                    }
-                }
-            }
+            Event::BranchTrying { call, device } => self.heard(call, device, false, out),
+            Event::BranchRang { call, device } => self.heard(call, device, true, out),
             Event::BranchAnswered { call, device } => self.answered(now, call, device, out),
             Event::BranchRejected { call, device, code } => {
                 self.rejected(now, call, device, code, out)
             }
             Event::BranchUnreachable { call, device } => self.unreachable(now, call, device, out),
             Event::TimerFired(timer) => self.timer(now, timer, out),
+        }
+    }
+
+    /// The device answered its INVITE with a provisional: it holds it. A ringing device's
+    /// provisional (`relay`) goes on to a caller still waiting.
+    fn heard(&mut self, call: CallId, device: DeviceId, relay: bool, out: &mut Vec<Effect>) {
+        let live = self.calls.get(&call).is_some_and(Call::is_pending);
+        let Some((_, _, leg)) = leg_of(&mut self.calls, call, device) else {
+            return;
+        };
+        if matches!(
+            leg.state,
+            LegState::Forwarded | LegState::Cancelling | LegState::Telling
+        ) {
+            leg.heard = true;
+            leg.probing = false;
+            if relay && live && leg.state == LegState::Forwarded {
+                out.push(Effect::RelayProvisional { call, device });
+            }
         }
     }
 
@@ -337,10 +348,13 @@ impl Core {
             .map(|l| l.state)
     }
 
-    /// A notice of an ended call is ringing on `device`.
-    fn telling(&self, aor: AorId, device: DeviceId) -> bool {
+    /// An INVITE of an ended call is in progress on `device`: a notice, or a cancelled
+    /// branch still waiting for its final response. A live INVITE waits until it is over.
+    fn ended_call_rings(&self, aor: AorId, device: DeviceId) -> bool {
         self.fault != Some(Fault::NoticeBeforeLiveCall)
-            && self.legs_of(aor, device).any(|s| s == LegState::Telling)
+            && self
+                .legs_of(aor, device)
+                .any(|s| matches!(s, LegState::Telling | LegState::Cancelling))
     }
 
     /// The core's judgement of whether a device is awake, from what the runtime knows of
@@ -411,7 +425,7 @@ impl Core {
             }
             let state = match awake {
                 Awake::No => LegState::Parked,
-                _ if self.telling(aor, target.device) => LegState::Queued,
+                _ if self.ended_call_rings(aor, target.device) => LegState::Queued,
                 _ => LegState::Forwarded,
             };
             legs.push(Leg {
@@ -425,6 +439,7 @@ impl Core {
                 },
                 heard: false,
                 probing: awake == Awake::Probably,
+                reroute_due: false,
                 state,
             });
         }
@@ -470,10 +485,10 @@ impl Core {
     /// A device of `aor` registered: every call of the callee in turn, oldest first, then
     /// what its line can take now.
     fn registered(&mut self, aor: AorId, device: DeviceId, out: &mut Vec<Effect>) {
-        let telling = self.telling(aor, device);
+        let held = self.ended_call_rings(aor, device);
         let calls = self.calls_of(aor);
         for &call in &calls {
-            self.registered_for(call, device, telling, out);
+            self.registered_for(call, device, held, out);
         }
         self.serve_line(aor, device, out);
         // A device told (or due to be told) waits no more inside the notice window.
@@ -488,7 +503,7 @@ impl Core {
         &mut self,
         call: CallId,
         device: DeviceId,
-        telling: bool,
+        held: bool,
         out: &mut Vec<Effect>,
     ) {
         let fault = self.fault;
@@ -507,6 +522,7 @@ impl Core {
                         push: PushState::None,
                         heard: false,
                         probing: false,
+                        reroute_due: false,
                         state: LegState::Done(Outcome::Unavailable),
                     });
                 }
@@ -524,13 +540,19 @@ impl Core {
                     // and come back on a new flow.
                     LegState::Forwarded if !leg.heard && fault != Some(Fault::NoReroute) => {
                         leg.probing = false;
-                        return out.push(Effect::Reroute { call, device });
+                        if held {
+                            // An ended call's INVITE rings on the device: the reroute waits.
+                            leg.reroute_due = true;
+                        } else {
+                            out.push(Effect::Reroute { call, device });
+                        }
+                        return;
                     }
                     // Already has the call, or has given its answer: a second REGISTER
                     // changes nothing.
                     _ => return,
                 }
-                if telling {
+                if held {
                     leg.state = LegState::Queued;
                 } else {
                     leg.state = LegState::Forwarded;
@@ -539,14 +561,6 @@ impl Core {
             }
             Phase::Ended(reason) => {
                 let Some(leg) = c.leg(device) else { return };
-                if leg.state == LegState::Cancelling
-                    && !leg.heard
-                    && fault != Some(Fault::NoReroute)
-                {
-                    // Cancelled while it slept through the INVITE: the INVITE goes over the
-                    // fresh flow, and the CANCEL waiting for its provisional follows.
-                    return out.push(Effect::Reroute { call, device });
-                }
                 if leg.state != LegState::Abandoned {
                     return;
                 }
@@ -570,13 +584,13 @@ impl Core {
         }
     }
 
-    /// What `device` can take now that something on it changed: live INVITEs held back by a
-    /// notice go once no notice rings; the oldest notice due goes once no other INVITE of
-    /// ours is in progress on the device. One INVITE per call, and never a notice beside
-    /// another INVITE, so a single-line phone never answers a live call busy because of a
-    /// notice (specs/parking.md §6).
+    /// What `device` can take now that something on it changed: live INVITEs held back by
+    /// an ended call's INVITE go once none is in progress; the oldest notice due goes once no
+    /// other INVITE of ours is in progress on the device. One INVITE per call, and never a
+    /// live INVITE beside an ended call's, so a single-line phone never answers a live call
+    /// busy because of a call that is over (specs/parking.md §6).
     fn serve_line(&mut self, aor: AorId, device: DeviceId, out: &mut Vec<Effect>) {
-        if self.telling(aor, device) {
+        if self.ended_call_rings(aor, device) {
             return;
         }
         let calls = self.calls_of(aor);
@@ -585,6 +599,11 @@ impl Core {
                 if leg.state == LegState::Queued {
                     leg.state = LegState::Forwarded;
                     out.push(Effect::Forward { call, device });
+                } else if leg.state == LegState::Forwarded && leg.reroute_due {
+                    leg.reroute_due = false;
+                    if !leg.heard {
+                        out.push(Effect::Reroute { call, device });
+                    }
                 }
             }
         }
@@ -798,7 +817,11 @@ impl Core {
                     && fault != Some(Fault::NoFallbackPush);
                 leg.heard = false;
                 leg.probing = false;
-                leg.state = if may_push {
+                leg.state = if std::mem::take(&mut leg.reroute_due) {
+                    // It registered since, and waits only for an ended call's INVITE to be
+                    // over: the INVITE that never arrived goes afresh over its new flow then.
+                    LegState::Queued
+                } else if may_push {
                     // Its flow died while it slept: wake it the RFC 8599 way.
                     leg.pushes += 1;
                     leg.push = PushState::Outstanding;
@@ -817,12 +840,15 @@ impl Core {
                 // Cancelled before it arrived: if a push for this call woke the device, it
                 // is told when it registers, as if the call had ended while it slept.
                 let woken = leg.pushes > 0 && leg.push != PushState::Failed;
-                leg.state = if woken {
+                leg.state = if std::mem::take(&mut leg.reroute_due) {
+                    // It registered since: it is owed its notice now.
+                    LegState::NoticeDue
+                } else if woken {
                     LegState::Abandoned
                 } else {
                     LegState::Done(Outcome::Unavailable)
                 };
-                if woken {
+                if leg.state == LegState::Abandoned {
                     self.linger(now, call, out);
                 }
                 self.settle_ended(call, out);
@@ -952,6 +978,23 @@ impl Core {
         c.phase = Phase::Ended(reason);
         for leg in c.legs.iter_mut() {
             leg.state = match leg.state {
+                // Never answered at all, so the device never got it: no CANCEL may follow an
+                // INVITE without a provisional (RFC 3261 §9.1), and its retransmissions must
+                // not reach the device once it wakes, beside the live calls it is woken for.
+                // Stopped; the device is told like any other that slept through the call.
+                LegState::Forwarded if !leg.heard && fault != Some(Fault::KeepProbing) => {
+                    out.push(Effect::DropBranch {
+                        call,
+                        device: leg.device,
+                    });
+                    if leg.reroute_due {
+                        LegState::NoticeDue
+                    } else if matches!(leg.push, PushState::Outstanding | PushState::Accepted) {
+                        LegState::Abandoned
+                    } else {
+                        LegState::Done(Outcome::Unavailable)
+                    }
+                }
                 LegState::Forwarded => {
                     out.push(Effect::CancelBranch {
                         call,

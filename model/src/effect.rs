@@ -15,6 +15,13 @@ pub enum Effect {
     /// device's fresh flow. A device that already holds it absorbs it as a retransmission
     /// (RFC 3261 §17.2.1); one that never got it (it slept) gets it now, once.
     Reroute { call: CallId, device: DeviceId },
+    /// The call ended while the INVITE forwarded to the device has had no response at all
+    /// (the device never got it): stop that INVITE's client transaction without a CANCEL (none may
+    /// follow an INVITE without a provisional, RFC 3261 §9.1) and without retransmitting it,
+    /// as if it had ended 487 (Kamailio's `cancel_b_method = 0`). Nothing more comes back
+    /// to the core about it; a 2xx the device may still send on it is hung up by the
+    /// runtime.
+    DropBranch { call: CallId, device: DeviceId },
     /// Send a CANCEL on the branch forwarded to `device`. Its final response still comes
     /// back as `BranchRejected` (487), `BranchAnswered` (a 2xx that won the race) or
     /// `BranchUnreachable`.

@@ -29,8 +29,11 @@ pub enum Event {
         device: DeviceId,
         permanent: bool,
     },
+    /// The device answered an INVITE forwarded to it with 100 Trying: it holds the INVITE
+    /// (a UA sends it at once, RFC 3261 §17.2.1), but does not ring yet.
+    BranchTrying { call: CallId, device: DeviceId },
     /// The device sent a provisional response (180/183) on the INVITE forwarded to it: it
-    /// holds the INVITE.
+    /// holds the INVITE, and rings.
     BranchRang { call: CallId, device: DeviceId },
     /// The device answered the forwarded INVITE with a 2xx (first one only).
     BranchAnswered { call: CallId, device: DeviceId },

@@ -35,11 +35,14 @@ pub enum Fault {
     /// A device that registers while its INVITE has had no provisional is not sent that
     /// INVITE over its fresh flow.
     NoReroute,
+    /// A call that ends keeps retransmitting the INVITE a device never answered, to cancel
+    /// it once it rings (instead of stopping it).
+    KeepProbing,
 }
 
 impl Fault {
     /// Every fault, for tests that go through them all.
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 13] = [
         Fault::KeepDeadlineOnAnswer,
         Fault::ForwardAfterCancel,
         Fault::PushTwice,
@@ -52,5 +55,6 @@ impl Fault {
         Fault::AwakeDeviceTakenAsleep,
         Fault::NoFallbackPush,
         Fault::NoReroute,
+        Fault::KeepProbing,
     ];
 }

@@ -109,7 +109,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
     ),
     (
         "2x1",
-        46_625,
+        47_473,
         &[
             OTHER_DEVICE,
             AWAKE_OR_DEAD_FLOW[0],
@@ -119,7 +119,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
     ),
     (
         "2x2",
-        1_187_543,
+        1_194_575,
         &[
             "push_retried_after_transient_failure",
             AWAKE_OR_DEAD_FLOW[0],
@@ -129,7 +129,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
     ),
     (
         "3x1",
-        1_486_846,
+        1_521_782,
         &[
             OTHER_DEVICE,
             AWAKE_OR_DEAD_FLOW[0],
@@ -150,7 +150,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
     ),
     (
         "2x2-no-cancel",
-        374_343,
+        374_311,
         &[
             "cancel_races_register",
             "push_retried_after_transient_failure",
@@ -161,11 +161,11 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
     ),
     (
         "1x2-flow",
-        43_693,
+        53_209,
         &[SECOND_CALL, AWAKE_OR_DEAD_FLOW[0], AWAKE_OR_DEAD_FLOW[2]],
     ),
-    ("2x1-udp", 64_384, &[OTHER_DEVICE]),
-    ("2x1-udp-waiting", 76_716, &[OTHER_DEVICE]),
+    ("2x1-udp", 125_146, &[OTHER_DEVICE]),
+    ("2x1-udp-waiting", 132_010, &[OTHER_DEVICE]),
 ];
 
 fn check_pinned(name: &str) -> impl Checker<ParkModel> {

@@ -19,10 +19,11 @@ fn caught_by(fault: Fault) -> (&'static str, &'static str) {
         Fault::LeakFinishedCall => ("1x1", "quiescent_means_resolved"),
         Fault::IgnoreCancelWhileParked => ("1x1", "cancel_gets_487"),
         Fault::NoDeadline => ("1x2-no-cancel", "every_call_gets_a_final_response"),
-        Fault::NoticeBeforeLiveCall => ("2x1", "live_call_never_refused_for_a_notice"),
+        Fault::NoticeBeforeLiveCall => ("2x1", "live_call_never_sent_beside_an_ended_call"),
         Fault::AwakeDeviceTakenAsleep => ("2x1-udp", "awake_device_gets_the_call"),
         Fault::NoFallbackPush => ("1x2-flow", "dead_flow_falls_back_to_push"),
         Fault::NoReroute => ("2x1-udp", "woken_device_learns_outcome"),
+        Fault::KeepProbing => ("2x1-udp", "no_stale_invite_after_the_call_ended"),
     }
 }
 
@@ -112,6 +113,11 @@ fn invite_not_rerouted_to_a_woken_device_is_caught() {
 }
 
 #[test]
+fn retransmissions_of_an_ended_call_reaching_a_woken_phone_are_caught() {
+    assert_caught(Fault::KeepProbing);
+}
+
+#[test]
 fn every_fault_has_a_test() {
     // `caught_by` is exhaustive over `Fault`; this keeps `Fault::ALL` honest too.
     let configurations: BTreeSet<_> = Fault::ALL.iter().map(|&f| caught_by(f).0).collect();
@@ -120,7 +126,7 @@ fn every_fault_has_a_test() {
         .all(|c| ParkModel::configuration(c).is_some()));
     assert_eq!(
         Fault::ALL.iter().collect::<BTreeSet<_>>().len(),
-        12,
+        13,
         "a fault is listed twice or missing"
     );
 }

@@ -361,6 +361,7 @@ fn decline_from_one_device_is_relayed_at_once_and_cancels_the_other_branch() {
             forward(C1, D2)
         ]
     );
+    assert_eq!(d.send(trying(C1, D1)), NOTHING);
     d.clock_to(3_000);
     assert_eq!(
         d.send(rejected(C1, D2, 603)),
@@ -569,6 +570,7 @@ fn caller_cancel_while_parked_gives_487_and_the_woken_device_is_told_not_called(
 fn caller_cancel_after_forwarding_cancels_the_branch_and_its_487_lets_the_call_go() {
     let mut d = Driver::new();
     d.send(arrival(C1, U1, &[online(D1)]));
+    d.send(trying(C1, D1));
     d.clock_to(2_000);
     assert_eq!(
         d.send(Event::CallerCancelled { call: C1 }),
@@ -588,6 +590,7 @@ fn caller_cancel_after_forwarding_cancels_the_branch_and_its_487_lets_the_call_g
 fn answer_that_races_the_caller_cancel_is_hung_up() {
     let mut d = Driver::new();
     d.send(arrival(C1, U1, &[online(D1)]));
+    d.send(trying(C1, D1));
     d.send(Event::CallerCancelled { call: C1 });
     assert_eq!(
         d.send(answered(C1, D1)),
@@ -1018,6 +1021,11 @@ fn rang(call: CallId, device: DeviceId) -> Event {
     Event::BranchRang { call, device }
 }
 
+/// The device's 100 Trying: it holds the INVITE.
+fn trying(call: CallId, device: DeviceId) -> Event {
+    Event::BranchTrying { call, device }
+}
+
 // Race 1 of the real phones: a woken device gets its live call first; the notice of the
 // call that ended while it slept waits until the live call is settled.
 #[test]
@@ -1162,10 +1170,11 @@ fn device_asleep_after_all_gets_the_invite_rerouted_or_pushed_again() {
     assert_eq!(d.send(registered(U1, D1)), [forward(C2, D1)]);
 }
 
-// A device woken by the push while the INVITE it slept through is being cancelled gets
-// that INVITE over its fresh flow, and with it the CANCEL: it learns the call ended.
+// A device woken by the push for a call cancelled while it slept through the INVITE: that
+// INVITE is stopped, never cancelled (no CANCEL may follow an INVITE without a provisional)
+// and never retransmitted to the woken phone; the device is told by a notice instead.
 #[test]
-fn woken_device_whose_invite_was_cancelled_unseen_gets_it_with_the_cancel() {
+fn invite_slept_through_is_stopped_when_the_call_ends_and_the_woken_device_told() {
     let mut d = Driver::new();
     d.clock_to(10_000);
     d.send(arrival(C1, U1, &[on_udp(D1, 9_000, false)]));
@@ -1175,10 +1184,20 @@ fn woken_device_whose_invite_was_cancelled_unseen_gets_it_with_the_cancel() {
         [
             respond(C1, 487, None),
             disarm(Timer::Deadline(C1)),
-            cancel_branch(C1, D1)
+            Effect::DropBranch {
+                call: C1,
+                device: D1
+            },
+            arm(Timer::Linger(C1), 40_000)
         ]
     );
-    assert_eq!(d.send(registered(U1, D1)), [reroute(C1, D1)]);
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::CallerCancelled),
+            disarm(Timer::Linger(C1))
+        ]
+    );
     assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
     d.assert_idle();
 }
@@ -1196,17 +1215,15 @@ fn silent_branch_to_a_device_only_probably_awake_ends_at_the_deadline() {
         d.advance_to(40_000),
         [(
             Timer::Deadline(C1),
-            vec![respond(C1, 480, None), cancel_branch(C1, D1)]
+            vec![
+                respond(C1, 480, None),
+                Effect::DropBranch {
+                    call: C1,
+                    device: D1
+                },
+                arm(Timer::Linger(C1), 70_000)
+            ]
         )]
-    );
-    // Timer B ends the branch that never arrived; the push was accepted, so the device
-    // may still wake and is told then.
-    assert_eq!(
-        d.send(Event::BranchUnreachable {
-            call: C1,
-            device: D1
-        }),
-        [arm(Timer::Linger(C1), 70_000)]
     );
 
     d.send(arrival(C2, U1, &[on_udp(D2, 39_000, false)]));

@@ -317,8 +317,9 @@ pub struct History {
     pub lingered: BTreeSet<CallId>,
     /// Pairs whose last push the push service accepted (delivered or lost).
     pub push_accepted: BTreeSet<Pair>,
-    /// Live INVITEs a single-line device refused 486 because its line held only notices.
-    pub refused_for_a_notice: BTreeSet<Pair>,
+    /// The server sent (or rerouted) a live INVITE to a device whose line held only INVITEs
+    /// of calls that had ended (notices, cancelled branches): a single-line phone refuses it.
+    pub sent_beside_ended: bool,
     /// Live INVITEs forwarded at once to a device awake on UDP, and delivered.
     pub reached_awake: BTreeSet<Pair>,
     /// INVITEs lost to a silently sleeping device that a REGISTER's reroute delivered.
@@ -327,6 +328,11 @@ pub struct History {
     pub fallback_pushed: BTreeSet<Pair>,
     /// A device answered a live call after it was told of an ended one.
     pub answered_after_notice: bool,
+    /// A retransmission of an ended call's INVITE (not a notice) reached a woken device.
+    pub stale_invite_arrived: bool,
+    /// Calls in progress when the device registered: for them it is awake, and a dead flow
+    /// calls for a fresh INVITE, not a push.
+    pub registered_during: BTreeSet<Pair>,
     pub forward_after_final: bool,
     pub forwarded_twice: bool,
     pub bad_push: bool,
@@ -359,6 +365,9 @@ pub struct State {
     pub notices: BTreeSet<Pair>,
     /// Branches a single-line device holds while busy: its only answer is 486.
     pub busy: BTreeSet<Pair>,
+    /// Branches the server stopped without a CANCEL (`DropBranch`) that the device holds:
+    /// what it answers on them no longer reaches the core.
+    pub dropped: BTreeSet<Pair>,
     /// Branches that sent a provisional.
     pub rang: BTreeSet<Pair>,
     /// Branches the server sent a CANCEL on.
@@ -402,6 +411,9 @@ pub enum Action {
     Sleep(DeviceId),
     /// The push reaches an awake app, which has no reason to register again.
     PushIgnored(CallId, DeviceId),
+    /// A retransmission of an INVITE sent while the device slept reaches it now that it
+    /// listens again on its address (UDP).
+    Retransmitted(CallId, DeviceId),
     /// A timer fires.
     Fire(Timer),
 }
@@ -430,6 +442,9 @@ impl fmt::Display for Action {
             Action::PushIgnored(c, d) => {
                 write!(f, "push service: {c} push delivered to {d}, awake, ignored")
             }
+            Action::Retransmitted(c, d) => {
+                write!(f, "{d}: a retransmission of INVITE {c} arrives")
+            }
             Action::Fire(t) => write!(f, "timer {t:?} fires"),
         }
     }
@@ -453,20 +468,15 @@ impl ParkModel {
         }
     }
 
-    /// An INVITE (a live call's, or a notice) arrives at the device.
-    fn deliver(&self, s: &mut State, pair: Pair, notice: bool) {
+    /// An INVITE (a live call's, or a notice) arrives at the device, which answers 100
+    /// Trying at once (RFC 3261 §17.2.1): the pair is added to `trying`.
+    fn deliver(&self, s: &mut State, pair: Pair, notice: bool, trying: &mut Vec<Pair>) {
+        trying.push(pair);
         let (call, device) = pair;
         let d = &mut s.devices[device.0 as usize];
         let taken = !d.line.is_empty() || !d.in_call.is_empty();
         if taken && !self.call_waiting {
             s.busy.insert(pair);
-            let only_notices = d.in_call.is_empty()
-                && d.line
-                    .iter()
-                    .all(|&other| s.notices.contains(&(other, device)));
-            if !notice && only_notices {
-                s.history.refused_for_a_notice.insert(pair);
-            }
         }
         d.line.insert(call);
         s.branches.insert(pair);
@@ -476,11 +486,29 @@ impl ParkModel {
     }
 
     /// Sends an INVITE: delivered if the device is there, lost otherwise.
-    fn send_invite(&self, s: &mut State, pair: Pair, notice: bool) {
+    fn send_invite(&self, s: &mut State, pair: Pair, notice: bool, trying: &mut Vec<Pair>) {
         if s.devices[pair.1 .0 as usize].awake {
-            self.deliver(s, pair, notice);
+            self.deliver(s, pair, notice, trying);
         } else {
             s.lost.insert(pair);
+        }
+    }
+
+    /// `call`'s INVITE is about to be sent to `device`: if the call is live, notes whether
+    /// the device's line holds only INVITEs of calls that have ended, which a single-line
+    /// phone would make it refuse.
+    fn check_line(s: &mut State, (call, device): Pair) {
+        if s.callers[call.0 as usize].response.is_some() {
+            return;
+        }
+        let d = &s.devices[device.0 as usize];
+        let only_ended = !d.line.is_empty()
+            && d.in_call.is_empty()
+            && d.line
+                .iter()
+                .all(|&other| s.callers[other.0 as usize].response.is_some());
+        if only_ended {
+            s.history.sent_beside_ended = true;
         }
     }
 
@@ -491,11 +519,14 @@ impl ParkModel {
         s.cancelling.remove(&(call, device));
         s.busy.remove(&(call, device));
         s.notices.remove(&(call, device));
+        s.dropped.remove(&(call, device));
         s.devices[device.0 as usize].line.remove(&call);
     }
 
-    /// Applies the core's effects to the environment, recording what the properties check.
-    fn apply(&self, s: &mut State, effects: Vec<Effect>) {
+    /// Applies the core's effects to the environment, recording what the properties check;
+    /// returns the INVITEs that arrived, each of which the device answers with 100 Trying.
+    fn apply(&self, s: &mut State, effects: Vec<Effect>) -> Vec<Pair> {
+        let mut trying = Vec::new();
         for effect in effects {
             match effect {
                 Effect::Push { call, device } => {
@@ -523,17 +554,26 @@ impl ParkModel {
                     if s.callers[call.0 as usize].response.is_some() {
                         s.history.forward_after_final = true;
                     }
-                    self.send_invite(s, (call, device), false);
+                    Self::check_line(s, (call, device));
+                    self.send_invite(s, (call, device), false, &mut trying);
                 }
                 Effect::Reroute { call, device } => {
                     let pair = (call, device);
+                    Self::check_line(s, pair);
                     if s.devices[device.0 as usize].awake && s.lost.remove(&pair) {
                         s.history.rerouted.insert(pair);
-                        self.deliver(s, pair, false);
+                        self.deliver(s, pair, false, &mut trying);
                     }
                 }
                 Effect::CancelBranch { call, device } => {
                     s.cancelling.insert((call, device));
+                }
+                Effect::DropBranch { call, device } => {
+                    let pair = (call, device);
+                    // Lost, it never arrives now; delivered, the device answers into the void.
+                    if !s.lost.remove(&pair) && s.branches.contains(&pair) {
+                        s.dropped.insert(pair);
+                    }
                 }
                 Effect::HangUpBranch { call, device } => {
                     s.history.hung_up.insert((call, device));
@@ -565,10 +605,11 @@ impl ParkModel {
                     // or 200 if the user was quicker.
                     s.notices.insert(pair);
                     s.cancelling.insert(pair);
-                    self.send_invite(s, pair, true);
+                    self.send_invite(s, pair, true, &mut trying);
                 }
             }
         }
+        trying
     }
 }
 
@@ -597,6 +638,7 @@ impl Model for ParkModel {
             lost: BTreeSet::new(),
             notices: BTreeSet::new(),
             busy: BTreeSet::new(),
+            dropped: BTreeSet::new(),
             rang: BTreeSet::new(),
             cancelling: BTreeSet::new(),
             timers: BTreeSet::new(),
@@ -669,6 +711,10 @@ impl Model for ParkModel {
         }
         for &(c, d) in &s.lost {
             actions.push(Action::Undeliverable(c, d));
+            let device = &s.devices[d.0 as usize];
+            if device.udp && device.awake {
+                actions.push(Action::Retransmitted(c, d));
+            }
         }
         for &timer in &s.timers {
             actions.push(Action::Fire(timer));
@@ -694,8 +740,8 @@ impl Model for ParkModel {
                             Flow::Datagram { heard_at, .. } => heard_at == Self::NOW,
                             Flow::Closed => false,
                         };
-                        let notice_rings = s.notices.iter().any(|&(_, nd)| nd == d);
-                        if known_awake && !notice_rings {
+                        let ended_rings = s.cancelling.iter().any(|&(_, nd)| nd == d);
+                        if known_awake && !ended_rings {
                             awake_at_arrival.push(d);
                         }
                         Target {
@@ -721,7 +767,10 @@ impl Model for ParkModel {
                 s.pushes.remove(&(call, device));
                 s.history.push_accepted.insert((call, device));
                 s.history.woken.insert((call, device));
-                s.devices[device.0 as usize].woken_for.insert(call);
+                let dev = &mut s.devices[device.0 as usize];
+                dev.woken_for.insert(call);
+                // A woken app listens again on its UDP address before it registers.
+                dev.awake |= dev.udp;
                 Event::PushAccepted { call, device }
             }
             Action::PushIgnored(call, device) => {
@@ -758,6 +807,13 @@ impl Model for ParkModel {
                 }
                 dev.awake = true;
                 dev.heard = true;
+                for (i, caller) in s.callers.iter().enumerate().take(usize::from(s.invited)) {
+                    if caller.response.is_none() {
+                        s.history
+                            .registered_during
+                            .insert((CallId(i as u64), device));
+                    }
+                }
                 for call in std::mem::take(&mut dev.woken_for) {
                     if !s.history.lingered.contains(&call) {
                         s.history.registered_after_wake.insert((call, device));
@@ -777,13 +833,35 @@ impl Model for ParkModel {
                     .retain(|&(_, d)| d != device);
                 return Some(s);
             }
+            Action::Retransmitted(call, device) => {
+                s.lost.remove(&(call, device));
+                if s.caller(call).response.is_some() && !s.notices.contains(&(call, device)) {
+                    s.history.stale_invite_arrived = true;
+                }
+                let notice = s.notices.contains(&(call, device));
+                self.deliver(&mut s, (call, device), notice, &mut Vec::new());
+                Event::BranchTrying { call, device }
+            }
             Action::Ring(call, device) => {
                 s.rang.insert((call, device));
+                if s.dropped.contains(&(call, device)) {
+                    return Some(s);
+                }
                 Event::BranchRang { call, device }
             }
             Action::Respond(call, device, code) => {
                 let notice = s.notices.contains(&(call, device));
+                let dropped = s.dropped.contains(&(call, device));
                 Self::close_branch(&mut s, (call, device));
+                if dropped {
+                    // The server no longer has the transaction: a 2xx is hung up by the
+                    // runtime (ACK and BYE), anything else goes nowhere.
+                    if code < 300 {
+                        s.history.answered.insert((call, device));
+                        s.history.hung_up.insert((call, device));
+                    }
+                    return Some(s);
+                }
                 if code < 300 {
                     s.history.answered.insert((call, device));
                     let told_before = s
@@ -844,6 +922,7 @@ impl Model for ParkModel {
                 && !caller.deadline_fired
                 && !device.token_dead
                 && !device.token_forgotten
+                && !s.history.registered_during.contains(&(c, d))
                 && !last.cancelling.contains(&(c, d))
                 && !last.notices.contains(&(c, d))
         });
@@ -872,7 +951,16 @@ impl Model for ParkModel {
                 }
             }
         }
-        self.apply(&mut s, effects);
+        let mut trying = self.apply(&mut s, effects);
+        while let Some((call, device)) = trying.pop() {
+            let mut effects = Vec::new();
+            s.core.step(
+                Self::NOW,
+                Event::BranchTrying { call, device },
+                &mut effects,
+            );
+            trying.extend(self.apply(&mut s, effects));
+        }
         if let Some(pair) = fallback_due {
             if !s.pushes.contains(&pair) && !s.history.push_accepted.contains(&pair) {
                 s.history.dead_flow_not_pushed = true;

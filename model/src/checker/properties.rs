@@ -6,7 +6,7 @@ use super::{ParkModel, State};
 use crate::{CallId, EndReason};
 
 /// Invariants: no reachable state may break them.
-pub const SAFETY: [&str; 15] = [
+pub const SAFETY: [&str; 16] = [
     "one_final_response_per_call",
     "nothing_forwarded_after_final",
     "no_device_gets_a_call_twice",
@@ -19,9 +19,10 @@ pub const SAFETY: [&str; 15] = [
     "late_answer_is_hung_up",
     "quiescent_means_resolved",
     "woken_device_learns_outcome",
-    "live_call_never_refused_for_a_notice",
+    "live_call_never_sent_beside_an_ended_call",
     "awake_device_gets_the_call",
     "dead_flow_falls_back_to_push",
+    "no_stale_invite_after_the_call_ended",
 ];
 
 /// Liveness: on every path.
@@ -100,7 +101,7 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
                     !caller.deadline_fired
                         || caller.response.is_some()
                         || s.branches.iter().chain(&s.lost).any(|&(call, _)| call == c)
-                        || !s.notices.is_empty()
+                        || !s.cancelling.is_empty()
                 })
         }),
         Property::<ParkModel>::always("timers_match_state", |_, s| {
@@ -130,17 +131,17 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
                         || s.history.told.iter().any(|&(tc, td, _)| (tc, td) == (c, d))
                 })
         }),
-        Property::<ParkModel>::always("live_call_never_refused_for_a_notice", |_, s| {
-            calls(s).all(|c| match s.caller(c).response {
-                Some((486, Some(d))) => !s.history.refused_for_a_notice.contains(&(c, d)),
-                _ => true,
-            })
+        Property::<ParkModel>::always("live_call_never_sent_beside_an_ended_call", |_, s| {
+            !s.history.sent_beside_ended
         }),
         Property::<ParkModel>::always("awake_device_gets_the_call", |_, s| {
             !s.history.awake_not_forwarded
         }),
         Property::<ParkModel>::always("dead_flow_falls_back_to_push", |_, s| {
             !s.history.dead_flow_not_pushed
+        }),
+        Property::<ParkModel>::always("no_stale_invite_after_the_call_ended", |_, s| {
+            !s.history.stale_invite_arrived
         }),
         // Liveness.
         Property::<ParkModel>::eventually("every_call_gets_a_final_response", all_answered),

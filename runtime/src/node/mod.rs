@@ -330,6 +330,7 @@ impl Node {
             self.push_budget.prune(now);
             self.prune_flows(now);
             self.dialogs.prune(now);
+            self.branches.prune(now);
         }
         self.drain_transactions();
     }
@@ -415,6 +416,7 @@ impl Node {
             | Event::CallerCancelled { call }
             | Event::PushAccepted { call, .. }
             | Event::PushFailed { call, .. }
+            | Event::BranchTrying { call, .. }
             | Event::BranchRang { call, .. }
             | Event::BranchAnswered { call, .. }
             | Event::BranchRejected { call, .. }
@@ -446,6 +448,7 @@ impl Node {
                 Effect::Push { call, .. }
                 | Effect::Forward { call, .. }
                 | Effect::Reroute { call, .. }
+                | Effect::DropBranch { call, .. }
                 | Effect::CancelBranch { call, .. }
                 | Effect::HangUpBranch { call, .. }
                 | Effect::RelayProvisional { call, .. }

@@ -136,7 +136,14 @@ pub(crate) struct Branches {
     by_key: Map<Key, (CallId, DeviceId, FlowId)>,
     /// The branches sent over each flow, so a closed connection fails them at once.
     by_flow: Map<FlowId, Vec<Key>>,
+    /// Branches given up without a response (`DropBranch`), with when: a 2xx that still
+    /// comes on one is hung up. Kept a few minutes.
+    dropped: Map<Key, Instant>,
 }
+
+/// How long a dropped branch's late 2xx is still recognised (the device's 2xx is
+/// retransmitted for 64·T1 at most, RFC 3261 §13.3.1.4).
+const DROPPED_KEPT: Duration = Duration::from_secs(300);
 
 impl Calls {
     /// Calls the proxy keeps SIP for.
@@ -202,6 +209,21 @@ impl Branches {
     /// The branches whose INVITE went over `flow`.
     pub fn over(&self, flow: FlowId) -> Vec<Key> {
         self.by_flow.get(&flow).cloned().unwrap_or_default()
+    }
+
+    /// The branch `key` was given up at `now`.
+    fn dropped(&mut self, key: Key, now: Instant) {
+        self.dropped.insert(key, now);
+    }
+
+    fn was_dropped(&self, key: &Key) -> bool {
+        self.dropped.contains_key(key)
+    }
+
+    /// Forgets branches dropped long ago.
+    pub fn prune(&mut self, now: Instant) {
+        self.dropped
+            .retain(|_, at| now.saturating_duration_since(*at) < DROPPED_KEPT);
     }
 }
 
@@ -590,6 +612,14 @@ impl Node {
         let now = self.now();
         let delivered = match self.transactions.handle_response(now, &key, status, out) {
             Ok(ResponseOutcome::Deliver(_)) => true,
+            // A device answered a branch given up before it had answered: nobody is on the
+            // line, so its dialog is closed at once.
+            Ok(ResponseOutcome::Stray(_))
+                if (200..300).contains(&status) && self.branches.was_dropped(&key) =>
+            {
+                self.ack_and_bye(&flow, &response, None);
+                false
+            }
             Ok(ResponseOutcome::Absorbed) | Ok(ResponseOutcome::Stray(_)) | Err(_) => false,
         };
         if !delivered || method != transaction::Method::Invite {
@@ -620,7 +650,7 @@ impl Node {
         branch.finished |= status >= 200;
         let cancel_now = branch.cancel_pending.is_some() && branch.provisional && status < 200;
         let event = match status {
-            100 => return,
+            100 => Event::BranchTrying { call, device },
             101..=199 => {
                 branch.response = Some(response);
                 Event::BranchRang { call, device }
@@ -739,6 +769,14 @@ impl Node {
                 device,
                 reason,
             } => self.forward(call, device, Some(reason)),
+            Effect::DropBranch { call, device } => {
+                let key = self.branch(call, device).map(|b| b.key.clone());
+                if let Some(key) = key {
+                    let _ = self.transactions.abandon(&key);
+                    self.branches.dropped(key, self.instant());
+                    self.finish_branch(call, device);
+                }
+            }
             Effect::CancelBranch { call, device } => {
                 let ready = match self
                     .calls
@@ -1048,26 +1086,25 @@ impl Node {
             return;
         };
         let flow = branch.flow.clone();
-        let target = response
+        let fallback = branch.invite.request_uri_str().map(str::to_owned);
+        self.ack_and_bye(&flow, response, fallback);
+    }
+
+    /// ACK and BYE for a 2xx nobody is on the line for (RFC 3261 §13.2.2.4, §15): to its
+    /// Contact (else `fallback`), in the dialog the 2xx set up, over `flow`.
+    fn ack_and_bye(&mut self, flow: &Flow, response: &Message, fallback: Option<String>) {
+        let contact = response
             .contacts()
             .next()
             .and_then(Result::ok)
-            .and_then(|c| c.addr().map(|a| a.uri_raw.to_owned()))
-            .unwrap_or_else(|| {
-                branch
-                    .invite
-                    .request_uri_str()
-                    .unwrap_or_default()
-                    .to_owned()
-            });
-        let seq = branch
-            .invite
-            .cseq()
-            .and_then(Result::ok)
-            .map_or(1, |c| c.seq);
+            .and_then(|c| c.addr().map(|a| a.uri_raw.to_owned()));
+        let Some(target) = contact.or(fallback) else {
+            return;
+        };
+        let seq = response.cseq().and_then(Result::ok).map_or(1, |c| c.seq);
         let common = format!(
             "Max-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\n",
-            raw(&branch.invite, HeaderName::From).unwrap_or_default(),
+            raw(response, HeaderName::From).unwrap_or_default(),
             raw(response, HeaderName::To).unwrap_or_default(),
             raw(response, HeaderName::CallId).unwrap_or_default(),
         );
@@ -1078,7 +1115,7 @@ impl Node {
                 flow.transport,
                 self.next_id(),
             );
-            self.send(&flow, Bytes::from(text));
+            self.send(flow, Bytes::from(text));
         }
     }
 

@@ -375,6 +375,17 @@ impl<M: Clone> Transaction<M> {
         }
     }
 
+    /// Client: the TU gives the request up before any response: no CANCEL may be sent
+    /// (RFC 3261 §9.1), so it stops retransmitting and ends at once. A server transaction,
+    /// or a client one that has had a response, is left alone.
+    pub(super) fn abandon(&mut self) {
+        if matches!(self.kind, Kind::InviteClient | Kind::NonInviteClient)
+            && matches!(self.state, State::Calling | State::Trying)
+        {
+            self.terminate();
+        }
+    }
+
     /// Client: the request goes over another flow from now on (the device registered again
     /// on a new one). Sent there at once; its retransmissions follow it, and stop if the new
     /// transport is reliable (§17.1.1.2). A request that has had a response stays put.

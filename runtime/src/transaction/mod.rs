@@ -424,6 +424,15 @@ impl<M: Clone> Transactions<M> {
         Ok(())
     }
 
+    /// The TU gives up a client transaction that has had no response (see
+    /// `Transaction::abandon`): it ends at once, without a CANCEL or a TU event.
+    pub fn abandon(&mut self, key: &Key) -> Result<(), Error> {
+        let tx = self.txs.get_mut(key).ok_or(Error::NoTransaction)?;
+        tx.abandon();
+        self.settle(key);
+        Ok(())
+    }
+
     /// A client transaction's request is sent over another flow from now on (see
     /// `Transaction::reroute`): sent there at once, retransmitted there after.
     pub fn reroute(&mut self, key: &Key, transport: Transport, msg: M) -> Result<(), Error> {

@@ -208,6 +208,37 @@ fn invite_rerouted_onto_a_connection_is_not_retransmitted_and_one_answered_stays
 }
 
 #[test]
+fn abandoned_invite_stops_at_once_unless_it_was_answered() {
+    let mut t = table();
+    let k = client_key("a", &Method::Invite);
+    t.start_client(0, k.clone(), Transport::Unreliable, m("INVITE"))
+        .unwrap();
+    drain(&mut t);
+    t.abandon(&k).unwrap();
+    assert_eq!(drain(&mut t), vec![Output::Terminated(k.clone())]);
+    assert_eq!(
+        run(&mut t, Millis::MAX),
+        vec![],
+        "no retransmission, no Timer B"
+    );
+    assert!(t.is_empty());
+
+    let k = client_key("b", &Method::Invite);
+    t.start_client(0, k.clone(), Transport::Unreliable, m("INVITE"))
+        .unwrap();
+    t.handle_response(10, &k, 180, m("180")).unwrap();
+    drain(&mut t);
+    t.abandon(&k).unwrap();
+    assert_eq!(
+        t.state(&k),
+        Some(State::Proceeding),
+        "it rang: a CANCEL ends it"
+    );
+    t.handle_response(20, &k, 487, m("487")).unwrap();
+    assert_no_leak(&mut t);
+}
+
+#[test]
 fn provisional_stops_timer_a_and_timer_b() {
     let mut t = table();
     let k = client_key("a", &Method::Invite);
