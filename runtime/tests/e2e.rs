@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use pushpark::config::{Config, Provider, Transport as Listen};
+use pushpark::config::{Config, Transport as Listen};
 use pushpark::server::Server;
 use rsip::Method;
 use ua::{Behaviour, Caller, Device, GatewayRule, PushGateway, Transport, STEP};
@@ -26,18 +26,7 @@ struct Harness {
 fn config(dir: &Path, gateway: &PushGateway) -> Config {
     let mut config = common::loopback_config(dir, &[Listen::Udp, Listen::Tcp], false);
     config.auth.trusted_peers = vec!["127.0.0.1/32".parse().expect("a network")];
-    config.push.providers.insert(
-        "gateway".into(),
-        Provider::Webhook {
-            url: gateway.url(),
-            timeout: Duration::from_secs(2),
-            bearer_token: None,
-            format: Default::default(),
-        },
-    );
-    for route in config.push.routes.values_mut() {
-        *route = toml::Spanned::new(0..0, "gateway".to_owned());
-    }
+    common::route_pushes_to(&mut config, gateway.url());
     config
 }
 

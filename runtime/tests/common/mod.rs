@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use pushpark::config::{Config, Listener, Transport};
+use std::time::Duration;
+
+use pushpark::config::{Config, Listener, Provider, Transport};
 use pushpark::server::Server;
 
 /// A configuration with listeners on ephemeral loopback ports (IPv4, or IPv6 when `v6`),
@@ -32,4 +34,20 @@ pub async fn start_udp(config: Config) -> (Server, SocketAddr) {
     let server = Server::start(config).await.expect("the server starts");
     let addr = server.local_addr(Transport::Udp).expect("a UDP listener");
     (server, addr)
+}
+
+/// Routes every push provider of `config` to one webhook at `url` (a test's push gateway).
+pub fn route_pushes_to(config: &mut Config, url: String) {
+    config.push.providers.insert(
+        "gateway".into(),
+        Provider::Webhook {
+            url,
+            timeout: Duration::from_secs(2),
+            bearer_token: None,
+            format: Default::default(),
+        },
+    );
+    for route in config.push.routes.values_mut() {
+        *route = toml::Spanned::new(0..0, "gateway".to_owned());
+    }
 }

@@ -1,0 +1,257 @@
+//! Real phones end to end: linphonec (Debian `linphone-cli`) as a sleeping RFC 8599 phone,
+//! baresip (Debian `baresip`) as the caller, both child processes on 127.0.0.1, against a
+//! pushpark server started here with its default configuration, its pushes going to a local
+//! gateway. A push is what makes the test wake the phone (start linphonec again); asleep is
+//! linphonec killed with SIGKILL. What should happen is specs/parking.md §5–6.
+//!
+//! The clients must be installed (.ci/run does it); a missing one fails the test.
+
+mod common;
+mod real;
+mod ua;
+
+use std::time::{Duration, Instant};
+
+use real::{describe, wait_for, Baresip, Harness, Linphone, STEP};
+
+const BOB: &str = "sip:bob@localhost";
+
+/// What each side saw, for a failure message.
+fn evidence(h: &Harness, callers: &[&Baresip], bob: &Linphone) -> String {
+    let mut out = String::from("gateway:\n");
+    for p in h.gateway.pushes() {
+        let (call, token) = (&p.body.call_id, &p.body.pn_prid);
+        out += &format!("push for Call-ID {call} (token {token})\n");
+    }
+    for caller in callers {
+        out += &format!(
+            "\nbaresip {}:\n{}\n",
+            caller.user,
+            describe(&caller.trace())
+        );
+    }
+    out + &format!("\nlinphonec (phone):\n{}", describe(&bob.trace()))
+}
+
+/// The phone registers, then sleeps; the caller dials it; the push for that call comes.
+/// Returns the caller and the call's Call-ID.
+async fn call_the_sleeping_phone(
+    h: &Harness,
+    bob: &mut Linphone,
+    token: &str,
+) -> (Baresip, String) {
+    bob.start().await;
+    bob.sleep();
+    let mut alice = Baresip::start(h, "alice").await;
+    let call = alice.dial(BOB).await;
+    let push = h
+        .gateway
+        .wait_for_push(STEP)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", evidence(h, &[&alice], bob)));
+    assert_eq!(push.body.call_id, call, "the push is for the parked call");
+    assert_eq!(push.body.pn_prid, token);
+    (alice, call)
+}
+
+/// The woken phone rings for `call` (the caller hears 180), then answers it; the caller
+/// gets 200. Returns linphonec's id of the call.
+async fn ring_and_answer(h: &Harness, alice: &Baresip, bob: &mut Linphone, call: &str) -> u32 {
+    let ringing = alice
+        .wait_for_response(call, |c| c == 180 || c >= 200, STEP)
+        .await;
+    assert_eq!(
+        ringing,
+        Some(180),
+        "the phone should ring for Call-ID {call}\n{}",
+        evidence(h, &[alice], bob)
+    );
+    let id = wait_for(STEP, || bob.incoming_calls().last().copied())
+        .await
+        .expect("linphonec rang, so it numbered the call");
+    bob.answer(id);
+    let answer = alice.wait_for_final(call, STEP).await;
+    assert_eq!(
+        answer,
+        Some(200),
+        "linphonec answered; the caller should get its 200\n{}",
+        evidence(h, &[alice], bob)
+    );
+    id
+}
+
+/// The caller hangs up the established call: its BYE gets 200 and the phone's call ends.
+async fn hang_up(h: &Harness, alice: &mut Baresip, bob: &Linphone, call: &str, id: u32) {
+    // Long enough for baresip to give up on the call by itself if its media failed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        alice.responses(call, "BYE").is_empty(),
+        "the call should still be up when the caller hangs up\n{}",
+        evidence(h, &[&*alice], bob)
+    );
+    alice.hang_up();
+    let bye = alice.wait_for_bye_answer(call, STEP).await;
+    assert_eq!(
+        bye,
+        Some(200),
+        "BYE answered\n{}",
+        evidence(h, &[&*alice], bob)
+    );
+    assert!(
+        bob.wait_for_end(id, STEP).await,
+        "linphonec's call {id} should end\n{}",
+        evidence(h, &[&*alice], bob)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asleep_phone_is_pushed_wakes_answers_and_the_call_hangs_up_cleanly() {
+    let h = Harness::start().await;
+    let mut bob = Linphone::new(&h, "bob", "tok-answer", false);
+    let (mut alice, call) = call_the_sleeping_phone(&h, &mut bob, "tok-answer").await;
+    bob.wake().await;
+    let id = ring_and_answer(&h, &alice, &mut bob, &call).await;
+    hang_up(&h, &mut alice, &bob, &call, id).await;
+    assert_eq!(h.gateway.pushes().len(), 1, "one push for one call");
+    assert_eq!(
+        bob.invites_received(),
+        vec![call],
+        "the parked INVITE, once"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn woken_busy_phone_answers_486_and_the_caller_gets_486() {
+    let h = Harness::start().await;
+    let mut bob = Linphone::new(&h, "bob", "tok-busy", true);
+    let (alice, call) = call_the_sleeping_phone(&h, &mut bob, "tok-busy").await;
+    bob.wake().await;
+    let busy = alice.wait_for_final(&call, STEP).await;
+    assert_eq!(busy, Some(486), "{}", evidence(&h, &[&alice], &bob));
+    let own = wait_for(STEP, || {
+        bob.invite_responses_sent(&call)
+            .contains(&486)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        own.is_some(),
+        "the 486 is linphonec's own\n{}",
+        evidence(&h, &[&alice], &bob)
+    );
+    h.stop().await;
+}
+
+/// specs/parking.md §6: a phone pushed for a call the caller cancelled is told so when it
+/// registers, by the INVITE and a CANCEL. That notice must not keep the phone from taking
+/// the next, live call. Today the server sends the notice and the live INVITE back to back,
+/// so linphonec, ringing for the notice, answers the live call 486.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cancelled_while_parked_does_not_keep_the_woken_phone_from_the_next_call() {
+    let h = Harness::start().await;
+    let mut bob = Linphone::new(&h, "bob", "tok-cancel", false);
+    let (mut alice, ended) = call_the_sleeping_phone(&h, &mut bob, "tok-cancel").await;
+    alice.hang_up();
+    let cancelled = alice.wait_for_final(&ended, STEP).await;
+    assert_eq!(cancelled, Some(487), "{}", evidence(&h, &[&alice], &bob));
+
+    let live = alice.dial(BOB).await;
+    let push = h.gateway.wait_for_push(STEP).await.expect("a second push");
+    assert_eq!(
+        push.body.call_id, live,
+        "the second push is for the live call"
+    );
+    bob.wake().await;
+    let first = alice
+        .wait_for_response(&live, |c| c == 180 || c >= 200, STEP)
+        .await;
+    if first != Some(180) {
+        // Let the rest of the exchange (the notice's CANCEL) into the evidence.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        first,
+        Some(180),
+        "the woken phone should ring for the live call {live}; linphonec got INVITEs for \
+         {:?} (the cancelled call is {ended}) and answered the live one {:?}\n{}",
+        bob.invites_received(),
+        bob.invite_responses_sent(&live),
+        evidence(&h, &[&alice], &bob)
+    );
+    let id = ring_and_answer(&h, &alice, &mut bob, &live).await;
+    hang_up(&h, &mut alice, &bob, &live, id).await;
+    h.stop().await;
+}
+
+/// A phone that is awake and in a call, registered over UDP with a push token, gets a second
+/// call at once (it rings, or answers 486 itself: linphonec is single-line), not a push and a
+/// wait for a REGISTER that never comes, ending in 480 at the park deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_call_reaches_a_phone_that_is_in_a_call_without_waiting_for_a_push() {
+    let h = Harness::start().await;
+    let mut bob = Linphone::new(&h, "bob", "tok-in-call", false);
+    bob.start().await;
+    let mut alice = Baresip::start(&h, "alice").await;
+    let first = alice.dial(BOB).await;
+    // The first call: the server may ring the awake phone or push it. A pushed app
+    // registers again, so if no INVITE has come a second after the push, the test does
+    // that (restarts linphonec).
+    let pushed = wait_for(STEP, || {
+        if bob.invites_received().contains(&first) {
+            return Some(false);
+        }
+        let pushes = h.gateway.pushes();
+        let waited = |p: &ua::Push| p.body.call_id == first && p.at.elapsed().as_secs() >= 1;
+        pushes.iter().any(waited).then_some(true)
+    })
+    .await
+    .unwrap_or_else(|| panic!("neither ring nor push\n{}", evidence(&h, &[&alice], &bob)));
+    if pushed {
+        bob.restart().await;
+    }
+    let id = ring_and_answer(&h, &alice, &mut bob, &first).await;
+
+    let mut carol = Baresip::start(&h, "carol").await;
+    let sent = Instant::now();
+    let second = carol.dial(BOB).await;
+    let reached = wait_for(Duration::from_secs(5), || {
+        bob.invites_received().contains(&second).then_some(())
+    })
+    .await;
+    if reached.is_none() {
+        let pushes: Vec<String> = h
+            .gateway
+            .pushes()
+            .iter()
+            .filter(|p| p.body.call_id == second)
+            .map(|p| format!("at +{:?}", p.at.saturating_duration_since(sent)))
+            .collect();
+        let last = match carol.wait_for_final(&second, h.park_timeout + STEP).await {
+            Some(code) => format!("{code} after {:.1} s", sent.elapsed().as_secs_f64()),
+            None => "no final response".to_owned(),
+        };
+        panic!(
+            "the second call ({second}) did not reach linphonec within 5 s; the server \
+             pushed the phone instead ({pushes:?}) and the second caller got {last}\n{}",
+            evidence(&h, &[&alice, &carol], &bob)
+        );
+    }
+    let reply = carol
+        .wait_for_response(&second, |c| c == 180 || c >= 200, STEP)
+        .await;
+    match reply {
+        Some(486) => {}
+        Some(180) => {
+            carol.hang_up();
+            let cancelled = carol.wait_for_final(&second, STEP).await;
+            assert_eq!(cancelled, Some(487), "{}", evidence(&h, &[&carol], &bob));
+        }
+        other => panic!(
+            "the second caller should hear linphonec ring or get its 486, not {other:?}\n{}",
+            evidence(&h, &[&alice, &carol], &bob)
+        ),
+    }
+    hang_up(&h, &mut alice, &bob, &first, id).await;
+    h.stop().await;
+}
