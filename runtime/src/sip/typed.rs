@@ -463,9 +463,17 @@ impl Message {
     }
 
     /// Option tags of a Require / Proxy-Require / Supported / Unsupported header (all lines).
+    /// A Supported header may be empty (RFC 3261 §20.37: its option tags are optional).
     pub fn option_tags(&self, name: HeaderName) -> Result<Vec<&str>, SyntaxError> {
         let what = name.canonical().unwrap_or("option tags");
         let mut out = Vec::new();
+        if name == HeaderName::Supported
+            && self
+                .values(name)
+                .all(|v| v.iter().all(|b| b.is_ascii_whitespace()))
+        {
+            return Ok(out);
+        }
         for t in self.elements(name) {
             let t = t?;
             if !is_token(t) {
@@ -490,6 +498,26 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_supported_is_no_option_tag_but_an_empty_require_is_malformed() {
+        let request = |headers: &str| {
+            let text = format!(
+                "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.7;branch=z9hG4bK1\r\n\
+                 Call-ID: c\r\nCSeq: 1 OPTIONS\r\n{headers}Content-Length: 0\r\n\r\n"
+            );
+            crate::sip::parse_datagram(text.as_bytes()).expect("parses")
+        };
+        let baresip = request("Supported:\r\n");
+        assert_eq!(baresip.option_tags(HeaderName::Supported), Ok(vec![]));
+        let tags = request("Supported: gruu, outbound\r\n");
+        assert_eq!(
+            tags.option_tags(HeaderName::Supported),
+            Ok(vec!["gruu", "outbound"])
+        );
+        let require = request("Require:\r\n");
+        assert!(require.option_tags(HeaderName::Require).is_err());
+    }
 
     #[test]
     fn name_addr_forms() {

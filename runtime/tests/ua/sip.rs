@@ -37,8 +37,12 @@ pub fn new_call_id() -> String {
 
 /// A minimal SDP offer or answer for a UA on 127.0.0.1.
 pub fn sdp(session: &str, rtp_port: u16) -> String {
+    // RFC 4566 §5.2: sess-id is digits (linphonec answers 488 to anything else).
+    let id = session
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
     format!(
-        "v=0\r\no=- {session} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+        "v=0\r\no=- {id} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
          m=audio {rtp_port} RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
     )
 }
