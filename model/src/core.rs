@@ -338,14 +338,18 @@ impl Core {
         self.by_aor.get(&aor).cloned().unwrap_or_default()
     }
 
-    /// The states of `device`'s legs in every call of `aor`.
-    fn legs_of(&self, aor: AorId, device: DeviceId) -> impl Iterator<Item = LegState> + '_ {
+    /// `device`'s legs in every call of `aor`.
+    fn legs_of_device(&self, aor: AorId, device: DeviceId) -> impl Iterator<Item = &Leg> + '_ {
         self.by_aor
             .get(&aor)
             .into_iter()
             .flatten()
             .filter_map(move |id| self.calls.get(id)?.legs.iter().find(|l| l.device == device))
-            .map(|l| l.state)
+    }
+
+    /// The states of `device`'s legs in every call of `aor`.
+    fn legs_of(&self, aor: AorId, device: DeviceId) -> impl Iterator<Item = LegState> + '_ {
+        self.legs_of_device(aor, device).map(|l| l.state)
     }
 
     /// An INVITE of an ended call is in progress on `device`: a notice, or a cancelled
@@ -590,7 +594,18 @@ impl Core {
     /// live INVITE beside an ended call's, so a single-line phone never answers a live call
     /// busy because of a call that is over (specs/parking.md §6).
     fn serve_line(&mut self, aor: AorId, device: DeviceId, out: &mut Vec<Effect>) {
-        if self.ended_call_rings(aor, device) {
+        // One look at the line first: most of the time nothing waits on it.
+        let mut waiting = false;
+        let mut due = false;
+        for state in self.legs_of(aor, device) {
+            match state {
+                LegState::Queued => waiting = true,
+                LegState::NoticeDue => due = true,
+                _ => {}
+            }
+        }
+        let reroutes = self.legs_of_device(aor, device).any(|l| l.reroute_due);
+        if !(waiting || due || reroutes) || self.ended_call_rings(aor, device) {
             return;
         }
         let calls = self.calls_of(aor);
@@ -613,7 +628,7 @@ impl Core {
                 LegState::Forwarded | LegState::Queued | LegState::Cancelling
             )
         });
-        if busy {
+        if busy || !due {
             return;
         }
         for call in calls {
