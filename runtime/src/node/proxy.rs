@@ -657,7 +657,7 @@ impl Node {
             }
             200..=299 if branch.answered => {
                 // A retransmitted 2xx (RFC 6026): pass it on to the caller as it is.
-                let bytes = response.forward().pop_via().to_bytes().into();
+                let bytes = toward_caller(&response).into();
                 let flow = ctx.flow.clone();
                 return self.send(&flow, bytes);
             }
@@ -1132,7 +1132,7 @@ impl Node {
         };
         let out = Outgoing {
             flow: ctx.flow.clone(),
-            bytes: response.forward().pop_via().to_bytes().into(),
+            bytes: toward_caller(response).into(),
         };
         let key = ctx.key.clone();
         let _ = self
@@ -1280,6 +1280,39 @@ impl Node {
             None => self.send_to(Transport::Tcp, addr, bytes),
         }
     }
+}
+
+/// A device's response as the caller gets it: our Via off, and the RFC 8599 pn-* parameters
+/// off its Contact URIs (many apps put them in every Contact), so that no push token reaches
+/// another user (RFC 8599 §13).
+fn toward_caller(response: &Message) -> Vec<u8> {
+    let forward = response.forward().pop_via();
+    let mut cleaned = Vec::new();
+    let mut changed = false;
+    for (element, contact) in response
+        .elements(HeaderName::Contact)
+        .zip(response.contacts())
+    {
+        let (Ok(element), Ok(contact)) = (element, contact) else {
+            return forward.to_bytes();
+        };
+        match contact.addr().map(|a| a.uri_raw) {
+            Some(uri) if uri.to_ascii_lowercase().contains(";pn-") => {
+                changed = true;
+                cleaned.push(element.replacen(uri, &without_pn_params(uri), 1));
+            }
+            _ => cleaned.push(element.to_owned()),
+        }
+    }
+    if !changed {
+        return forward.to_bytes();
+    }
+    cleaned
+        .iter()
+        .fold(forward.remove_header("Contact"), |f, c| {
+            f.add_header("Contact", c)
+        })
+        .to_bytes()
 }
 
 /// RFC 3261 §18.2.1 and RFC 3581: the top Via records the address the request really came
