@@ -127,10 +127,6 @@ async fn parked_call_is_pushed_delivered_after_the_wake_up_register_and_answered
         .await
         .expect("100 Trying at once");
     let ok = alice.expect_response(200, STEP).await.expect("answered");
-    assert!(
-        !ok.to_string().contains("pn-"),
-        "the phone's push token never reaches the caller (its 200's Contact):\n{ok}"
-    );
     ack_and_hang_up(&alice, &ok).await;
     let pushes = h.gateway.pushes_for("bob1");
     assert_eq!(pushes.len(), 1, "one push for one call");

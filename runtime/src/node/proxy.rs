@@ -1409,6 +1409,30 @@ mod tests {
     }
 
     #[test]
+    fn a_response_toward_the_caller_carries_no_push_token_and_keeps_the_rest() {
+        let response = parse_datagram(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKppc1\r\n\
+              Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bKa\r\nFrom: <sip:a@x>;tag=1\r\n\
+              To: <sip:b@x>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\
+              Contact: <sip:b@192.0.2.7:5062;pn-provider=apns;pn-prid=SECRET;pn-param=T.b.voip;transport=udp>;expires=60\r\n\
+              Content-Length: 0\r\n\r\n",
+        )
+        .expect("parses");
+        let out = String::from_utf8(toward_caller(&response)).expect("text");
+        assert!(!out.contains("pn-") && !out.contains("SECRET"), "{out}");
+        assert!(
+            out.contains("Contact: <sip:b@192.0.2.7:5062;transport=udp>;expires=60\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("z9hG4bKppc1"), "our Via is off: {out}");
+        let plain = parse_datagram(b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKppc1\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKa\r\nContact: <sip:b@192.0.2.7>\r\nCSeq: 1 INVITE\r\nCall-ID: c\r\nContent-Length: 0\r\n\r\n")
+            .expect("parses");
+        assert!(String::from_utf8(toward_caller(&plain))
+            .expect("text")
+            .contains("Contact: <sip:b@192.0.2.7>"));
+    }
+
+    #[test]
     fn rport_is_filled_and_a_stale_received_replaced() {
         assert_eq!(
             top_via_after(
