@@ -1,149 +1,80 @@
-//! The proxy: INVITE, CANCEL, ACK, BYE and the other requests, and the responses of the
-//! branches it forwards. It turns SIP into core events and carries out the core's effects
-//! as SIP: pushes, forwarded INVITEs, CANCELs, relayed and generated responses.
-//!
-//! Dialogs are record-routed with a flow token (RFC 5626 §5.3.1 in spirit): the
-//! Record-Route user part names the caller's flow and the device's flow, so a BYE from
-//! either side goes back over the other side's flow even when the device sits behind NAT.
+//! Calls and their branches: the INVITE of a local user, its CANCEL, the responses of the
+//! branches it was forwarded on, and the core's effects carried out as SIP (pushes, forwarded
+//! INVITEs, reroutes, CANCELs, relayed and generated responses, notices).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pushpark_model::{CallId, Callee, DeviceId, Effect, EndReason, Event, Flow as CoreFlow};
-use tracing::{debug, info};
+use tracing::info;
 
-use super::registrar::{aor_of, without_pn_params};
-use super::{log_failure, Node, Outgoing, PushTag};
+use super::super::registrar::{aor_of, without_pn_params};
+use super::super::{log_failure, Node, Outgoing, PushTag};
+use super::*;
 use crate::auth::{parse_authorization, ChallengeKind, Verdict};
 use crate::config::Transport;
 use crate::push::{PushKind, PushRequest};
-use crate::sip::{
-    default_reason, parse_datagram_bytes, validate_request, HeaderName, Message, Method, SipUri,
-    Uri,
-};
-use crate::transaction::{
-    self, Key, RequestOutcome, ResponseOutcome, Timer as TxTimer, TuEvent, MAGIC_COOKIE,
-};
+use crate::sip::{default_reason, parse_datagram_bytes, HeaderName, Message, Uri};
+use crate::transaction::{self, Key};
 use crate::transport::{Flow, FlowId};
 use crate::Map;
-
-/// Branches of requests forwarded without a transaction (in-dialog requests).
-const STATELESS: &str = "z9hG4bKpps";
-/// Branches of INVITEs and CANCELs the proxy sends on behalf of a call.
-const STATEFUL: &str = "z9hG4bKppc";
 
 /// The calls in progress, by the core's id and by their INVITE server transaction.
 #[derive(Default)]
 pub(crate) struct Calls {
-    by_id: Map<CallId, CallContext>,
-    by_invite: Map<Key, CallId>,
-    next: u64,
+    pub(crate) by_id: Map<CallId, CallContext>,
+    pub(crate) by_invite: Map<Key, CallId>,
+    pub(crate) next: u64,
     /// Calls waiting for a pushed phone to wake (those with `parked_since`).
-    parked: usize,
+    pub(crate) parked: usize,
 }
 
 /// What the proxy keeps of a call beside the core: the SIP the core never sees.
 pub(crate) struct CallContext {
-    invite: Message,
-    flow: Flow,
-    key: Key,
-    aor: String,
-    to_tag: String,
-    answered: bool,
-    branches: HashMap<DeviceId, BranchContext>,
+    pub(crate) invite: Message,
+    pub(crate) flow: Flow,
+    pub(crate) key: Key,
+    pub(crate) aor: String,
+    pub(crate) to_tag: String,
+    pub(crate) answered: bool,
+    pub(crate) branches: HashMap<DeviceId, BranchContext>,
     /// Since when the call waits for a pushed phone to wake: from its first push until a
     /// phone that registered gets it, or it ends.
-    parked_since: Option<Instant>,
+    pub(crate) parked_since: Option<Instant>,
 }
 
-struct BranchContext {
-    key: Key,
-    flow: Flow,
+pub(crate) struct BranchContext {
+    pub(crate) key: Key,
+    pub(crate) flow: Flow,
     /// The INVITE as sent to the device.
-    invite: Message,
-    provisional: bool,
+    pub(crate) invite: Message,
+    pub(crate) provisional: bool,
     /// A CANCEL is due (with the reason to give, if any), waiting for a provisional. A
     /// notice of an ended call has one due from the start.
-    cancel_pending: Option<Option<EndReason>>,
-    cancel_sent: bool,
+    pub(crate) cancel_pending: Option<Option<EndReason>>,
+    pub(crate) cancel_sent: bool,
     /// The last response of the branch, to relay.
-    response: Option<Message>,
+    pub(crate) response: Option<Message>,
     /// The branch has its final response (or gave up waiting).
-    finished: bool,
-    answered: bool,
-}
-
-/// Dialogs record-routed through us, by Call-ID, with the device in them: a device in a
-/// call is awake, however long its flow has been silent (specs/parking.md §3).
-/// A dialog ends with a BYE through us; one whose BYE we never saw goes after a day.
-#[derive(Default)]
-pub(crate) struct Dialogs {
-    by_call_id: Map<String, (DeviceId, Instant)>,
-    per_device: Map<DeviceId, u32>,
-}
-
-/// How long a dialog whose BYE we never saw is taken to last.
-const DIALOG_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
-
-impl Dialogs {
-    fn open(&mut self, call_id: &str, device: DeviceId, now: Instant) {
-        if self
-            .by_call_id
-            .insert(call_id.to_owned(), (device, now))
-            .is_none()
-        {
-            *self.per_device.entry(device).or_default() += 1;
-        }
-    }
-
-    fn close(&mut self, call_id: &str) {
-        let Some((device, _)) = self.by_call_id.remove(call_id) else {
-            return;
-        };
-        if let Some(n) = self.per_device.get_mut(&device) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_device.remove(&device);
-            }
-        }
-    }
-
-    /// A dialog through us is up with `device`.
-    pub fn with(&self, device: DeviceId) -> bool {
-        self.per_device.contains_key(&device)
-    }
-
-    /// Forgets dialogs older than a day.
-    pub fn prune(&mut self, now: Instant) {
-        let old: Vec<String> = self
-            .by_call_id
-            .iter()
-            .filter(|(_, (_, since))| now.saturating_duration_since(*since) > DIALOG_MAX_AGE)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in old {
-            self.close(&id);
-        }
-    }
+    pub(crate) finished: bool,
+    pub(crate) answered: bool,
 }
 
 /// Client transactions of branches, back to their call and device.
 #[derive(Default)]
 pub(crate) struct Branches {
-    by_key: Map<Key, (CallId, DeviceId, FlowId)>,
+    pub(crate) by_key: Map<Key, (CallId, DeviceId, FlowId)>,
     /// The branches sent over each flow, so a closed connection fails them at once.
-    by_flow: Map<FlowId, Vec<Key>>,
+    pub(crate) by_flow: Map<FlowId, Vec<Key>>,
     /// Branches given up without a response (`DropBranch`), with when: a 2xx that still
     /// comes on one is hung up. Kept a few minutes.
-    dropped: Map<Key, Instant>,
+    pub(crate) dropped: Map<Key, Instant>,
 }
 
 /// How long a dropped branch's late 2xx is still recognised (the device's 2xx is
 /// retransmitted for 64·T1 at most, RFC 3261 §13.3.1.4).
-const DROPPED_KEPT: Duration = Duration::from_secs(300);
+pub(crate) const DROPPED_KEPT: Duration = Duration::from_secs(300);
 
 impl Calls {
     /// Calls the proxy keeps SIP for.
@@ -157,7 +88,7 @@ impl Calls {
     }
 
     /// Marks `call` parked; whether it just became so.
-    fn park(&mut self, call: CallId, now: Instant) -> bool {
+    pub(crate) fn park(&mut self, call: CallId, now: Instant) -> bool {
         match self.by_id.get_mut(&call) {
             Some(ctx) if ctx.parked_since.is_none() => {
                 ctx.parked_since = Some(now);
@@ -169,7 +100,7 @@ impl Calls {
     }
 
     /// Marks `call` no longer parked; since when it was, if it was.
-    fn unpark(&mut self, call: CallId) -> Option<Instant> {
+    pub(crate) fn unpark(&mut self, call: CallId) -> Option<Instant> {
         let since = self.by_id.get_mut(&call)?.parked_since.take()?;
         self.parked -= 1;
         Some(since)
@@ -178,20 +109,20 @@ impl Calls {
 
 impl Branches {
     /// The branch `key` is for `call` and `device`, over `flow` (again, if it moved).
-    fn insert(&mut self, key: Key, (call, device): (CallId, DeviceId), flow: FlowId) {
+    pub(crate) fn insert(&mut self, key: Key, (call, device): (CallId, DeviceId), flow: FlowId) {
         if let Some((_, _, old)) = self.by_key.insert(key.clone(), (call, device, flow)) {
             self.unlist(&key, old);
         }
         self.by_flow.entry(flow).or_default().push(key);
     }
 
-    fn get(&self, key: &Key) -> Option<(CallId, DeviceId)> {
+    pub(crate) fn get(&self, key: &Key) -> Option<(CallId, DeviceId)> {
         self.by_key
             .get(key)
             .map(|&(call, device, _)| (call, device))
     }
 
-    fn unlist(&mut self, key: &Key, flow: FlowId) {
+    pub(crate) fn unlist(&mut self, key: &Key, flow: FlowId) {
         if let Some(keys) = self.by_flow.get_mut(&flow) {
             keys.retain(|k| k != key);
             if keys.is_empty() {
@@ -212,11 +143,11 @@ impl Branches {
     }
 
     /// The branch `key` was given up at `now`.
-    fn dropped(&mut self, key: Key, now: Instant) {
+    pub(crate) fn dropped(&mut self, key: Key, now: Instant) {
         self.dropped.insert(key, now);
     }
 
-    fn was_dropped(&self, key: &Key) -> bool {
+    pub(crate) fn was_dropped(&self, key: &Key) -> bool {
         self.dropped.contains_key(key)
     }
 
@@ -227,217 +158,8 @@ impl Branches {
     }
 }
 
-/// The ACK an INVITE client transaction sends for a 3xx–6xx (RFC 3261 §17.1.1.3): the
-/// INVITE's Request-URI, top Via, From, Call-ID and Route, the response's To.
-pub(crate) fn ack_for_non_2xx(invite: &Outgoing, response: &Outgoing) -> Outgoing {
-    let bytes = match (
-        parse_datagram_bytes(invite.bytes.clone()),
-        parse_datagram_bytes(response.bytes.clone()),
-    ) {
-        (Ok(invite), Ok(response)) => {
-            let header = |m: &Message, name| raw(m, name).unwrap_or_default().to_owned();
-            let mut text = format!(
-                "ACK {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\n",
-                invite.request_uri_str().unwrap_or_default(),
-                header(&invite, HeaderName::Via),
-                header(&invite, HeaderName::From),
-                header(&response, HeaderName::To),
-                header(&invite, HeaderName::CallId),
-                invite.cseq().and_then(Result::ok).map_or(1, |c| c.seq),
-            );
-            for route in invite.values(HeaderName::Route) {
-                text.push_str(&format!("Route: {}\r\n", String::from_utf8_lossy(route)));
-            }
-            text.push_str("Content-Length: 0\r\n\r\n");
-            Bytes::from(text)
-        }
-        _ => Bytes::new(),
-    };
-    Outgoing {
-        flow: invite.flow.clone(),
-        bytes,
-    }
-}
-
-fn raw(message: &Message, name: HeaderName) -> Option<&str> {
-    message
-        .first(name)
-        .and_then(|v| std::str::from_utf8(v).ok())
-}
-
-fn format_addr(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => a.to_string(),
-        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-    }
-}
-
-/// The transaction key of a request: its top Via's branch and sent-by, and its method.
-fn server_key(request: &Message) -> Result<(Key, transaction::Method), &'static str> {
-    let via = match request.top_via() {
-        Some(Ok(via)) => via,
-        _ => return Err("Malformed Via"),
-    };
-    let sent_by = match via.port {
-        Some(port) => format!("{}:{port}", via.host_raw),
-        None => via.host_raw.to_owned(),
-    };
-    let branch = match via.branch() {
-        Some(branch) if branch.starts_with(MAGIC_COOKIE) => branch.to_owned(),
-        // RFC 3261 §17.2.3: a request from an RFC 2543 element has no usable branch; it is
-        // matched by Call-ID, From tag, CSeq number and top Via instead, which an ACK
-        // shares with its INVITE.
-        other => {
-            let from_tag = request
-                .from_header()
-                .and_then(Result::ok)
-                .and_then(|f| f.tag().map(str::to_owned))
-                .unwrap_or_default();
-            let call_id = request.call_id().and_then(Result::ok).unwrap_or_default();
-            let seq = request.cseq().and_then(Result::ok).map_or(0, |c| c.seq);
-            let seed = format!(
-                "{call_id}|{from_tag}|{seq}|{sent_by}|{}",
-                other.unwrap_or_default()
-            );
-            format!("{MAGIC_COOKIE}-2543-{:x}", fnv(&seed))
-        }
-    };
-    let method = transaction::Method::from_token(request.method().map_or("", |m| m.as_str()));
-    Key::server(&branch, &sent_by, &method)
-        .map(|key| (key, method))
-        .map_err(|_| "Malformed Via")
-}
-
-fn tx_transport(flow: &Flow) -> transaction::Transport {
-    match flow.transport {
-        Transport::Udp => transaction::Transport::Unreliable,
-        Transport::Tcp => transaction::Transport::Reliable,
-    }
-}
-
-/// Where a SIP URI leads: its address and transport (numeric hosts only; pushpark routes
-/// dialogs of devices it serves, which register with their addresses).
-fn uri_target(uri: &SipUri<'_>) -> Option<(Transport, SocketAddr)> {
-    let ip: IpAddr = uri.host.ip()?;
-    let transport = match uri.transport() {
-        Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
-        _ => Transport::Udp,
-    };
-    Some((transport, SocketAddr::new(ip, uri.port.unwrap_or(5060))))
-}
-
 impl Node {
-    /// A request from any peer: checked, matched to its transaction, then handled.
-    pub(crate) fn on_request(&mut self, flow: Flow, request: Message) {
-        if let Err(rejection) = validate_request(&request) {
-            return self.respond_stateless(&flow, &request, rejection.code, &rejection.reason);
-        }
-        let request = with_received(&flow, request);
-        let (key, method) = match server_key(&request) {
-            Ok(found) => found,
-            Err(reason) => return self.respond_stateless(&flow, &request, 400, reason),
-        };
-        // Requests routed through us inside a dialog are forwarded without a transaction.
-        if self.is_routed_through_us(&request) {
-            return self.route_in_dialog(&flow, request);
-        }
-        let out = Outgoing {
-            flow: flow.clone(),
-            bytes: request.bytes(),
-        };
-        let now = self.now();
-        match self
-            .transactions
-            .handle_request(now, &key, &method, tx_transport(&flow), out)
-        {
-            Ok(RequestOutcome::New(_)) => {}
-            Ok(RequestOutcome::Absorbed) | Ok(RequestOutcome::Ack { matched: true, .. }) => return,
-            Ok(RequestOutcome::Ack { matched: false, .. }) => {
-                // An ACK for a 2xx that did not name our Record-Route: nothing to route it by.
-                return debug!("{flow}: stray ACK dropped");
-            }
-            Err(e) => return debug!("{flow}: transaction: {e:?}"),
-        }
-        let method = request
-            .method()
-            .map(|m| m.as_str().to_owned())
-            .unwrap_or_default();
-        let for_us = self.request_is_for_us(&request);
-        if method != "REGISTER" && method != "CANCEL" && !for_us {
-            // RFC 3261 §16.3: checks of a request this server would proxy.
-            if request.max_forwards_or_default().unwrap_or(70) == 0 {
-                return self.reply(&flow, &key, &request, 483, &[]);
-            }
-            if let Ok(tags) = request.option_tags(HeaderName::ProxyRequire) {
-                if !tags.is_empty() {
-                    let unsupported = [("Unsupported", tags.join(", "))];
-                    return self.reply(&flow, &key, &request, 420, &unsupported);
-                }
-            }
-        }
-        // A request inside a dialog this server did not record-route: no such dialog here.
-        let dialog_method = matches!(method.as_str(), "BYE" | "UPDATE" | "INFO" | "PRACK");
-        let tagged = matches!(request.to_header(), Some(Ok(to)) if to.tag().is_some());
-        if dialog_method || (tagged && method != "REGISTER") {
-            return self.reply(&flow, &key, &request, 481, &[]);
-        }
-        match request.method() {
-            Some(m) if m.as_str() == "REGISTER" => self.on_register(flow, key, request),
-            Some(m) if m.as_str() == "INVITE" => self.on_invite(flow, key, request),
-            Some(m) if m.as_str() == "CANCEL" => self.on_cancel(flow, key, request),
-            Some(m) if m.as_str() == "OPTIONS" && for_us => {
-                self.reply(&flow, &key, &request, 200, &[("Allow", ALLOW.to_owned())]);
-            }
-            Some(Method::Extension(_)) => self.reply(&flow, &key, &request, 501, &[]),
-            _ => self.reply(&flow, &key, &request, 405, &[("Allow", ALLOW.to_owned())]),
-        }
-    }
-
-    /// Answers a request through its server transaction.
-    fn reply(
-        &mut self,
-        flow: &Flow,
-        key: &Key,
-        request: &Message,
-        code: u16,
-        extra: &[(&str, String)],
-    ) {
-        let mut response = request.response(code).reason(default_reason(code));
-        if code >= 200 {
-            response = response.to_tag(&format!("pp{}", self.next_id()));
-        }
-        for (name, value) in extra {
-            response = response.header(name, value);
-        }
-        let out = Outgoing {
-            flow: flow.clone(),
-            bytes: response.to_bytes().into(),
-        };
-        let _ = self.transactions.send_response(self.now(), key, code, out);
-    }
-
-    /// The Request-URI names this server itself (no user part), as OPTIONS pings do.
-    fn request_is_for_us(&self, request: &Message) -> bool {
-        match request.request_uri() {
-            Some(Ok(Uri::Sip(uri))) => uri.user.is_none() && self.is_local_host(uri.host_raw),
-            _ => false,
-        }
-    }
-
-    fn is_routed_through_us(&self, request: &Message) -> bool {
-        match request.routes().next() {
-            Some(Ok(route)) => match &route.uri {
-                Uri::Sip(uri) => {
-                    uri.user.is_some_and(|u| u.starts_with("pp-"))
-                        && self.is_local_host(uri.host_raw)
-                }
-                _ => false,
-            },
-            _ => false,
-        }
-    }
-
-    fn on_invite(&mut self, flow: Flow, key: Key, invite: Message) {
+    pub(super) fn on_invite(&mut self, flow: Flow, key: Key, invite: Message) {
         let reply = |node: &mut Node, code: u16, extra: &[(&str, String)]| {
             node.reply(&flow, &key, &invite, code, extra)
         };
@@ -564,7 +286,7 @@ impl Node {
         }
     }
 
-    fn on_cancel(&mut self, flow: Flow, key: Key, cancel: Message) {
+    pub(super) fn on_cancel(&mut self, flow: Flow, key: Key, cancel: Message) {
         let call = key
             .cancelled_invite()
             .and_then(|invite| self.calls.by_invite.get(&invite).copied());
@@ -586,52 +308,7 @@ impl Node {
         }
     }
 
-    /// A response from a peer: a branch of ours, or one we forwarded statelessly.
-    pub(crate) fn on_response(&mut self, flow: Flow, response: Message) {
-        let Some(Ok(via)) = response.top_via() else {
-            return;
-        };
-        let branch = via.branch().unwrap_or_default().to_owned();
-        if branch.starts_with(STATELESS) {
-            return self.forward_response_statelessly(response);
-        }
-        let Some(Ok(cseq)) = response.cseq() else {
-            return;
-        };
-        let method = transaction::Method::from_token(cseq.method().as_str());
-        let Ok(key) = Key::client(&branch, &method) else {
-            return;
-        };
-        let Some(status) = response.status() else {
-            return;
-        };
-        let out = Outgoing {
-            flow: flow.clone(),
-            bytes: response.bytes(),
-        };
-        let now = self.now();
-        let delivered = match self.transactions.handle_response(now, &key, status, out) {
-            Ok(ResponseOutcome::Deliver(_)) => true,
-            // A device answered a branch given up before it had answered: nobody is on the
-            // line, so its dialog is closed at once.
-            Ok(ResponseOutcome::Stray(_))
-                if (200..300).contains(&status) && self.branches.was_dropped(&key) =>
-            {
-                self.ack_and_bye(&flow, &response, None);
-                false
-            }
-            Ok(ResponseOutcome::Absorbed) | Ok(ResponseOutcome::Stray(_)) | Err(_) => false,
-        };
-        if !delivered || method != transaction::Method::Invite {
-            return;
-        }
-        let Some((call, device)) = self.branches.get(&key) else {
-            return;
-        };
-        self.on_branch_response(call, device, status, response);
-    }
-
-    fn on_branch_response(
+    pub(super) fn on_branch_response(
         &mut self,
         call: CallId,
         device: DeviceId,
@@ -683,55 +360,8 @@ impl Node {
         }
         self.feed(event);
     }
-
-    pub(crate) fn on_transaction_event(&mut self, event: TuEvent) {
-        match event {
-            TuEvent::SendTrying { key } => {
-                if let Some(ctx) = self
-                    .calls
-                    .by_invite
-                    .get(&key)
-                    .and_then(|c| self.calls.by_id.get(c))
-                {
-                    let bytes = ctx.invite.response(100).reason("Trying").to_bytes().into();
-                    let out = Outgoing {
-                        flow: ctx.flow.clone(),
-                        bytes,
-                    };
-                    let _ = self.transactions.send_response(self.now(), &key, 100, out);
-                }
-            }
-            TuEvent::Timeout { key, timer } => {
-                if let Some((call, device)) = self.branches.get(&key) {
-                    self.finish_branch(call, device);
-                    self.feed(match timer {
-                        // Timer B runs only until the first response: nothing came back at
-                        // all, so the INVITE never reached the device (RFC 3261 §17.1.1.2).
-                        TxTimer::B => Event::BranchUnreachable { call, device },
-                        _ => Event::BranchRejected {
-                            call,
-                            device,
-                            code: 408,
-                        },
-                    });
-                }
-            }
-            TuEvent::CancelNeeded { key } => {
-                if let Some((call, device)) = self.branches.get(&key) {
-                    self.send_cancel(call, device);
-                }
-            }
-            TuEvent::TransportError { key } => {
-                if let Some((call, device)) = self.branches.get(&key) {
-                    self.finish_branch(call, device);
-                    self.feed(Event::BranchUnreachable { call, device });
-                }
-            }
-        }
-    }
-
     /// A branch gave up (transaction time-out or transport error).
-    fn finish_branch(&mut self, call: CallId, device: DeviceId) {
+    pub(super) fn finish_branch(&mut self, call: CallId, device: DeviceId) {
         let branch = self
             .calls
             .by_id
@@ -1037,7 +667,7 @@ impl Node {
 
     /// CANCELs a branch (RFC 3261 §9.1), with an RFC 3326 Reason when a woken device is
     /// told why its call ended.
-    fn send_cancel(&mut self, call: CallId, device: DeviceId) {
+    pub(super) fn send_cancel(&mut self, call: CallId, device: DeviceId) {
         let now = self.now();
         let Some(branch) = self
             .calls
@@ -1092,7 +722,12 @@ impl Node {
 
     /// ACK and BYE for a 2xx nobody is on the line for (RFC 3261 §13.2.2.4, §15): to its
     /// Contact (else `fallback`), in the dialog the 2xx set up, over `flow`.
-    fn ack_and_bye(&mut self, flow: &Flow, response: &Message, fallback: Option<String>) {
+    pub(super) fn ack_and_bye(
+        &mut self,
+        flow: &Flow,
+        response: &Message,
+        fallback: Option<String>,
+    ) {
         let contact = response
             .contacts()
             .next()
@@ -1173,113 +808,6 @@ impl Node {
             }
         }
     }
-
-    /// Forwards a request inside a dialog we record-routed: over the other side's flow
-    /// when the flow token names one, else to its next hop's address.
-    fn route_in_dialog(&mut self, arrived: &Flow, request: Message) {
-        let Some(Ok(route)) = request.routes().next() else {
-            return;
-        };
-        let Uri::Sip(route_uri) = &route.uri else {
-            return;
-        };
-        let token = route_uri.user.unwrap_or_default();
-        let mut flows = token
-            .trim_start_matches("pp-")
-            .split('-')
-            .filter_map(|s| s.parse().ok());
-        let (a, b) = (flows.next().map(FlowId), flows.next().map(FlowId));
-        let other = if Some(arrived.id) == a { b } else { a };
-        let out_flow = other
-            .and_then(|id| self.flows.get(&id).map(|(flow, _)| flow.clone()))
-            .filter(|f| self.is_open(f));
-        let is_ack = request.method().is_some_and(|m| m.as_str() == "ACK");
-        if request.method().is_some_and(|m| m.as_str() == "BYE") {
-            if let Some(Ok(call_id)) = request.call_id() {
-                self.dialogs.close(call_id);
-            }
-        }
-        let max_forwards = request.max_forwards_or_default().unwrap_or(70);
-        if max_forwards == 0 {
-            if !is_ack {
-                self.respond_stateless(arrived, &request, 483, "Too Many Hops");
-            }
-            return;
-        }
-        let incoming_branch = request
-            .top_via()
-            .and_then(Result::ok)
-            .and_then(|v| v.branch().map(str::to_owned))
-            .unwrap_or_default();
-        let branch = format!("{STATELESS}{:x}", fnv(&incoming_branch));
-        let next_target = match request.routes().nth(1) {
-            Some(Ok(next)) => next.uri.as_sip().and_then(uri_target),
-            _ => match request.request_uri() {
-                Some(Ok(Uri::Sip(uri))) => uri_target(&uri),
-                _ => None,
-            },
-        };
-        let (via_local, send) = match (&out_flow, next_target) {
-            (Some(flow), _) => (flow.local, Some((flow.clone(), None))),
-            (None, Some((transport, addr))) => (
-                arrived.local,
-                Some((arrived.clone(), Some((transport, addr)))),
-            ),
-            (None, None) => (arrived.local, None),
-        };
-        let Some((flow, direct)) = send else {
-            if !is_ack {
-                self.respond_stateless(arrived, &request, 404, "No route");
-            }
-            return;
-        };
-        let transport = direct.map_or(flow.transport, |(t, _)| t);
-        let via = format!(
-            "SIP/2.0/{transport} {};branch={branch}",
-            format_addr(via_local)
-        );
-        let bytes: Bytes = request
-            .forward()
-            .pop_route()
-            .push_via(&via)
-            .max_forwards(max_forwards - 1)
-            .to_bytes()
-            .into();
-        match direct {
-            None => self.send(&flow, bytes),
-            Some((transport, addr)) => self.send_to(transport, addr, bytes),
-        }
-    }
-
-    /// A response to a request we forwarded without a transaction: our Via off, and on to
-    /// the next Via's address (RFC 3261 §18.2.2: `received` and `rport` first).
-    fn forward_response_statelessly(&mut self, response: Message) {
-        let Some(Ok(next)) = response.vias().nth(1) else {
-            return;
-        };
-        let ip = next.received().or_else(|| next.host.ip());
-        let port = match next.rport() {
-            Some(Some(port)) => port,
-            _ => next.port.unwrap_or(5060),
-        };
-        let Some(ip) = ip else { return };
-        let addr = SocketAddr::new(ip, port);
-        let bytes: Bytes = response.forward().pop_via().to_bytes().into();
-        if !next.transport.eq_ignore_ascii_case("TCP") {
-            return self.send_to(Transport::Udp, addr, bytes);
-        }
-        // Over TCP, back through the connection the request came on if it is still open.
-        let existing = self
-            .flows
-            .values()
-            .map(|(flow, _)| flow)
-            .find(|f| f.transport == Transport::Tcp && f.peer == addr && self.is_open(f))
-            .cloned();
-        match existing {
-            Some(flow) => self.send(&flow, bytes),
-            None => self.send_to(Transport::Tcp, addr, bytes),
-        }
-    }
 }
 
 /// A device's response as the caller gets it: our Via off, and the RFC 8599 pn-* parameters
@@ -1315,51 +843,6 @@ fn toward_caller(response: &Message) -> Vec<u8> {
         .to_bytes()
 }
 
-/// RFC 3261 §18.2.1 and RFC 3581: the top Via records the address the request really came
-/// from (`received`) and, when the client asked with `rport`, its port, so responses and
-/// requests in the dialog find their way back through NAT.
-fn with_received(flow: &Flow, request: Message) -> Message {
-    let Some(Ok(via)) = request.top_via() else {
-        return request;
-    };
-    let wants_port = matches!(via.rport(), Some(None));
-    let moved = via.host.ip() != Some(flow.peer.ip());
-    if !wants_port && !moved {
-        return request;
-    }
-    let Some(Ok(top)) = request.elements(HeaderName::Via).next() else {
-        return request;
-    };
-    let mut value = String::with_capacity(top.len() + 40);
-    for (i, param) in top.split(';').enumerate() {
-        let name = param.split('=').next().unwrap_or_default().trim();
-        let replaced = name.eq_ignore_ascii_case("received")
-            || (wants_port && name.eq_ignore_ascii_case("rport"));
-        if i > 0 && replaced {
-            continue;
-        }
-        if i > 0 {
-            value.push(';');
-        }
-        value.push_str(param);
-    }
-    // RFC 3261's grammar writes an IPv6 `received` without brackets.
-    let _ = write!(value, ";received={}", flow.peer.ip());
-    if wants_port {
-        let _ = write!(value, ";rport={}", flow.peer.port());
-    }
-    match request.with_top_via(&value) {
-        Some(edited) => edited,
-        None => {
-            let bytes = request.forward().pop_via().push_via(&value).to_bytes();
-            parse_datagram_bytes(bytes.into()).unwrap_or(request)
-        }
-    }
-}
-
-/// The methods pushpark handles.
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO";
-
 fn aor_user(aor: &str) -> Option<&str> {
     aor.strip_prefix("sip:")?.split('@').next()
 }
@@ -1374,39 +857,10 @@ fn reason_header(reason: EndReason) -> &'static str {
     }
 }
 
-/// A small stable hash for stateless branches (FNV-1a).
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sip::parse_datagram;
-    use crate::transport::FlowId;
-
-    fn from(peer: &str) -> Flow {
-        Flow {
-            id: FlowId(1),
-            transport: Transport::Udp,
-            local: "127.0.0.1:5060".parse().expect("an address"),
-            peer: peer.parse().expect("an address"),
-        }
-    }
-
-    fn top_via_after(via: &str, peer: &str) -> String {
-        let request = format!(
-            "OPTIONS sip:bob@127.0.0.1 SIP/2.0\r\nVia: {via}\r\nVia: SIP/2.0/UDP edge;branch=z9hG4bKe\r\n\
-             Call-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-        );
-        let message = parse_datagram(request.as_bytes()).expect("parses");
-        let edited = with_received(&from(peer), message);
-        let vias: Vec<&[u8]> = edited.values(HeaderName::Via).collect();
-        assert_eq!(vias.len(), 2, "the other Via stays");
-        String::from_utf8(vias[0].to_vec()).expect("text")
-    }
 
     #[test]
     fn a_response_toward_the_caller_carries_no_push_token_and_keeps_the_rest() {
@@ -1430,33 +884,5 @@ mod tests {
         assert!(String::from_utf8(toward_caller(&plain))
             .expect("text")
             .contains("Contact: <sip:b@192.0.2.7>"));
-    }
-
-    #[test]
-    fn rport_is_filled_and_a_stale_received_replaced() {
-        assert_eq!(
-            top_via_after(
-                "SIP/2.0/UDP 10.0.0.7:5060;received=10.9.9.9;branch=z9hG4bK1;RPORT",
-                "192.0.2.9:40000"
-            ),
-            "SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bK1;received=192.0.2.9;rport=40000"
-        );
-    }
-
-    #[test]
-    fn without_rport_only_received_is_added_and_a_filled_rport_kept() {
-        assert_eq!(
-            top_via_after(
-                "SIP/2.0/UDP 10.0.0.7:5060;rport=5062;branch=z9hG4bK1",
-                "192.0.2.9:40000"
-            ),
-            "SIP/2.0/UDP 10.0.0.7:5060;rport=5062;branch=z9hG4bK1;received=192.0.2.9"
-        );
-    }
-
-    #[test]
-    fn a_via_that_is_already_right_is_left_alone() {
-        let via = "SIP/2.0/UDP 192.0.2.9:40000;branch=z9hG4bK1";
-        assert_eq!(top_via_after(via, "192.0.2.9:40000"), via);
     }
 }
