@@ -54,7 +54,7 @@ pub use self::message::{
     Method, StartLine, MAX_LINE, MAX_MESSAGE,
 };
 pub use self::name::HeaderName;
-pub use self::serialize::{Forward, ResponseBuilder};
+pub use self::serialize::{Forward, RequestBuilder, ResponseBuilder};
 pub use self::syntax::{unescape, unquote, CommaSplit, Param, Params};
 pub use self::typed::{parse_decimal_u32, CSeq, Contact, ContentType, NameAddr, Via};
 pub use self::uri::{Host, SipUri, Uri};

@@ -351,9 +351,60 @@ impl ResponseBuilder<'_> {
     }
 }
 
+/// A body-less request this server originates within a transaction or dialog it already
+/// has — the CANCEL of a branch, the ACK of a non-2xx, the ACK and BYE of a 2xx nobody is on
+/// the line for: request line, the headers in the order given, `Content-Length: 0`.
+#[derive(Debug, Clone)]
+pub struct RequestBuilder {
+    method: String,
+    uri: String,
+    headers: Vec<(String, String)>,
+}
+
+impl RequestBuilder {
+    pub fn new(method: &str, uri: &str) -> Self {
+        Self {
+            method: strip_crlf(method),
+            uri: strip_crlf(uri),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Add a header (line breaks in what a peer sent cannot start another one).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((strip_crlf(name), strip_crlf(value)));
+        self
+    }
+
+    /// The request as bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        let _ = write!(out, "{} {} SIP/2.0\r\n", self.method, self.uri);
+        for (n, v) in &self.headers {
+            line(&mut out, n, v);
+        }
+        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::message::parse_datagram;
+
+    #[test]
+    fn a_built_request_parses_and_no_value_can_inject_a_header() {
+        let bytes = super::RequestBuilder::new("CANCEL", "sip:bob@192.0.2.7")
+            .header("Via", "SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKppc1")
+            .header("To", "<sip:bob@x>\r\nEvil: yes")
+            .header("CSeq", "1 CANCEL")
+            .to_bytes();
+        let text = String::from_utf8(bytes.clone()).expect("text");
+        assert!(text.starts_with("CANCEL sip:bob@192.0.2.7 SIP/2.0\r\n"), "{text}");
+        assert!(text.ends_with("Content-Length: 0\r\n\r\n"), "{text}");
+        assert!(!text.contains("\r\nEvil:"), "{text}");
+        assert!(parse_datagram(&bytes).is_ok());
+    }
 
     const REQ: &[u8] = b"INVITE sip:bob@example.com SIP/2.0\r\n\
 v: SIP/2.0/UDP a.example.com;branch=z9hG4bK1, SIP/2.0/UDP b.example.com;branch=z9hG4bK2\r\n\

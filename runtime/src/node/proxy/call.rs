@@ -682,25 +682,18 @@ impl Node {
         }
         branch.cancel_sent = true;
         let invite = &branch.invite;
-        let mut text = format!(
-            "CANCEL {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} CANCEL\r\n",
-            invite.request_uri_str().unwrap_or_default(),
-            raw(invite, HeaderName::Via).unwrap_or_default(),
-            raw(invite, HeaderName::From).unwrap_or_default(),
-            raw(invite, HeaderName::To).unwrap_or_default(),
-            raw(invite, HeaderName::CallId).unwrap_or_default(),
-            invite.cseq().and_then(Result::ok).map_or(1, |c| c.seq),
-        );
+        let seq = invite.cseq().and_then(Result::ok).map_or(1, |c| c.seq);
+        let mut cancel = in_transaction(invite, "CANCEL", seq)
+            .header("To", raw(invite, HeaderName::To).unwrap_or_default());
         if let Some(Some(reason)) = branch.cancel_pending {
-            text.push_str(&format!("Reason: {}\r\n", reason_header(reason)));
+            cancel = cancel.header("Reason", reason_header(reason));
         }
-        text.push_str("Content-Length: 0\r\n\r\n");
         let Ok(cancel_key) = Key::client(branch.key.branch(), &transaction::Method::Cancel) else {
             return;
         };
         let out = Outgoing {
             flow: branch.flow.clone(),
-            bytes: Bytes::from(text),
+            bytes: Bytes::from(cancel.to_bytes()),
         };
         let transport = tx_transport(&branch.flow);
         let invite_key = branch.key.clone();
@@ -737,20 +730,24 @@ impl Node {
             return;
         };
         let seq = response.cseq().and_then(Result::ok).map_or(1, |c| c.seq);
-        let common = format!(
-            "Max-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\n",
-            raw(response, HeaderName::From).unwrap_or_default(),
-            raw(response, HeaderName::To).unwrap_or_default(),
-            raw(response, HeaderName::CallId).unwrap_or_default(),
-        );
         let local = format_addr(flow.local);
         for (method, seq) in [("ACK", seq), ("BYE", seq + 1)] {
-            let text = format!(
-                "{method} {target} SIP/2.0\r\nVia: SIP/2.0/{} {local};branch={STATELESS}h{}\r\n{common}CSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n",
+            let via = format!(
+                "SIP/2.0/{} {local};branch={STATELESS}h{}",
                 flow.transport,
-                self.next_id(),
+                self.next_id()
             );
-            self.send(flow, Bytes::from(text));
+            let request = RequestBuilder::new(method, &target)
+                .header("Via", &via)
+                .header("Max-Forwards", "70")
+                .header("From", raw(response, HeaderName::From).unwrap_or_default())
+                .header("To", raw(response, HeaderName::To).unwrap_or_default())
+                .header(
+                    "Call-ID",
+                    raw(response, HeaderName::CallId).unwrap_or_default(),
+                )
+                .header("CSeq", &format!("{seq} {method}"));
+            self.send(flow, Bytes::from(request.to_bytes()));
         }
     }
 

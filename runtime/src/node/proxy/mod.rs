@@ -28,7 +28,8 @@ use self::dialog::with_received;
 use super::{Node, Outgoing};
 use crate::config::Transport;
 use crate::sip::{
-    default_reason, parse_datagram_bytes, validate_request, HeaderName, Message, Method, Uri,
+    default_reason, parse_datagram_bytes, validate_request, HeaderName, Message, Method,
+    RequestBuilder, Uri,
 };
 use crate::transaction::{
     self, Key, RequestOutcome, ResponseOutcome, Timer as TxTimer, TuEvent, MAGIC_COOKIE,
@@ -48,21 +49,13 @@ pub(crate) fn ack_for_non_2xx(invite: &Outgoing, response: &Outgoing) -> Outgoin
         parse_datagram_bytes(response.bytes.clone()),
     ) {
         (Ok(invite), Ok(response)) => {
-            let header = |m: &Message, name| raw(m, name).unwrap_or_default().to_owned();
-            let mut text = format!(
-                "ACK {} SIP/2.0\r\nVia: {}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\n",
-                invite.request_uri_str().unwrap_or_default(),
-                header(&invite, HeaderName::Via),
-                header(&invite, HeaderName::From),
-                header(&response, HeaderName::To),
-                header(&invite, HeaderName::CallId),
-                invite.cseq().and_then(Result::ok).map_or(1, |c| c.seq),
-            );
-            for route in invite.values(HeaderName::Route) {
-                text.push_str(&format!("Route: {}\r\n", String::from_utf8_lossy(route)));
-            }
-            text.push_str("Content-Length: 0\r\n\r\n");
-            Bytes::from(text)
+            let seq = invite.cseq().and_then(Result::ok).map_or(1, |c| c.seq);
+            let ack = in_transaction(&invite, "ACK", seq)
+                .header("To", raw(&response, HeaderName::To).unwrap_or_default());
+            let ack = invite.values(HeaderName::Route).fold(ack, |ack, route| {
+                ack.header("Route", &String::from_utf8_lossy(route))
+            });
+            Bytes::from(ack.to_bytes())
         }
         _ => Bytes::new(),
     };
@@ -70,6 +63,21 @@ pub(crate) fn ack_for_non_2xx(invite: &Outgoing, response: &Outgoing) -> Outgoin
         flow: invite.flow.clone(),
         bytes,
     }
+}
+
+/// The start of a request of the INVITE transaction `invite` (its CANCEL, the ACK of a
+/// non-2xx, RFC 3261 §9.1, §17.1.1.3): its Request-URI, top Via, From and Call-ID, and CSeq
+/// `seq` with `method`; the caller adds To (and Route, Reason).
+fn in_transaction(invite: &Message, method: &str, seq: u32) -> RequestBuilder {
+    RequestBuilder::new(method, invite.request_uri_str().unwrap_or_default())
+        .header("Via", raw(invite, HeaderName::Via).unwrap_or_default())
+        .header("Max-Forwards", "70")
+        .header("From", raw(invite, HeaderName::From).unwrap_or_default())
+        .header(
+            "Call-ID",
+            raw(invite, HeaderName::CallId).unwrap_or_default(),
+        )
+        .header("CSeq", &format!("{seq} {method}"))
 }
 
 fn raw(message: &Message, name: HeaderName) -> Option<&str> {
