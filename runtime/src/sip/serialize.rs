@@ -400,7 +400,10 @@ mod tests {
             .header("CSeq", "1 CANCEL")
             .to_bytes();
         let text = String::from_utf8(bytes.clone()).expect("text");
-        assert!(text.starts_with("CANCEL sip:bob@192.0.2.7 SIP/2.0\r\n"), "{text}");
+        assert!(
+            text.starts_with("CANCEL sip:bob@192.0.2.7 SIP/2.0\r\n"),
+            "{text}"
+        );
         assert!(text.ends_with("Content-Length: 0\r\n\r\n"), "{text}");
         assert!(!text.contains("\r\nEvil:"), "{text}");
         assert!(parse_datagram(&bytes).is_ok());
