@@ -1238,3 +1238,525 @@ fn silent_branch_to_a_device_only_probably_awake_ends_at_the_deadline() {
         "it rang: the call waited for its answer"
     );
 }
+
+// Beyond the table: behaviour the tests above left unpinned, found by `cargo mutants` over
+// model/src/core.rs (see model/tests/mutants.rs). One test per decision.
+
+#[test]
+fn codes_the_caller_can_act_on_beat_busy_from_another_device() {
+    for code in [401, 407, 415, 420, 484] {
+        let mut d = Driver::new();
+        d.send(arrival(C1, U1, &[online(D1), online(D2)]));
+        assert_eq!(d.send(rejected(C1, D1, 486)), NOTHING);
+        assert_eq!(
+            d.send(rejected(C1, D2, code)),
+            [respond(C1, code, Some(D2)), disarm(Timer::Deadline(C1))],
+            "{code} against 486"
+        );
+        d.assert_idle();
+    }
+}
+
+#[test]
+fn dead_flow_after_a_permanent_push_failure_is_not_pushed_again() {
+    let mut d = Driver::new();
+    d.clock_to(10_000);
+    assert_eq!(
+        d.send(arrival(C1, U1, &[on_udp(D1, 9_000, false)])),
+        [
+            arm(Timer::Deadline(C1), 40_000),
+            push(C1, D1),
+            forward(C1, D1)
+        ]
+    );
+    assert_eq!(
+        d.send(push_failed(C1, D1, true)),
+        [Effect::ForgetPushToken { device: D1 }]
+    );
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        [respond(C1, 480, None), disarm(Timer::Deadline(C1))],
+        "the token is dead: no fallback push"
+    );
+    d.assert_idle();
+}
+
+#[test]
+fn dead_flow_after_the_last_push_attempt_failed_is_not_pushed_again() {
+    let mut d = Driver::with_config(Config {
+        push_attempts: 1,
+        ..Config::default()
+    });
+    d.clock_to(10_000);
+    d.send(arrival(C1, U1, &[on_udp(D1, 9_000, false)]));
+    assert_eq!(d.send(push_failed(C1, D1, false)), NOTHING);
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        [respond(C1, 480, None), disarm(Timer::Deadline(C1))],
+        "its one attempt is spent"
+    );
+    d.assert_idle();
+}
+
+#[test]
+fn fallback_push_after_a_dead_flow_counts_as_an_attempt() {
+    let mut d = Driver::with_config(Config {
+        push_attempts: 1,
+        ..Config::default()
+    });
+    d.send(arrival(C1, U1, &[online_pushable(D1)]));
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        [push(C1, D1)]
+    );
+    d.clock_to(100);
+    assert_eq!(
+        d.send(push_failed(C1, D1, false)),
+        [respond(C1, 480, None), disarm(Timer::Deadline(C1))],
+        "no retry: the fallback push was the one attempt"
+    );
+    d.assert_idle();
+}
+
+#[test]
+fn pushed_device_whose_invite_is_lost_waits_parked_for_its_push_without_a_second_one() {
+    let mut d = Driver::new();
+    d.clock_to(10_000);
+    d.send(arrival(C1, U1, &[on_udp(D1, 9_000, false)]));
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        NOTHING,
+        "its push is still on its way"
+    );
+    assert_eq!(d.core.calls_in_progress(), 1);
+    assert_eq!(d.send(push_accepted(C1, D1)), NOTHING);
+    assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [respond(C1, 200, Some(D1)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+#[test]
+fn cancelled_branch_whose_flow_dies_tells_a_device_pushed_for_the_call_when_it_registers() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C1, D1));
+    assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
+    assert_eq!(d.send(trying(C1, D1)), NOTHING);
+    d.clock_to(10_000);
+    assert_eq!(
+        d.send(Event::CallerCancelled { call: C1 }),
+        [
+            respond(C1, 487, None),
+            disarm(Timer::Deadline(C1)),
+            cancel_branch(C1, D1)
+        ]
+    );
+    d.clock_to(12_000);
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        [arm(Timer::Linger(C1), 42_000)],
+        "the CANCEL may not have reached it; the push may wake it again"
+    );
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::CallerCancelled),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
+    d.assert_idle();
+}
+
+#[test]
+fn cancelled_branch_whose_flow_dies_lets_the_call_go_when_no_push_can_have_woken_the_device() {
+    let unreachable = Event::BranchUnreachable {
+        call: C1,
+        device: D1,
+    };
+    let cancelled = [
+        respond(C1, 487, None),
+        disarm(Timer::Deadline(C1)),
+        cancel_branch(C1, D1),
+    ];
+    // Never pushed.
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[online(D1)]));
+    d.send(trying(C1, D1));
+    assert_eq!(d.send(Event::CallerCancelled { call: C1 }), cancelled);
+    assert_eq!(d.send(unreachable.clone()), NOTHING);
+    d.assert_idle();
+
+    // Pushed, but the push failed after the device had registered on its own.
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
+    assert_eq!(d.send(push_failed(C1, D1, false)), NOTHING);
+    d.send(trying(C1, D1));
+    assert_eq!(d.send(Event::CallerCancelled { call: C1 }), cancelled);
+    assert_eq!(d.send(unreachable), NOTHING);
+    d.assert_idle();
+}
+
+#[test]
+fn notice_that_never_arrives_ends_the_leg_and_lets_the_call_go() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C1, D1));
+    d.send(Event::CallerCancelled { call: C1 });
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::CallerCancelled),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        NOTHING
+    );
+    d.assert_idle();
+}
+
+#[test]
+fn device_unavailable_during_push_back_off_disarms_the_retry_and_gives_480() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.clock_to(100);
+    assert_eq!(
+        d.send(push_failed(C1, D1, false)),
+        [arm(Timer::PushRetry(C1, D1), 600)]
+    );
+    assert_eq!(
+        d.send(Event::DeviceUnavailable {
+            aor: U1,
+            device: D1
+        }),
+        [
+            disarm(Timer::PushRetry(C1, D1)),
+            respond(C1, 480, None),
+            disarm(Timer::Deadline(C1))
+        ]
+    );
+    d.assert_idle();
+}
+
+#[test]
+fn push_failing_after_the_call_ended_lets_the_call_go_before_the_window_closes() {
+    for permanent in [false, true] {
+        let mut d = Driver::new();
+        d.send(arrival(C1, U1, &[sleeping(D1)]));
+        d.clock_to(1_000);
+        assert_eq!(
+            d.send(Event::CallerCancelled { call: C1 }),
+            [
+                respond(C1, 487, None),
+                disarm(Timer::Deadline(C1)),
+                arm(Timer::Linger(C1), 31_000)
+            ]
+        );
+        d.clock_to(2_000);
+        let forget = permanent.then_some(Effect::ForgetPushToken { device: D1 });
+        let expected: Vec<Effect> = forget
+            .into_iter()
+            .chain([disarm(Timer::Linger(C1))])
+            .collect();
+        assert_eq!(
+            d.send(push_failed(C1, D1, permanent)),
+            expected,
+            "permanent: {permanent}"
+        );
+        d.assert_idle();
+    }
+}
+
+#[test]
+fn late_push_retry_timer_after_the_device_woke_pushes_nothing() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.clock_to(100);
+    d.send(push_failed(C1, D1, false));
+    d.clock_to(300);
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [disarm(Timer::PushRetry(C1, D1)), forward(C1, D1)]
+    );
+    // The runtime lost the race to disarm it: the timer fires all the same.
+    d.clock_to(600);
+    assert_eq!(d.send(Event::TimerFired(Timer::PushRetry(C1, D1))), NOTHING);
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [respond(C1, 200, Some(D1)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+#[test]
+fn call_ending_while_its_invite_waits_for_a_notice_is_told_only_to_a_device_pushed_for_it() {
+    // A notice of C1 rings on D1.
+    let notice_rings = || {
+        let mut d = Driver::new();
+        d.clock_to(10_000);
+        d.send(arrival(C1, U1, &[sleeping(D1)]));
+        d.send(Event::CallerCancelled { call: C1 });
+        assert_eq!(
+            d.send(registered(U1, D1)),
+            [
+                told(C1, D1, EndReason::CallerCancelled),
+                disarm(Timer::Linger(C1))
+            ]
+        );
+        d
+    };
+    let cancelled = [respond(C2, 487, None), disarm(Timer::Deadline(C2))];
+
+    // Reachable and never pushed for C2: nothing to tell once C1's notice is over.
+    let mut d = notice_rings();
+    assert_eq!(
+        d.send(arrival(C2, U1, &[online(D1)])),
+        [arm(Timer::Deadline(C2), 40_000)]
+    );
+    assert_eq!(d.send(Event::CallerCancelled { call: C2 }), cancelled);
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
+    d.assert_idle();
+
+    // Probably awake on UDP, so pushed for C2 as well: told of C2 once C1's notice is over.
+    let mut d = notice_rings();
+    assert_eq!(
+        d.send(arrival(C2, U1, &[on_udp(D1, 10_000, false)])),
+        [arm(Timer::Deadline(C2), 40_000), push(C2, D1)]
+    );
+    assert_eq!(d.send(Event::CallerCancelled { call: C2 }), cancelled);
+    assert_eq!(
+        d.send(rejected(C1, D1, 487)),
+        [told(C2, D1, EndReason::CallerCancelled)]
+    );
+    assert_eq!(d.send(rejected(C2, D1, 487)), NOTHING);
+    d.assert_idle();
+}
+
+#[test]
+fn awake_window_of_zero_trusts_only_dialogs() {
+    let mut d = Driver::with_config(Config {
+        awake_window: 0,
+        ..Config::default()
+    });
+    d.clock_to(10_000);
+    assert_eq!(
+        d.send(arrival(C1, U1, &[on_udp(D1, 10_000, false)])),
+        [arm(Timer::Deadline(C1), 40_000), push(C1, D1)],
+        "heard from this very instant, but not in a dialog: asleep"
+    );
+    assert_eq!(
+        d.send(arrival(C2, U2, &[on_udp(D2, 0, true)])),
+        [
+            arm(Timer::Deadline(C2), 40_000),
+            push(C2, D2),
+            forward(C2, D2)
+        ]
+    );
+}
+
+#[test]
+fn config_is_the_one_the_core_was_made_with() {
+    let config = Config {
+        park_timeout: 1,
+        ended_notice_window: 2,
+        push_attempts: 4,
+        push_retry_base: 5,
+        awake_window: 6,
+        max_calls: 7,
+        max_calls_per_callee: 8,
+    };
+    assert_eq!(Core::new(config.clone()).config(), &config);
+}
+
+#[test]
+fn core_holds_a_call_from_its_arrival_until_it_leaves_no_trace() {
+    let mut d = Driver::new();
+    assert!(!d.core.holds(C1));
+    d.send(arrival(C1, U1, &[online(D1), sleeping(D2)]));
+    assert!(d.core.holds(C1));
+    d.send(answered(C1, D1));
+    assert!(d.core.holds(C1), "D2 may still register and be told");
+    assert!(!d.core.holds(C2));
+    d.advance_to(30_000);
+    assert!(!d.core.holds(C1));
+    d.assert_idle();
+}
+
+#[test]
+fn len_counts_calls_in_progress_and_ended_calls_still_held() {
+    let mut d = Driver::new();
+    assert_eq!(d.core.len(), 0);
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(arrival(C2, U2, &[sleeping(D2)]));
+    d.send(Event::CallerCancelled { call: C2 });
+    assert_eq!(d.core.len(), 2);
+    assert_eq!(d.core.calls_in_progress(), 1);
+    assert!(!d.core.is_empty());
+}
+
+#[test]
+fn needs_timer_holds_for_exactly_the_timers_the_core_needs() {
+    let mut d = Driver::new();
+    let timers = [
+        Timer::Deadline(C1),
+        Timer::PushRetry(C1, D1),
+        Timer::PushRetry(C1, D2),
+        Timer::Linger(C1),
+    ];
+    let needed_now = |d: &Driver| -> Vec<Timer> {
+        timers
+            .iter()
+            .copied()
+            .filter(|&t| d.core.needs_timer(t))
+            .collect()
+    };
+    assert_eq!(needed_now(&d), []);
+    d.send(arrival(C1, U1, &[sleeping(D1), sleeping(D2)]));
+    assert_eq!(needed_now(&d), [Timer::Deadline(C1)]);
+    d.send(push_accepted(C1, D2));
+    d.clock_to(100);
+    d.send(push_failed(C1, D1, false));
+    assert_eq!(
+        needed_now(&d),
+        [Timer::Deadline(C1), Timer::PushRetry(C1, D1)]
+    );
+    d.clock_to(29_900);
+    d.send(push_failed(C1, D1, false));
+    d.advance_to(30_000);
+    assert_eq!(needed_now(&d), [Timer::Linger(C1)]);
+    d.advance_to(60_000);
+    assert_eq!(needed_now(&d), []);
+    d.assert_idle();
+}
+
+#[test]
+fn live_call_queued_behind_a_notice_outlives_its_deadline_and_goes_when_the_notice_ends() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(Event::CallerCancelled { call: C1 });
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::CallerCancelled),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    d.clock_to(500);
+    assert_eq!(
+        d.send(arrival(C2, U1, &[online(D1)])),
+        [arm(Timer::Deadline(C2), 30_500)]
+    );
+    assert_eq!(d.advance_to(30_500), [(Timer::Deadline(C2), vec![])]);
+    assert_eq!(d.core.calls_in_progress(), 1);
+    d.clock_to(31_000);
+    assert_eq!(d.send(rejected(C1, D1, 487)), [forward(C2, D1)]);
+    assert_eq!(d.send(answered(C2, D1)), [respond(C2, 200, Some(D1))]);
+    d.assert_idle();
+}
+
+#[test]
+fn branch_to_a_device_probably_awake_keeps_the_call_while_parking() {
+    let mut d = Driver::new();
+    d.clock_to(10_000);
+    assert_eq!(
+        d.send(arrival(C1, U1, &[on_udp(D1, 9_000, false), sleeping(D2)])),
+        [
+            arm(Timer::Deadline(C1), 40_000),
+            push(C1, D1),
+            forward(C1, D1),
+            push(C1, D2)
+        ]
+    );
+    assert_eq!(
+        d.send(push_failed(C1, D2, true)),
+        [Effect::ForgetPushToken { device: D2 }],
+        "D1 may still answer"
+    );
+    assert_eq!(d.core.calls_in_progress(), 1);
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [respond(C1, 200, Some(D1)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+/// D1 holds C1's INVITE (it sent 100 Trying) and has been sent C2's, unanswered yet; C1's
+/// caller cancels, so an ended call's INVITE is in progress on D1; then D1 registers again.
+fn registered_while_a_cancelled_branch_rings() -> Driver {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[online(D1)]));
+    assert_eq!(d.send(trying(C1, D1)), NOTHING);
+    assert_eq!(
+        d.send(arrival(C2, U1, &[online(D1)])),
+        [arm(Timer::Deadline(C2), 30_000), forward(C2, D1)]
+    );
+    assert_eq!(
+        d.send(Event::CallerCancelled { call: C1 }),
+        [
+            respond(C1, 487, None),
+            disarm(Timer::Deadline(C1)),
+            cancel_branch(C1, D1)
+        ]
+    );
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        NOTHING,
+        "C2's INVITE may have been slept through, but C1's still rings"
+    );
+    d
+}
+
+#[test]
+fn reroute_for_a_device_registering_while_an_ended_calls_invite_rings_waits_until_it_is_over() {
+    let mut d = registered_while_a_cancelled_branch_rings();
+    assert_eq!(d.send(rejected(C1, D1, 487)), [reroute(C2, D1)]);
+    assert_eq!(
+        d.send(answered(C2, D1)),
+        [respond(C2, 200, Some(D1)), disarm(Timer::Deadline(C2))]
+    );
+    d.assert_idle();
+}
+
+#[test]
+fn invite_lost_while_its_reroute_waits_goes_afresh_once_the_ended_calls_invite_is_over() {
+    let mut d = registered_while_a_cancelled_branch_rings();
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C2,
+            device: D1
+        }),
+        NOTHING,
+        "the device registered since: it is there, and gets the INVITE anew"
+    );
+    assert_eq!(d.core.calls_in_progress(), 1);
+    assert_eq!(d.send(rejected(C1, D1, 487)), [forward(C2, D1)]);
+    assert_eq!(
+        d.send(answered(C2, D1)),
+        [respond(C2, 200, Some(D1)), disarm(Timer::Deadline(C2))]
+    );
+    d.assert_idle();
+}
