@@ -57,10 +57,13 @@ struct Leg {
     /// The device answered the INVITE forwarded to it with a provisional (100, 180, 183):
     /// it holds the INVITE.
     heard: bool,
-    /// Forwarded to a device only probably awake (on UDP, heard from lately), which has
-    /// shown no sign of life since: no provisional, no REGISTER. Such a branch does not keep
-    /// the call past its deadline.
-    probing: bool,
+    /// The device rings for the INVITE (180, 183): its user sees the call. Past the
+    /// deadline only a ringing branch keeps the call; one that said no more than 100 Trying
+    /// (an app killed with the INVITE in hand) or nothing at all does not.
+    rang: bool,
+    /// The device registered while the call was in progress: it is awake for this call,
+    /// and if the INVITE it was sent then never reached it, it is owed a notice.
+    woke: bool,
     /// The device registered again while an ended call's INVITE was in progress on it: the
     /// reroute of this branch waits until that is over.
     reroute_due: bool,
@@ -105,6 +108,11 @@ enum LegState {
     Queued,
     /// The call ended and the branch was cancelled; waiting for its final response.
     Cancelling,
+    /// The call ended while the INVITE sent to the device had had no response at all: no
+    /// CANCEL may go yet (RFC 3261 §9.1), and it is no longer retransmitted. The device may
+    /// still hold it (the INVITE was on its way, its 100 Trying was lost); its answers still
+    /// come, until its transaction times out (`BranchUnreachable`).
+    Dropped,
     /// The call ended before the pushed device registered; it is told when it does.
     Abandoned,
     /// The call ended, the pushed device has registered, and its notice waits until no other
@@ -129,13 +137,12 @@ enum Outcome {
 
 impl Leg {
     /// Still able to produce a call for the caller (in the given phase). Past the deadline
-    /// a branch to a device only probably awake keeps the call only once the device has
-    /// shown a sign of life: silent all that time, it slept through the INVITE.
+    /// only a ringing branch keeps the call: a user sees it and may still answer. A device
+    /// that said nothing, or no more than 100 Trying, or never got the INVITE, does not.
     fn is_live(&self, phase: Phase) -> bool {
         match self.state {
-            LegState::Forwarded => phase == Phase::Parking || !self.probing,
-            LegState::Queued => true,
-            LegState::Parked | LegState::Backoff => phase == Phase::Parking,
+            LegState::Forwarded => phase == Phase::Parking || self.rang,
+            LegState::Queued | LegState::Parked | LegState::Backoff => phase == Phase::Parking,
             _ => false,
         }
     }
@@ -212,8 +219,9 @@ impl Core {
         }
     }
 
-    /// A core with a deliberate defect, for the checker's fault tests.
-    #[cfg(feature = "checker")]
+    /// A core with a deliberate defect, for the checker's fault tests and the runtime's
+    /// whole-node simulation.
+    #[cfg(feature = "faults")]
     pub fn with_fault(config: Config, fault: Option<Fault>) -> Self {
         Self {
             fault,
@@ -315,22 +323,30 @@ impl Core {
         }
     }
 
-    /// The device answered its INVITE with a provisional: it holds it. A ringing device's
-    /// provisional (`relay`) goes on to a caller still waiting.
-    fn heard(&mut self, call: CallId, device: DeviceId, relay: bool, out: &mut Vec<Effect>) {
+    /// The device answered its INVITE with a provisional (`rang`: 180 or 183): it holds it.
+    /// A ringing device's provisional goes on to a caller still waiting. A device that turns
+    /// out to hold the INVITE of a call already over (dropped, or sent before it woke again)
+    /// is sent the CANCEL now that one may go.
+    fn heard(&mut self, call: CallId, device: DeviceId, rang: bool, out: &mut Vec<Effect>) {
         let live = self.calls.get(&call).is_some_and(Call::is_pending);
         let Some((_, _, leg)) = leg_of(&mut self.calls, call, device) else {
             return;
         };
-        if matches!(
-            leg.state,
-            LegState::Forwarded | LegState::Cancelling | LegState::Telling
-        ) {
-            leg.heard = true;
-            leg.probing = false;
-            if relay && live && leg.state == LegState::Forwarded {
-                out.push(Effect::RelayProvisional { call, device });
+        match leg.state {
+            LegState::Forwarded | LegState::Cancelling | LegState::Telling => {
+                leg.heard = true;
+                leg.rang |= rang;
+                if rang && live && leg.state == LegState::Forwarded {
+                    out.push(Effect::RelayProvisional { call, device });
+                }
             }
+            LegState::Dropped | LegState::NoticeDue => {
+                leg.heard = true;
+                leg.rang |= rang;
+                leg.state = LegState::Cancelling;
+                out.push(Effect::CancelBranch { call, device });
+            }
+            _ => {}
         }
     }
 
@@ -442,7 +458,8 @@ impl Core {
                     PushState::None
                 },
                 heard: false,
-                probing: awake == Awake::Probably,
+                rang: false,
+                woke: false,
                 reroute_due: false,
                 state,
             });
@@ -525,12 +542,14 @@ impl Core {
                         pushes: 0,
                         push: PushState::None,
                         heard: false,
-                        probing: false,
+                        rang: false,
+                        woke: false,
                         reroute_due: false,
                         state: LegState::Done(Outcome::Unavailable),
                     });
                 }
                 let Some(leg) = c.leg(device) else { return };
+                leg.woke = true;
                 match leg.state {
                     LegState::Backoff => {
                         if fault != Some(Fault::PushAfterWake) {
@@ -543,7 +562,6 @@ impl Core {
                     // Forwarded, and not heard from: it may have slept through the INVITE
                     // and come back on a new flow.
                     LegState::Forwarded if !leg.heard && fault != Some(Fault::NoReroute) => {
-                        leg.probing = false;
                         if held {
                             // An ended call's INVITE rings on the device: the reroute waits.
                             leg.reroute_due = true;
@@ -565,6 +583,21 @@ impl Core {
             }
             Phase::Ended(reason) => {
                 let Some(leg) = c.leg(device) else { return };
+                match leg.state {
+                    LegState::Dropped => {
+                        // Awake on a new flow, it may never have had the INVITE dropped at
+                        // the end of the call: it is told, like a device that slept through it.
+                        leg.state = LegState::NoticeDue;
+                        return;
+                    }
+                    // It holds the INVITE and is being told the call is over: the CANCEL
+                    // follows it to its new flow (an app started afresh answers it 481 and
+                    // gets the notice).
+                    LegState::Cancelling | LegState::Telling if leg.heard => {
+                        return out.push(Effect::Reroute { call, device });
+                    }
+                    _ => {}
+                }
                 if leg.state != LegState::Abandoned {
                     return;
                 }
@@ -751,13 +784,13 @@ impl Core {
                     out,
                 );
             }
-            // The 2xx won the race against our CANCEL, or the user answered a notice: the
-            // caller already has its final response, so the device's dialog must be closed.
-            LegState::Cancelling | LegState::Telling => {
-                leg.state = LegState::Done(if leg.state == LegState::Telling {
-                    Outcome::Told
-                } else {
-                    Outcome::Answered
+            // The 2xx won the race against our CANCEL, the user answered a notice, or a
+            // dropped INVITE reached the device after all: the caller already has its final
+            // response, so the device's dialog must be closed.
+            LegState::Cancelling | LegState::Telling | LegState::Dropped | LegState::NoticeDue => {
+                leg.state = LegState::Done(match leg.state {
+                    LegState::Telling | LegState::NoticeDue => Outcome::Told,
+                    _ => Outcome::Answered,
                 });
                 out.push(Effect::HangUpBranch { call, device });
                 self.settle_ended(call, out);
@@ -799,11 +832,10 @@ impl Core {
                     self.settle(now, call, out);
                 }
             }
-            LegState::Cancelling | LegState::Telling => {
-                leg.state = LegState::Done(if leg.state == LegState::Telling {
-                    Outcome::Told
-                } else {
-                    Outcome::Rejected(code)
+            LegState::Cancelling | LegState::Telling | LegState::Dropped | LegState::NoticeDue => {
+                leg.state = LegState::Done(match leg.state {
+                    LegState::Telling | LegState::NoticeDue => Outcome::Told,
+                    _ => Outcome::Rejected(code),
                 });
                 if self.fault != Some(Fault::LeakFinishedCall) {
                     self.settle_ended(call, out);
@@ -831,7 +863,7 @@ impl Core {
                     && leg.pushes < attempts
                     && fault != Some(Fault::NoFallbackPush);
                 leg.heard = false;
-                leg.probing = false;
+                leg.rang = false;
                 leg.state = if std::mem::take(&mut leg.reroute_due) {
                     // It registered since, and waits only for an ended call's INVITE to be
                     // over: the INVITE that never arrived goes afresh over its new flow then.
@@ -851,12 +883,13 @@ impl Core {
                 };
                 self.settle(now, call, out);
             }
-            LegState::Cancelling => {
-                // Cancelled before it arrived: if a push for this call woke the device, it
-                // is told when it registers, as if the call had ended while it slept.
+            LegState::Cancelling | LegState::Dropped => {
+                // Ended before it arrived: if a push for this call woke the device, it is
+                // told when it registers, as if the call had ended while it slept.
                 let woken = leg.pushes > 0 && leg.push != PushState::Failed;
-                leg.state = if std::mem::take(&mut leg.reroute_due) {
-                    // It registered since: it is owed its notice now.
+                leg.reroute_due = false;
+                leg.state = if leg.woke {
+                    // It registered during the call: it is owed its notice now.
                     LegState::NoticeDue
                 } else if woken {
                     LegState::Abandoned
@@ -868,9 +901,18 @@ impl Core {
                 }
                 self.settle_ended(call, out);
             }
-            // The notice did not arrive: the device is gone again, and learns nothing more.
+            // The notice did not arrive: the device is gone again. Woken by a push for this
+            // call, it is still owed the notice when it registers, within the notice window.
             LegState::Telling => {
-                leg.state = LegState::Done(Outcome::Unavailable);
+                let woken = leg.pushes > 0 && leg.push != PushState::Failed;
+                leg.state = if woken {
+                    LegState::Abandoned
+                } else {
+                    LegState::Done(Outcome::Unavailable)
+                };
+                if woken {
+                    self.linger(now, call, out);
+                }
                 self.settle_ended(call, out);
             }
             _ => return,
@@ -991,23 +1033,25 @@ impl Core {
             });
         }
         c.phase = Phase::Ended(reason);
+        let aor = c.aor;
+        let mut owed = Vec::new();
         for leg in c.legs.iter_mut() {
             leg.state = match leg.state {
-                // Never answered at all, so the device never got it: no CANCEL may follow an
-                // INVITE without a provisional (RFC 3261 §9.1), and its retransmissions must
-                // not reach the device once it wakes, beside the live calls it is woken for.
-                // Stopped; the device is told like any other that slept through the call.
+                // Never answered at all: no CANCEL may follow an INVITE without a provisional
+                // (RFC 3261 §9.1), and its retransmissions must not reach the device once it
+                // wakes, beside the live calls it is woken for. Stopped; if the device holds
+                // it after all, what it answers says so. A device awake on a fresh flow is
+                // told at once that the call is over, like one that slept through it.
                 LegState::Forwarded if !leg.heard && fault != Some(Fault::KeepProbing) => {
                     out.push(Effect::DropBranch {
                         call,
                         device: leg.device,
                     });
-                    if leg.reroute_due {
+                    if leg.woke {
+                        owed.push(leg.device);
                         LegState::NoticeDue
-                    } else if matches!(leg.push, PushState::Outstanding | PushState::Accepted) {
-                        LegState::Abandoned
                     } else {
-                        LegState::Done(Outcome::Unavailable)
+                        LegState::Dropped
                     }
                 }
                 LegState::Forwarded => {
@@ -1035,6 +1079,9 @@ impl Core {
             self.linger(now, call, out);
         }
         self.settle_ended(call, out);
+        for device in owed {
+            self.serve_line(aor, device, out);
+        }
     }
 
     /// An ended call leaves no trace once no branch awaits its final response and no
@@ -1057,6 +1104,7 @@ impl Core {
                     | LegState::NoticeDue
                     | LegState::Telling
                     | LegState::Cancelling
+                    | LegState::Dropped
             )
         };
         if c.legs.iter().any(busy) {

@@ -1,6 +1,6 @@
 //! Deliberate defects, one per bug the checker must catch. Only the checker's fault tests
-//! build a core with one (`Core::with_fault`, behind the `checker` feature); the server's
-//! core never has one.
+//! and the runtime's whole-node simulation build a core with one (`Core::with_fault`,
+//! behind the `faults` feature); the server's core never has one.
 
 /// A way to break the core on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

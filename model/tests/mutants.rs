@@ -52,7 +52,7 @@ use pushpark_model::{
 use stateright::{Checker, HasDiscoveries, Model};
 
 /// The configurations each checked in under two seconds.
-const SMALL: [&str; 7] = [
+const SMALL: [&str; 8] = [
     "1x1",
     "1x2",
     "2x1",
@@ -60,6 +60,7 @@ const SMALL: [&str; 7] = [
     "2x1-udp",
     "2x1-udp-waiting",
     "1x2-no-cancel",
+    "1x2-flight",
 ];
 
 /// Checks `name` exhaustively; panics with the counterexample of a broken property, and

@@ -501,7 +501,7 @@ fn device_waking_after_the_ended_notice_window_is_told_nothing() {
 
 // Row 9.
 #[test]
-fn deadline_during_a_forwarded_branch_waits_for_its_answer_and_the_sleeper_is_told_later() {
+fn deadline_during_a_ringing_branch_waits_for_its_answer_and_the_sleeper_is_told_later() {
     let mut d = Driver::new();
     assert_eq!(
         d.send(arrival(C1, U1, &[online(D1), sleeping(D2)])),
@@ -512,6 +512,7 @@ fn deadline_during_a_forwarded_branch_waits_for_its_answer_and_the_sleeper_is_to
         ]
     );
     assert_eq!(d.send(push_accepted(C1, D2)), NOTHING);
+    d.send(rang(C1, D1));
     assert_eq!(d.advance_to(30_000), [(Timer::Deadline(C1), vec![])]);
     assert_eq!(d.core.calls_in_progress(), 1);
     assert_eq!(d.responses(), NOTHING);
@@ -876,19 +877,33 @@ fn register_at_the_deadline_instant_after_it_fired_is_told_the_call_ended() {
 
 // Row 18 (b).
 #[test]
-fn register_at_the_deadline_instant_before_it_fired_gets_the_call() {
+fn register_at_the_deadline_instant_before_it_fired_gets_the_invite_then_the_end() {
     let mut d = Driver::new();
     d.send(arrival(C1, U1, &[sleeping(D1)]));
     d.send(push_accepted(C1, D1));
     assert_eq!(d.clock_to(30_000), NO_FIRING);
     assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
-    assert_eq!(d.fire_due(), [(Timer::Deadline(C1), vec![])]);
-    assert_eq!(d.core.calls_in_progress(), 1);
-
+    // Not ringing at the deadline: the call ends, and the device, awake on the flow it
+    // just registered, is told at once.
+    assert_eq!(
+        d.fire_due(),
+        [(
+            Timer::Deadline(C1),
+            vec![
+                respond(C1, 480, None),
+                Effect::DropBranch {
+                    call: C1,
+                    device: D1
+                },
+                told(C1, D1, EndReason::Unanswered)
+            ]
+        )]
+    );
     d.clock_to(31_000);
-    assert_eq!(d.send(answered(C1, D1)), [respond(C1, 200, Some(D1))]);
+    assert_eq!(d.send(trying(C1, D1)), NOTHING);
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
     d.assert_idle();
-    assert_eq!(d.responses(), [respond(C1, 200, Some(D1))]);
+    assert_eq!(d.responses(), [respond(C1, 480, None)]);
 }
 
 // Row 19.
@@ -1188,8 +1203,15 @@ fn invite_slept_through_is_stopped_when_the_call_ends_and_the_woken_device_told(
                 call: C1,
                 device: D1
             },
-            arm(Timer::Linger(C1), 40_000)
         ]
+    );
+    // Timer B: it never arrived. The push may still wake the device.
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        [arm(Timer::Linger(C1), 40_000)]
     );
     assert_eq!(
         d.send(registered(U1, D1)),
@@ -1221,9 +1243,15 @@ fn silent_branch_to_a_device_only_probably_awake_ends_at_the_deadline() {
                     call: C1,
                     device: D1
                 },
-                arm(Timer::Linger(C1), 70_000)
             ]
         )]
+    );
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        [arm(Timer::Linger(C1), 70_000)]
     );
 
     d.send(arrival(C2, U1, &[on_udp(D2, 39_000, false)]));
@@ -1367,13 +1395,19 @@ fn cancelled_branch_whose_flow_dies_tells_a_device_pushed_for_the_call_when_it_r
         ]
     );
     d.clock_to(12_000);
+    let unreachable = Event::BranchUnreachable {
+        call: C1,
+        device: D1,
+    };
     assert_eq!(
-        d.send(Event::BranchUnreachable {
-            call: C1,
-            device: D1
-        }),
+        d.send(unreachable.clone()),
+        [told(C1, D1, EndReason::CallerCancelled)],
+        "the CANCEL may not have reached it: it registered during the call, so it is told"
+    );
+    assert_eq!(
+        d.send(unreachable),
         [arm(Timer::Linger(C1), 42_000)],
-        "the CANCEL may not have reached it; the push may wake it again"
+        "its flow is gone: the push may wake it again"
     );
     assert_eq!(
         d.send(registered(U1, D1)),
@@ -1405,19 +1439,24 @@ fn cancelled_branch_whose_flow_dies_lets_the_call_go_when_no_push_can_have_woken
     assert_eq!(d.send(unreachable.clone()), NOTHING);
     d.assert_idle();
 
-    // Pushed, but the push failed after the device had registered on its own.
+    // Pushed, but the push failed after the device had registered on its own: it is told
+    // once, over the flow it registered on; if that is gone, nothing more.
     let mut d = Driver::new();
     d.send(arrival(C1, U1, &[sleeping(D1)]));
     assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
     assert_eq!(d.send(push_failed(C1, D1, false)), NOTHING);
     d.send(trying(C1, D1));
     assert_eq!(d.send(Event::CallerCancelled { call: C1 }), cancelled);
+    assert_eq!(
+        d.send(unreachable.clone()),
+        [told(C1, D1, EndReason::CallerCancelled)]
+    );
     assert_eq!(d.send(unreachable), NOTHING);
     d.assert_idle();
 }
 
 #[test]
-fn notice_that_never_arrives_ends_the_leg_and_lets_the_call_go() {
+fn notice_that_never_arrives_is_owed_until_the_next_register_or_the_window_ends() {
     let mut d = Driver::new();
     d.send(arrival(C1, U1, &[sleeping(D1)]));
     d.send(push_accepted(C1, D1));
@@ -1429,13 +1468,21 @@ fn notice_that_never_arrives_ends_the_leg_and_lets_the_call_go() {
             disarm(Timer::Linger(C1))
         ]
     );
+    let lost = Event::BranchUnreachable {
+        call: C1,
+        device: D1,
+    };
+    assert_eq!(d.send(lost.clone()), [arm(Timer::Linger(C1), 30_000)]);
+    d.clock_to(10_000);
     assert_eq!(
-        d.send(Event::BranchUnreachable {
-            call: C1,
-            device: D1
-        }),
-        NOTHING
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::CallerCancelled),
+            disarm(Timer::Linger(C1))
+        ]
     );
+    assert_eq!(d.send(lost), [arm(Timer::Linger(C1), 40_000)]);
+    assert_eq!(d.advance_to(40_000), [(Timer::Linger(C1), vec![])]);
     d.assert_idle();
 }
 
@@ -1654,7 +1701,7 @@ fn needs_timer_holds_for_exactly_the_timers_the_core_needs() {
 }
 
 #[test]
-fn live_call_queued_behind_a_notice_outlives_its_deadline_and_goes_when_the_notice_ends() {
+fn live_call_queued_behind_a_notice_ends_at_its_deadline_like_any_call_that_never_rang() {
     let mut d = Driver::new();
     d.send(arrival(C1, U1, &[sleeping(D1)]));
     d.send(Event::CallerCancelled { call: C1 });
@@ -1670,11 +1717,12 @@ fn live_call_queued_behind_a_notice_outlives_its_deadline_and_goes_when_the_noti
         d.send(arrival(C2, U1, &[online(D1)])),
         [arm(Timer::Deadline(C2), 30_500)]
     );
-    assert_eq!(d.advance_to(30_500), [(Timer::Deadline(C2), vec![])]);
-    assert_eq!(d.core.calls_in_progress(), 1);
+    assert_eq!(
+        d.advance_to(30_500),
+        [(Timer::Deadline(C2), vec![respond(C2, 480, None)])]
+    );
     d.clock_to(31_000);
-    assert_eq!(d.send(rejected(C1, D1, 487)), [forward(C2, D1)]);
-    assert_eq!(d.send(answered(C2, D1)), [respond(C2, 200, Some(D1))]);
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
     d.assert_idle();
 }
 
@@ -1724,8 +1772,9 @@ fn registered_while_a_cancelled_branch_rings() -> Driver {
     );
     assert_eq!(
         d.send(registered(U1, D1)),
-        NOTHING,
-        "C2's INVITE may have been slept through, but C1's still rings"
+        [reroute(C1, D1)],
+        "C1's CANCEL follows it to the flow it registered; C2's INVITE may have been slept \
+         through, but waits while C1's still rings"
     );
     d
 }

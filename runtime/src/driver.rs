@@ -16,8 +16,13 @@ pub struct Driver {
 
 impl Driver {
     pub fn new(config: Config) -> Self {
+        Self::with_core(Core::new(config))
+    }
+
+    /// A driver around `core`.
+    pub fn with_core(core: Core) -> Self {
         Self {
-            core: Core::new(config),
+            core,
             now: 0,
             due: BTreeSet::new(),
             armed: BTreeMap::new(),

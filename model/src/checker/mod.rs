@@ -98,6 +98,9 @@ pub struct ParkModel {
     pub ringing: bool,
     /// REGISTERs a device may send on its own (refresh, retransmission, app opened).
     pub extra_registers: u8,
+    /// INVITEs take a while to arrive: the server may end a call, and drop or cancel a
+    /// branch, while its INVITE is still on its way to an awake device.
+    pub in_flight: bool,
     /// The environment's misbehaviour.
     pub budget: Budget,
     /// The core's policy.
@@ -120,6 +123,7 @@ impl ParkModel {
             answers: vec![Answer::Accept, Answer::Busy, Answer::Decline],
             ringing: false,
             extra_registers: 1,
+            in_flight: false,
             budget: Budget {
                 transient_failures: 1,
                 permanent_failures: 1,
@@ -193,6 +197,18 @@ impl ParkModel {
                 },
                 ..Self::new(1, 2)
             },
+            "1x2-flight" => Self {
+                awake: 1,
+                ringing: true,
+                in_flight: true,
+                extra_registers: 0,
+                ..Self::new(1, 2)
+            },
+            "2x1-flight" => Self {
+                in_flight: true,
+                extra_registers: 0,
+                ..Self::new(2, 1)
+            },
             "2x1-udp" => Self::awake_on_udp(false),
             "2x1-udp-waiting" => Self::awake_on_udp(true),
             _ => return None,
@@ -221,7 +237,7 @@ impl ParkModel {
 }
 
 /// The bounded configurations CI checks exhaustively, with what each is for.
-pub const CONFIGURATIONS: [(&str, &str); 10] = [
+pub const CONFIGURATIONS: [(&str, &str); 12] = [
     (
         "1x1",
         "one call, one sleeping device; it may ring, answer, be busy, decline or not answer",
@@ -244,6 +260,16 @@ pub const CONFIGURATIONS: [(&str, &str); 10] = [
     (
         "1x2-flow",
         "one call, one awake device whose flow may be dead, one sleeping device",
+    ),
+    (
+        "1x2-flight",
+        "one call, two awake devices; INVITEs take a while to arrive, so a branch may be \
+         dropped or cancelled while its INVITE is on its way",
+    ),
+    (
+        "2x1-flight",
+        "two calls, one awake single-line device; an INVITE of a call already over may \
+         still arrive",
     ),
     (
         "2x1-udp",
@@ -330,6 +356,10 @@ pub struct History {
     pub answered_after_notice: bool,
     /// A retransmission of an ended call's INVITE (not a notice) reached a woken device.
     pub stale_invite_arrived: bool,
+    /// Branches the server dropped (`DropBranch`).
+    pub dropped: BTreeSet<Pair>,
+    /// A dropped INVITE turned out to have reached its device, and was cancelled.
+    pub dropped_then_cancelled: bool,
     /// Calls in progress when the device registered: for them it is awake, and a dead flow
     /// calls for a fresh INVITE, not a push.
     pub registered_during: BTreeSet<Pair>,
@@ -365,9 +395,12 @@ pub struct State {
     pub notices: BTreeSet<Pair>,
     /// Branches a single-line device holds while busy: its only answer is 486.
     pub busy: BTreeSet<Pair>,
-    /// Branches the server stopped without a CANCEL (`DropBranch`) that the device holds:
-    /// what it answers on them no longer reaches the core.
-    pub dropped: BTreeSet<Pair>,
+    /// INVITEs on their way to a device (with `in_flight`): they arrive, or are lost if the
+    /// device fell asleep meanwhile.
+    pub flight: BTreeSet<Pair>,
+    /// INVITEs the server gave up without a CANCEL (`DropBranch`) while lost or on their
+    /// way: no longer retransmitted.
+    pub silenced: BTreeSet<Pair>,
     /// Branches that sent a provisional.
     pub rang: BTreeSet<Pair>,
     /// Branches the server sent a CANCEL on.
@@ -414,6 +447,8 @@ pub enum Action {
     /// A retransmission of an INVITE sent while the device slept reaches it now that it
     /// listens again on its address (UDP).
     Retransmitted(CallId, DeviceId),
+    /// An INVITE on its way reaches the device (with `in_flight`).
+    Arrive(CallId, DeviceId),
     /// A timer fires.
     Fire(Timer),
 }
@@ -445,6 +480,7 @@ impl fmt::Display for Action {
             Action::Retransmitted(c, d) => {
                 write!(f, "{d}: a retransmission of INVITE {c} arrives")
             }
+            Action::Arrive(c, d) => write!(f, "{d}: INVITE {c} arrives"),
             Action::Fire(t) => write!(f, "timer {t:?} fires"),
         }
     }
@@ -485,12 +521,19 @@ impl ParkModel {
         }
     }
 
-    /// Sends an INVITE: delivered if the device is there, lost otherwise.
+    /// Sends an INVITE: delivered if the device is there (or on its way, with
+    /// `in_flight`), lost otherwise. An earlier INVITE of the call to the device, given up
+    /// and lost, is replaced by it (the runtime sends both with one branch).
     fn send_invite(&self, s: &mut State, pair: Pair, notice: bool, trying: &mut Vec<Pair>) {
-        if s.devices[pair.1 .0 as usize].awake {
-            self.deliver(s, pair, notice, trying);
-        } else {
+        if s.silenced.remove(&pair) {
+            s.lost.remove(&pair);
+        }
+        if !s.devices[pair.1 .0 as usize].awake {
             s.lost.insert(pair);
+        } else if self.in_flight {
+            s.flight.insert(pair);
+        } else {
+            self.deliver(s, pair, notice, trying);
         }
     }
 
@@ -519,7 +562,7 @@ impl ParkModel {
         s.cancelling.remove(&(call, device));
         s.busy.remove(&(call, device));
         s.notices.remove(&(call, device));
-        s.dropped.remove(&(call, device));
+        s.silenced.remove(&(call, device));
         s.devices[device.0 as usize].line.remove(&call);
     }
 
@@ -566,13 +609,18 @@ impl ParkModel {
                     }
                 }
                 Effect::CancelBranch { call, device } => {
+                    if s.history.dropped.contains(&(call, device)) {
+                        s.history.dropped_then_cancelled = true;
+                    }
                     s.cancelling.insert((call, device));
                 }
                 Effect::DropBranch { call, device } => {
                     let pair = (call, device);
-                    // Lost, it never arrives now; delivered, the device answers into the void.
-                    if !s.lost.remove(&pair) && s.branches.contains(&pair) {
-                        s.dropped.insert(pair);
+                    s.history.dropped.insert(pair);
+                    // Lost, it is no longer retransmitted; on its way, it still arrives; held,
+                    // the device's answers still reach the server.
+                    if s.lost.contains(&pair) || s.flight.contains(&pair) {
+                        s.silenced.insert(pair);
                     }
                 }
                 Effect::HangUpBranch { call, device } => {
@@ -638,7 +686,8 @@ impl Model for ParkModel {
             lost: BTreeSet::new(),
             notices: BTreeSet::new(),
             busy: BTreeSet::new(),
-            dropped: BTreeSet::new(),
+            flight: BTreeSet::new(),
+            silenced: BTreeSet::new(),
             rang: BTreeSet::new(),
             cancelling: BTreeSet::new(),
             timers: BTreeSet::new(),
@@ -709,10 +758,13 @@ impl Model for ParkModel {
                 actions.push(Action::FlowFails(c, d));
             }
         }
+        for &(c, d) in &s.flight {
+            actions.push(Action::Arrive(c, d));
+        }
         for &(c, d) in &s.lost {
             actions.push(Action::Undeliverable(c, d));
             let device = &s.devices[d.0 as usize];
-            if device.udp && device.awake {
+            if device.udp && device.awake && !s.silenced.contains(&(c, d)) {
                 actions.push(Action::Retransmitted(c, d));
             }
         }
@@ -844,24 +896,24 @@ impl Model for ParkModel {
             }
             Action::Ring(call, device) => {
                 s.rang.insert((call, device));
-                if s.dropped.contains(&(call, device)) {
+                Event::BranchRang { call, device }
+            }
+            Action::Arrive(call, device) => {
+                let pair = (call, device);
+                s.flight.remove(&pair);
+                if !s.devices[device.0 as usize].awake {
+                    // It fell asleep meanwhile: the INVITE is lost.
+                    s.lost.insert(pair);
                     return Some(s);
                 }
-                Event::BranchRang { call, device }
+                s.silenced.remove(&pair);
+                let notice = s.notices.contains(&pair);
+                self.deliver(&mut s, pair, notice, &mut Vec::new());
+                Event::BranchTrying { call, device }
             }
             Action::Respond(call, device, code) => {
                 let notice = s.notices.contains(&(call, device));
-                let dropped = s.dropped.contains(&(call, device));
                 Self::close_branch(&mut s, (call, device));
-                if dropped {
-                    // The server no longer has the transaction: a 2xx is hung up by the
-                    // runtime (ACK and BYE), anything else goes nowhere.
-                    if code < 300 {
-                        s.history.answered.insert((call, device));
-                        s.history.hung_up.insert((call, device));
-                    }
-                    return Some(s);
-                }
                 if code < 300 {
                     s.history.answered.insert((call, device));
                     let told_before = s

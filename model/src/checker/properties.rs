@@ -29,7 +29,7 @@ pub const SAFETY: [&str; 16] = [
 pub const LIVENESS: [&str; 1] = ["every_call_gets_a_final_response"];
 
 /// Reachability: proof that the interesting paths exist, so no invariant holds vacuously.
-pub const SOMETIMES: [&str; 12] = [
+pub const SOMETIMES: [&str; 13] = [
     "call_delivered_after_push",
     "call_timed_out",
     "busy_reaches_caller",
@@ -42,6 +42,7 @@ pub const SOMETIMES: [&str; 12] = [
     "awake_device_answers_without_registering",
     "push_after_dead_flow",
     "lost_invite_rerouted",
+    "dropped_invite_that_arrived_is_cancelled",
 ];
 
 fn calls(s: &State) -> impl Iterator<Item = CallId> {
@@ -100,7 +101,11 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
                     let caller = s.caller(c);
                     !caller.deadline_fired
                         || caller.response.is_some()
-                        || s.branches.iter().chain(&s.lost).any(|&(call, _)| call == c)
+                        || s.branches
+                            .iter()
+                            .chain(&s.lost)
+                            .chain(&s.flight)
+                            .any(|&(call, _)| call == c)
                         || !s.cancelling.is_empty()
                 })
         }),
@@ -196,6 +201,9 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
         }),
         Property::<ParkModel>::sometimes("lost_invite_rerouted", |_, s| {
             !s.history.rerouted.is_empty()
+        }),
+        Property::<ParkModel>::sometimes("dropped_invite_that_arrived_is_cancelled", |_, s| {
+            s.history.dropped_then_cancelled
         }),
     ]
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pushpark_model::{CallId, DeviceId, Effect, Event, Timer};
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 
 use crate::auth::{DigestAuth, DigestConfig, Secret, UserDb};
 use crate::config::{Config, Transport};
@@ -212,6 +212,17 @@ impl Node {
         }
     }
 
+    /// This node with a deliberate defect in its core, for the whole-node simulation's fault
+    /// tests: call it before the first input.
+    #[cfg(feature = "faults")]
+    pub fn with_fault(mut self, fault: pushpark_model::Fault) -> Self {
+        self.driver = Driver::with_core(pushpark_model::Core::with_fault(
+            self.config.core(),
+            Some(fault),
+        ));
+        self
+    }
+
     // ----- inputs ----------------------------------------------------------------------
 
     /// What a transport received: a message, garbage, an oversized datagram, or the end
@@ -317,6 +328,7 @@ impl Node {
         self.advance(now);
         let millis = self.now();
         while let Some((timer, effects)) = self.driver.fire_next(millis) {
+            trace!("core: {timer:?} fired -> {effects:?}");
             let call = match timer {
                 Timer::Deadline(call) | Timer::Linger(call) | Timer::PushRetry(call, _) => call,
             };
@@ -424,7 +436,8 @@ impl Node {
             Event::DeviceRegistered { .. } | Event::DeviceUnavailable { .. } => None,
             Event::TimerFired(_) => None,
         };
-        let effects = self.driver.handle(self.now(), event);
+        let effects = self.driver.handle(self.now(), event.clone());
+        trace!("core: {event:?} -> {effects:?}");
         self.execute(call, effects);
         self.feed_back();
         self.drain_transactions();
@@ -479,7 +492,15 @@ impl Node {
                     key: Some(key),
                 }),
                 Output::ToTu(event) => self.on_transaction_event(event),
-                Output::Terminated(key) => self.branches.terminated(&key),
+                // A transaction that gave way to a new one with its key ended before it.
+                Output::Terminated(key) if self.transactions.state(&key).is_some() => {}
+                Output::Terminated(key) => {
+                    let call = self.branches.get(&key).map(|(call, _)| call);
+                    self.branches.terminated(&key);
+                    if let Some(call) = call {
+                        self.forget_if_done(call);
+                    }
+                }
             }
         }
     }

@@ -375,14 +375,19 @@ impl<M: Clone> Transaction<M> {
         }
     }
 
-    /// Client: the TU gives the request up before any response: no CANCEL may be sent
-    /// (RFC 3261 §9.1), so it stops retransmitting and ends at once. A server transaction,
-    /// or a client one that has had a response, is left alone.
-    pub(super) fn abandon(&mut self) {
+    /// The TU replaces this transaction by a new one with its key: it ends, silently.
+    pub(super) fn discard(&mut self) {
+        self.terminate();
+    }
+
+    /// Client: the TU gives up a request that has had no response, but wants what may still
+    /// come back on it: it is no longer retransmitted, and ends at Timer B or F as usual.
+    pub(super) fn silence(&mut self) {
         if matches!(self.kind, Kind::InviteClient | Kind::NonInviteClient)
             && matches!(self.state, State::Calling | State::Trying)
         {
-            self.terminate();
+            self.timers.clear(Timer::A);
+            self.timers.clear(Timer::E);
         }
     }
 

@@ -424,11 +424,21 @@ impl<M: Clone> Transactions<M> {
         Ok(())
     }
 
-    /// The TU gives up a client transaction that has had no response (see
-    /// `Transaction::abandon`): it ends at once, without a CANCEL or a TU event.
-    pub fn abandon(&mut self, key: &Key) -> Result<(), Error> {
+    /// The TU sends a new request with the key of a client transaction it has done with (a
+    /// CANCEL again, an INVITE again to a device that restarted): the old one ends at once,
+    /// whatever its state, without a word to the TU.
+    pub fn discard(&mut self, key: &Key) {
+        if let Some(tx) = self.txs.get_mut(key) {
+            tx.discard();
+            self.settle(key);
+        }
+    }
+
+    /// The TU gives up a client transaction that has had no response but still wants its
+    /// answers (see `Transaction::silence`): no more retransmissions.
+    pub fn silence(&mut self, key: &Key) -> Result<(), Error> {
         let tx = self.txs.get_mut(key).ok_or(Error::NoTransaction)?;
-        tx.abandon();
+        tx.silence();
         self.settle(key);
         Ok(())
     }

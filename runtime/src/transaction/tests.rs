@@ -208,34 +208,56 @@ fn invite_rerouted_onto_a_connection_is_not_retransmitted_and_one_answered_stays
 }
 
 #[test]
-fn abandoned_invite_stops_at_once_unless_it_was_answered() {
+fn silenced_invite_is_not_retransmitted_but_hears_answers_until_timer_b() {
     let mut t = table();
     let k = client_key("a", &Method::Invite);
     t.start_client(0, k.clone(), Transport::Unreliable, m("INVITE"))
         .unwrap();
     drain(&mut t);
-    t.abandon(&k).unwrap();
-    assert_eq!(drain(&mut t), vec![Output::Terminated(k.clone())]);
+    t.silence(&k).unwrap();
+    assert_eq!(run(&mut t, 31_999), vec![], "no retransmission");
     assert_eq!(
-        run(&mut t, Millis::MAX),
-        vec![],
-        "no retransmission, no Timer B"
+        t.handle_response(1_000, &k, 100, m("100")).unwrap(),
+        ResponseOutcome::Deliver(m("100")),
+        "what the device answers still comes in"
     );
-    assert!(t.is_empty());
+    t.handle_response(2_000, &k, 487, m("487")).unwrap();
+    assert_no_leak(&mut t);
 
     let k = client_key("b", &Method::Invite);
     t.start_client(0, k.clone(), Transport::Unreliable, m("INVITE"))
         .unwrap();
+    drain(&mut t);
+    t.silence(&k).unwrap();
+    let out = run(&mut t, 32_000);
+    assert!(
+        out.iter().any(|(_, o)| matches!(
+            o,
+            Output::ToTu(TuEvent::Timeout {
+                timer: Timer::B,
+                ..
+            })
+        )),
+        "Timer B still ends it: {out:?}"
+    );
+    assert!(t.is_empty());
+}
+
+#[test]
+fn discarded_transaction_ends_at_once_whatever_its_state_and_its_key_is_free_again() {
+    let mut t = table();
+    let k = client_key("a", &Method::Invite);
+    t.start_client(0, k.clone(), Transport::Unreliable, m("INVITE"))
+        .unwrap();
     t.handle_response(10, &k, 180, m("180")).unwrap();
     drain(&mut t);
-    t.abandon(&k).unwrap();
-    assert_eq!(
-        t.state(&k),
-        Some(State::Proceeding),
-        "it rang: a CANCEL ends it"
-    );
-    t.handle_response(20, &k, 487, m("487")).unwrap();
-    assert_no_leak(&mut t);
+    t.discard(&k);
+    assert_eq!(drain(&mut t), vec![Output::Terminated(k.clone())]);
+    assert_eq!(run(&mut t, Millis::MAX), vec![], "no timer left");
+    t.start_client(20, k.clone(), Transport::Unreliable, m("INVITE"))
+        .unwrap();
+    assert_eq!(t.state(&k), Some(State::Calling));
+    t.discard(&client_key("nothing", &Method::Invite));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use pushpark_model::{CallId, Callee, DeviceId, Effect, EndReason, Event, Flow as CoreFlow};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::super::registrar::{aor_of, without_pn_params};
 use super::super::{log_failure, Node, Outgoing, PushTag};
@@ -56,9 +56,9 @@ pub(crate) struct BranchContext {
     pub(crate) cancel_sent: bool,
     /// The last response of the branch, to relay.
     pub(crate) response: Option<Message>,
-    /// The branch has its final response (or gave up waiting).
-    pub(crate) finished: bool,
     pub(crate) answered: bool,
+    /// Its 2xx came after the call was over and was hung up (ACK and BYE).
+    pub(crate) hung_up: bool,
 }
 
 /// Client transactions of branches, back to their call and device.
@@ -75,6 +75,13 @@ pub(crate) struct Branches {
 /// How long a dropped branch's late 2xx is still recognised (the device's 2xx is
 /// retransmitted for 64·T1 at most, RFC 3261 §13.3.1.4).
 pub(crate) const DROPPED_KEPT: Duration = Duration::from_secs(300);
+
+impl BranchContext {
+    /// Where an in-dialog request goes when the 2xx names no Contact: the INVITE's URI.
+    fn fallback(&self) -> Option<String> {
+        self.invite.request_uri_str().map(str::to_owned)
+    }
+}
 
 impl Calls {
     /// Calls the proxy keeps SIP for.
@@ -321,16 +328,21 @@ impl Node {
         let Some(branch) = ctx.branches.get_mut(&device) else {
             return;
         };
-        if (101..200).contains(&status) {
+        // Any provisional, 100 included, allows the CANCEL (RFC 3261 §9.1).
+        if (100..200).contains(&status) {
             branch.provisional = true;
         }
-        branch.finished |= status >= 200;
         let cancel_now = branch.cancel_pending.is_some() && branch.provisional && status < 200;
         let event = match status {
             100 => Event::BranchTrying { call, device },
             101..=199 => {
                 branch.response = Some(response);
                 Event::BranchRang { call, device }
+            }
+            200..=299 if branch.answered && branch.hung_up => {
+                // A retransmitted 2xx of a branch hung up: our ACK was lost; again.
+                let (flow, fallback) = (branch.flow.clone(), branch.fallback());
+                return self.acknowledge(&flow, &response, fallback, false);
             }
             200..=299 if branch.answered => {
                 // A retransmitted 2xx (RFC 6026): pass it on to the caller as it is.
@@ -360,18 +372,6 @@ impl Node {
         }
         self.feed(event);
     }
-    /// A branch gave up (transaction time-out or transport error).
-    pub(super) fn finish_branch(&mut self, call: CallId, device: DeviceId) {
-        let branch = self
-            .calls
-            .by_id
-            .get_mut(&call)
-            .and_then(|c| c.branches.get_mut(&device));
-        if let Some(branch) = branch {
-            branch.finished = true;
-        }
-    }
-
     fn branch(&self, call: CallId, device: DeviceId) -> Option<&BranchContext> {
         self.calls.by_id.get(&call)?.branches.get(&device)
     }
@@ -400,11 +400,12 @@ impl Node {
                 reason,
             } => self.forward(call, device, Some(reason)),
             Effect::DropBranch { call, device } => {
+                // No longer retransmitted; what the device answers on it still comes in,
+                // until Timer B ends it (`BranchUnreachable`).
                 let key = self.branch(call, device).map(|b| b.key.clone());
                 if let Some(key) = key {
-                    let _ = self.transactions.abandon(&key);
+                    let _ = self.transactions.silence(&key);
                     self.branches.dropped(key, self.instant());
-                    self.finish_branch(call, device);
                 }
             }
             Effect::CancelBranch { call, device } => {
@@ -430,10 +431,10 @@ impl Node {
                     self.hang_up(call, device, &response);
                 }
             }
-            Effect::RelayProvisional { call, device } => self.relay(call, device),
+            Effect::RelayProvisional { call, device } => self.relay(call, device, None),
             Effect::Respond { call, code, relay } => {
                 match relay {
-                    Some(device) => self.relay(call, device),
+                    Some(device) => self.relay(call, device, Some(code)),
                     None => self.respond(call, code),
                 }
                 if let (200, Some(device)) = (code, relay) {
@@ -582,15 +583,27 @@ impl Node {
                 .feedback
                 .push(Event::BranchUnreachable { call, device });
         };
-        let branch = format!("{STATEFUL}{}", self.next_id());
+        // One INVITE per call and device: every one sent for them carries the same branch,
+        // so a device takes a later one (a notice after a dropped INVITE, a forward after
+        // its flow failed) for a retransmission of what it may hold already, and answers
+        // it once. An earlier one still in its transaction gives way to it.
+        let branch = self.invite_branch(call, device);
+        let Ok(key) = Key::client(&branch, &transaction::Method::Invite) else {
+            return;
+        };
+        match self.transactions.state(&key) {
+            // It has had a provisional: the device holds it and answers on it.
+            Some(transaction::State::Proceeding) => {
+                return debug!("call {call}: {device} holds its INVITE already");
+            }
+            Some(_) => self.transactions.discard(&key),
+            None => {}
+        }
         let Some(ctx) = self.calls.by_id.get(&call) else {
             return;
         };
         let bytes = self.branch_invite(ctx, &contact, &flow, &branch);
         let Ok(invite) = parse_datagram_bytes(bytes.clone()) else {
-            return;
-        };
-        let Ok(key) = Key::client(&branch, &transaction::Method::Invite) else {
             return;
         };
         let out = Outgoing {
@@ -617,16 +630,24 @@ impl Node {
                     cancel_pending: notice.map(Some),
                     cancel_sent: false,
                     response: None,
-                    finished: false,
                     answered: false,
+                    hung_up: false,
                 },
             );
         }
     }
 
+    /// The branch of every INVITE sent to `device` for `call`: unique to them, and to this
+    /// run of the node (its start time).
+    fn invite_branch(&self, call: CallId, device: DeviceId) -> String {
+        format!("{STATEFUL}{:x}{call}{device}", self.unix_at_start)
+    }
+
     /// Sends a branch's INVITE again, as the same transaction, over the flow of the device's
     /// latest REGISTER: a device that slept through it gets it now, one that has it absorbs
-    /// the retransmission. Nothing to do if the flow is the one the branch already uses.
+    /// the retransmission. Over the flow the branch already uses (a UDP device woken on
+    /// the address it had), it is a retransmission sent at once. An INVITE that has had a
+    /// provisional is not sent again, but its CANCEL, if one is on its way, is.
     fn reroute(&mut self, call: CallId, device: DeviceId) {
         let Some((flow, contact)) = self.device_flow(device) else {
             return;
@@ -634,11 +655,11 @@ impl Node {
         let Some(ctx) = self.calls.by_id.get(&call) else {
             return;
         };
-        let Some(branch) = ctx.branches.get(&device).filter(|b| b.flow.id != flow.id) else {
+        let Some(branch) = ctx.branches.get(&device) else {
             return;
         };
         let key = branch.key.clone();
-        let bytes = self.branch_invite(ctx, &contact, &flow, key.branch());
+        let bytes = self.branch_invite(ctx, &contact, &flow, &self.invite_branch(call, device));
         let Ok(invite) = parse_datagram_bytes(bytes.clone()) else {
             return;
         };
@@ -654,14 +675,19 @@ impl Node {
             return;
         }
         self.branches.insert(key, (call, device), flow.id);
-        if let Some(branch) = self
+        let Some(branch) = self
             .calls
             .by_id
             .get_mut(&call)
             .and_then(|c| c.branches.get_mut(&device))
-        {
-            branch.flow = flow;
-            branch.invite = invite;
+        else {
+            return;
+        };
+        branch.flow = flow;
+        branch.invite = invite;
+        // A CANCEL on its way to the old flow goes again over the new one.
+        if std::mem::take(&mut branch.cancel_sent) {
+            self.send_cancel(call, device);
         }
     }
 
@@ -697,6 +723,8 @@ impl Node {
         };
         let transport = tx_transport(&branch.flow);
         let invite_key = branch.key.clone();
+        // A CANCEL of an earlier INVITE of this call and device (same branch) is done with.
+        self.transactions.discard(&cancel_key);
         let _ = self
             .transactions
             .start_client(now, cancel_key, transport, out);
@@ -705,21 +733,27 @@ impl Node {
 
     /// Acknowledges a 2xx that came too late and ends its dialog with a BYE.
     fn hang_up(&mut self, call: CallId, device: DeviceId, response: &Message) {
-        let Some(branch) = self.branch(call, device) else {
+        let Some(branch) = self
+            .calls
+            .by_id
+            .get_mut(&call)
+            .and_then(|c| c.branches.get_mut(&device))
+        else {
             return;
         };
-        let flow = branch.flow.clone();
-        let fallback = branch.invite.request_uri_str().map(str::to_owned);
-        self.ack_and_bye(&flow, response, fallback);
+        branch.hung_up = true;
+        let (flow, fallback) = (branch.flow.clone(), branch.fallback());
+        self.acknowledge(&flow, response, fallback, true);
     }
 
-    /// ACK and BYE for a 2xx nobody is on the line for (RFC 3261 §13.2.2.4, §15): to its
-    /// Contact (else `fallback`), in the dialog the 2xx set up, over `flow`.
-    pub(super) fn ack_and_bye(
+    /// ACK (and, with `bye`, BYE) for a 2xx nobody is on the line for (RFC 3261 §13.2.2.4,
+    /// §15): to its Contact (else `fallback`), in the dialog the 2xx set up, over `flow`.
+    pub(super) fn acknowledge(
         &mut self,
         flow: &Flow,
         response: &Message,
         fallback: Option<String>,
+        bye: bool,
     ) {
         let contact = response
             .contacts()
@@ -731,7 +765,8 @@ impl Node {
         };
         let seq = response.cseq().and_then(Result::ok).map_or(1, |c| c.seq);
         let local = format_addr(flow.local);
-        for (method, seq) in [("ACK", seq), ("BYE", seq + 1)] {
+        let requests = [("ACK", seq), ("BYE", seq + 1)];
+        for &(method, seq) in &requests[..if bye { 2 } else { 1 }] {
             let via = format!(
                 "SIP/2.0/{} {local};branch={STATELESS}h{}",
                 flow.transport,
@@ -751,16 +786,23 @@ impl Node {
         }
     }
 
-    /// Relays the branch's last response to the caller, less our Via.
-    fn relay(&mut self, call: CallId, device: DeviceId) {
+    /// Relays the last response of `device`'s branch: its provisional (`final_code` none),
+    /// or the final response `final_code` it ended with — made here when the branch only
+    /// acted as if it had received it (a 408 on Timer C, RFC 3261 §16.8).
+    fn relay(&mut self, call: CallId, device: DeviceId, final_code: Option<u16>) {
         let Some(ctx) = self.calls.by_id.get(&call) else {
             return;
         };
-        let Some(response) = ctx.branches.get(&device).and_then(|b| b.response.as_ref()) else {
-            return;
-        };
-        let Some(status) = response.status() else {
-            return;
+        let response = ctx
+            .branches
+            .get(&device)
+            .and_then(|b| b.response.as_ref())
+            .and_then(|r| r.status().map(|s| (r, s)));
+        let (response, status) = match (response, final_code) {
+            (Some((r, s)), None) if s < 200 => (r, s),
+            (Some((r, s)), Some(code)) if s == code => (r, s),
+            (_, Some(code)) => return self.respond(call, code),
+            (_, None) => return,
         };
         let out = Outgoing {
             flow: ctx.flow.clone(),
@@ -796,8 +838,16 @@ impl Node {
     /// Drops what the proxy keeps of a call once the core has let it go and its caller is
     /// answered.
     pub(crate) fn forget_if_done(&mut self, call: CallId) {
-        let done = self.calls.by_id.get(&call).is_some_and(|c| c.answered)
-            && !self.driver.core().holds(call);
+        // The caller is answered and the core has let go; a branch answered 2xx still
+        // has its 2xx retransmitted by the device until the caller's ACK arrives, and
+        // each goes on to the caller (RFC 6026 §7.2): kept until that transaction ends.
+        let done = self.calls.by_id.get(&call).is_some_and(|c| {
+            c.answered
+                && !c
+                    .branches
+                    .values()
+                    .any(|b| b.answered && self.branches.get(&b.key).is_some())
+        }) && !self.driver.core().holds(call);
         if done {
             self.calls.unpark(call);
             if let Some(ctx) = self.calls.by_id.remove(&call) {

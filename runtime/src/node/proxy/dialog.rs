@@ -82,6 +82,18 @@ pub(crate) fn uri_target(uri: &SipUri<'_>) -> Option<(Transport, SocketAddr)> {
 }
 
 impl Node {
+    /// The flow of the device in the request's dialog, when the flow the dialog began on is
+    /// gone: the device connected again (a TCP connection cut, an app woken on a new
+    /// one) and its dialog follows it, where RFC 5626 §5.3 would answer 430.
+    fn device_in_dialog_flow(&self, arrived: &Flow, request: &Message) -> Option<Flow> {
+        let call_id = request.call_id()?.ok()?;
+        let &(device, _) = self.dialogs.by_call_id.get(call_id)?;
+        self.bindings
+            .flow(device)
+            .filter(|f| f.id != arrived.id && self.is_open(f))
+            .cloned()
+    }
+
     /// Forwards a request inside a dialog we record-routed: over the other side's flow
     /// when the flow token names one, else to its next hop's address.
     pub(super) fn route_in_dialog(&mut self, arrived: &Flow, request: Message) {
@@ -100,7 +112,8 @@ impl Node {
         let other = if Some(arrived.id) == a { b } else { a };
         let out_flow = other
             .and_then(|id| self.flows.get(&id).map(|(flow, _)| flow.clone()))
-            .filter(|f| self.is_open(f));
+            .filter(|f| self.is_open(f))
+            .or_else(|| self.device_in_dialog_flow(arrived, &request));
         let is_ack = request.method().is_some_and(|m| m.as_str() == "ACK");
         if request.method().is_some_and(|m| m.as_str() == "BYE") {
             if let Some(Ok(call_id)) = request.call_id() {

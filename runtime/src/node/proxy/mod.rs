@@ -278,11 +278,19 @@ impl Node {
             Ok(ResponseOutcome::Stray(_))
                 if (200..300).contains(&status) && self.branches.was_dropped(&key) =>
             {
-                self.ack_and_bye(&flow, &response, None);
+                self.acknowledge(&flow, &response, None, true);
                 false
             }
             Ok(ResponseOutcome::Absorbed) | Ok(ResponseOutcome::Stray(_)) | Err(_) => false,
         };
+        if delivered && method == transaction::Method::Cancel && status == 481 {
+            // The device holds no such INVITE (any more: its app restarted): no final
+            // response will come on the branch, which is over as if it never arrived.
+            if let Ok(invite) = Key::client(&branch, &transaction::Method::Invite) {
+                let _ = self.transactions.transport_error(&invite);
+            }
+            return;
+        }
         if !delivered || method != transaction::Method::Invite {
             return;
         }
@@ -311,7 +319,6 @@ impl Node {
             }
             TuEvent::Timeout { key, timer } => {
                 if let Some((call, device)) = self.branches.get(&key) {
-                    self.finish_branch(call, device);
                     self.feed(match timer {
                         // Timer B runs only until the first response: nothing came back at
                         // all, so the INVITE never reached the device (RFC 3261 §17.1.1.2).
@@ -331,7 +338,6 @@ impl Node {
             }
             TuEvent::TransportError { key } => {
                 if let Some((call, device)) = self.branches.get(&key) {
-                    self.finish_branch(call, device);
                     self.feed(Event::BranchUnreachable { call, device });
                 }
             }
