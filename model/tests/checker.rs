@@ -84,8 +84,11 @@ const OTHER_DEVICE: &str = "push_failure_while_other_device_answers";
 /// Needs a second call.
 const SECOND_CALL: &str = "live_call_answered_after_a_notice";
 
+/// Needs bindings that near expiry.
+const REFRESH: &str = "refresh_push_sent";
+
 /// The configurations, their unique states and what they do not reach.
-const PINNED: [(&str, usize, &[&str]); 10] = [
+const PINNED: [(&str, usize, &[&str]); 11] = [
     (
         "1x1",
         607,
@@ -95,6 +98,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
             AWAKE_OR_DEAD_FLOW[0],
             AWAKE_OR_DEAD_FLOW[1],
             AWAKE_OR_DEAD_FLOW[2],
+            REFRESH,
         ],
     ),
     (
@@ -105,6 +109,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
             AWAKE_OR_DEAD_FLOW[0],
             AWAKE_OR_DEAD_FLOW[1],
             AWAKE_OR_DEAD_FLOW[2],
+            REFRESH,
         ],
     ),
     (
@@ -115,6 +120,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
             AWAKE_OR_DEAD_FLOW[0],
             AWAKE_OR_DEAD_FLOW[1],
             AWAKE_OR_DEAD_FLOW[2],
+            REFRESH,
         ],
     ),
     (
@@ -125,6 +131,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
             AWAKE_OR_DEAD_FLOW[0],
             AWAKE_OR_DEAD_FLOW[1],
             AWAKE_OR_DEAD_FLOW[2],
+            REFRESH,
         ],
     ),
     (
@@ -135,6 +142,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
             AWAKE_OR_DEAD_FLOW[0],
             AWAKE_OR_DEAD_FLOW[1],
             AWAKE_OR_DEAD_FLOW[2],
+            REFRESH,
         ],
     ),
     (
@@ -146,6 +154,7 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
             AWAKE_OR_DEAD_FLOW[0],
             AWAKE_OR_DEAD_FLOW[1],
             AWAKE_OR_DEAD_FLOW[2],
+            REFRESH,
         ],
     ),
     (
@@ -157,15 +166,31 @@ const PINNED: [(&str, usize, &[&str]); 10] = [
             AWAKE_OR_DEAD_FLOW[0],
             AWAKE_OR_DEAD_FLOW[1],
             AWAKE_OR_DEAD_FLOW[2],
+            REFRESH,
         ],
     ),
     (
         "1x2-flow",
         53_209,
-        &[SECOND_CALL, AWAKE_OR_DEAD_FLOW[0], AWAKE_OR_DEAD_FLOW[2]],
+        &[
+            SECOND_CALL,
+            AWAKE_OR_DEAD_FLOW[0],
+            AWAKE_OR_DEAD_FLOW[2],
+            REFRESH,
+        ],
     ),
-    ("2x1-udp", 125_146, &[OTHER_DEVICE]),
-    ("2x1-udp-waiting", 132_010, &[OTHER_DEVICE]),
+    (
+        "1x2-refresh",
+        24_600,
+        &[
+            SECOND_CALL,
+            AWAKE_OR_DEAD_FLOW[0],
+            AWAKE_OR_DEAD_FLOW[1],
+            AWAKE_OR_DEAD_FLOW[2],
+        ],
+    ),
+    ("2x1-udp", 125_146, &[OTHER_DEVICE, REFRESH]),
+    ("2x1-udp-waiting", 132_010, &[OTHER_DEVICE, REFRESH]),
 ];
 
 fn check_pinned(name: &str) -> impl Checker<ParkModel> {
@@ -224,6 +249,12 @@ fn callers_that_never_cancel_still_get_an_answer() {
 #[test]
 fn a_dead_flow_falls_back_to_a_push() {
     check_pinned("1x2-flow");
+}
+
+/// Binding-refresh pushes (RFC 8599 §5.5): never through a calls-only (APNs VoIP) token.
+#[test]
+fn a_calls_only_token_never_gets_a_refresh_push() {
+    check_pinned("1x2-refresh");
 }
 
 /// Race 2: a device awake on UDP (in a call, or heard from lately) gets a second call at

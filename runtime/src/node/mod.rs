@@ -422,7 +422,7 @@ impl Node {
             | Event::BranchRejected { call, .. }
             | Event::BranchUnreachable { call, .. } => Some(*call),
             Event::DeviceRegistered { .. } | Event::DeviceUnavailable { .. } => None,
-            Event::TimerFired(_) => None,
+            Event::TimerFired(_) | Event::BindingExpiring { .. } => None,
         };
         let effects = self.driver.handle(self.now(), event);
         self.execute(call, effects);
@@ -455,7 +455,7 @@ impl Node {
                 | Effect::Respond { call, .. }
                 | Effect::TellEnded { call, .. } => Some(*call),
                 Effect::ArmTimer { .. } | Effect::DisarmTimer { .. } => None,
-                Effect::ForgetPushToken { .. } => None,
+                Effect::ForgetPushToken { .. } | Effect::RefreshPush { .. } => None,
             };
             if let Some(call) = about.filter(|c| !touched.contains(c)) {
                 touched.push(call);

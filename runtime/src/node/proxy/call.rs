@@ -455,6 +455,7 @@ impl Node {
                     );
                 }
             }
+            Effect::RefreshPush { device } => self.refresh_push(device),
         }
     }
 
