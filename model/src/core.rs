@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use crate::fault::Fault;
 use crate::{
     AorId, CallId, Callee, Config, DeviceId, Effect, EndReason, Event, Flow, Millis, Target, Timer,
+    TokenUse,
 };
 
 /// The decisions of the call-parking server for the callees it owns. Sans-IO: every input
@@ -320,7 +321,45 @@ impl Core {
             }
             Event::BranchUnreachable { call, device } => self.unreachable(now, call, device, out),
             Event::TimerFired(timer) => self.timer(now, timer, out),
+            Event::BindingExpiring { aor, device, token } => {
+                self.binding_expiring(aor, device, token, out)
+            }
         }
+    }
+
+    /// RFC 8599 §5.5: a binding about to expire gets a push that makes the app register
+    /// again (specs/parking.md §7). Never through a calls-only token: an iOS app that gets a
+    /// VoIP push it does not report as a call is killed. Nor while a push for a call wakes
+    /// the device anyway: that push is on its way, due after a back-off, or was accepted and
+    /// the device's REGISTER is awaited (the runtime asks again on a later sweep while the
+    /// binding is still due). The decision keeps no state: the runtime asks at most once per
+    /// binding and sweep, and no more for an expiry once a refresh push went out for it.
+    fn binding_expiring(
+        &self,
+        aor: AorId,
+        device: DeviceId,
+        token: TokenUse,
+        out: &mut Vec<Effect>,
+    ) {
+        let calls_only =
+            token == TokenUse::CallsOnly && self.fault != Some(Fault::RefreshCallsOnlyToken);
+        if calls_only || self.woken_by_a_call(aor, device) {
+            return;
+        }
+        out.push(Effect::RefreshPush { device });
+    }
+
+    /// A push for a call of `aor` wakes `device` anyway: one is outstanding, or the device
+    /// is awaited to register after one (`Parked`, `Abandoned`) or is about to get another
+    /// (`Backoff`).
+    fn woken_by_a_call(&self, aor: AorId, device: DeviceId) -> bool {
+        self.legs_of_device(aor, device).any(|l| {
+            l.push == PushState::Outstanding
+                || matches!(
+                    l.state,
+                    LegState::Parked | LegState::Backoff | LegState::Abandoned
+                )
+        })
     }
 
     /// The device answered its INVITE with a provisional (`rang`: 180 or 183): it holds it.

@@ -44,6 +44,13 @@ pub enum Effect {
     DisarmTimer { timer: Timer },
     /// The push service says this device's token is dead: drop the token from its binding.
     ForgetPushToken { device: DeviceId },
+    /// Send the device a binding-refresh push (RFC 8599 §5.5), for no call: its binding
+    /// expires soon and the app should register again. Nothing comes back to the core; a
+    /// dead token in the push service's answer is forgotten by the runtime. The core emits
+    /// it only for a token that may carry any push, and not while a push for a call is on
+    /// its way to the device or the core waits for the device to wake from one
+    /// (specs/parking.md §7).
+    RefreshPush { device: DeviceId },
     /// The device registered after the call it was pushed for had ended: tell it, so the
     /// app can close its CallKit screen. The runtime sends the INVITE and, as soon as RFC
     /// 3261 §9.1 allows, a CANCEL with this reason (specs/parking.md §6). The branch's end

@@ -51,6 +51,31 @@ pub enum Event {
     BranchUnreachable { call: CallId, device: DeviceId },
     /// A timer the core armed has fired.
     TimerFired(Timer),
+    /// The binding of `device` (a binding of `aor` with a push token) expires before the
+    /// registrar's next sweep plus its refresh margin, and no binding-refresh push went out
+    /// for this expiry yet (RFC 8599 §5.5). `token` is what the device's push token may
+    /// carry. Whether it gets a refresh push is the core's decision
+    /// ([`Effect::RefreshPush`](crate::Effect::RefreshPush), specs/parking.md §7).
+    BindingExpiring {
+        aor: AorId,
+        device: DeviceId,
+        token: TokenUse,
+    },
+}
+
+/// What a device's push token may carry: a fact of its push service, which the runtime
+/// knows from the binding's RFC 8599 `pn-provider`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TokenUse {
+    /// Only pushes for a call the app reports as one: an APNs VoIP (PushKit) token
+    /// (`pn-provider` `apns` or `apns.dev`). iOS 13 and later kill an app that receives a
+    /// VoIP push it does not report to CallKit as an incoming call, and stop delivering its
+    /// VoIP pushes after repeated offences, so such a token never carries anything but the
+    /// push of a live call.
+    CallsOnly,
+    /// Any push, the app decides what it shows: FCM data messages, a webhook gateway, the
+    /// log provider.
+    Any,
 }
 
 /// Who the INVITE is for, as the registrar knows it.

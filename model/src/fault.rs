@@ -38,11 +38,14 @@ pub enum Fault {
     /// A call that ends keeps retransmitting the INVITE a device never answered, to cancel
     /// it once it rings (instead of stopping it).
     KeepProbing,
+    /// A binding-refresh push goes to a calls-only (APNs VoIP) token as to any other, so an
+    /// iOS app gets a VoIP push for no call.
+    RefreshCallsOnlyToken,
 }
 
 impl Fault {
     /// Every fault, for tests that go through them all.
-    pub const ALL: [Fault; 13] = [
+    pub const ALL: [Fault; 14] = [
         Fault::KeepDeadlineOnAnswer,
         Fault::ForwardAfterCancel,
         Fault::PushTwice,
@@ -56,5 +59,6 @@ impl Fault {
         Fault::NoFallbackPush,
         Fault::NoReroute,
         Fault::KeepProbing,
+        Fault::RefreshCallsOnlyToken,
     ];
 }

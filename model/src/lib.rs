@@ -25,6 +25,6 @@ pub mod checker;
 pub use crate::config::Config;
 pub use crate::core::Core;
 pub use crate::effect::{Effect, EndReason, Timer};
-pub use crate::event::{Callee, Event, Flow, Target};
+pub use crate::event::{Callee, Event, Flow, Target, TokenUse};
 pub use crate::fault::Fault;
 pub use crate::ids::{AorId, CallId, DeviceId, Millis};

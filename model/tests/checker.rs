@@ -87,18 +87,31 @@ const SECOND_CALL: &str = "live_call_answered_after_a_notice";
 /// Needs INVITEs that take a while to arrive.
 const IN_FLIGHT: &str = "dropped_invite_that_arrived_is_cancelled";
 
+/// Needs bindings that near expiry.
+const REFRESH: &str = "refresh_push_sent";
+
+/// What only the configurations made for them reach.
+const SPECIAL: [&str; 5] = [
+    AWAKE_OR_DEAD_FLOW[0],
+    AWAKE_OR_DEAD_FLOW[1],
+    AWAKE_OR_DEAD_FLOW[2],
+    IN_FLIGHT,
+    REFRESH,
+];
+
 /// The configurations, their unique states and what they do not reach.
-const PINNED: [(&str, usize, &[&str]); 12] = [
+const PINNED: [(&str, usize, &[&str]); 13] = [
     (
         "1x1",
         537,
         &[
             OTHER_DEVICE,
             SECOND_CALL,
-            AWAKE_OR_DEAD_FLOW[0],
-            AWAKE_OR_DEAD_FLOW[1],
-            AWAKE_OR_DEAD_FLOW[2],
-            IN_FLIGHT,
+            SPECIAL[0],
+            SPECIAL[1],
+            SPECIAL[2],
+            SPECIAL[3],
+            SPECIAL[4],
         ],
     ),
     (
@@ -106,10 +119,11 @@ const PINNED: [(&str, usize, &[&str]); 12] = [
         28_723,
         &[
             SECOND_CALL,
-            AWAKE_OR_DEAD_FLOW[0],
-            AWAKE_OR_DEAD_FLOW[1],
-            AWAKE_OR_DEAD_FLOW[2],
-            IN_FLIGHT,
+            SPECIAL[0],
+            SPECIAL[1],
+            SPECIAL[2],
+            SPECIAL[3],
+            SPECIAL[4],
         ],
     ),
     (
@@ -117,10 +131,11 @@ const PINNED: [(&str, usize, &[&str]); 12] = [
         33_711,
         &[
             OTHER_DEVICE,
-            AWAKE_OR_DEAD_FLOW[0],
-            AWAKE_OR_DEAD_FLOW[1],
-            AWAKE_OR_DEAD_FLOW[2],
-            IN_FLIGHT,
+            SPECIAL[0],
+            SPECIAL[1],
+            SPECIAL[2],
+            SPECIAL[3],
+            SPECIAL[4],
         ],
     ),
     (
@@ -128,10 +143,11 @@ const PINNED: [(&str, usize, &[&str]); 12] = [
         901_562,
         &[
             "push_retried_after_transient_failure",
-            AWAKE_OR_DEAD_FLOW[0],
-            AWAKE_OR_DEAD_FLOW[1],
-            AWAKE_OR_DEAD_FLOW[2],
-            IN_FLIGHT,
+            SPECIAL[0],
+            SPECIAL[1],
+            SPECIAL[2],
+            SPECIAL[3],
+            SPECIAL[4],
         ],
     ),
     (
@@ -139,10 +155,11 @@ const PINNED: [(&str, usize, &[&str]); 12] = [
         945_824,
         &[
             OTHER_DEVICE,
-            AWAKE_OR_DEAD_FLOW[0],
-            AWAKE_OR_DEAD_FLOW[1],
-            AWAKE_OR_DEAD_FLOW[2],
-            IN_FLIGHT,
+            SPECIAL[0],
+            SPECIAL[1],
+            SPECIAL[2],
+            SPECIAL[3],
+            SPECIAL[4],
         ],
     ),
     (
@@ -151,10 +168,11 @@ const PINNED: [(&str, usize, &[&str]); 12] = [
         &[
             "cancel_races_register",
             SECOND_CALL,
-            AWAKE_OR_DEAD_FLOW[0],
-            AWAKE_OR_DEAD_FLOW[1],
-            AWAKE_OR_DEAD_FLOW[2],
-            IN_FLIGHT,
+            SPECIAL[0],
+            SPECIAL[1],
+            SPECIAL[2],
+            SPECIAL[3],
+            SPECIAL[4],
         ],
     ),
     (
@@ -163,44 +181,39 @@ const PINNED: [(&str, usize, &[&str]); 12] = [
         &[
             "cancel_races_register",
             "push_retried_after_transient_failure",
-            AWAKE_OR_DEAD_FLOW[0],
-            AWAKE_OR_DEAD_FLOW[1],
-            AWAKE_OR_DEAD_FLOW[2],
-            IN_FLIGHT,
+            SPECIAL[0],
+            SPECIAL[1],
+            SPECIAL[2],
+            SPECIAL[3],
+            SPECIAL[4],
         ],
     ),
     (
         "1x2-flow",
         43_515,
-        &[
-            SECOND_CALL,
-            AWAKE_OR_DEAD_FLOW[0],
-            AWAKE_OR_DEAD_FLOW[2],
-            IN_FLIGHT,
-        ],
+        &[SECOND_CALL, SPECIAL[0], SPECIAL[2], SPECIAL[3], SPECIAL[4]],
     ),
     (
         "1x2-flight",
         1_829,
-        &[
-            SECOND_CALL,
-            AWAKE_OR_DEAD_FLOW[0],
-            AWAKE_OR_DEAD_FLOW[1],
-            AWAKE_OR_DEAD_FLOW[2],
-        ],
+        &[SECOND_CALL, SPECIAL[0], SPECIAL[1], SPECIAL[2], SPECIAL[4]],
     ),
     (
         "2x1-flight",
         35_881,
-        &[
-            OTHER_DEVICE,
-            AWAKE_OR_DEAD_FLOW[0],
-            AWAKE_OR_DEAD_FLOW[1],
-            AWAKE_OR_DEAD_FLOW[2],
-        ],
+        &[OTHER_DEVICE, SPECIAL[0], SPECIAL[1], SPECIAL[2], SPECIAL[4]],
     ),
-    ("2x1-udp", 98_034, &[OTHER_DEVICE, IN_FLIGHT]),
-    ("2x1-udp-waiting", 100_350, &[OTHER_DEVICE, IN_FLIGHT]),
+    (
+        "1x2-refresh",
+        21_162,
+        &[SECOND_CALL, SPECIAL[0], SPECIAL[1], SPECIAL[2], SPECIAL[3]],
+    ),
+    ("2x1-udp", 98_034, &[OTHER_DEVICE, SPECIAL[3], SPECIAL[4]]),
+    (
+        "2x1-udp-waiting",
+        100_350,
+        &[OTHER_DEVICE, SPECIAL[3], SPECIAL[4]],
+    ),
 ];
 
 fn check_pinned(name: &str) -> impl Checker<ParkModel> {
@@ -259,6 +272,12 @@ fn callers_that_never_cancel_still_get_an_answer() {
 #[test]
 fn a_dead_flow_falls_back_to_a_push() {
     check_pinned("1x2-flow");
+}
+
+/// Binding-refresh pushes (RFC 8599 §5.5): never through a calls-only (APNs VoIP) token.
+#[test]
+fn a_calls_only_token_never_gets_a_refresh_push() {
+    check_pinned("1x2-refresh");
 }
 
 /// Race 2: a device awake on UDP (in a call, or heard from lately) gets a second call at

@@ -24,6 +24,7 @@ fn caught_by(fault: Fault) -> (&'static str, &'static str) {
         Fault::NoFallbackPush => ("1x2-flow", "dead_flow_falls_back_to_push"),
         Fault::NoReroute => ("2x1-udp", "woken_device_learns_outcome"),
         Fault::KeepProbing => ("2x1-udp", "no_stale_invite_after_the_call_ended"),
+        Fault::RefreshCallsOnlyToken => ("1x2-refresh", "calls_only_token_gets_only_call_pushes"),
     }
 }
 
@@ -118,6 +119,11 @@ fn retransmissions_of_an_ended_call_reaching_a_woken_phone_are_caught() {
 }
 
 #[test]
+fn refresh_push_through_a_calls_only_token_is_caught() {
+    assert_caught(Fault::RefreshCallsOnlyToken);
+}
+
+#[test]
 fn every_fault_has_a_test() {
     // `caught_by` is exhaustive over `Fault`; this keeps `Fault::ALL` honest too.
     let configurations: BTreeSet<_> = Fault::ALL.iter().map(|&f| caught_by(f).0).collect();
@@ -126,7 +132,7 @@ fn every_fault_has_a_test() {
         .all(|c| ParkModel::configuration(c).is_some()));
     assert_eq!(
         Fault::ALL.iter().collect::<BTreeSet<_>>().len(),
-        13,
+        14,
         "a fault is listed twice or missing"
     );
 }

@@ -47,16 +47,17 @@ use std::collections::BTreeSet;
 use pushpark_model::checker::{ParkModel, LIVENESS, SAFETY, SOMETIMES};
 use pushpark_model::{
     AorId, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Fault, Flow, Millis,
-    Target, Timer,
+    Target, Timer, TokenUse,
 };
 use stateright::{Checker, HasDiscoveries, Model};
 
 /// The configurations each checked in under two seconds.
-const SMALL: [&str; 8] = [
+const SMALL: [&str; 9] = [
     "1x1",
     "1x2",
     "2x1",
     "1x2-flow",
+    "1x2-refresh",
     "2x1-udp",
     "2x1-udp-waiting",
     "1x2-no-cancel",
@@ -462,6 +463,25 @@ fn keep_probing_cancels_an_invite_the_device_never_answered() {
     );
 }
 
+#[test]
+fn refresh_calls_only_token_refreshes_a_calls_only_token_but_not_a_device_a_call_wakes() {
+    let expiring = |token| Event::BindingExpiring {
+        aor: U1,
+        device: D1,
+        token,
+    };
+    let mut f = Faulty::new(Fault::RefreshCallsOnlyToken);
+    for token in [TokenUse::CallsOnly, TokenUse::Any] {
+        assert_eq!(
+            f.send(expiring(token)),
+            [Effect::RefreshPush { device: D1 }],
+            "{token:?}"
+        );
+    }
+    f.send(arrival(C1, target(Flow::Closed, true)));
+    assert_eq!(f.send(expiring(TokenUse::CallsOnly)), []);
+}
+
 /// The test above that pins `fault`: a new fault fails to compile here until it has one.
 fn pinned_by(fault: Fault) -> fn() {
     match fault {
@@ -486,6 +506,9 @@ fn pinned_by(fault: Fault) -> fn() {
         Fault::NoFallbackPush => no_fallback_push_gives_up_a_device_whose_flow_died,
         Fault::NoReroute => no_reroute_sends_nothing_to_a_device_registering_again_before_it_rang,
         Fault::KeepProbing => keep_probing_cancels_an_invite_the_device_never_answered,
+        Fault::RefreshCallsOnlyToken => {
+            refresh_calls_only_token_refreshes_a_calls_only_token_but_not_a_device_a_call_wakes
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pushpark_model::{
     AorId, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Flow, Millis, Target,
-    Timer,
+    Timer, TokenUse,
 };
 
 const U1: AorId = AorId(1);
@@ -1808,4 +1808,123 @@ fn invite_lost_while_its_reroute_waits_goes_afresh_once_the_ended_calls_invite_i
         [respond(C2, 200, Some(D1)), disarm(Timer::Deadline(C2))]
     );
     d.assert_idle();
+}
+
+// §7: binding-refresh pushes. The core decides which binding about to expire gets one: only
+// through a token that may carry any push, and only while no push for a call wakes the device
+// anyway. One test per branch of the rule.
+
+fn expiring(device: DeviceId, token: TokenUse) -> Event {
+    Event::BindingExpiring {
+        aor: U1,
+        device,
+        token,
+    }
+}
+
+fn refresh(device: DeviceId) -> Effect {
+    Effect::RefreshPush { device }
+}
+
+#[test]
+fn expiring_binding_gets_a_refresh_push_through_a_token_for_any_push_and_never_a_calls_only_one() {
+    let mut d = Driver::new();
+    assert_eq!(d.send(expiring(D1, TokenUse::Any)), [refresh(D1)]);
+    assert_eq!(d.send(expiring(D1, TokenUse::CallsOnly)), NOTHING);
+    d.assert_idle();
+
+    // A calls-only token gets none while the device is in a call either: only that call's
+    // push, which it reports as the call.
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(registered(U1, D1));
+    assert_eq!(d.send(push_accepted(C1, D1)), NOTHING);
+    assert_eq!(d.send(expiring(D1, TokenUse::CallsOnly)), NOTHING);
+    assert_eq!(
+        d.send(expiring(D1, TokenUse::Any)),
+        [refresh(D1)],
+        "awake in the call, no push of it outstanding"
+    );
+}
+
+#[test]
+fn no_refresh_push_while_the_device_is_parked_for_a_call_whose_push_wakes_it() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1), online(D2)]));
+    assert_eq!(
+        d.send(expiring(D1, TokenUse::Any)),
+        NOTHING,
+        "the call's push is on its way"
+    );
+    assert_eq!(d.send(push_accepted(C1, D1)), NOTHING);
+    assert_eq!(
+        d.send(expiring(D1, TokenUse::Any)),
+        NOTHING,
+        "the call's push was accepted: its REGISTER is awaited"
+    );
+    assert_eq!(
+        d.send(expiring(D2, TokenUse::Any)),
+        [refresh(D2)],
+        "another device, forwarded the call and never pushed, is not held back"
+    );
+    assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
+    assert_eq!(
+        d.send(expiring(D1, TokenUse::Any)),
+        [refresh(D1)],
+        "it woke"
+    );
+}
+
+#[test]
+fn no_refresh_push_while_a_push_for_a_call_waits_out_its_back_off() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.clock_to(100);
+    assert_eq!(
+        d.send(push_failed(C1, D1, false)),
+        [arm(Timer::PushRetry(C1, D1), 600)]
+    );
+    assert_eq!(d.send(expiring(D1, TokenUse::Any)), NOTHING);
+    assert_eq!(
+        d.advance_to(600),
+        [(Timer::PushRetry(C1, D1), vec![push(C1, D1)])]
+    );
+    assert_eq!(d.send(expiring(D1, TokenUse::Any)), NOTHING);
+}
+
+#[test]
+fn no_refresh_push_while_an_ended_call_waits_for_the_device_its_push_woke() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    assert_eq!(d.send(push_accepted(C1, D1)), NOTHING);
+    d.send(Event::CallerCancelled { call: C1 });
+    assert_eq!(d.armed(), [(Timer::Linger(C1), 30_000)]);
+    assert_eq!(
+        d.send(expiring(D1, TokenUse::Any)),
+        NOTHING,
+        "it may still register and be told"
+    );
+    assert_eq!(d.advance_to(30_000), [(Timer::Linger(C1), vec![])]);
+    d.assert_idle();
+    assert_eq!(d.send(expiring(D1, TokenUse::Any)), [refresh(D1)]);
+}
+
+#[test]
+fn no_refresh_push_while_a_push_for_a_call_is_on_its_way_to_a_device_forwarded_the_call() {
+    let mut d = Driver::new();
+    d.clock_to(10_000);
+    assert_eq!(
+        d.send(arrival(C1, U1, &[on_udp(D1, 9_000, false)])),
+        [
+            arm(Timer::Deadline(C1), 40_000),
+            push(C1, D1),
+            forward(C1, D1)
+        ]
+    );
+    assert_eq!(d.send(expiring(D1, TokenUse::Any)), NOTHING);
+    assert_eq!(d.send(push_accepted(C1, D1)), NOTHING);
+    assert_eq!(
+        d.send(expiring(D1, TokenUse::Any)),
+        [refresh(D1)],
+        "probably awake and forwarded the call; the push no longer on its way"
+    );
 }

@@ -3,7 +3,8 @@
 //! The environment is everything the server does not control: callers that invite and may
 //! cancel; devices that are awake or asleep, wake when a push reaches them (or not), register
 //! (sometimes twice), and answer, ring, refuse or lose their flow; a push service that
-//! accepts, fails (transiently or for good) or silently loses a push; timers that fire in any
+//! accepts, fails (transiently or for good) or silently loses a push; a registrar that finds
+//! bindings about to expire (where the configuration lets them); timers that fire in any
 //! order. Each [`Action`] is one such move. Applying it feeds the matching [`Event`] to
 //! [`Core::step`] — the function the server runs — and folds the [`Effect`]s back into the
 //! environment. Properties ([`properties`]) are named as in specs/parking.md.
@@ -22,7 +23,7 @@ use stateright::{Model, Property};
 
 use crate::{
     AorId, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Fault, Flow, Target,
-    Timer,
+    Timer, TokenUse,
 };
 
 pub use properties::{LIVENESS, SAFETY, SOMETIMES};
@@ -101,6 +102,12 @@ pub struct ParkModel {
     /// INVITEs take a while to arrive: the server may end a call, and drop or cancel a
     /// branch, while its INVITE is still on its way to an awake device.
     pub in_flight: bool,
+    /// The first `calls_only` devices have a calls-only push token (APNs VoIP): it may carry
+    /// only the push of a live call. The others' tokens may carry any push.
+    pub calls_only: u8,
+    /// The registrar may report, once per device, that its binding nears expiry
+    /// (`Event::BindingExpiring`); a device that gets a refresh push may register once more.
+    pub bindings_expire: bool,
     /// The environment's misbehaviour.
     pub budget: Budget,
     /// The core's policy.
@@ -124,6 +131,8 @@ impl ParkModel {
             ringing: false,
             extra_registers: 1,
             in_flight: false,
+            calls_only: 0,
+            bindings_expire: false,
             budget: Budget {
                 transient_failures: 1,
                 permanent_failures: 1,
@@ -209,6 +218,12 @@ impl ParkModel {
                 extra_registers: 0,
                 ..Self::new(2, 1)
             },
+            "1x2-refresh" => Self {
+                calls_only: 1,
+                bindings_expire: true,
+                extra_registers: 0,
+                ..Self::new(1, 2)
+            },
             "2x1-udp" => Self::awake_on_udp(false),
             "2x1-udp-waiting" => Self::awake_on_udp(true),
             _ => return None,
@@ -237,7 +252,7 @@ impl ParkModel {
 }
 
 /// The bounded configurations CI checks exhaustively, with what each is for.
-pub const CONFIGURATIONS: [(&str, &str); 12] = [
+pub const CONFIGURATIONS: [(&str, &str); 13] = [
     (
         "1x1",
         "one call, one sleeping device; it may ring, answer, be busy, decline or not answer",
@@ -263,13 +278,18 @@ pub const CONFIGURATIONS: [(&str, &str); 12] = [
     ),
     (
         "1x2-flight",
-        "one call, two awake devices; INVITEs take a while to arrive, so a branch may be \
-         dropped or cancelled while its INVITE is on its way",
+        "one call, one awake and one sleeping device; INVITEs take a while to arrive, so a \
+         branch may be dropped or cancelled while its INVITE is on its way",
     ),
     (
         "2x1-flight",
-        "two calls, one awake single-line device; an INVITE of a call already over may \
-         still arrive",
+        "two calls, one sleeping single-line device; an INVITE of a call already over may \
+         still arrive after it woke",
+    ),
+    (
+        "1x2-refresh",
+        "one call, two sleeping devices, one with a calls-only (APNs VoIP) token; each binding \
+         may near expiry once, and a device registers on its own only after a refresh push",
     ),
     (
         "2x1-udp",
@@ -320,6 +340,8 @@ pub struct Device {
     pub token_forgotten: bool,
     /// The push service said its token is dead.
     pub token_dead: bool,
+    /// The registrar reported that its binding nears expiry.
+    pub expiry_reported: bool,
 }
 
 /// What happened so far, for the properties. Grows only.
@@ -372,6 +394,11 @@ pub struct History {
     /// A forwarded INVITE was undeliverable while the call was parking, the device's token
     /// alive, and no push for the call was on its way or accepted afterwards.
     pub dead_flow_not_pushed: bool,
+    /// Devices that got a binding-refresh push.
+    pub refresh_pushed: BTreeSet<DeviceId>,
+    /// A device with a calls-only token got a push that was not for a live call: a refresh
+    /// push, or a push for a call whose caller already had its final response.
+    pub calls_only_pushed_for_no_call: bool,
 }
 
 /// The whole system: the core and its environment.
@@ -449,6 +476,8 @@ pub enum Action {
     Retransmitted(CallId, DeviceId),
     /// An INVITE on its way reaches the device (with `in_flight`).
     Arrive(CallId, DeviceId),
+    /// The registrar finds the device's binding about to expire.
+    BindingExpiring(DeviceId),
     /// A timer fires.
     Fire(Timer),
 }
@@ -481,6 +510,7 @@ impl fmt::Display for Action {
                 write!(f, "{d}: a retransmission of INVITE {c} arrives")
             }
             Action::Arrive(c, d) => write!(f, "{d}: INVITE {c} arrives"),
+            Action::BindingExpiring(d) => write!(f, "registrar: {d}'s binding nears expiry"),
             Action::Fire(t) => write!(f, "timer {t:?} fires"),
         }
     }
@@ -489,6 +519,15 @@ impl fmt::Display for Action {
 impl ParkModel {
     fn device_ids(&self) -> impl Iterator<Item = DeviceId> {
         (0..u64::from(self.devices)).map(DeviceId)
+    }
+
+    /// What `device`'s push token may carry: the fact the runtime reports.
+    fn token_use(&self, device: DeviceId) -> TokenUse {
+        if device.0 < u64::from(self.calls_only) {
+            TokenUse::CallsOnly
+        } else {
+            TokenUse::Any
+        }
     }
 
     /// What the server knows of `device`'s flow: the facts the runtime reports in a
@@ -574,6 +613,11 @@ impl ParkModel {
             match effect {
                 Effect::Push { call, device } => {
                     let pair = (call, device);
+                    if self.token_use(device) == TokenUse::CallsOnly
+                        && s.callers[call.0 as usize].response.is_some()
+                    {
+                        s.history.calls_only_pushed_for_no_call = true;
+                    }
                     let h = &mut s.history;
                     let repeat = h.pushed.contains(&pair);
                     if s.pushes.contains(&pair)
@@ -641,6 +685,15 @@ impl ParkModel {
                 }
                 Effect::ForgetPushToken { device } => {
                     s.devices[device.0 as usize].token_forgotten = true;
+                }
+                Effect::RefreshPush { device } => {
+                    if self.token_use(device) == TokenUse::CallsOnly {
+                        s.history.calls_only_pushed_for_no_call = true;
+                    }
+                    s.history.refresh_pushed.insert(device);
+                    // What the push is for: the app may register again.
+                    let dev = &mut s.devices[device.0 as usize];
+                    dev.registers_left = dev.registers_left.saturating_add(1);
                 }
                 Effect::TellEnded {
                     call,
@@ -726,6 +779,9 @@ impl Model for ParkModel {
             let device = &s.devices[d.0 as usize];
             if !device.woken_for.is_empty() || device.registers_left > 0 {
                 actions.push(Action::Register(d));
+            }
+            if self.bindings_expire && !device.expiry_reported && !device.token_forgotten {
+                actions.push(Action::BindingExpiring(d));
             }
             if s.budget.silent_sleeps > 0
                 && device.udp
@@ -953,6 +1009,14 @@ impl Model for ParkModel {
                 Self::close_branch(&mut s, (call, device));
                 undeliverable = Some((call, device));
                 Event::BranchUnreachable { call, device }
+            }
+            Action::BindingExpiring(device) => {
+                s.devices[device.0 as usize].expiry_reported = true;
+                Event::BindingExpiring {
+                    aor: CALLEE,
+                    device,
+                    token: self.token_use(device),
+                }
             }
             Action::Fire(timer) => {
                 s.timers.remove(&timer);

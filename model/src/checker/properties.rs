@@ -6,7 +6,7 @@ use super::{ParkModel, State};
 use crate::{CallId, EndReason};
 
 /// Invariants: no reachable state may break them.
-pub const SAFETY: [&str; 16] = [
+pub const SAFETY: [&str; 17] = [
     "one_final_response_per_call",
     "nothing_forwarded_after_final",
     "no_device_gets_a_call_twice",
@@ -23,13 +23,14 @@ pub const SAFETY: [&str; 16] = [
     "awake_device_gets_the_call",
     "dead_flow_falls_back_to_push",
     "no_stale_invite_after_the_call_ended",
+    "calls_only_token_gets_only_call_pushes",
 ];
 
 /// Liveness: on every path.
 pub const LIVENESS: [&str; 1] = ["every_call_gets_a_final_response"];
 
 /// Reachability: proof that the interesting paths exist, so no invariant holds vacuously.
-pub const SOMETIMES: [&str; 13] = [
+pub const SOMETIMES: [&str; 14] = [
     "call_delivered_after_push",
     "call_timed_out",
     "busy_reaches_caller",
@@ -43,6 +44,7 @@ pub const SOMETIMES: [&str; 13] = [
     "push_after_dead_flow",
     "lost_invite_rerouted",
     "dropped_invite_that_arrived_is_cancelled",
+    "refresh_push_sent",
 ];
 
 fn calls(s: &State) -> impl Iterator<Item = CallId> {
@@ -148,6 +150,9 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
         Property::<ParkModel>::always("no_stale_invite_after_the_call_ended", |_, s| {
             !s.history.stale_invite_arrived
         }),
+        Property::<ParkModel>::always("calls_only_token_gets_only_call_pushes", |_, s| {
+            !s.history.calls_only_pushed_for_no_call
+        }),
         // Liveness.
         Property::<ParkModel>::eventually("every_call_gets_a_final_response", all_answered),
         // Reachability.
@@ -204,6 +209,9 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
         }),
         Property::<ParkModel>::sometimes("dropped_invite_that_arrived_is_cancelled", |_, s| {
             s.history.dropped_then_cancelled
+        }),
+        Property::<ParkModel>::sometimes("refresh_push_sent", |_, s| {
+            !s.history.refresh_pushed.is_empty()
         }),
     ]
 }

@@ -434,7 +434,7 @@ impl Node {
             | Event::BranchRejected { call, .. }
             | Event::BranchUnreachable { call, .. } => Some(*call),
             Event::DeviceRegistered { .. } | Event::DeviceUnavailable { .. } => None,
-            Event::TimerFired(_) => None,
+            Event::TimerFired(_) | Event::BindingExpiring { .. } => None,
         };
         let effects = self.driver.handle(self.now(), event.clone());
         trace!("core: {event:?} -> {effects:?}");
@@ -468,7 +468,7 @@ impl Node {
                 | Effect::Respond { call, .. }
                 | Effect::TellEnded { call, .. } => Some(*call),
                 Effect::ArmTimer { .. } | Effect::DisarmTimer { .. } => None,
-                Effect::ForgetPushToken { .. } => None,
+                Effect::ForgetPushToken { .. } | Effect::RefreshPush { .. } => None,
             };
             if let Some(call) = about.filter(|c| !touched.contains(c)) {
                 touched.push(call);

@@ -5,7 +5,7 @@
 //! survives a restart. Only then is the core told the device registered: a parked call
 //! goes to a device whose registration the registrar accepted (RFC 8599 §5.6.2).
 
-use pushpark_model::{AorId, DeviceId, Event, Flow as CoreFlow, Target};
+use pushpark_model::{AorId, DeviceId, Event, Flow as CoreFlow, Target, TokenUse};
 
 use super::{log_failure, Node, Outgoing, PushTag, StoreDone};
 use crate::auth::{parse_authorization, ChallengeKind, ParseError as AuthParseError, Verdict};
@@ -483,8 +483,8 @@ impl Node {
 }
 
 impl Node {
-    /// Forgets expired bindings, in memory and in the store, and tells the core; pushes the
-    /// bindings that are due a refresh.
+    /// Forgets expired bindings, in memory and in the store, and tells the core; reports the
+    /// bindings due a refresh push to the core, which decides which get one.
     pub(crate) fn sweep_bindings(&mut self) {
         let now = self.unix_now();
         self.refresh_pushes(now);
@@ -500,50 +500,80 @@ impl Node {
 }
 
 impl Node {
-    /// RFC 8599 §5.5: a binding with a push token that will expire before the next sweep
-    /// plus `refresh_push_before` gets one push to make the app register again; never one
-    /// to an APNs VoIP token (iOS kills an app that gets a VoIP push it does not report as
-    /// a call), nor to a binding that expired or was removed.
+    /// RFC 8599 §5.5: every binding with a push token that will expire before the next sweep
+    /// plus `refresh_push_before`, and has had no refresh push for this expiry, is reported
+    /// to the core with what its token may carry; the core decides which get a push
+    /// (`Effect::RefreshPush`, carried out by [`refresh_push`](Self::refresh_push)). A
+    /// binding that expired or was removed is never reported. One the core held back is
+    /// reported again on the next sweep while it is still due (specs/parking.md §7).
     fn refresh_pushes(&mut self, now: u64) {
         let registrar = &self.config.registrar;
         let horizon =
             now + registrar.refresh_push_before.as_secs() + registrar.sweep_interval.as_secs();
-        let due: Vec<(DeviceId, Binding)> = self
+        let refreshed = &self.bindings.refreshed;
+        let due: Vec<(String, DeviceId, TokenUse)> = self
             .bindings
             .by_aor
-            .values()
-            .flatten()
-            .filter(|b| b.expires_at > now && b.expires_at <= horizon)
-            .filter(|b| {
-                b.push.as_ref().is_some_and(|p| {
-                    !p.provider.eq_ignore_ascii_case("apns")
-                        && !p.provider.eq_ignore_ascii_case("apns.dev")
-                })
+            .iter()
+            .flat_map(|(aor, bindings)| bindings.iter().map(move |b| (aor, b)))
+            .filter(|(_, b)| b.expires_at > now && b.expires_at <= horizon)
+            .filter(|(_, b)| refreshed.get(&device(b.id)) != Some(&b.expires_at))
+            .filter_map(|(aor, b)| {
+                let push = b.push.as_ref()?;
+                Some((aor.clone(), device(b.id), token_use(&push.provider)))
             })
-            .filter(|b| self.bindings.refreshed.get(&device(b.id)) != Some(&b.expires_at))
-            .map(|b| (device(b.id), b.clone()))
             .collect();
-        for (id, binding) in due {
-            let Some(push) = binding.push else { continue };
-            self.bindings.refreshed.insert(id, binding.expires_at);
-            if !self.push_budget.allow(id, self.instant()) {
-                continue;
-            }
-            let request = PushRequest {
-                id: format!("refresh-{id}-{}", self.next_id()),
-                kind: PushKind::BindingRefresh,
-                callee_aor: binding.aor.clone(),
-                pn_provider: push.provider,
-                pn_prid: push.prid,
-                pn_param: push.param,
-                caller_uri: String::new(),
-                caller_display_name: None,
-                call_id: binding.call_id.clone(),
-                deadline: std::time::UNIX_EPOCH
-                    + std::time::Duration::from_secs(binding.expires_at),
-            };
-            self.submit_push(request, PushTag::Refresh(id));
+        for (aor, device, token) in due {
+            let aor = self.bindings.aor_id(&aor);
+            self.feed(Event::BindingExpiring { aor, device, token });
         }
+    }
+
+    /// Carries out `Effect::RefreshPush`: one binding-refresh push per expiry of the
+    /// binding, counted against the device's push budget (beyond it, none for this expiry).
+    pub(crate) fn refresh_push(&mut self, id: DeviceId) {
+        let now = self.unix_now();
+        let Some(binding) = self.bindings.get(id).filter(|b| b.expires_at > now) else {
+            return;
+        };
+        let Some(push) = binding.push.clone() else {
+            return;
+        };
+        let (aor, call_id, expires_at) = (
+            binding.aor.clone(),
+            binding.call_id.clone(),
+            binding.expires_at,
+        );
+        if self.bindings.refreshed.insert(id, expires_at) == Some(expires_at) {
+            return;
+        }
+        if !self.push_budget.allow(id, self.instant()) {
+            return;
+        }
+        let request = PushRequest {
+            id: format!("refresh-{id}-{}", self.next_id()),
+            kind: PushKind::BindingRefresh,
+            callee_aor: aor,
+            pn_provider: push.provider,
+            pn_prid: push.prid,
+            pn_param: push.param,
+            caller_uri: String::new(),
+            caller_display_name: None,
+            call_id,
+            deadline: std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires_at),
+        };
+        self.submit_push(request, PushTag::Refresh(id));
+    }
+}
+
+/// What a token of the push provider `provider` (RFC 8599 `pn-provider`) may carry: an APNs
+/// VoIP token only the push of a call the app reports to CallKit (iOS kills an app that
+/// gets any other); every other provider's, any push.
+fn token_use(provider: &str) -> TokenUse {
+    if provider.eq_ignore_ascii_case("apns") || provider.eq_ignore_ascii_case("apns.dev") {
+        TokenUse::CallsOnly
+    } else {
+        TokenUse::Any
     }
 }
 
@@ -566,4 +596,147 @@ fn contact_headers(bindings: &[Binding], now: u64) -> Vec<(&'static str, String)
             ("Contact", value)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::auth::Secret;
+    use crate::config::{Config, Transport};
+    use crate::metrics::Metrics;
+    use crate::node::NodeOptions;
+    use crate::push::PushKind;
+    use crate::sip::parse_datagram;
+    use crate::store::PushParams;
+    use crate::transport::Inbound;
+
+    const UNIX: u64 = 1_800_000_000;
+    const SERVER: &str = "127.0.0.1:5060";
+    const BOB: &str = "sip:bob@127.0.0.1";
+
+    fn binding(id: u64, provider: Option<&str>, expires_in: u64) -> Binding {
+        Binding {
+            id: BindingId(id),
+            aor: BOB.to_owned(),
+            contact: format!("sip:bob@192.0.2.{id}:5062"),
+            instance: None,
+            reg_id: None,
+            push: provider.map(|p| PushParams {
+                provider: p.to_owned(),
+                prid: format!("token{id}"),
+                param: None,
+            }),
+            pnsreg: false,
+            q: None,
+            call_id: format!("reg{id}"),
+            cseq: 1,
+            expires_at: UNIX + expires_in,
+            updated_at: UNIX,
+        }
+    }
+
+    fn node(start: Instant, bindings: Vec<Binding>) -> Node {
+        Node::new(
+            Config::default(),
+            start,
+            NodeOptions {
+                listeners: vec![(Transport::Udp, SERVER.parse().expect("an address"))],
+                bindings,
+                users: None,
+                secret: Secret::generate(),
+                unix_time: UNIX,
+                metrics: Arc::new(Metrics::default()),
+            },
+        )
+    }
+
+    /// Runs the node's timers and sweeps, each at its time, up to `at`; returns the pushes
+    /// handed out meanwhile.
+    fn run_until(node: &mut Node, at: Instant) -> Vec<(PushRequest, PushTag)> {
+        while node.poll_timeout() <= at {
+            let due = node.poll_timeout();
+            node.handle_timeout(due);
+        }
+        std::iter::from_fn(|| node.poll_push()).collect()
+    }
+
+    #[test]
+    fn binding_refresh_push_goes_once_per_expiry_to_a_token_for_any_push_and_never_to_apns_voip() {
+        let start = Instant::now();
+        let mut node = node(
+            start,
+            vec![
+                binding(1, Some("fcm"), 100),
+                binding(2, Some("apns"), 100),
+                binding(3, Some("APNS.dev"), 100),
+                binding(4, Some("fcm"), 10_000),
+                binding(5, None, 100),
+            ],
+        );
+        let pushes = run_until(&mut node, start + Duration::from_secs(30));
+        let sent: Vec<_> = pushes
+            .iter()
+            .map(|(r, tag)| (r.kind, r.pn_prid.as_str(), *tag))
+            .collect();
+        assert_eq!(
+            sent,
+            [(
+                PushKind::BindingRefresh,
+                "token1",
+                PushTag::Refresh(DeviceId(1))
+            )]
+        );
+        assert!(
+            run_until(&mut node, start + Duration::from_secs(95)).is_empty(),
+            "one refresh push per expiry, none to an APNs VoIP token"
+        );
+    }
+
+    #[test]
+    fn binding_refresh_push_held_back_while_a_call_pushes_the_device_goes_on_a_later_sweep() {
+        let start = Instant::now();
+        let mut node = node(start, vec![binding(1, Some("fcm"), 170)]);
+        let invite = "INVITE sip:bob@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKcall1;rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@127.0.0.1>;tag=a1\r\n\
+To: <sip:bob@127.0.0.1>\r\n\
+Call-ID: call-1@192.0.2.10\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@192.0.2.10:5060>\r\n\
+Content-Length: 0\r\n\r\n";
+        let server: SocketAddr = SERVER.parse().expect("an address");
+        let caller: SocketAddr = "192.0.2.10:5060".parse().expect("an address");
+        let message = parse_datagram(invite.as_bytes()).expect("the INVITE parses");
+        node.handle_inbound(
+            start + Duration::from_secs(1),
+            Inbound::Message {
+                flow: Flow::udp(server, caller),
+                message,
+            },
+        );
+        let call_push: Vec<_> = std::iter::from_fn(|| node.poll_push()).collect();
+        assert!(
+            matches!(
+                call_push.as_slice(),
+                [(r, PushTag::Call(_, DeviceId(1)))] if r.kind == PushKind::IncomingCall
+            ),
+            "the call is parked and the device pushed"
+        );
+        // Its push unanswered, the call ends at its deadline (31 s) and lingers for the
+        // device until 61 s: the sweeps at 30 s and 60 s hold the refresh push back.
+        assert!(run_until(&mut node, start + Duration::from_secs(89)).is_empty());
+        let pushes = run_until(&mut node, start + Duration::from_secs(90));
+        assert!(
+            matches!(
+                pushes.as_slice(),
+                [(r, PushTag::Refresh(DeviceId(1)))] if r.kind == PushKind::BindingRefresh
+            ),
+            "{pushes:?}"
+        );
+    }
 }

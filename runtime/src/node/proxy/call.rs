@@ -456,6 +456,7 @@ impl Node {
                     );
                 }
             }
+            Effect::RefreshPush { device } => self.refresh_push(device),
         }
     }
 
