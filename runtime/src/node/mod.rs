@@ -8,6 +8,10 @@
 //! No socket, clock, thread or task is touched in here; the same node runs under the tokio
 //! shell, in the benches and in the whole-node simulation.
 //!
+//! The output queues are drained by the shell after every input, and every input adds a
+//! bounded amount to them: one message and what it triggers, or at most
+//! [`TIMERS_PER_INPUT`] timers of each kind per [`Node::handle_timeout`].
+//!
 //! Every effect of one core step is carried out before the next event reaches the core:
 //! what carrying out an effect finds out at once (a push refused, a flow already gone) is
 //! queued and fed after the step, in the order found.
@@ -43,6 +47,13 @@ use crate::Map;
 use self::proxy::{Branches, Calls, Dialogs};
 pub(crate) use self::registrar::Bindings;
 use self::registrar::RegisterDone;
+
+/// How many core timers, and how many transaction timers, one
+/// [`Node::handle_timeout`] fires at most. Every other input acts on one message, one
+/// store commit or one push outcome, whose effects the core's limits bound (a REGISTER
+/// delivers at most `max_calls_per_callee` calls to a device), so no single input fills
+/// the output queues without bound.
+pub const TIMERS_PER_INPUT: usize = 64;
 
 /// How long a UDP flow may stay silent before the node forgets it.
 const UDP_FLOW_IDLE: Duration = Duration::from_secs(4 * 3600);
@@ -323,11 +334,17 @@ impl Node {
     }
 
     /// Time has passed: fires the core's timers, the transactions' and the registrar's
-    /// sweep that are due at `now`.
+    /// sweep that are due at `now`, at most [`TIMERS_PER_INPUT`] of each kind, earliest
+    /// first, so that one call does bounded work and queues bounded output however far
+    /// behind the shell fell; [`poll_timeout`](Self::poll_timeout) is then already due for
+    /// the rest.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
         let millis = self.now();
-        while let Some((timer, effects)) = self.driver.fire_next(millis) {
+        for _ in 0..TIMERS_PER_INPUT {
+            let Some((timer, effects)) = self.driver.fire_next(millis) else {
+                break;
+            };
             trace!("core: {timer:?} fired -> {effects:?}");
             let call = match timer {
                 Timer::Deadline(call) | Timer::Linger(call) | Timer::PushRetry(call, _) => call,
@@ -335,7 +352,8 @@ impl Node {
             self.execute(Some(call), effects);
             self.feed_back();
         }
-        self.transactions.handle_timeout(millis);
+        self.transactions
+            .handle_timeout_at_most(millis, TIMERS_PER_INPUT);
         if now >= self.next_sweep {
             self.next_sweep = now + self.config.registrar.sweep_interval;
             self.sweep_bindings();
@@ -606,5 +624,106 @@ fn transaction_config(config: &Config) -> transaction::Config {
         t2: ms(config.sip.t2),
         t4: ms(config.sip.t4),
         ..transaction::Config::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::sip::parse_datagram;
+    use crate::store::{Binding, BindingId, PushParams};
+
+    const UNIX: u64 = 1_800_000_000;
+
+    /// A node whose `callees` users each have one sleeping phone with a push token.
+    fn node(start: Instant, callees: u64) -> Node {
+        let bindings = (1..=callees)
+            .map(|id| Binding {
+                id: BindingId(id),
+                aor: format!("sip:u{id}@127.0.0.1"),
+                contact: format!("sip:u{id}@192.0.2.20:{}", 40_000 + id),
+                instance: None,
+                reg_id: None,
+                push: Some(PushParams {
+                    provider: "fcm".to_owned(),
+                    prid: format!("token{id}"),
+                    param: None,
+                }),
+                pnsreg: false,
+                q: None,
+                call_id: format!("reg{id}"),
+                cseq: 1,
+                expires_at: UNIX + 3600,
+                updated_at: UNIX,
+            })
+            .collect();
+        Node::new(
+            Config::default(),
+            start,
+            NodeOptions {
+                listeners: vec![(
+                    Transport::Udp,
+                    "127.0.0.1:5060".parse().expect("an address"),
+                )],
+                bindings,
+                users: None,
+                secret: Secret::generate(),
+                unix_time: UNIX,
+                metrics: Arc::new(Metrics::default()),
+            },
+        )
+    }
+
+    #[test]
+    fn a_backlog_of_due_timers_is_fired_in_bounded_batches() {
+        let start = Instant::now();
+        let mut node = node(start, 20);
+        let server: SocketAddr = "127.0.0.1:5060".parse().expect("an address");
+        let caller: SocketAddr = "192.0.2.10:5060".parse().expect("an address");
+        let calls = 200;
+        for n in 0..calls {
+            let invite = format!(
+                "INVITE sip:u{}@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP {caller};branch=z9hG4bKcall{n};rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@127.0.0.1>;tag=a{n}\r\n\
+To: <sip:u{}@127.0.0.1>\r\n\
+Call-ID: call-{n}@192.0.2.10\r\n\
+CSeq: 1 INVITE\r\n\
+Contact: <sip:alice@{caller}>\r\n\
+Content-Length: 0\r\n\r\n",
+                n % 20 + 1,
+                n % 20 + 1
+            );
+            let message = parse_datagram(invite.as_bytes()).expect("the INVITE parses");
+            let flow = Flow::udp(server, caller);
+            node.handle_inbound(start, Inbound::Message { flow, message });
+        }
+        while node.poll_transmit().is_some() || node.poll_push().is_some() {}
+        // Every deadline falls due at once, and the shell comes back only long after.
+        let late = start + Duration::from_secs(60);
+        let mut finals = Vec::new();
+        let mut rounds = 0;
+        while node.poll_timeout() <= late && finals.len() < calls {
+            node.handle_timeout(late);
+            let round: Vec<Transmit> = std::iter::from_fn(|| node.poll_transmit()).collect();
+            let answered = round
+                .iter()
+                .filter(|t| t.bytes.starts_with(b"SIP/2.0 480"))
+                .count();
+            assert!(
+                answered <= TIMERS_PER_INPUT,
+                "{answered} calls ended by one handle_timeout"
+            );
+            finals.extend(std::iter::repeat_n((), answered));
+            rounds += 1;
+        }
+        assert_eq!(finals.len(), calls, "every call ends, batch after batch");
+        assert!(
+            rounds >= calls.div_ceil(TIMERS_PER_INPUT),
+            "{rounds} rounds"
+        );
     }
 }

@@ -480,10 +480,18 @@ impl<M: Clone> Transactions<M> {
     /// Fire every timer due at or before `now`, in deadline order. Each due transaction runs
     /// once per call (it fires all of its own due timers), so this always returns.
     pub fn handle_timeout(&mut self, now: Millis) {
+        self.handle_timeout_at_most(now, usize::MAX);
+    }
+
+    /// Like [`handle_timeout`](Self::handle_timeout), for at most `limit` transactions, the
+    /// earliest due first: a caller that bounds the work of one call (and what it outputs)
+    /// comes back for the rest, which [`poll_timeout`](Self::poll_timeout) shows still due.
+    pub fn handle_timeout_at_most(&mut self, now: Millis, limit: usize) {
         let due: Vec<(Millis, Key)> = self
             .schedule
             .iter()
             .take_while(|(deadline, _)| *deadline <= now)
+            .take(limit)
             .cloned()
             .collect();
         for (deadline, key) in due {

@@ -1248,3 +1248,19 @@ fn handle_timeout_returns_even_with_zero_timers_or_saturated_deadlines() {
     assert!(drain(&mut t).contains(&Output::Terminated(k)));
     assert_no_leak(&mut t);
 }
+
+#[test]
+fn timeouts_handled_at_most_a_few_at_a_time_leave_the_rest_due() {
+    let mut t = table();
+    for n in 0..5 {
+        let k = client_key(&format!("x{n}"), &Method::Other("OPTIONS".to_owned()));
+        t.start_client(0, k, Transport::Reliable, m("OPTIONS"))
+            .unwrap();
+    }
+    drain(&mut t);
+    t.handle_timeout_at_most(Millis::MAX, 2);
+    assert_eq!(t.len(), 3, "two timed out, earliest first");
+    assert!(t.poll_timeout().is_some_and(|at| at < Millis::MAX));
+    t.handle_timeout_at_most(Millis::MAX, 10);
+    assert!(t.is_empty());
+}
