@@ -65,6 +65,10 @@ struct Leg {
     /// The device registered while the call was in progress: it is awake for this call,
     /// and if the INVITE it was sent then never reached it, it is owed a notice.
     woke: bool,
+    /// The device answered an INVITE of this call (a provisional at least): should its flow
+    /// die, its app may live on and come back on a new one, still holding the call. It is
+    /// not given up for a failed push, and is owed the end of the call when it registers.
+    held: bool,
     /// The device registered again while an ended call's INVITE was in progress on it: the
     /// reroute of this branch waits until that is over.
     reroute_due: bool,
@@ -374,6 +378,7 @@ impl Core {
         match leg.state {
             LegState::Forwarded | LegState::Cancelling | LegState::Telling => {
                 leg.heard = true;
+                leg.held = true;
                 leg.rang |= rang;
                 if rang && live && leg.state == LegState::Forwarded {
                     out.push(Effect::RelayProvisional { call, device });
@@ -381,6 +386,7 @@ impl Core {
             }
             LegState::Dropped | LegState::NoticeDue => {
                 leg.heard = true;
+                leg.held = true;
                 leg.rang |= rang;
                 leg.state = LegState::Cancelling;
                 out.push(Effect::CancelBranch { call, device });
@@ -499,6 +505,7 @@ impl Core {
                 heard: false,
                 rang: false,
                 woke: false,
+                held: false,
                 reroute_due: false,
                 state,
             });
@@ -583,6 +590,7 @@ impl Core {
                         heard: false,
                         rang: false,
                         woke: false,
+                        held: false,
                         reroute_due: false,
                         state: LegState::Done(Outcome::Unavailable),
                     });
@@ -598,9 +606,10 @@ impl Core {
                         }
                     }
                     LegState::Parked | LegState::Done(Outcome::Unavailable) => {}
-                    // Forwarded, and not heard from: it may have slept through the INVITE
-                    // and come back on a new flow.
-                    LegState::Forwarded if !leg.heard && fault != Some(Fault::NoReroute) => {
+                    // Forwarded: it may have slept through the INVITE, or lost it with an app
+                    // started afresh, and come back on a new flow. The same INVITE goes
+                    // there; a device that holds it absorbs it.
+                    LegState::Forwarded if fault != Some(Fault::NoReroute) => {
                         if held {
                             // An ended call's INVITE rings on the device: the reroute waits.
                             leg.reroute_due = true;
@@ -631,10 +640,11 @@ impl Core {
                     }
                     // It holds the INVITE and is being told the call is over: the CANCEL
                     // follows it to its new flow (an app started afresh answers it 481 and
-                    // gets the notice).
-                    LegState::Cancelling | LegState::Telling if leg.heard => {
+                    // gets the notice). A notice it has not answered yet goes there too.
+                    LegState::Cancelling if leg.heard => {
                         return out.push(Effect::Reroute { call, device });
                     }
+                    LegState::Telling => return out.push(Effect::Reroute { call, device }),
                     _ => {}
                 }
                 if leg.state != LegState::Abandoned {
@@ -688,9 +698,7 @@ impl Core {
                     out.push(Effect::Forward { call, device });
                 } else if leg.state == LegState::Forwarded && leg.reroute_due {
                     leg.reroute_due = false;
-                    if !leg.heard {
-                        out.push(Effect::Reroute { call, device });
-                    }
+                    out.push(Effect::Reroute { call, device });
                 }
             }
         }
@@ -792,7 +800,13 @@ impl Core {
                     });
                     return;
                 }
+                if leg.held {
+                    // The push was a fallback for a flow that died under an INVITE the
+                    // device held: its app may still come back on its own.
+                    return;
+                }
             }
+            LegState::Abandoned if leg.held => return,
             LegState::Abandoned => {}
             // The device registered on its own meanwhile, or was forwarded the call at once
             // as probably awake: the push no longer matters, unless that INVITE turns out
@@ -913,9 +927,10 @@ impl Core {
                     leg.push = PushState::Outstanding;
                     out.push(Effect::Push { call, device });
                     LegState::Parked
-                } else if leg.pushes > 0 && leg.push != PushState::Failed {
+                } else if (leg.pushes > 0 && leg.push != PushState::Failed) || leg.held {
                     // A pushed device is parked again: the push (on its way, or delivered
-                    // while the INVITE was lost) may bring it back to register.
+                    // while the INVITE was lost) may bring it back to register; so is one
+                    // that held the INVITE (its app may ring on, on a new flow).
                     LegState::Parked
                 } else {
                     LegState::Done(Outcome::Unavailable)
@@ -924,8 +939,9 @@ impl Core {
             }
             LegState::Cancelling | LegState::Dropped => {
                 // Ended before it arrived: if a push for this call woke the device, it is
-                // told when it registers, as if the call had ended while it slept.
-                let woken = leg.pushes > 0 && leg.push != PushState::Failed;
+                // told when it registers, as if the call had ended while it slept; so is a
+                // device that held the INVITE (its app may ring on, on a new flow).
+                let woken = (leg.pushes > 0 && leg.push != PushState::Failed) || leg.held;
                 leg.reroute_due = false;
                 leg.state = if leg.woke {
                     // It registered during the call: it is owed its notice now.
@@ -953,6 +969,18 @@ impl Core {
                     self.linger(now, call, out);
                 }
                 self.settle_ended(call, out);
+                // Its other notices would not arrive either: they wait for its next
+                // REGISTER, inside their own notice window.
+                for other in self.calls_of(aor) {
+                    let Some(c) = self.calls.get_mut(&other) else {
+                        continue;
+                    };
+                    let Some(leg) = c.leg(device).filter(|l| l.state == LegState::NoticeDue) else {
+                        continue;
+                    };
+                    leg.state = LegState::Abandoned;
+                    self.linger(now, other, out);
+                }
             }
             _ => return,
         }

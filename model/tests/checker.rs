@@ -128,7 +128,7 @@ const PINNED: [(&str, usize, &[&str]); 13] = [
     ),
     (
         "2x1",
-        33_711,
+        34_527,
         &[
             OTHER_DEVICE,
             SPECIAL[0],
@@ -140,7 +140,7 @@ const PINNED: [(&str, usize, &[&str]); 13] = [
     ),
     (
         "2x2",
-        901_562,
+        934_346,
         &[
             "push_retried_after_transient_failure",
             SPECIAL[0],
@@ -152,7 +152,7 @@ const PINNED: [(&str, usize, &[&str]); 13] = [
     ),
     (
         "3x1",
-        945_824,
+        987_016,
         &[
             OTHER_DEVICE,
             SPECIAL[0],
@@ -177,7 +177,7 @@ const PINNED: [(&str, usize, &[&str]); 13] = [
     ),
     (
         "2x2-no-cancel",
-        496_522,
+        509_725,
         &[
             "cancel_races_register",
             "push_retried_after_transient_failure",
@@ -190,7 +190,7 @@ const PINNED: [(&str, usize, &[&str]); 13] = [
     ),
     (
         "1x2-flow",
-        43_515,
+        43_607,
         &[SECOND_CALL, SPECIAL[0], SPECIAL[2], SPECIAL[3], SPECIAL[4]],
     ),
     (
@@ -200,7 +200,7 @@ const PINNED: [(&str, usize, &[&str]); 13] = [
     ),
     (
         "2x1-flight",
-        35_881,
+        36_001,
         &[OTHER_DEVICE, SPECIAL[0], SPECIAL[1], SPECIAL[2], SPECIAL[4]],
     ),
     (
@@ -208,10 +208,10 @@ const PINNED: [(&str, usize, &[&str]); 13] = [
         21_162,
         &[SECOND_CALL, SPECIAL[0], SPECIAL[1], SPECIAL[2], SPECIAL[3]],
     ),
-    ("2x1-udp", 98_034, &[OTHER_DEVICE, SPECIAL[3], SPECIAL[4]]),
+    ("2x1-udp", 98_844, &[OTHER_DEVICE, SPECIAL[3], SPECIAL[4]]),
     (
         "2x1-udp-waiting",
-        100_350,
+        100_986,
         &[OTHER_DEVICE, SPECIAL[3], SPECIAL[4]],
     ),
 ];

@@ -840,11 +840,14 @@ fn repeated_registration_does_not_forward_the_call_twice() {
         device: D1,
     });
     d.clock_to(3_000);
-    assert_eq!(d.send(registered(U1, D1)), NOTHING);
+    // Ringing, it still gets the same INVITE over the latest flow: one that holds it absorbs
+    // it; an app started afresh there has lost it, and rings again.
+    assert_eq!(d.send(registered(U1, D1)), [reroute(C1, D1)]);
     assert_eq!(
         d.send(answered(C1, D1)),
         [respond(C1, 200, Some(D1)), disarm(Timer::Deadline(C1))]
     );
+    assert_eq!(d.send(registered(U1, D1)), NOTHING, "it has answered");
     d.assert_idle();
 }
 
@@ -1421,7 +1424,7 @@ fn cancelled_branch_whose_flow_dies_tells_a_device_pushed_for_the_call_when_it_r
 }
 
 #[test]
-fn cancelled_branch_whose_flow_dies_lets_the_call_go_when_no_push_can_have_woken_the_device() {
+fn cancelled_branch_whose_flow_dies_is_told_later_only_if_it_held_the_invite_or_was_woken() {
     let unreachable = Event::BranchUnreachable {
         call: C1,
         device: D1,
@@ -1431,12 +1434,24 @@ fn cancelled_branch_whose_flow_dies_lets_the_call_go_when_no_push_can_have_woken
         disarm(Timer::Deadline(C1)),
         cancel_branch(C1, D1),
     ];
-    // Never pushed.
+    // Never pushed, but it held the INVITE: its app may ring on and come back on a new flow,
+    // so it is told if it registers inside the notice window.
     let mut d = Driver::new();
     d.send(arrival(C1, U1, &[online(D1)]));
     d.send(trying(C1, D1));
     assert_eq!(d.send(Event::CallerCancelled { call: C1 }), cancelled);
-    assert_eq!(d.send(unreachable.clone()), NOTHING);
+    assert_eq!(
+        d.send(unreachable.clone()),
+        [arm(Timer::Linger(C1), 30_000)]
+    );
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::CallerCancelled),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
     d.assert_idle();
 
     // Pushed, but the push failed after the device had registered on its own: it is told
@@ -1927,4 +1942,102 @@ fn no_refresh_push_while_a_push_for_a_call_is_on_its_way_to_a_device_forwarded_t
         [refresh(D1)],
         "probably awake and forwarded the call; the push no longer on its way"
     );
+}
+
+// A device that held the INVITE when its flow died may still be ringing, its app alive on
+// a new flow: a fallback push that fails does not give it up, and it gets the call when it
+// comes back.
+#[test]
+fn device_that_held_the_invite_is_not_given_up_when_its_fallback_push_fails() {
+    let mut d = Driver::new();
+    assert_eq!(
+        d.send(arrival(C1, U1, &[online_pushable(D1)])),
+        [arm(Timer::Deadline(C1), 30_000), forward(C1, D1)]
+    );
+    assert_eq!(d.send(trying(C1, D1)), NOTHING);
+    let lost = Event::BranchUnreachable {
+        call: C1,
+        device: D1,
+    };
+    assert_eq!(d.send(lost), [push(C1, D1)]);
+    assert_eq!(
+        d.send(push_failed(C1, D1, true)),
+        [Effect::ForgetPushToken { device: D1 }]
+    );
+    assert_eq!(d.core.calls_in_progress(), 1, "it may come back on its own");
+    d.clock_to(2_000);
+    assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [respond(C1, 200, Some(D1)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+// A notice that never arrives says the device is gone again: its other notices are not
+// sent after it, but wait for its next REGISTER, inside their own notice windows.
+#[test]
+fn a_notice_that_never_arrives_holds_the_devices_other_notices_until_it_registers() {
+    let mut d = Driver::new();
+    for call in [C1, C2] {
+        d.send(arrival(call, U1, &[sleeping(D1)]));
+        d.send(push_accepted(call, D1));
+        d.send(Event::CallerCancelled { call });
+    }
+    let told_first = d.send(registered(U1, D1));
+    assert_eq!(
+        told_first
+            .iter()
+            .filter(|e| matches!(e, Effect::TellEnded { .. }))
+            .count(),
+        1,
+        "one notice at a time: {told_first:?}"
+    );
+    d.clock_to(5_000);
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        [
+            arm(Timer::Linger(C1), 35_000),
+            arm(Timer::Linger(C2), 35_000)
+        ]
+    );
+    d.clock_to(6_000);
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::CallerCancelled),
+            disarm(Timer::Linger(C1)),
+            disarm(Timer::Linger(C2))
+        ]
+    );
+    assert_eq!(
+        d.send(rejected(C1, D1, 487)),
+        [told(C2, D1, EndReason::CallerCancelled)]
+    );
+    assert_eq!(d.send(rejected(C2, D1, 487)), NOTHING);
+    d.assert_idle();
+}
+
+// A device registers again while its notice, unanswered, is on its way to its old flow (the
+// app was restarted on a new one): the notice follows it there.
+#[test]
+fn notice_unanswered_when_the_device_registers_again_follows_it_to_its_new_flow() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C1, D1));
+    d.send(Event::CallerCancelled { call: C1 });
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::CallerCancelled),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    assert_eq!(d.send(registered(U1, D1)), [reroute(C1, D1)]);
+    assert_eq!(d.send(trying(C1, D1)), NOTHING);
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
+    d.assert_idle();
 }

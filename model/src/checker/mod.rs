@@ -646,10 +646,13 @@ impl ParkModel {
                 }
                 Effect::Reroute { call, device } => {
                     let pair = (call, device);
-                    Self::check_line(s, pair);
+                    let notice = s.notices.contains(&pair);
+                    if !notice {
+                        Self::check_line(s, pair);
+                    }
                     if s.devices[device.0 as usize].awake && s.lost.remove(&pair) {
                         s.history.rerouted.insert(pair);
-                        self.deliver(s, pair, false, &mut trying);
+                        self.deliver(s, pair, notice, &mut trying);
                     }
                 }
                 Effect::CancelBranch { call, device } => {

@@ -262,9 +262,17 @@ impl Node {
             Inbound::Closed(id) => {
                 self.flows.remove(&id);
                 self.bindings.flow_closed(id);
-                // What was sent over it and is still waiting will never be answered.
+                // What was sent over it and is still waiting will never be answered there.
+                // A branch that has its final response keeps its transaction: the 2xx's
+                // retransmissions may still come over the device's next connection.
                 for key in self.branches.over(id) {
-                    let _ = self.transactions.transport_error(&key);
+                    let waiting = matches!(
+                        self.transactions.state(&key),
+                        Some(transaction::State::Calling | transaction::State::Proceeding)
+                    );
+                    if waiting {
+                        let _ = self.transactions.transport_error(&key);
+                    }
                 }
             }
         }

@@ -26,6 +26,9 @@ pub(crate) struct Bindings {
     aor_ids: Map<String, AorId>,
     /// The expiry each binding last got a refresh push for: one push per expiry.
     refreshed: Map<DeviceId, u64>,
+    /// Tokens forgotten as dead, by binding, until a snapshot of the store shows them gone:
+    /// a REGISTER's snapshot read before the store forgot one must not bring it back.
+    dead_tokens: Map<BindingId, String>,
 }
 
 impl Bindings {
@@ -96,10 +99,20 @@ impl Bindings {
         for id in &applied.removed {
             self.flows.remove(&device(*id));
         }
-        for b in &applied.bindings {
+        let mut bindings = applied.bindings.clone();
+        for b in &mut bindings {
             self.aor_of.insert(device(b.id), aor.to_owned());
+            let Some(dead) = self.dead_tokens.get(&b.id) else {
+                continue;
+            };
+            if b.push.as_ref().is_some_and(|p| p.prid == *dead) {
+                // Read before the store forgot it: still dead.
+                b.push = None;
+            } else {
+                self.dead_tokens.remove(&b.id);
+            }
         }
-        self.by_aor.insert(aor.to_owned(), applied.bindings.clone());
+        self.by_aor.insert(aor.to_owned(), bindings);
     }
 
     /// The push token of `id` is dead.
@@ -111,6 +124,7 @@ impl Bindings {
             .iter_mut()
             .find(|b| device(b.id) == id)?;
         let push = binding.push.take()?;
+        self.dead_tokens.insert(binding.id, push.prid.clone());
         Some((binding.id, push.prid))
     }
 
@@ -132,6 +146,8 @@ impl Bindings {
             self.flows.remove(id);
             self.refreshed.remove(id);
         }
+        self.dead_tokens
+            .retain(|id, _| !gone.iter().any(|(_, d)| *d == device(*id)));
         gone
     }
 
@@ -662,6 +678,43 @@ mod tests {
             node.handle_timeout(due);
         }
         std::iter::from_fn(|| node.poll_push()).collect()
+    }
+
+    #[test]
+    fn a_dead_token_stays_forgotten_when_a_snapshot_read_before_the_store_forgot_it_comes_back() {
+        let mut bindings = Bindings::new(vec![binding(1, Some("fcm"), 100)]);
+        let snapshot = |push: Option<&str>| crate::store::Applied {
+            bindings: vec![binding(1, push, 100)],
+            removed: Vec::new(),
+        };
+        let token = |b: &Bindings| {
+            b.by_aor[BOB][0]
+                .push
+                .as_ref()
+                .map(|p| (p.provider.clone(), p.prid.clone()))
+        };
+        assert_eq!(
+            bindings.forget_push(DeviceId(1)),
+            Some((BindingId(1), "token1".to_owned()))
+        );
+        // Another device's REGISTER, read before the store forgot the token, commits.
+        bindings.replace(BOB, &snapshot(Some("fcm")));
+        assert_eq!(token(&bindings), None, "still dead");
+        // The store has caught up; later the app registers a fresh token.
+        bindings.replace(BOB, &snapshot(None));
+        let mut fresh = snapshot(Some("fcm"));
+        fresh.bindings[0].push.as_mut().expect("a token").prid = "token-new".to_owned();
+        bindings.replace(BOB, &fresh);
+        assert_eq!(
+            token(&bindings),
+            Some(("fcm".to_owned(), "token-new".to_owned()))
+        );
+        // And the old one is no longer held against it.
+        bindings.replace(BOB, &snapshot(Some("fcm")));
+        assert_eq!(
+            token(&bindings),
+            Some(("fcm".to_owned(), "token1".to_owned()))
+        );
     }
 
     #[test]

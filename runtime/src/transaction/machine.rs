@@ -394,9 +394,22 @@ impl<M: Clone> Transaction<M> {
     /// Client: the request goes over another flow from now on (the device registered again
     /// on a new one). Sent there at once; its retransmissions follow it, and stop if the new
     /// transport is reliable (§17.1.1.2). A request that has had a response stays put.
-    pub(super) fn reroute(&mut self, transport: Transport, msg: M, ctx: &mut Ctx<'_, M>) {
+    pub(super) fn reroute(
+        &mut self,
+        now: Millis,
+        transport: Transport,
+        msg: M,
+        ctx: &mut Ctx<'_, M>,
+    ) {
         let waiting = matches!(self.state, State::Calling | State::Trying);
-        if self.kind == Kind::InviteServer || self.kind == Kind::NonInviteServer || !waiting {
+        // An INVITE that has had a provisional goes once more, and is not retransmitted: a
+        // device that holds it absorbs it, one that lost it (its app started afresh on the
+        // new flow) gets it.
+        let proceeding = self.kind == Kind::InviteClient && self.state == State::Proceeding;
+        if self.kind == Kind::InviteServer
+            || self.kind == Kind::NonInviteServer
+            || !(waiting || proceeding)
+        {
             return;
         }
         ctx.send(msg.clone());
@@ -405,6 +418,11 @@ impl<M: Clone> Transaction<M> {
         if transport == Transport::Reliable {
             self.timers.clear(Timer::A);
             self.timers.clear(Timer::E);
+        } else if self.kind == Kind::InviteClient && waiting {
+            // A device that just woke there gets the next copy soon, not after the
+            // interval its sleep had grown to (Timer B still counts from the start).
+            self.interval = ctx.config.t1;
+            self.timers.set(Timer::A, retransmit_at(now, self.interval));
         }
     }
 

@@ -444,15 +444,21 @@ impl<M: Clone> Transactions<M> {
     }
 
     /// A client transaction's request is sent over another flow from now on (see
-    /// `Transaction::reroute`): sent there at once, retransmitted there after.
-    pub fn reroute(&mut self, key: &Key, transport: Transport, msg: M) -> Result<(), Error> {
+    /// `Transaction::reroute`): sent there at once, retransmitted there after, from T1 again.
+    pub fn reroute(
+        &mut self,
+        now: Millis,
+        key: &Key,
+        transport: Transport,
+        msg: M,
+    ) -> Result<(), Error> {
         let tx = self.txs.get_mut(key).ok_or(Error::NoTransaction)?;
         let mut ctx = Ctx {
             config: &self.config,
             key,
             out: &mut self.out,
         };
-        tx.reroute(transport, msg, &mut ctx);
+        tx.reroute(now, transport, msg, &mut ctx);
         self.settle(key);
         Ok(())
     }

@@ -168,7 +168,9 @@ fn rerouted_invite_is_sent_at_once_and_retransmitted_over_the_new_flow_only() {
     drain(&mut t);
     t.handle_timeout(500);
     assert_eq!(drain(&mut t), vec![send(&k, "INVITE old")]);
-    t.reroute(&k, Transport::Unreliable, m("INVITE new"))
+    t.handle_timeout(1_500);
+    assert_eq!(drain(&mut t), vec![send(&k, "INVITE old")]);
+    t.reroute(2_000, &k, Transport::Unreliable, m("INVITE new"))
         .unwrap();
     assert_eq!(drain(&mut t), vec![send(&k, "INVITE new")], "sent at once");
     let ev = run(&mut t, Millis::MAX);
@@ -177,19 +179,24 @@ fn rerouted_invite_is_sent_at_once_and_retransmitted_over_the_new_flow_only() {
             .all(|(_, o)| !matches!(o, Output::Send { msg, .. } if msg.0 == "INVITE old")),
         "nothing more goes the old way: {ev:?}"
     );
-    assert_eq!(send_times(&ev), vec![1_500, 3_500, 7_500, 15_500, 31_500]);
+    assert_eq!(
+        send_times(&ev),
+        vec![2_500, 3_500, 5_500, 9_500, 17_500],
+        "from T1 again: the device just woke there"
+    );
     assert_eq!(tu_events(&ev), vec![(32_000, timeout(&k, Timer::B))]);
     assert!(t.is_empty());
 }
 
 #[test]
-fn invite_rerouted_onto_a_connection_is_not_retransmitted_and_one_answered_stays_put() {
+fn invite_rerouted_onto_a_connection_is_not_retransmitted_and_one_answered_is_sent_once_more() {
     let mut t = table();
     let k = client_key("a", &Method::Invite);
     t.start_client(0, k.clone(), Transport::Unreliable, m("INVITE udp"))
         .unwrap();
     drain(&mut t);
-    t.reroute(&k, Transport::Reliable, m("INVITE tcp")).unwrap();
+    t.reroute(0, &k, Transport::Reliable, m("INVITE tcp"))
+        .unwrap();
     assert_eq!(drain(&mut t), vec![send(&k, "INVITE tcp")]);
     let ev = run(&mut t, Millis::MAX);
     assert_eq!(send_times(&ev), Vec::<Millis>::new());
@@ -200,10 +207,27 @@ fn invite_rerouted_onto_a_connection_is_not_retransmitted_and_one_answered_stays
         .unwrap();
     t.handle_response(10, &k, 180, m("180")).unwrap();
     drain(&mut t);
-    t.reroute(&k, Transport::Unreliable, m("INVITE again"))
+    t.reroute(20, &k, Transport::Unreliable, m("INVITE again"))
         .unwrap();
-    assert_eq!(drain(&mut t), vec![], "the device holds it already");
-    t.handle_response(20, &k, 486, m("486")).unwrap();
+    assert_eq!(
+        drain(&mut t),
+        vec![send(&k, "INVITE again")],
+        "once more, for a device that lost it"
+    );
+    assert_eq!(
+        send_times(&run(&mut t, 15_000)),
+        Vec::<Millis>::new(),
+        "and not retransmitted"
+    );
+    t.handle_response(20_000, &k, 486, m("486")).unwrap();
+    let k = client_key("c", &Method::Invite);
+    t.start_client(0, k.clone(), Transport::Unreliable, m("INVITE"))
+        .unwrap();
+    t.handle_response(10, &k, 486, m("486")).unwrap();
+    drain(&mut t);
+    t.reroute(20, &k, Transport::Unreliable, m("INVITE again"))
+        .unwrap();
+    assert_eq!(drain(&mut t), vec![], "it has its answer: nothing to send");
     assert_no_leak(&mut t);
 }
 

@@ -110,11 +110,18 @@ fn no_call_outlives_its_deadline(world: &World) -> Result<(), String> {
         let Some(at) = arrived(world, &caller.call_id) else {
             continue;
         };
-        let rang = world
+        // Timer C runs from a branch's last provisional.
+        let last_ring = world
             .phones
             .iter()
-            .any(|p| p.seen.rang.iter().any(|(_, c)| *c == caller.call_id));
-        let limit = at + deadline + SLACK + if rang { RINGING_KEEPS } else { 0 };
+            .flat_map(|p| &p.seen.rang)
+            .filter(|(_, c)| *c == caller.call_id)
+            .map(|&(t, _)| t)
+            .max();
+        let limit = match last_ring {
+            Some(rang) => (at + deadline).max(rang) + RINGING_KEEPS + SLACK,
+            None => at + deadline + SLACK,
+        };
         match final_sent(world, &caller.call_id) {
             Some(sent) if sent <= limit => {}
             sent => {
@@ -217,6 +224,10 @@ fn live_call_never_refused_for_an_ended_call(world: &World) -> Result<(), String
             let Some(sent) = world.invite_sent(phone.index, refused) else {
                 continue;
             };
+            if final_sent(world, refused).is_some_and(|f| f <= sent) {
+                // Not a live call: the notice of one over.
+                continue;
+            }
             let holder_over = final_sent(world, holder).is_some_and(|f| f < sent);
             let in_call = phone.dialogs.contains_key(holder);
             if holder_over && !in_call {
@@ -277,7 +288,8 @@ fn awake_device_gets_the_call(world: &World) -> Result<(), String> {
 }
 
 /// Race 3: a TCP phone whose app dies with the INVITE ringing is pushed at once, if the
-/// call is still going, its token lives and no push for the call reached it before.
+/// call is still going, its token lives, no push for the call reached it before and its
+/// push attempts for the call are not used up.
 fn dead_flow_falls_back_to_push(world: &World) -> Result<(), String> {
     let deadline = ms(world.config.parking.park_timeout);
     for phone in world.phones.iter().filter(|p| p.spec.tcp) {
@@ -305,7 +317,16 @@ fn dead_flow_falls_back_to_push(world: &World) -> Result<(), String> {
                     && p.at < *died
                     && matches!(p.outcome, Outcome::Delivered | Outcome::Lost)
             });
+            // Its push attempts for the call are used up (each failed for now).
+            let attempts = world
+                .push
+                .sent
+                .iter()
+                .filter(|p| p.phone == Some(phone.index) && p.call_id == *call_id && p.at < *died)
+                .count();
+            let spent = attempts >= usize::from(world.config.parking.push_attempts);
             let pushed = pushed_before
+                || spent
                 || world.push.sent.iter().any(|p| {
                     p.phone == Some(phone.index) && p.call_id == *call_id && p.at >= *died
                 });

@@ -648,7 +648,8 @@ impl Node {
     /// latest REGISTER: a device that slept through it gets it now, one that has it absorbs
     /// the retransmission. Over the flow the branch already uses (a UDP device woken on
     /// the address it had), it is a retransmission sent at once. An INVITE that has had a
-    /// provisional is not sent again, but its CANCEL, if one is on its way, is.
+    /// provisional is sent once more (an app started afresh has lost it); one being
+    /// cancelled is not, but its CANCEL is.
     fn reroute(&mut self, call: CallId, device: DeviceId) {
         let Some((flow, contact)) = self.device_flow(device) else {
             return;
@@ -660,6 +661,9 @@ impl Node {
             return;
         };
         let key = branch.key.clone();
+        // A branch being cancelled that the device answered: only its CANCEL follows it,
+        // never the INVITE of a call that is over.
+        let cancelling = branch.cancel_sent;
         let bytes = self.branch_invite(ctx, &contact, &flow, &self.invite_branch(call, device));
         let Ok(invite) = parse_datagram_bytes(bytes.clone()) else {
             return;
@@ -668,10 +672,11 @@ impl Node {
             flow: flow.clone(),
             bytes,
         };
-        if self
-            .transactions
-            .reroute(&key, tx_transport(&flow), out)
-            .is_err()
+        if !cancelling
+            && self
+                .transactions
+                .reroute(self.now(), &key, tx_transport(&flow), out)
+                .is_err()
         {
             return;
         }
