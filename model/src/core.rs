@@ -387,7 +387,6 @@ impl Core {
             LegState::Dropped | LegState::NoticeDue => {
                 leg.heard = true;
                 leg.held = true;
-                leg.rang |= rang;
                 leg.state = LegState::Cancelling;
                 out.push(Effect::CancelBranch { call, device });
             }
@@ -638,13 +637,13 @@ impl Core {
                         leg.state = LegState::NoticeDue;
                         return;
                     }
-                    // It holds the INVITE and is being told the call is over: the CANCEL
-                    // follows it to its new flow (an app started afresh answers it 481 and
-                    // gets the notice). A notice it has not answered yet goes there too.
-                    LegState::Cancelling if leg.heard => {
+                    // It holds the INVITE (a branch is cancelled only once the device
+                    // answered it) and is being told the call is over: the CANCEL follows it to
+                    // its new flow (an app started afresh answers it 481 and gets the notice).
+                    // A notice it has not answered yet goes there too.
+                    LegState::Cancelling | LegState::Telling => {
                         return out.push(Effect::Reroute { call, device });
                     }
-                    LegState::Telling => return out.push(Effect::Reroute { call, device }),
                     _ => {}
                 }
                 if leg.state != LegState::Abandoned {

@@ -31,11 +31,13 @@
 //!   the guard is on a `Forwarded` leg, so it is always true (I1).
 //! - `replace match guard pending with true in Core::timer` (`PushRetry`): the guard is on a
 //!   `Backoff` leg, so it is always true (I2).
-//! - `replace == with != in Core::answered` and `... in Core::rejected` (`Done(Told)` swapped
-//!   with `Done(Answered)` or `Done(Rejected(code))` on a leg that was `Cancelling` or
-//!   `Telling`): the call has ended (I3), and the outcome of a `Done` leg is read only while a
-//!   call is pending (`best_response` from `settle`, the `Done(Unavailable)` match in
-//!   `registered_for`'s pending arm). Only `Core`'s derived `Eq`/`Hash` see the difference.
+//! - `delete match arm LegState::Telling | LegState::NoticeDue in Core::answered` and `... in
+//!   Core::rejected` (`Done(Told)` becomes `Done(Answered)` or `Done(Rejected(code))` on a
+//!   leg that was `Telling` or `NoticeDue`; measured again on the core of this session's
+//!   simulation fixes): those legs exist only in ended calls (I3, and `NoticeDue` likewise),
+//!   and the outcome of a `Done` leg is read only while a call is pending (`best_response`
+//!   from `settle`, the `Done(Unavailable)` match in `registered_for`'s pending arm). Only
+//!   `Core`'s derived `Eq`/`Hash` see the difference.
 //!
 //! tests/faults.rs is left out of the per-mutant run (`.cargo/mutants.toml`): a mutant that
 //! hides a fault, or merely slows the model, makes it deepen its search to depth 40 on every

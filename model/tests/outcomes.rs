@@ -2041,3 +2041,100 @@ fn notice_unanswered_when_the_device_registers_again_follows_it_to_its_new_flow(
     assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
     d.assert_idle();
 }
+
+// A device that held the INVITE, whose flow died and whose fallback push then failed after
+// the call had ended, is still owed the end of the call at its next REGISTER.
+#[test]
+fn held_device_whose_fallback_push_fails_after_the_call_is_still_told_when_it_registers() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[online_pushable(D1)]));
+    d.send(trying(C1, D1));
+    let lost = Event::BranchUnreachable {
+        call: C1,
+        device: D1,
+    };
+    assert_eq!(d.send(lost), [push(C1, D1)]);
+    assert_eq!(
+        d.send(Event::CallerCancelled { call: C1 }),
+        [
+            respond(C1, 487, None),
+            disarm(Timer::Deadline(C1)),
+            arm(Timer::Linger(C1), 30_000)
+        ]
+    );
+    assert_eq!(
+        d.send(push_failed(C1, D1, true)),
+        [Effect::ForgetPushToken { device: D1 }],
+        "it may still come back on its own"
+    );
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::CallerCancelled),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
+    d.assert_idle();
+}
+
+// An INVITE dropped at the end of its call whose device was never pushed, never answered and
+// never registered during the call: when Timer B says it never arrived, nobody is owed
+// anything, and the call leaves no trace.
+#[test]
+fn dropped_invite_of_a_device_never_pushed_nor_heard_leaves_nothing_behind() {
+    let mut d = Driver::new();
+    assert_eq!(
+        d.send(arrival(C1, U1, &[online(D1)])),
+        [arm(Timer::Deadline(C1), 30_000), forward(C1, D1)]
+    );
+    assert_eq!(
+        d.send(Event::CallerCancelled { call: C1 }),
+        [
+            respond(C1, 487, None),
+            disarm(Timer::Deadline(C1)),
+            Effect::DropBranch {
+                call: C1,
+                device: D1
+            }
+        ]
+    );
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        NOTHING
+    );
+    d.assert_idle();
+}
+
+// A device never pushed that registered during the call (so it is told at once when the call
+// ends before it answered) but whose notice never arrives: no push woke it for this call, so
+// nothing more is owed.
+#[test]
+fn failed_notice_to_a_device_never_pushed_owes_nothing_more() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[online(D1)]));
+    assert_eq!(d.send(registered(U1, D1)), [reroute(C1, D1)]);
+    assert_eq!(
+        d.send(Event::CallerCancelled { call: C1 }),
+        [
+            respond(C1, 487, None),
+            disarm(Timer::Deadline(C1)),
+            Effect::DropBranch {
+                call: C1,
+                device: D1
+            },
+            told(C1, D1, EndReason::CallerCancelled)
+        ]
+    );
+    assert_eq!(
+        d.send(Event::BranchUnreachable {
+            call: C1,
+            device: D1
+        }),
+        NOTHING
+    );
+    d.assert_idle();
+}
