@@ -140,6 +140,9 @@ pub struct Sip {
     pub t4: Duration,
     /// The largest message accepted, in bytes; larger ones get 513.
     pub max_message_size: usize,
+    /// Networks an in-dialog request may be sent to by address although they are loopback,
+    /// link-local or private. Those of the listeners' own addresses always are.
+    pub allowed_targets: Vec<ipnet::IpNet>,
 }
 
 /// Push providers, and which provider serves each RFC 8599 `pn-provider` value.
@@ -297,6 +300,7 @@ impl Default for Sip {
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
             max_message_size: 65_535,
+            allowed_targets: Vec::new(),
         }
     }
 }

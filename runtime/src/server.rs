@@ -70,8 +70,10 @@ impl Server {
             None => None,
         };
         let unix_time = unix_now();
-        let store = Store::open(&config.store.path, &StoreOptions::default())?;
+        let mut store = Store::open(&config.store.path, &StoreOptions::default())?;
         let bindings = store.expiring_between(unix_time + 1, i64::MAX as u64)?;
+        // Kept in the store: the route tokens of dialogs up across a restart still verify.
+        let secret = Secret::from_bytes(&store.secret("node")?).unwrap_or_else(Secret::generate);
         let (done_tx, store_done) = mpsc::unbounded_channel();
         let writer = Writer::start(store, move |done| {
             let _ = done_tx.send(done);
@@ -93,7 +95,7 @@ impl Server {
                 listeners: addrs.clone(),
                 bindings,
                 users,
-                secret: Secret::generate(),
+                secret,
                 unix_time,
                 metrics: Arc::clone(&metrics),
             },

@@ -44,6 +44,15 @@ impl Secret {
         (key.len() >= 16).then(|| Secret(key.to_vec()))
     }
 
+    /// A key for another use, derived from this one with `label` (HMAC-SHA256): keys for
+    /// different purposes never coincide, and none reveals the secret.
+    pub(crate) fn derive(&self, label: &[u8]) -> Vec<u8> {
+        let mut mac = HmacSha256::new_from_slice(&self.0)
+            .unwrap_or_else(|_| <HmacSha256 as Mac>::new(&Default::default()));
+        mac.update(label);
+        mac.finalize().into_bytes().to_vec()
+    }
+
     fn mac(&self, ts: &[u8; TS_LEN], id: &[u8; ID_LEN], realm: &str) -> HmacSha256 {
         // HMAC accepts keys of any length, so `new_from_slice` cannot fail here; the
         // fallback keeps the code panic-free regardless.

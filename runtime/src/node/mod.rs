@@ -143,7 +143,9 @@ pub struct NodeOptions {
     pub bindings: Vec<crate::store::Binding>,
     /// The users file, when digest authentication is on.
     pub users: Option<UserDb>,
-    /// The key of the digest nonces.
+    /// The node's key: of the digest nonces, of the route tokens in our Record-Routes and of
+    /// our stateless branches. Keep it across restarts (the store does), or the dialogs up
+    /// at a restart can no longer be routed.
     pub secret: Secret,
     /// The wall-clock time at `now`, in seconds since the Unix epoch: binding expiry is
     /// wall-clock time, so that it survives restarts.
@@ -170,6 +172,10 @@ pub struct Node {
     /// flows go when their connection closes.
     flows: Map<FlowId, (Flow, Instant)>,
     auth: Option<(DigestAuth, UserDb)>,
+    /// The keys of our route tokens and stateless branches.
+    route_key: proxy::RouteKey,
+    /// Where a request may go by address.
+    targets: proxy::Targets,
     addrs: Vec<(Transport, SocketAddr)>,
     next_id: u64,
     metrics: Arc<Metrics>,
@@ -189,6 +195,8 @@ pub struct Node {
 impl Node {
     /// A node on `config`, started at `now`.
     pub fn new(config: Config, now: Instant, options: NodeOptions) -> Self {
+        let route_key = proxy::RouteKey::new(&options.secret);
+        let targets = proxy::Targets::new(&options.listeners, &config.sip.allowed_targets);
         let auth = options.users.map(|users| {
             let mut digest = DigestConfig::new(config.realm(), options.secret);
             digest.algorithms = config.digest_algorithms();
@@ -209,6 +217,8 @@ impl Node {
             dialogs: Dialogs::default(),
             flows: Map::default(),
             auth,
+            route_key,
+            targets,
             addrs: options.listeners,
             next_id: 1,
             metrics: options.metrics,

@@ -410,6 +410,26 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// The secret called `name`: 32 random bytes made the first time it is asked for, kept
+    /// since (two processes asking at once get the same one).
+    pub fn secret(&mut self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let mut fresh = vec![0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut fresh);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
+            params![name, fresh],
+        )?;
+        let value: Vec<u8> =
+            tx.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })?;
+        tx.commit()?;
+        Ok(value)
+    }
+
     /// The unexpired bindings (`expires_at > now`) of `aor`, ordered by id.
     pub fn bindings(&self, aor: &str, now: u64) -> Result<Vec<Binding>, StoreError> {
         bindings_of(&self.conn, aor, now)

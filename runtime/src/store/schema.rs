@@ -9,11 +9,12 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 /// Migrations in order: `(version, SQL)`. Versions start at 1 and have no gaps. Never edit a
 /// migration that has shipped; add the next one.
-pub(super) const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    // AUTOINCREMENT: a removed binding's id is never handed out again, so a device id that the
-    // call-parking core still remembers can never come to name a different phone.
-    "CREATE TABLE bindings (
+pub(super) const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        // AUTOINCREMENT: a removed binding's id is never handed out again, so a device id that the
+        // call-parking core still remembers can never come to name a different phone.
+        "CREATE TABLE bindings (
         id          INTEGER PRIMARY KEY AUTOINCREMENT,
         aor         TEXT NOT NULL,
         contact     TEXT NOT NULL,
@@ -40,7 +41,17 @@ pub(super) const MIGRATIONS: &[(u32, &str)] = &[(
         ON bindings (aor, instance, ifnull(reg_id, -1)) WHERE instance IS NOT NULL;
     CREATE UNIQUE INDEX bindings_one_per_push_token
         ON bindings (aor, pn_provider, pn_prid, ifnull(pn_param, '')) WHERE pn_prid IS NOT NULL;",
-)];
+    ),
+    (
+        2,
+        // The node's keys, made once: the route tokens in dialogs up at a restart must still
+        // verify after it.
+        "CREATE TABLE secrets (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL CHECK (length(value) >= 32)
+    ) STRICT;",
+    ),
+];
 
 /// The schema version this build writes.
 pub(super) fn latest() -> u32 {

@@ -503,7 +503,7 @@ fn migrations_run_once() {
         assert_eq!(store.schema_version().expect("version"), schema::latest());
         versions(&store)
     };
-    assert_eq!(first.iter().map(|v| v.0).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(first.iter().map(|v| v.0).collect::<Vec<_>>(), vec![1, 2]);
     std::thread::sleep(Duration::from_millis(1100)); // a rerun would stamp a later applied_at
     let store = Store::open(&path, &StoreOptions::default()).expect("reopen");
     assert_eq!(versions(&store), first);
@@ -530,7 +530,7 @@ fn newer_schema_is_refused_naming_the_path() {
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
@@ -634,4 +634,20 @@ fn contacts_of_one_register_matching_the_same_binding_are_not_out_of_order() {
     assert_eq!(applied.bindings.len(), 1);
     assert_eq!(applied.bindings[0].id, first.id);
     assert!(applied.bindings[0].contact.contains("@h3;"));
+}
+
+#[test]
+fn a_secret_is_made_once_and_kept_across_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.sqlite");
+    let first = {
+        let mut store = Store::open(&path, &StoreOptions::default()).expect("open");
+        let first = store.secret("node").expect("a secret");
+        assert_eq!(first.len(), 32);
+        assert_eq!(store.secret("node").expect("the same"), first);
+        assert_ne!(store.secret("other").expect("another"), first);
+        first
+    };
+    let mut store = Store::open(&path, &StoreOptions::default()).expect("reopen");
+    assert_eq!(store.secret("node").expect("kept"), first);
 }

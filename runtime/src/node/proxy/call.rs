@@ -545,7 +545,9 @@ impl Node {
     fn branch_invite(&self, ctx: &CallContext, contact: &str, flow: &Flow, branch: &str) -> Bytes {
         let local = format_addr(flow.local);
         let via = format!("SIP/2.0/{} {local};branch={branch}", flow.transport);
-        let record_route = format!("<sip:pp-{}-{}@{local};lr>", ctx.flow.id.0, flow.id.0);
+        let call_id = raw(&ctx.invite, HeaderName::CallId).unwrap_or_default();
+        let token = self.route_key.token(ctx.flow.id, flow.id, call_id);
+        let record_route = format!("<sip:{token}@{local};lr>");
         let max_forwards = ctx
             .invite
             .max_forwards_or_default()

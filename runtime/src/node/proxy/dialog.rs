@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pushpark_model::DeviceId;
+use tracing::warn;
 
 use super::super::Node;
 use super::*;
 use crate::config::Transport;
-use crate::sip::{parse_datagram_bytes, HeaderName, Message, SipUri, Uri};
-use crate::transport::{Flow, FlowId};
+use crate::sip::{parse_datagram_bytes, HeaderName, Message, SipUri, Uri, Via};
+use crate::transport::Flow;
 use crate::Map;
 
 /// Dialogs record-routed through us, by Call-ID, with the device in them: a device in a
@@ -95,26 +96,39 @@ impl Node {
     }
 
     /// Forwards a request inside a dialog we record-routed: over the other side's flow
-    /// when the flow token names one, else to its next hop's address.
+    /// when the flow token names one, else to its next hop's address if that may be sent
+    /// to ([`Targets`](super::Targets)). A token that is not ours for this dialog gets 403.
     pub(super) fn route_in_dialog(&mut self, arrived: &Flow, request: Message) {
-        let Some(Ok(route)) = request.routes().next() else {
-            return;
+        let is_ack = request.method().is_some_and(|m| m.as_str() == "ACK");
+        let refuse = |node: &mut Node, reason: &str| {
+            warn!(
+                "{arrived}: {} refused: {reason}",
+                request.method().map_or("request", |m| m.as_str())
+            );
+            if !is_ack {
+                node.respond_stateless(arrived, &request, 403, reason);
+            }
         };
-        let Uri::Sip(route_uri) = &route.uri else {
-            return;
+        let token = match request.routes().next() {
+            Some(Ok(route)) => route
+                .uri
+                .as_sip()
+                .and_then(|uri| uri.user)
+                .unwrap_or_default()
+                .to_owned(),
+            _ => String::new(),
         };
-        let token = route_uri.user.unwrap_or_default();
-        let mut flows = token
-            .trim_start_matches("pp-")
-            .split('-')
-            .filter_map(|s| s.parse().ok());
-        let (a, b) = (flows.next().map(FlowId), flows.next().map(FlowId));
-        let other = if Some(arrived.id) == a { b } else { a };
-        let out_flow = other
-            .and_then(|id| self.flows.get(&id).map(|(flow, _)| flow.clone()))
+        let call_id = request.call_id().and_then(Result::ok).unwrap_or_default();
+        let Some((a, b)) = self.route_key.verify(&token, call_id) else {
+            return refuse(self, "Invalid route token");
+        };
+        let other = if arrived.id == a { b } else { a };
+        let out_flow = self
+            .flows
+            .get(&other)
+            .map(|(flow, _)| flow.clone())
             .filter(|f| self.is_open(f))
             .or_else(|| self.device_in_dialog_flow(arrived, &request));
-        let is_ack = request.method().is_some_and(|m| m.as_str() == "ACK");
         if request.method().is_some_and(|m| m.as_str() == "BYE") {
             if let Some(Ok(call_id)) = request.call_id() {
                 self.dialogs.close(call_id);
@@ -127,12 +141,18 @@ impl Node {
             }
             return;
         }
-        let incoming_branch = request
-            .top_via()
-            .and_then(Result::ok)
-            .and_then(|v| v.branch().map(str::to_owned))
-            .unwrap_or_default();
-        let branch = format!("{STATELESS}{:x}", fnv(&incoming_branch));
+        let Some(Ok(top)) = request.top_via() else {
+            return;
+        };
+        let Some(back_to) = reply_target(&top) else {
+            return;
+        };
+        let branch = self.route_key.branch(
+            STATELESS,
+            top.branch().unwrap_or_default(),
+            top.transport,
+            back_to,
+        );
         let next_target = match request.routes().nth(1) {
             Some(Ok(next)) => next.uri.as_sip().and_then(uri_target),
             _ => match request.request_uri() {
@@ -154,6 +174,9 @@ impl Node {
             }
             return;
         };
+        if let Some((_, addr)) = direct.filter(|&(_, addr)| !self.targets.allow(addr)) {
+            return refuse(self, &format!("Forbidden target {addr}"));
+        }
         let transport = direct.map_or(flow.transport, |(t, _)| t);
         let via = format!(
             "SIP/2.0/{transport} {};branch={branch}",
@@ -173,18 +196,26 @@ impl Node {
     }
 
     /// A response to a request we forwarded without a transaction: our Via off, and on to
-    /// the next Via's address (RFC 3261 §18.2.2: `received` and `rport` first).
-    pub(super) fn forward_response_statelessly(&mut self, response: Message) {
-        let Some(Ok(next)) = response.vias().nth(1) else {
+    /// the next Via's address (RFC 3261 §18.2.2: `received` and `rport` first), if our
+    /// branch says we forwarded a request from there.
+    pub(super) fn forward_response_statelessly(&mut self, flow: &Flow, response: Message) {
+        let mut vias = response.vias();
+        let (Some(Ok(ours)), Some(Ok(next))) = (vias.next(), vias.next()) else {
             return;
         };
-        let ip = next.received().or_else(|| next.host.ip());
-        let port = match next.rport() {
-            Some(Some(port)) => port,
-            _ => next.port.unwrap_or(5060),
+        let Some(addr) = reply_target(&next) else {
+            return;
         };
-        let Some(ip) = ip else { return };
-        let addr = SocketAddr::new(ip, port);
+        let ours = self.route_key.verify_branch(
+            ours.branch().unwrap_or_default(),
+            STATELESS,
+            next.branch().unwrap_or_default(),
+            next.transport,
+            addr,
+        );
+        if !ours {
+            return warn!("{flow}: a response with a forged branch of ours dropped");
+        }
         let bytes: Bytes = response.forward().pop_via().to_bytes().into();
         if !next.transport.eq_ignore_ascii_case("TCP") {
             return self.send_to(Transport::Udp, addr, bytes);
@@ -201,6 +232,17 @@ impl Node {
             None => self.send_to(Transport::Tcp, addr, bytes),
         }
     }
+}
+
+/// Where the response to a request with this Via goes (RFC 3261 §18.2.2, RFC 3581): its
+/// `received` address, else its host, at its `rport`, else its port.
+fn reply_target(via: &Via<'_>) -> Option<SocketAddr> {
+    let ip = via.received().or_else(|| via.host.ip())?;
+    let port = match via.rport() {
+        Some(Some(port)) => port,
+        _ => via.port.unwrap_or(5060),
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// RFC 3261 §18.2.1 and RFC 3581: the top Via records the address the request really came

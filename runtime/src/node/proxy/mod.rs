@@ -5,18 +5,23 @@
 //! Dialogs are record-routed with a flow token (RFC 5626 §5.3.1 in spirit): the
 //! Record-Route user part names the caller's flow and the device's flow, so a BYE from
 //! either side goes back over the other side's flow even when the device sits behind NAT.
+//! The token is MACed over those flows and the dialog's Call-ID ([`route`]): a forged one,
+//! or one from another dialog, gets 403, and the proxy sends nothing anywhere for it.
 //!
 //! | module | what lives there |
 //! |---|---|
 //! | this one | dispatch: a request or response from a peer to the code that handles it |
 //! | [`call`] | calls and their branches: INVITE, CANCEL, branch responses, the core's effects as SIP |
 //! | [`dialog`] | in-dialog requests routed by our flow token, stateless responses, dialogs through us |
+//! | [`route`] | the MACs of route tokens and stateless branches, and where requests may not go |
 
 mod call;
 mod dialog;
+mod route;
 
 pub(crate) use self::call::{Branches, Calls};
 pub(crate) use self::dialog::Dialogs;
+pub(crate) use self::route::{RouteKey, Targets};
 
 use std::net::SocketAddr;
 
@@ -254,7 +259,7 @@ impl Node {
         };
         let branch = via.branch().unwrap_or_default().to_owned();
         if branch.starts_with(STATELESS) {
-            return self.forward_response_statelessly(response);
+            return self.forward_response_statelessly(&flow, response);
         }
         let Some(Ok(cseq)) = response.cseq() else {
             return;
