@@ -1,5 +1,5 @@
 //! What may steer where the proxy sends a request or a response, and the MACs that make it
-//! unforgeable (RFC 5626 §5.2 in spirit).
+//! unforgeable (RFC 5626 §5.2 in spirit; keyed SipHash-2-4, 80 bits kept).
 //!
 //! - A **route token**, the user part of our Record-Route, names the two flows of a dialog
 //!   (`pp-<caller flow>-<device flow>-<mac>`), MACed with the node's key over those flows and
@@ -14,18 +14,16 @@
 //!   broadcast address, nor, unless a listener is there itself or the operator allows it, to
 //!   loopback, link-local or private networks.
 
+use std::hash::Hasher;
 use std::net::{IpAddr, SocketAddr};
 
-use hmac::{Hmac, Mac};
 use ipnet::IpNet;
-use sha2::Sha256;
+use siphasher::sip128::{Hasher128, SipHasher24};
 use subtle::ConstantTimeEq;
 
 use crate::auth::Secret;
 use crate::config::Transport;
 use crate::transport::FlowId;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// The prefix of route tokens.
 const TOKEN: &str = "pp-";
@@ -34,29 +32,30 @@ const MAC_HEX: usize = 20;
 
 /// The keys of the route tokens and of the stateless branches.
 pub(crate) struct RouteKey {
-    key: Vec<u8>,
+    /// 128 bits, derived from the node's secret.
+    key: [u8; 16],
 }
 
 impl RouteKey {
     /// Keys derived from the node's secret, apart from the nonces'.
     pub(crate) fn new(secret: &Secret) -> Self {
-        Self {
-            key: secret.derive(b"pushpark route tokens"),
-        }
+        let derived = secret.derive(b"pushpark route tokens");
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&derived[..16]);
+        Self { key }
     }
 
+    /// SipHash-2-4 with a 128-bit output, keyed: a PRF made to authenticate short inputs,
+    /// a few hundred instructions where HMAC-SHA256 takes ten thousand on the INVITE's path.
+    /// 80 bits of it are kept (RFC 5626 §5.2 keeps 80 of HMAC-SHA1).
     fn mac(&self, parts: &[&[u8]]) -> String {
-        // HMAC accepts keys of any length: `new_from_slice` cannot fail.
-        let mut mac = HmacSha256::new_from_slice(&self.key)
-            .unwrap_or_else(|_| <HmacSha256 as Mac>::new(&Default::default()));
+        let mut mac = SipHasher24::new_with_key(&self.key);
         for part in parts {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part);
+            mac.write(&(part.len() as u64).to_be_bytes());
+            mac.write(part);
         }
-        let tag = mac.finalize().into_bytes();
-        let mut hex = hex::encode(tag);
-        hex.truncate(MAC_HEX);
-        hex
+        let tag = mac.finish128().as_bytes();
+        hex::encode(&tag[..MAC_HEX / 2])
     }
 
     /// The route token of a dialog between `caller` and `device` flows, for `call_id`.
