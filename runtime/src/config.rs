@@ -504,7 +504,7 @@ impl Config {
                 .iter()
                 .filter_map(|n| crate::auth::Algorithm::from_name(n.get_ref()))
                 .collect(),
-            None => crate::auth::Algorithm::PREFERENCE.to_vec(),
+            None => crate::auth::Algorithm::DEFAULT.to_vec(),
         }
     }
 

@@ -47,6 +47,10 @@ enum Command {
         /// The users file (the one `auth.users_file` names).
         #[arg(long)]
         file: PathBuf,
+        /// The server's configuration, whose realm users are added in (embedded defaults
+        /// without it).
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         action: UserAction,
     },
@@ -57,9 +61,10 @@ enum UserAction {
     /// Add a user, or replace their password; reads the password from standard input.
     Add {
         username: String,
-        /// The digest realm (the first of the server's domains by default).
-        #[arg(long, default_value = "localhost")]
-        realm: String,
+        /// The digest realm: the server's (`auth.realm`, else its first domain) by default;
+        /// any other is refused, since the server would never challenge with it.
+        #[arg(long)]
+        realm: Option<String>,
     },
     /// Remove a user from every realm.
     Remove { username: String },
@@ -102,8 +107,26 @@ fn run(command: Command) -> Result<(), Failure> {
             let config = Config::load(&file)?;
             writeln!(out, "{}: ok\n{config:#?}", file.display())?;
         }
-        Command::User { file, action } => match action {
+        Command::User {
+            file,
+            config,
+            action,
+        } => match action {
             UserAction::Add { username, realm } => {
+                let config = match config {
+                    Some(path) => Config::load(&path)?,
+                    None => Config::default(),
+                };
+                let served = config.realm().to_owned();
+                let realm = match realm {
+                    Some(realm) if realm != served => {
+                        return Err(Failure::Usage(format!(
+                            "the server challenges in realm {served:?} (auth.realm, else its \
+                             first domain), never in {realm:?}: its users would be refused"
+                        )))
+                    }
+                    _ => served,
+                };
                 let mut password = String::new();
                 io::stdin().read_line(&mut password)?;
                 let password = password.trim_end_matches(['\r', '\n']);

@@ -255,3 +255,25 @@ async fn a_second_call_reaches_a_phone_that_is_in_a_call_without_waiting_for_a_p
     hang_up(&h, &mut alice, &bob, &first, id).await;
     h.stop().await;
 }
+
+/// The default challenges are ones real clients answer: baresip 1.0.0 answers only the first
+/// challenge and knows only MD5, and its INVITE must get past the 407 of the default
+/// configuration. bob is a user without a phone: past the challenge, the call gets 480.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_caller_authenticates_against_the_default_challenges() {
+    let h = Harness::start_with_users(&[("alice", "secret"), ("bob", "other")]).await;
+    let alice = Baresip::start_authenticated(&h, "alice", "secret").await;
+    let mut alice = alice;
+    let call = alice.dial(BOB).await;
+    let answer = alice
+        .wait_for_response(&call, |c| c >= 200 && c != 401 && c != 407, STEP)
+        .await;
+    let responses = alice.responses(&call, "INVITE");
+    assert_eq!(
+        answer,
+        Some(480),
+        "baresip should authenticate and get bob's 480; it got {responses:?} (logs kept)"
+    );
+    assert!(responses.contains(&407), "challenged first: {responses:?}");
+    h.stop().await;
+}

@@ -17,9 +17,16 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    /// Every supported algorithm, most preferred first (the order challenges are sent in,
-    /// RFC 8760 §2.4).
-    pub const PREFERENCE: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Md5];
+    /// Every supported algorithm, strongest first: the order challenges go in when both
+    /// are configured (RFC 8760 §2.4).
+    pub const ALL: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Md5];
+
+    /// What challenges offer by default: MD5 alone. Real clients answer only the first
+    /// challenge (SIPp 3.6.1), or give up on a 407 that offers any algorithm they do not
+    /// know (baresip 1.0.0: "Function not implemented"), and both know only MD5. SHA-256 is
+    /// there for fleets that all do it (`[auth] algorithms`). What protects a digest
+    /// exchange is TLS and a strong password, not the choice between the two hashes.
+    pub const DEFAULT: [Algorithm; 1] = [Algorithm::Md5];
 
     /// The token used in the `algorithm` parameter.
     pub fn name(self) -> &'static str {

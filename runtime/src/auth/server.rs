@@ -48,7 +48,7 @@ impl DigestConfig {
             opaque: None,
             max_tracked_nonces: 65_536,
             allow_rfc2069: true,
-            algorithms: Algorithm::PREFERENCE.to_vec(),
+            algorithms: Algorithm::DEFAULT.to_vec(),
         }
     }
 }

@@ -67,8 +67,11 @@ const REALM: &str = "pushpark.example";
 const T0: u64 = 1_700_000_000;
 const URI: &str = "sip:pushpark.example";
 
+/// Digest with both algorithms offered, SHA-256 first (the defaults offer MD5 alone).
 fn auth() -> DigestAuth {
-    DigestAuth::new(DigestConfig::new(REALM, Secret::generate()))
+    let mut config = DigestConfig::new(REALM, Secret::generate());
+    config.algorithms = Algorithm::ALL.to_vec();
+    DigestAuth::new(config)
 }
 
 fn stored_ha1(alg: Algorithm, pass: &str) -> String {
@@ -702,6 +705,11 @@ fn challenges_offer_sha256_then_md5_with_one_fresh_verifiable_nonce() {
         ch[1],
         format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\", algorithm=MD5, qop=\"auth\"")
     );
+    // By default MD5 alone: real clients fail on any other (Algorithm::DEFAULT).
+    let default = DigestAuth::new(DigestConfig::new(REALM, Secret::generate()));
+    let only = default.challenges(T0, false);
+    assert_eq!(only.len(), 1);
+    assert!(only[0].contains("algorithm=MD5"), "{only:?}");
     assert_ne!(
         nonce,
         nonce_of(&a.challenges(T0, false)[0]),
@@ -878,7 +886,7 @@ fn documented_users_line_is_alice_with_password_secret() {
     let line = "alice example.com b1726872c344b6dc8365b774f8fd6412 \
         ed8925b20f9a77b8f8f8d5f8e4467fe32b866f7208ab9e4b20595e9821a0fdee";
     let db = UserDb::parse(line, Path::new("doc")).unwrap();
-    for alg in Algorithm::PREFERENCE {
+    for alg in Algorithm::ALL {
         assert_eq!(
             db.ha1("alice", "example.com", alg),
             Some(ha1(alg, "alice", "example.com", "secret").as_str())

@@ -33,6 +33,15 @@ impl Baresip {
     /// Starts baresip for `sip:{user}@localhost`, sending everything to the harness's
     /// server (outbound proxy over UDP), without registering.
     pub async fn start(h: &Harness, user: &str) -> Self {
+        Self::launch(h, user, None).await
+    }
+
+    /// As [`start`](Self::start), answering digest challenges with `password`.
+    pub async fn start_authenticated(h: &Harness, user: &str, password: &str) -> Self {
+        Self::launch(h, user, Some(password)).await
+    }
+
+    async fn launch(h: &Harness, user: &str, password: Option<&str>) -> Self {
         require("baresip", "baresip");
         require("stdbuf", "coreutils");
         let dir = h.client_dir(&format!("baresip-{user}"));
@@ -66,8 +75,9 @@ impl Baresip {
              ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n"
         );
         std::fs::write(config.join("config"), text).expect("write baresip's config");
+        let auth = password.map_or(String::new(), |p| format!(";auth_pass={p}"));
         let account = format!(
-            "\"{user}\" <sip:{user}@localhost>;regint=0;outbound=\"sip:{}\"\n",
+            "\"{user}\" <sip:{user}@localhost>{auth};regint=0;outbound=\"sip:{}\"\n",
             h.udp
         );
         std::fs::write(config.join("accounts"), account).expect("write baresip's accounts");

@@ -64,9 +64,23 @@ pub struct Harness {
 impl Harness {
     /// Starts the gateway and the server.
     pub async fn start() -> Self {
+        Self::start_with_users(&[]).await
+    }
+
+    /// Starts the gateway and the server with a users file holding `users` (name,
+    /// password), in the realm of the default configuration: digest authentication on.
+    pub async fn start_with_users(users: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
         let gateway = PushGateway::start().await.expect("the push gateway starts");
         let mut config = common::loopback_config(dir.path(), &[Listen::Udp, Listen::Tcp], false);
+        if !users.is_empty() {
+            let file = dir.path().join("users");
+            for (name, password) in users {
+                pushpark::auth::add_user(&file, name, config.realm(), password)
+                    .expect("a users file");
+            }
+            config.auth.users_file = Some(file);
+        }
         common::route_pushes_to(&mut config, gateway.url());
         let park_timeout = config.parking.park_timeout;
         let (server, udp) = common::start_udp(config).await;
