@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -83,6 +83,8 @@ struct Data {
     push_latency: BTreeMap<String, Histogram>,
     wakeup: Histogram,
     gauges: Gauges,
+    /// When the event loop last turned, and how long it may go without turning.
+    heartbeat: Option<(Instant, Duration)>,
 }
 
 impl Default for Data {
@@ -95,6 +97,7 @@ impl Default for Data {
             push_latency: BTreeMap::new(),
             wakeup: Histogram::new(WAKEUP_BUCKETS),
             gauges: Gauges::default(),
+            heartbeat: None,
         }
     }
 }
@@ -169,6 +172,28 @@ impl Metrics {
 
     pub fn set_gauges(&self, gauges: Gauges) {
         self.data().gauges = gauges;
+    }
+
+    /// The event loop turned at `now`; it turns again within `every` however idle (its
+    /// timer wakes it), unless it is stuck or gone.
+    pub fn turned(&self, now: Instant, every: Duration) {
+        self.data().heartbeat = Some((now, every));
+    }
+
+    /// `/health` at `now`: ok while the event loop turns; an error, with how long it has
+    /// not, once it missed its own timer twice over (stuck, or ended by a panic).
+    pub fn health(&self, now: Instant) -> Result<(), String> {
+        match self.data().heartbeat {
+            None => Err("the event loop has not started".to_owned()),
+            Some((at, every)) => {
+                let since = now.saturating_duration_since(at);
+                if since > every * 2 + Duration::from_secs(1) {
+                    Err(format!("the event loop has not turned for {since:.1?}"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
     }
 
     pub fn gauges(&self) -> Gauges {
@@ -310,7 +335,10 @@ pub async fn serve(
                     async move {
                         let (status, body) = match request.uri().path() {
                             "/metrics" => (StatusCode::OK, metrics.render()),
-                            "/health" => (StatusCode::OK, "ok\n".to_owned()),
+                            "/health" => match metrics.health(Instant::now()) {
+                                Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+                                Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                            },
                             _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
                         };
                         Response::builder()
@@ -329,4 +357,27 @@ pub async fn serve(
         }
     });
     Ok((local, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_follows_the_event_loop_turning() {
+        let metrics = Metrics::default();
+        let t0 = Instant::now();
+        assert!(metrics.health(t0).is_err(), "not started");
+        metrics.turned(t0, Duration::from_secs(30));
+        assert_eq!(metrics.health(t0 + Duration::from_secs(60)), Ok(()));
+        let stuck = metrics.health(t0 + Duration::from_secs(62));
+        assert!(
+            stuck.as_ref().is_err_and(|why| why.contains("not turned")),
+            "{stuck:?}"
+        );
+        // A loop due again soon is stuck sooner.
+        metrics.turned(t0, Duration::ZERO);
+        assert_eq!(metrics.health(t0 + Duration::from_millis(900)), Ok(()));
+        assert!(metrics.health(t0 + Duration::from_millis(1_100)).is_err());
+    }
 }

@@ -207,6 +207,10 @@ impl Shell {
             }
             self.carry_out();
             self.metrics.set_gauges(self.node.gauges());
+            // `/health` says ok while the loop keeps its own appointments.
+            let now = Instant::now();
+            let next = self.node.poll_timeout().saturating_duration_since(now);
+            self.metrics.turned(now, next);
         }
         // Let the store commit what it was given: bindings already answered are durable,
         // and the next start must find the file free.

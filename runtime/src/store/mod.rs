@@ -346,6 +346,12 @@ impl Store {
                 source,
             })?;
         }
+        // Push tokens and contacts are nobody else's business: a new database is readable by
+        // its owner only, and SQLite gives its WAL and shared-memory files the same mode.
+        create_private(&path).map_err(|source| StoreError::CreateDir {
+            path: path.clone(),
+            source,
+        })?;
         let open_err = |source| StoreError::Open {
             path: path.clone(),
             source,
@@ -692,6 +698,21 @@ fn apply_changes(
 }
 
 /// Runs a statement without parameters, prepared once per connection.
+/// Creates `path` empty with mode 0600 if it does not exist; leaves an existing file alone.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute([])
 }

@@ -651,3 +651,19 @@ fn a_secret_is_made_once_and_kept_across_reopening() {
     let mut store = Store::open(&path, &StoreOptions::default()).expect("reopen");
     assert_eq!(store.secret("node").expect("kept"), first);
 }
+
+#[test]
+fn a_new_database_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bindings.db");
+    let mut store = Store::open(&path, &StoreOptions::default()).expect("open");
+    add(&mut store, "c1", ContactSpec::new("sip:alice@h1"));
+    for file in ["bindings.db", "bindings.db-wal", "bindings.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .expect("the file exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+    }
+}
