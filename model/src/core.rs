@@ -249,6 +249,11 @@ impl Core {
         self.calls.is_empty() && self.by_aor.is_empty()
     }
 
+    /// Whether the core holds a call of `aor` (in progress or lingering).
+    pub fn holds_callee(&self, aor: AorId) -> bool {
+        self.by_aor.contains_key(&aor)
+    }
+
     /// Whether the core still holds `call`: once it does not, no effect will name it again.
     pub fn holds(&self, call: CallId) -> bool {
         self.calls.contains_key(&call)

@@ -252,7 +252,19 @@ impl Node {
         self.advance(now);
         match item {
             Inbound::Message { flow, message } => {
-                self.flows.insert(flow.id, (flow.clone(), now));
+                // A flow is remembered once a call or a registration comes over it (what a
+                // dialog or a binding can name), not for any datagram: strangers leave
+                // nothing behind. A known flow notes when it was last heard from.
+                let keeps = message
+                    .method()
+                    .is_some_and(|m| matches!(m.as_str(), "INVITE" | "REGISTER"));
+                match self.flows.get_mut(&flow.id) {
+                    Some(seen) => seen.1 = now,
+                    None if keeps => {
+                        self.flows.insert(flow.id, (flow.clone(), now));
+                    }
+                    None => {}
+                }
                 if message.is_request() {
                     self.on_request(flow, message);
                 } else {
@@ -375,6 +387,9 @@ impl Node {
         if now >= self.next_sweep {
             self.next_sweep = now + self.config.registrar.sweep_interval;
             self.sweep_bindings();
+            let core = self.driver.core();
+            self.bindings
+                .forget_unused_aors(|aor| core.holds_callee(aor));
             self.push_budget.prune(now);
             self.prune_flows(now);
             self.dialogs.prune(now);
@@ -692,6 +707,50 @@ mod tests {
                 metrics: Arc::new(Metrics::default()),
             },
         )
+    }
+
+    #[test]
+    fn a_flow_is_remembered_for_a_call_or_a_registration_not_for_any_datagram() {
+        let start = Instant::now();
+        let mut node = node(start, 1);
+        let server: SocketAddr = "127.0.0.1:5060".parse().expect("an address");
+        for port in 10_000..10_100 {
+            let options = format!(
+                "OPTIONS sip:127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.9:{port};branch=z9hG4bKo{port}\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:scan@192.0.2.9>;tag=o{port}\r\n\
+To: <sip:127.0.0.1>\r\n\
+Call-ID: o{port}@192.0.2.9\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n"
+            );
+            let message = parse_datagram(options.as_bytes()).expect("it parses");
+            let flow = Flow::udp(server, SocketAddr::from(([192, 0, 2, 9], port)));
+            node.handle_inbound(start, Inbound::Message { flow, message });
+        }
+        assert!(node.flows.is_empty(), "{} flows kept", node.flows.len());
+        let invite = "INVITE sip:u1@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKcall\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:alice@127.0.0.1>;tag=a\r\n\
+To: <sip:u1@127.0.0.1>\r\n\
+Call-ID: call@192.0.2.10\r\n\
+CSeq: 1 INVITE\r\n\
+Content-Length: 0\r\n\r\n";
+        let message = parse_datagram(invite.as_bytes()).expect("it parses");
+        let caller = Flow::udp(server, "192.0.2.10:5060".parse().expect("an address"));
+        node.handle_inbound(
+            start,
+            Inbound::Message {
+                flow: caller.clone(),
+                message,
+            },
+        );
+        assert!(
+            node.flows.contains_key(&caller.id),
+            "the caller's flow, for its dialog"
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub(crate) struct Bindings {
     aor_ids: Map<String, AorId>,
     /// The expiry each binding last got a refresh push for: one push per expiry.
     refreshed: Map<DeviceId, u64>,
+    /// The last callee id handed out.
+    last_aor_id: u64,
     /// Tokens forgotten as dead, by binding, until a snapshot of the store shows them gone:
     /// a REGISTER's snapshot read before the store forgot one must not bring it back.
     dead_tokens: Map<BindingId, String>,
@@ -44,8 +46,22 @@ impl Bindings {
     }
 
     pub fn aor_id(&mut self, aor: &str) -> AorId {
-        let next = AorId(self.aor_ids.len() as u64 + 1);
-        *self.aor_ids.entry(aor.to_owned()).or_insert(next)
+        if let Some(&id) = self.aor_ids.get(aor) {
+            return id;
+        }
+        self.last_aor_id += 1;
+        let id = AorId(self.last_aor_id);
+        self.aor_ids.insert(aor.to_owned(), id);
+        id
+    }
+
+    /// Forgets the ids of callees with no binding that `in_use` (the core) no longer holds
+    /// calls for: a stranger's INVITEs for made-up users leave nothing behind. An id is
+    /// never handed out again.
+    pub fn forget_unused_aors(&mut self, in_use: impl Fn(AorId) -> bool) {
+        let by_aor = &self.by_aor;
+        self.aor_ids
+            .retain(|aor, id| by_aor.contains_key(aor) || in_use(*id));
     }
 
     /// The unexpired bindings of `aor`.
@@ -678,6 +694,41 @@ mod tests {
             node.handle_timeout(due);
         }
         std::iter::from_fn(|| node.poll_push()).collect()
+    }
+
+    #[test]
+    fn invites_for_made_up_users_leave_no_callee_behind() {
+        let start = Instant::now();
+        let mut node = node(start, vec![binding(1, Some("fcm"), 3_600)]);
+        let server: SocketAddr = SERVER.parse().expect("an address");
+        for n in 0..100 {
+            let invite = format!(
+                "INVITE sip:nobody{n}@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKscan{n}\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:scanner@192.0.2.10>;tag=s{n}\r\n\
+To: <sip:nobody{n}@127.0.0.1>\r\n\
+Call-ID: scan-{n}@192.0.2.10\r\n\
+CSeq: 1 INVITE\r\n\
+Content-Length: 0\r\n\r\n"
+            );
+            let message = parse_datagram(invite.as_bytes()).expect("the INVITE parses");
+            let flow = Flow::udp(server, "192.0.2.10:5060".parse().expect("an address"));
+            node.handle_inbound(start, Inbound::Message { flow, message });
+        }
+        let bob = node.bindings.aor_id(BOB);
+        assert!(
+            node.bindings.aor_ids.len() > 100,
+            "ids while the calls are answered"
+        );
+        run_until(&mut node, start + Duration::from_secs(31));
+        assert_eq!(
+            node.bindings.aor_ids.values().copied().collect::<Vec<_>>(),
+            vec![bob],
+            "only the callee with a binding keeps its id"
+        );
+        let new = node.bindings.aor_id("sip:new@127.0.0.1");
+        assert!(new.0 > bob.0 && new.0 > 100, "never reused: {new:?}");
     }
 
     #[test]
