@@ -2138,3 +2138,17 @@ fn failed_notice_to_a_device_never_pushed_owes_nothing_more() {
     );
     d.assert_idle();
 }
+
+// The runtime forgets a callee's id once the core holds no call of it.
+#[test]
+fn the_core_says_whose_calls_it_holds() {
+    let mut d = Driver::new();
+    assert!(!d.core.holds_callee(U1));
+    d.send(arrival(C1, U1, &[online(D1)]));
+    assert!(d.core.holds_callee(U1));
+    assert!(!d.core.holds_callee(U2));
+    d.send(answered(C1, D1));
+    assert!(!d.core.holds_callee(U1), "answered and gone");
+    d.send(arrival(C2, U2, &[]));
+    assert!(!d.core.holds_callee(U2), "refused at once: no record");
+}
