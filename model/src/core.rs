@@ -467,7 +467,9 @@ impl Core {
             relay: None,
         };
         let targets = match callee {
-            Callee::Unknown => return out.push(respond(404)),
+            // Answered exactly as a known user with no usable binding: no response tells a
+            // scan which users exist.
+            Callee::Unknown => return out.push(respond(480)),
             Callee::Devices(targets) => targets,
         };
         if self.calls.len() >= self.config.max_calls {

@@ -81,7 +81,8 @@ pub enum TokenUse {
 /// Who the INVITE is for, as the registrar knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Callee {
-    /// No such user in the domain.
+    /// No such user in the domain. Answered like a known user with no usable binding
+    /// (480), so that nobody can list the users.
     Unknown,
     /// A known user and its devices (possibly none).
     Devices(Vec<Target>),

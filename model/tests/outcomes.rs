@@ -248,14 +248,21 @@ fn disarm(timer: Timer) -> Effect {
 
 // Row 1.
 #[test]
-fn unknown_user_gets_404_and_nothing_else() {
+fn unknown_user_is_answered_like_a_known_user_without_a_phone_and_nothing_else() {
     let mut d = Driver::new();
     let effects = d.send(Event::CallArrived {
         call: C1,
         aor: U1,
         callee: Callee::Unknown,
     });
-    assert_eq!(effects, [respond(C1, 404, None)]);
+    assert_eq!(effects, [respond(C1, 480, None)]);
+    d.assert_idle();
+    let known = d.send(Event::CallArrived {
+        call: C2,
+        aor: U2,
+        callee: Callee::Devices(Vec::new()),
+    });
+    assert_eq!(known, [respond(C2, 480, None)], "the same answer");
     d.assert_idle();
 }
 

@@ -449,7 +449,7 @@ async fn bindings_survive_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_users_get_404_when_a_users_file_is_configured() {
+async fn unknown_users_are_answered_exactly_like_known_users_without_a_phone() {
     let users = tempfile::NamedTempFile::new().expect("a users file");
     pushpark::auth::add_user(users.path(), "bob", "localhost", "secret").expect("a user");
     let path = users.path().to_owned();
@@ -460,7 +460,11 @@ async fn unknown_users_get_404_when_a_users_file_is_configured() {
         .await
         .expect("INVITE sent");
     let not_found = alice.expect_final(STEP).await.expect("a final response");
-    assert_eq!(not_found.status_code.code(), 404, "{not_found}");
+    assert_eq!(
+        not_found.status_code.code(),
+        480,
+        "no scan may tell an unknown user: {not_found}"
+    );
     let alice = h.caller().await;
     alice
         .invite("sip:bob@localhost", h.udp)
@@ -471,6 +475,19 @@ async fn unknown_users_get_404_when_a_users_file_is_configured() {
         unavailable.status_code.code(),
         480,
         "a known user with no binding: {unavailable}"
+    );
+    let shape = |r: &rsip::Response| {
+        let names: Vec<String> = r
+            .headers
+            .iter()
+            .map(|h| h.to_string().split(':').next().unwrap_or("").to_owned())
+            .collect();
+        (r.status_code.to_string(), names)
+    };
+    assert_eq!(
+        shape(&not_found),
+        shape(&unavailable),
+        "the same reason phrase and headers"
     );
     h.stop().await;
 }

@@ -190,13 +190,10 @@ impl Node {
         // 100 Trying at once: it quenches retransmissions and lets the caller CANCEL.
         reply(self, 100, &[]);
         self.metrics.call();
+        let realm = self.config.realm();
         let callee = match &self.auth {
-            Some((_, users))
-                if !users
-                    .entries()
-                    .iter()
-                    .any(|u| aor_user(&aor) == Some(u.username.as_str())) =>
-            {
+            // One hash lookup, whoever the user: no timing tells users apart either.
+            Some((_, users)) if aor_user(&aor).is_none_or(|u| users.get(u, realm).is_none()) => {
                 Callee::Unknown
             }
             _ => Callee::Devices(
