@@ -285,12 +285,14 @@ impl Node {
             let user_ok = |name: &str| to_uri.user == Some(name);
             match verdict {
                 Some(Verdict::Authenticated { username }) if user_ok(&username) => {}
-                Some(Verdict::Authenticated { .. }) => {
-                    return reply(self, 403, "Not allowed to register this address", &[])
+                Some(Verdict::Authenticated { username }) => {
+                    security_failure(&flow, &username, "REGISTER", "not the user's address");
+                    return reply(self, 403, "Not allowed to register this address", &[]);
                 }
                 other => {
-                    if let Some(verdict) = &other {
-                        tracing::debug!("REGISTER for {aor}: digest refused: {verdict:?}");
+                    if let Some(Verdict::Invalid(reason)) = &other {
+                        let user = claimed_user(&request, crate::sip::HeaderName::Authorization);
+                        security_failure(&flow, &user, "REGISTER", &reason.to_string());
                     }
                     let stale = matches!(other, Some(Verdict::Stale));
                     let header = ChallengeKind::Www.challenge_header();
@@ -607,6 +609,25 @@ fn token_use(provider: &str) -> TokenUse {
     } else {
         TokenUse::Any
     }
+}
+
+/// One line per refused credential, at warn, in the form `pushpark.fail2ban` matches:
+/// `security: auth failure from <ip> user "<name>" (<method>): <reason>`.
+pub(crate) fn security_failure(flow: &Flow, user: &str, method: &str, reason: &str) {
+    tracing::warn!(
+        "security: auth failure from {} user {user:?} ({method}): {reason}",
+        flow.peer.ip()
+    );
+}
+
+/// The user name credentials in `header` claim, for the log ("" if none can be read).
+pub(crate) fn claimed_user(request: &Message, header: crate::sip::HeaderName) -> String {
+    request
+        .first_str(header)
+        .and_then(Result::ok)
+        .and_then(|value| parse_authorization(value).ok())
+        .map(|c| c.username.to_string())
+        .unwrap_or_default()
 }
 
 /// `Contact` headers of a 200 OK to REGISTER: every binding with its remaining time.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use pushpark_model::{CallId, Callee, DeviceId, Effect, EndReason, Event, Flow as CoreFlow};
 use tracing::{debug, info};
 
-use super::super::registrar::{aor_of, without_pn_params};
+use super::super::registrar::{aor_of, claimed_user, security_failure, without_pn_params};
 use super::super::{log_failure, Node, Outgoing, PushTag};
 use super::*;
 use crate::auth::{parse_authorization, ChallengeKind, Verdict};
@@ -277,6 +277,16 @@ impl Node {
                 None
             }
             other => {
+                match &other {
+                    Some(Verdict::Invalid(reason)) => {
+                        let user = claimed_user(invite, HeaderName::ProxyAuthorization);
+                        security_failure(flow, &user, "INVITE", &reason.to_string());
+                    }
+                    Some(Verdict::Authenticated { username }) => {
+                        security_failure(flow, username, "INVITE", "not the caller's address");
+                    }
+                    _ => {}
+                }
                 let stale = matches!(other, Some(Verdict::Stale));
                 let header = ChallengeKind::Proxy.challenge_header();
                 Some(

@@ -102,7 +102,8 @@ impl Node {
         let is_ack = request.method().is_some_and(|m| m.as_str() == "ACK");
         let refuse = |node: &mut Node, reason: &str| {
             warn!(
-                "{arrived}: {} refused: {reason}",
+                "security: route refused from {} ({}): {reason}",
+                arrived.peer.ip(),
                 request.method().map_or("request", |m| m.as_str())
             );
             if !is_ack {
@@ -214,7 +215,10 @@ impl Node {
             addr,
         );
         if !ours {
-            return warn!("{flow}: a response with a forged branch of ours dropped");
+            return warn!(
+                "security: route refused from {} (response): forged branch",
+                flow.peer.ip()
+            );
         }
         let bytes: Bytes = response.forward().pop_via().to_bytes().into();
         if !next.transport.eq_ignore_ascii_case("TCP") {
