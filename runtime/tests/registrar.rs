@@ -202,7 +202,7 @@ async fn an_invite_from_a_local_user_is_challenged_unless_the_peer_is_trusted() 
     );
     assert_eq!(
         status(&trusted),
-        404,
-        "bob is no user of this server: {trusted}"
+        480,
+        "bob is no user of this server, answered as one without a phone: {trusted}"
     );
 }
