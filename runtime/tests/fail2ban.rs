@@ -5,11 +5,9 @@
 mod common;
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use pushpark::config::Transport;
 use tokio::net::UdpSocket;
@@ -25,22 +23,6 @@ impl Write for Log {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-/// Sends `text` and returns the first final response.
-async fn exchange(socket: &UdpSocket, server: SocketAddr, text: &str) -> String {
-    socket.send_to(text.as_bytes(), server).await.expect("sent");
-    let mut buf = vec![0; 65_536];
-    loop {
-        let (len, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
-            .await
-            .expect("an answer in time")
-            .expect("an answer");
-        let response = String::from_utf8_lossy(&buf[..len]).into_owned();
-        if !response.starts_with("SIP/2.0 1") {
-            return response;
-        }
     }
 }
 
@@ -81,7 +63,7 @@ async fn the_shipped_filter_bans_wrong_passwords_and_forged_routes_by_source() {
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("a socket");
 
     // A wrong password: the challenge's nonce, a made-up response.
-    let challenge = exchange(&socket, addr, &register("")).await;
+    let challenge = common::final_response(&socket, addr, &register("")).await;
     assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
     let nonce = challenge
         .split("nonce=\"")
@@ -93,7 +75,7 @@ async fn the_shipped_filter_bans_wrong_passwords_and_forged_routes_by_source() {
          uri=\"sip:localhost\", response=\"00000000000000000000000000000000\", \
          algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\"\r\n"
     );
-    let refused = exchange(&socket, addr, &register(&wrong)).await;
+    let refused = common::final_response(&socket, addr, &register(&wrong)).await;
     assert!(refused.starts_with("SIP/2.0 401"), "{refused}");
 
     // A BYE with a route token of our form and a made-up MAC.
@@ -102,7 +84,7 @@ async fn the_shipped_filter_bans_wrong_passwords_and_forged_routes_by_source() {
 Max-Forwards: 70\r\nRoute: <sip:pp-1-2-00000000000000000000@127.0.0.1;lr>\r\n\
 From: <sip:a@localhost>;tag=1\r\nTo: <sip:b@localhost>;tag=2\r\nCall-ID: x@y\r\n\
 CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
-    let forbidden = exchange(&socket, addr, bye).await;
+    let forbidden = common::final_response(&socket, addr, bye).await;
     assert!(forbidden.starts_with("SIP/2.0 403"), "{forbidden}");
     server.shutdown().await;
 

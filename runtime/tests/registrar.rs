@@ -5,7 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use pushpark::config::{Config, Transport};
 use pushpark::server::Server;
@@ -37,18 +36,7 @@ async fn exchange(server: SocketAddr, text: &str) -> String {
         "127.0.0.1:0"
     };
     let socket = UdpSocket::bind(local).await.expect("a socket");
-    socket.send_to(text.as_bytes(), server).await.expect("sent");
-    let mut buf = vec![0; 65_536];
-    loop {
-        let (len, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
-            .await
-            .expect("an answer in time")
-            .expect("an answer");
-        let response = String::from_utf8_lossy(&buf[..len]).into_owned();
-        if !response.starts_with("SIP/2.0 1") {
-            return response;
-        }
-    }
+    common::final_response(&socket, server, text).await
 }
 
 fn status(response: &str) -> u16 {

@@ -51,3 +51,23 @@ pub fn route_pushes_to(config: &mut Config, url: String) {
         *route = toml::Spanned::new(0..0, "gateway".to_owned());
     }
 }
+
+/// Sends `text` from `socket` to `server` and returns the first final response (2 s at most).
+pub async fn final_response(
+    socket: &tokio::net::UdpSocket,
+    server: SocketAddr,
+    text: &str,
+) -> String {
+    socket.send_to(text.as_bytes(), server).await.expect("sent");
+    let mut buf = vec![0; 65_536];
+    loop {
+        let (len, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("an answer");
+        let response = String::from_utf8_lossy(&buf[..len]).into_owned();
+        if !response.starts_with("SIP/2.0 1") {
+            return response;
+        }
+    }
+}

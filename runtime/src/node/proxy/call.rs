@@ -383,6 +383,10 @@ impl Node {
         self.calls.by_id.get(&call)?.branches.get(&device)
     }
 
+    fn branch_mut(&mut self, call: CallId, device: DeviceId) -> Option<&mut BranchContext> {
+        self.calls.by_id.get_mut(&call)?.branches.get_mut(&device)
+    }
+
     /// Carries out one effect of the core.
     pub(crate) fn apply_effect(&mut self, effect: Effect) {
         match effect {
@@ -416,12 +420,7 @@ impl Node {
                 }
             }
             Effect::CancelBranch { call, device } => {
-                let ready = match self
-                    .calls
-                    .by_id
-                    .get_mut(&call)
-                    .and_then(|c| c.branches.get_mut(&device))
-                {
+                let ready = match self.branch_mut(call, device) {
                     Some(branch) => {
                         branch.cancel_pending = Some(None);
                         branch.provisional
@@ -690,12 +689,7 @@ impl Node {
             return;
         }
         self.branches.insert(key, (call, device), flow.id);
-        let Some(branch) = self
-            .calls
-            .by_id
-            .get_mut(&call)
-            .and_then(|c| c.branches.get_mut(&device))
-        else {
+        let Some(branch) = self.branch_mut(call, device) else {
             return;
         };
         branch.flow = flow;
@@ -710,12 +704,7 @@ impl Node {
     /// told why its call ended.
     pub(super) fn send_cancel(&mut self, call: CallId, device: DeviceId) {
         let now = self.now();
-        let Some(branch) = self
-            .calls
-            .by_id
-            .get_mut(&call)
-            .and_then(|c| c.branches.get_mut(&device))
-        else {
+        let Some(branch) = self.branch_mut(call, device) else {
             return;
         };
         if branch.cancel_sent {
@@ -748,12 +737,7 @@ impl Node {
 
     /// Acknowledges a 2xx that came too late and ends its dialog with a BYE.
     fn hang_up(&mut self, call: CallId, device: DeviceId, response: &Message) {
-        let Some(branch) = self
-            .calls
-            .by_id
-            .get_mut(&call)
-            .and_then(|c| c.branches.get_mut(&device))
-        else {
+        let Some(branch) = self.branch_mut(call, device) else {
             return;
         };
         branch.hung_up = true;
