@@ -100,6 +100,8 @@ pub struct Registrar {
     /// How often expired bindings are swept and due refresh pushes sent.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// Contacts one REGISTER may add or refresh; more get 403 and change nothing.
+    pub max_contacts_per_register: usize,
 }
 
 /// Digest authentication.
@@ -281,6 +283,7 @@ impl Default for Registrar {
             default_expires: Duration::from_secs(3600),
             refresh_push_before: Duration::from_secs(120),
             sweep_interval: Duration::from_secs(30),
+            max_contacts_per_register: 10,
         }
     }
 }
@@ -447,6 +450,13 @@ impl Config {
                 None,
                 "registrar.sweep_interval",
                 "must not be zero".into(),
+            ));
+        }
+        if self.registrar.max_contacts_per_register == 0 {
+            return Err(invalid(
+                None,
+                "registrar.max_contacts_per_register",
+                "must be at least 1: a phone registers one contact".into(),
             ));
         }
         if self.push.max_per_device_per_minute == 0 {
@@ -657,5 +667,12 @@ mod tests {
     fn the_realm_defaults_to_the_first_domain() {
         let config = parse("domains = [\"example.com\"]\n").expect("valid");
         assert_eq!(config.realm(), "example.com");
+    }
+
+    #[test]
+    fn a_registrar_that_takes_no_contact_is_refused_naming_the_key() {
+        let err = parse("[registrar]\nmax_contacts_per_register = 0\n").expect_err("zero");
+        assert!(err.contains("registrar.max_contacts_per_register"), "{err}");
+        assert_eq!(Config::default().registrar.max_contacts_per_register, 10);
     }
 }

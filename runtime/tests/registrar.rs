@@ -194,3 +194,25 @@ async fn an_invite_from_a_local_user_is_challenged_unless_the_peer_is_trusted() 
         "bob is no user of this server, answered as one without a phone: {trusted}"
     );
 }
+
+#[tokio::test]
+async fn a_register_with_more_contacts_than_allowed_gets_403_and_changes_nothing() {
+    let (server, addr, _dir) = start(false, |c| c.registrar.max_contacts_per_register = 3).await;
+    let many: String = (0..4)
+        .map(|i| format!("Contact: <sip:bob@127.0.0.1:{}>\r\n", 9000 + i))
+        .collect();
+    let refused = exchange(addr, &register(1, &format!("{many}Expires: 600\r\n"))).await;
+    let three: String = (0..3)
+        .map(|i| format!("Contact: <sip:bob@127.0.0.1:{}>\r\n", 9000 + i))
+        .collect();
+    let accepted = exchange(addr, &register(2, &format!("{three}Expires: 600\r\n"))).await;
+    server.shutdown().await;
+    assert_eq!(status(&refused), 403, "{refused}");
+    assert!(refused.contains("Too many contacts"), "{refused}");
+    assert_eq!(status(&accepted), 200, "{accepted}");
+    assert_eq!(
+        headers(&accepted, "Contact").len(),
+        3,
+        "only the three of the second REGISTER: {accepted}"
+    );
+}

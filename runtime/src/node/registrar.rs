@@ -329,6 +329,9 @@ impl Node {
         let mut upserted = Vec::new();
         let mut feature_caps = Vec::new();
         let contacts: Vec<_> = request.contacts().collect();
+        if contacts.len() > registrar.max_contacts_per_register {
+            return reply(self, 403, "Too many contacts", &[]);
+        }
         for contact in &contacts {
             let contact = match contact {
                 Ok(c) => c,
