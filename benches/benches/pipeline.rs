@@ -92,6 +92,7 @@ fn store(c: &mut Criterion) {
             cseq += 1;
             let register = Register {
                 call_id: "reg-bob@192.0.2.20".into(),
+                max_bindings: usize::MAX,
                 cseq,
                 changes: vec![Change::Upsert {
                     contact: contact.clone(),

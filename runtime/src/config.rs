@@ -102,6 +102,9 @@ pub struct Registrar {
     pub sweep_interval: Duration,
     /// Contacts one REGISTER may add or refresh; more get 403 and change nothing.
     pub max_contacts_per_register: usize,
+    /// Bindings one address may hold; a REGISTER that would leave more gets 403 and
+    /// changes nothing.
+    pub max_bindings_per_aor: usize,
 }
 
 /// Digest authentication.
@@ -284,6 +287,7 @@ impl Default for Registrar {
             refresh_push_before: Duration::from_secs(120),
             sweep_interval: Duration::from_secs(30),
             max_contacts_per_register: 10,
+            max_bindings_per_aor: 20,
         }
     }
 }
@@ -450,6 +454,13 @@ impl Config {
                 None,
                 "registrar.sweep_interval",
                 "must not be zero".into(),
+            ));
+        }
+        if self.registrar.max_bindings_per_aor == 0 {
+            return Err(invalid(
+                None,
+                "registrar.max_bindings_per_aor",
+                "must be at least 1".into(),
             ));
         }
         if self.registrar.max_contacts_per_register == 0 {

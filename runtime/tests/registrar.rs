@@ -216,3 +216,29 @@ async fn a_register_with_more_contacts_than_allowed_gets_403_and_changes_nothing
         "only the three of the second REGISTER: {accepted}"
     );
 }
+
+#[tokio::test]
+async fn an_address_holds_at_most_its_bindings_and_a_register_beyond_changes_nothing() {
+    let (server, addr, _dir) = start(false, |c| c.registrar.max_bindings_per_aor = 2).await;
+    let contact = |i: u32| {
+        format!(
+            "Contact: <sip:bob@127.0.0.1:{}>\r\nExpires: 600\r\n",
+            9000 + i
+        )
+    };
+    let first = exchange(addr, &register(1, &contact(0))).await;
+    let second = exchange(addr, &register(2, &contact(1))).await;
+    let third = exchange(addr, &register(3, &contact(2))).await;
+    let again = exchange(addr, &register(4, &contact(1))).await;
+    server.shutdown().await;
+    assert_eq!(status(&first), 200, "{first}");
+    assert_eq!(status(&second), 200, "{second}");
+    assert_eq!(status(&third), 403, "a third phone: {third}");
+    assert!(third.contains("Too many registered contacts"), "{third}");
+    assert_eq!(
+        status(&again),
+        200,
+        "refreshing one it holds is fine: {again}"
+    );
+    assert_eq!(headers(&again, "Contact").len(), 2, "{again}");
+}

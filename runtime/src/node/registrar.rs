@@ -420,6 +420,7 @@ impl Node {
             call_id,
             cseq,
             changes,
+            max_bindings: registrar.max_bindings_per_aor,
         };
         let done_aor = aor.clone();
         self.with_store(
@@ -475,6 +476,9 @@ impl Node {
             }
             // RFC 3261 §10.3 step 7: the request is aborted; it is no fault of the syntax.
             Err(StoreError::OutOfOrder { .. }) => (500, "Out-of-order REGISTER", Vec::new(), None),
+            Err(StoreError::TooManyBindings { .. }) => {
+                (403, "Too many registered contacts", Vec::new(), None)
+            }
             Err(e) => {
                 tracing::error!("store: {e}");
                 (500, "Bindings store failed", Vec::new(), None)

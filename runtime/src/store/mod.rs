@@ -199,6 +199,9 @@ pub struct Register {
     pub cseq: u32,
     /// Its Contacts, in order.
     pub changes: Vec<Change>,
+    /// The bindings the AOR may hold once it is applied: beyond, the REGISTER fails with
+    /// [`StoreError::TooManyBindings`] and changes nothing.
+    pub max_bindings: usize,
 }
 
 /// What [`Store::apply`] left behind.
@@ -287,6 +290,15 @@ pub enum StoreError {
         found: u32,
         /// The newest version this build knows.
         supported: u32,
+    },
+    /// The REGISTER would leave the AOR more bindings than it may hold. Nothing of it was
+    /// applied.
+    #[error("{aor} would hold more than {max} bindings")]
+    TooManyBindings {
+        /// The AOR.
+        aor: String,
+        /// What it may hold.
+        max: usize,
     },
     /// RFC 3261 §10.3 step 7: same Call-ID as the stored binding and a CSeq not greater.
     /// Nothing of the REGISTER was applied; answer it with an error (RFC 3261 says 500).
@@ -694,10 +706,15 @@ fn apply_changes(
         }
     }
     let bindings = bindings_of(tx, aor, now)?;
+    if bindings.len() > register.max_bindings {
+        return Err(StoreError::TooManyBindings {
+            aor: aor.to_owned(),
+            max: register.max_bindings,
+        });
+    }
     Ok(Applied { bindings, removed })
 }
 
-/// Runs a statement without parameters, prepared once per connection.
 /// Creates `path` empty with mode 0600 if it does not exist; leaves an existing file alone.
 fn create_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -713,6 +730,7 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Runs a statement without parameters, prepared once per connection.
 fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute([])
 }

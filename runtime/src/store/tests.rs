@@ -11,6 +11,7 @@ fn mem() -> Store {
 
 fn register(call_id: &str, cseq: u32, changes: Vec<Change>) -> Register {
     Register {
+        max_bindings: usize::MAX,
         call_id: call_id.to_owned(),
         cseq,
         changes,
@@ -666,4 +667,39 @@ fn a_new_database_is_readable_by_its_owner_only() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
     }
+}
+
+#[test]
+fn a_register_beyond_the_bindings_an_aor_may_hold_fails_and_changes_nothing() {
+    let mut store = Store::open_in_memory(&StoreOptions::default()).expect("open");
+    let first = add(&mut store, "c1", ContactSpec::new("sip:alice@h1"));
+    let mut second = register(
+        "c2",
+        1,
+        vec![upsert(ContactSpec::new("sip:alice@h2"), T0 + 3600)],
+    );
+    second.max_bindings = 1;
+    let err = store
+        .apply(AOR, &second, T0)
+        .expect_err("one binding at most");
+    assert!(
+        matches!(err, StoreError::TooManyBindings { max: 1, .. }),
+        "{err}"
+    );
+    assert_eq!(store.bindings(AOR, T0).expect("read"), vec![first.clone()]);
+    // Refreshing the one it holds stays within the limit.
+    let mut refresh = register(
+        "c1",
+        2,
+        vec![upsert(ContactSpec::new("sip:alice@h1"), T0 + 7200)],
+    );
+    refresh.max_bindings = 1;
+    assert_eq!(
+        store
+            .apply(AOR, &refresh, T0)
+            .expect("a refresh")
+            .bindings
+            .len(),
+        1
+    );
 }

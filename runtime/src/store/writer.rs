@@ -116,6 +116,7 @@ mod tests {
 
     fn register(user: &str, cseq: u32) -> Register {
         Register {
+            max_bindings: usize::MAX,
             call_id: format!("reg-{user}"),
             cseq,
             changes: vec![Change::Upsert {
