@@ -121,8 +121,11 @@ pub struct Auth {
     pub nonce_lifetime: Option<Duration>,
     /// Peers (addresses or CIDR blocks, e.g. an SBC in front) whose INVITEs need no digest.
     pub trusted_peers: Vec<ipnet::IpNet>,
-    /// The digest algorithms offered, most preferred first: `SHA-256`, `MD5`.
+    /// The digest algorithms offered, in order (`MD5` alone by default; `SHA-256`), and the
+    /// only ones accepted.
     pub algorithms: Option<Vec<Spanned<String>>>,
+    /// Accept the legacy RFC 2069 digest form (no `qop`, so no replay check) for old phones.
+    pub allow_rfc2069: bool,
 }
 
 /// Where bindings are kept.

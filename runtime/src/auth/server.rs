@@ -28,13 +28,13 @@ pub struct DigestConfig {
     /// Most nonces whose highest `nc` is remembered at once (default 65 536). When full,
     /// the oldest is forgotten and answered as stale (see [`Verdict::Stale`]).
     pub max_tracked_nonces: usize,
-    /// Accept the legacy RFC 2069 form (no `qop`, no `nc`): default `true`, for old
-    /// phones. Such credentials cannot be checked for replay, only for nonce freshness;
-    /// RFC 3261 §22.4 keeps this form for backward compatibility.
+    /// Accept the legacy RFC 2069 form (no `qop`, no `nc`): default `false`. Such
+    /// credentials cannot be checked for replay, only for nonce freshness; RFC 3261 §22.4
+    /// keeps the form for old phones, which an operator may let in (`[auth]
+    /// allow_rfc2069`).
     pub allow_rfc2069: bool,
-    /// The algorithms challenges offer, most preferred first (default SHA-256, MD5 as
-    /// RFC 8760 §2.4 asks). Some clients answer only the first challenge; an operator
-    /// whose phones know MD5 alone may offer just that.
+    /// The algorithms challenges offer, in order ([`Algorithm::DEFAULT`]: MD5 alone), and
+    /// the only ones credentials are accepted in.
     pub algorithms: Vec<Algorithm>,
 }
 
@@ -47,7 +47,7 @@ impl DigestConfig {
             nonce_lifetime: 300,
             opaque: None,
             max_tracked_nonces: 65_536,
-            allow_rfc2069: true,
+            allow_rfc2069: false,
             algorithms: Algorithm::DEFAULT.to_vec(),
         }
     }
@@ -88,6 +88,9 @@ pub enum Rejection {
     /// The legacy RFC 2069 form (no `qop`) while it is disabled.
     #[error("qop=auth is required")]
     QopRequired,
+    /// An algorithm the server does not offer (`[auth] algorithms`).
+    #[error("algorithm not offered")]
+    AlgorithmNotOffered,
     /// No such user (or no HA1 for the algorithm) in the users file.
     #[error("unknown user")]
     UnknownUser,
@@ -175,6 +178,9 @@ impl DigestAuth {
         let cfg = &self.config;
         if creds.realm != cfg.realm {
             return Verdict::Invalid(Rejection::RealmMismatch);
+        }
+        if !cfg.algorithms.contains(&creds.algorithm) {
+            return Verdict::Invalid(Rejection::AlgorithmNotOffered);
         }
         if let Some(expected) = &cfg.opaque {
             if creds.opaque.as_deref() != Some(expected.as_str()) {

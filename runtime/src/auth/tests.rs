@@ -67,10 +67,12 @@ const REALM: &str = "pushpark.example";
 const T0: u64 = 1_700_000_000;
 const URI: &str = "sip:pushpark.example";
 
-/// Digest with both algorithms offered, SHA-256 first (the defaults offer MD5 alone).
+/// Digest with both algorithms offered, SHA-256 first, and the legacy RFC 2069 form let in
+/// (the defaults offer MD5 alone and refuse that form).
 fn auth() -> DigestAuth {
     let mut config = DigestConfig::new(REALM, Secret::generate());
     config.algorithms = Algorithm::ALL.to_vec();
+    config.allow_rfc2069 = true;
     DigestAuth::new(config)
 }
 
@@ -152,9 +154,7 @@ fn nonce_for_another_realm_under_the_same_secret_is_rejected() {
     let a = DigestAuth::new(DigestConfig::new(REALM, secret.clone()));
     let b = DigestAuth::new(DigestConfig::new("other.example", secret));
     let nonce = b.new_nonce(T0);
-    let h = client_header(
-        "SHA-256", "alice", REALM, "s3cret", "REGISTER", URI, &nonce, 1,
-    );
+    let h = client_header("MD5", "alice", REALM, "s3cret", "REGISTER", URI, &nonce, 1);
     assert_eq!(
         check(&a, &h, "s3cret", URI, T0),
         Verdict::Invalid(Rejection::BadNonce)
@@ -356,9 +356,7 @@ fn configured_opaque_is_sent_and_required() {
     let ch = &a.challenges(T0, false)[0];
     assert!(ch.contains(", opaque=\"op4que\""), "{ch}");
     let nonce = nonce_of(ch);
-    let h = client_header(
-        "SHA-256", "alice", REALM, "s3cret", "REGISTER", URI, &nonce, 1,
-    );
+    let h = client_header("MD5", "alice", REALM, "s3cret", "REGISTER", URI, &nonce, 1);
     assert_eq!(
         check(&a, &h, "s3cret", URI, T0),
         Verdict::Invalid(Rejection::OpaqueMismatch)
@@ -378,7 +376,7 @@ fn legacy_header(nonce: &str, pass: &str) -> String {
 }
 
 #[test]
-fn legacy_rfc2069_form_is_accepted_unless_disabled() {
+fn legacy_rfc2069_form_is_accepted_only_when_allowed() {
     let a = auth();
     let nonce = a.new_nonce(T0);
     assert_eq!(
@@ -400,13 +398,29 @@ fn legacy_rfc2069_form_is_accepted_unless_disabled() {
         Verdict::Stale
     );
     let mut cfg = DigestConfig::new(REALM, Secret::generate());
-    cfg.allow_rfc2069 = false;
+    cfg.algorithms = Algorithm::ALL.to_vec();
     let strict = DigestAuth::new(cfg);
     let nonce = strict.new_nonce(T0);
     assert_eq!(
         check(&strict, &legacy_header(&nonce, "s3cret"), "s3cret", URI, T0),
-        Verdict::Invalid(Rejection::QopRequired)
+        Verdict::Invalid(Rejection::QopRequired),
+        "refused by default"
     );
+}
+
+#[test]
+fn credentials_in_an_algorithm_not_offered_are_refused() {
+    let md5_only = DigestAuth::new(DigestConfig::new(REALM, Secret::generate()));
+    let nonce = md5_only.new_nonce(T0);
+    let sha = client_header(
+        "SHA-256", "alice", REALM, "s3cret", "REGISTER", URI, &nonce, 1,
+    );
+    assert_eq!(
+        check(&md5_only, &sha, "s3cret", URI, T0),
+        Verdict::Invalid(Rejection::AlgorithmNotOffered)
+    );
+    let md5 = client_header("MD5", "alice", REALM, "s3cret", "REGISTER", URI, &nonce, 1);
+    assert_eq!(check(&md5_only, &md5, "s3cret", URI, T0), ok());
 }
 
 #[test]

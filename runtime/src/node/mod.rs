@@ -200,6 +200,7 @@ impl Node {
         let auth = options.users.map(|users| {
             let mut digest = DigestConfig::new(config.realm(), options.secret);
             digest.algorithms = config.digest_algorithms();
+            digest.allow_rfc2069 = config.auth.allow_rfc2069;
             if let Some(lifetime) = config.auth.nonce_lifetime {
                 digest.nonce_lifetime = lifetime.as_secs();
             }
