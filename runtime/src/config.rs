@@ -20,7 +20,7 @@ pub struct Config {
     /// domains are refused: pushpark is no open relay.
     pub domains: Vec<String>,
     /// Where to listen for SIP.
-    pub listen: Vec<Listener>,
+    pub listen: Vec<Spanned<Listener>>,
     pub parking: Parking,
     pub registrar: Registrar,
     pub auth: Auth,
@@ -28,6 +28,7 @@ pub struct Config {
     pub sip: Sip,
     pub push: Push,
     pub admin: Admin,
+    pub connections: Connections,
 }
 
 /// The admin HTTP listener: Prometheus metrics at `/metrics`, liveness at `/health`.
@@ -44,6 +45,27 @@ pub struct Admin {
 pub struct Listener {
     pub transport: Transport,
     pub address: SocketAddr,
+    /// TLS: the PEM certificate chain (read again on SIGHUP).
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    /// TLS: the certificate's PEM private key (read again on SIGHUP).
+    #[serde(default)]
+    pub private_key: Option<PathBuf>,
+}
+
+impl Listener {
+    /// A listener without TLS files, as if it stood in a configuration file.
+    pub fn new(transport: Transport, address: SocketAddr) -> Spanned<Self> {
+        Spanned::new(
+            0..0,
+            Self {
+                transport,
+                address,
+                certificate: None,
+                private_key: None,
+            },
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +73,32 @@ pub struct Listener {
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
+}
+
+impl Transport {
+    /// Whether messages go over a connection (reliably, RFC 3261 §17: no retransmissions).
+    pub fn is_stream(self) -> bool {
+        matches!(self, Transport::Tcp | Transport::Tls)
+    }
+
+    /// The transport a Via's protocol or a URI's `transport` parameter names (any case);
+    /// `None` for those pushpark does not speak (SCTP, WS...).
+    pub fn from_token(token: &str) -> Option<Transport> {
+        [Transport::Udp, Transport::Tcp, Transport::Tls]
+            .into_iter()
+            .find(|t| t.to_string().eq_ignore_ascii_case(token))
+    }
+
+    /// The `transport` URI parameter that leads back to a listener of this transport
+    /// (none for UDP, the default).
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+        }
+    }
 }
 
 impl fmt::Display for Transport {
@@ -58,7 +106,44 @@ impl fmt::Display for Transport {
         f.write_str(match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         })
+    }
+}
+
+/// TCP and TLS connections: what one peer, and all of them together, may hold
+/// (see `transport/stream.rs`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Connections {
+    /// Connections open at once, in all (ours to peers included).
+    pub max: usize,
+    /// Connections from one source address; `auth.trusted_peers` are exempt.
+    pub max_per_ip: usize,
+    /// A message (and a new connection's TLS handshake and first message) must be whole
+    /// this long after its first octet arrived.
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// A connection on which nothing arrives this long is closed (keep-alives count).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Octets waiting to be written to a peer that does not read; beyond, it is dropped.
+    pub max_write_queue: usize,
+    /// How long opening a connection to a peer may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            max: 4096,
+            max_per_ip: 64,
+            message_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            max_write_queue: 1 << 20,
+            connect_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -246,14 +331,8 @@ impl Default for Config {
         Self {
             domains: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
             listen: vec![
-                Listener {
-                    transport: Transport::Udp,
-                    address: loopback,
-                },
-                Listener {
-                    transport: Transport::Tcp,
-                    address: loopback,
-                },
+                Listener::new(Transport::Udp, loopback),
+                Listener::new(Transport::Tcp, loopback),
             ],
             parking: Parking::default(),
             registrar: Registrar::default(),
@@ -262,6 +341,7 @@ impl Default for Config {
             sip: Sip::default(),
             push: Push::default(),
             admin: Admin::default(),
+            connections: Connections::default(),
         }
     }
 }
@@ -401,6 +481,33 @@ impl Config {
                 "at least one listener is needed".into(),
             ));
         }
+        for (i, listener) in self.listen.iter().enumerate() {
+            let span = Some(listener.span()).filter(|s| !s.is_empty());
+            let tls = listener.as_ref().transport == Transport::Tls;
+            let files = (
+                &listener.as_ref().certificate,
+                &listener.as_ref().private_key,
+            );
+            let problem = match (tls, files) {
+                (true, (Some(_), Some(_))) | (false, (None, None)) => continue,
+                (true, _) => "a TLS listener needs both certificate and private_key",
+                (false, _) => "certificate and private_key are for TLS listeners",
+            };
+            return Err(invalid(span, &format!("listen[{i}]"), problem.into()));
+        }
+        let c = &self.connections;
+        for (key, zero) in [
+            ("connections.max", c.max == 0),
+            ("connections.max_per_ip", c.max_per_ip == 0),
+            ("connections.message_timeout", c.message_timeout.is_zero()),
+            ("connections.idle_timeout", c.idle_timeout.is_zero()),
+            ("connections.max_write_queue", c.max_write_queue == 0),
+            ("connections.connect_timeout", c.connect_timeout.is_zero()),
+        ] {
+            if zero {
+                return Err(invalid(None, key, "must not be zero".into()));
+            }
+        }
         for (pns, provider) in &self.push.routes {
             if !self.push.providers.contains_key(provider.get_ref()) {
                 return Err(invalid(
@@ -488,7 +595,10 @@ impl Config {
             ));
         }
         if self.auth.users_file.is_none()
-            && !self.listen.iter().all(|l| l.address.ip().is_loopback())
+            && !self
+                .listen
+                .iter()
+                .all(|l| l.as_ref().address.ip().is_loopback())
         {
             return Err(invalid(
                 None,
@@ -599,6 +709,45 @@ mod tests {
         assert!(err.starts_with("pushpark.toml: "), "{err}");
         assert!(err.contains("line 4"), "{err}");
         assert!(err.contains("park_timout"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_listener_takes_a_certificate_and_its_key() {
+        let tls = "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:5060\"\n\n\
+                   [[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:5061\"\n";
+        let config = parse(&format!(
+            "{tls}certificate = \"/etc/pushpark/sip.crt\"\nprivate_key = \"/etc/pushpark/sip.key\"\n"
+        ))
+        .expect("valid");
+        let listener = config.listen[1].as_ref();
+        assert_eq!(listener.transport, Transport::Tls);
+        assert_eq!(
+            listener.private_key.as_deref(),
+            Some(Path::new("/etc/pushpark/sip.key"))
+        );
+        let err =
+            parse(&format!("{tls}certificate = \"/etc/pushpark/sip.crt\"\n")).expect_err("no key");
+        assert_eq!(
+            err,
+            "pushpark.toml:5: `listen[1]`: a TLS listener needs both certificate and private_key"
+        );
+        let err = parse(
+            "[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:5060\"\n\
+                         private_key = \"/k\"\n",
+        )
+        .expect_err("a key on TCP");
+        assert!(err.starts_with("pushpark.toml:1: `listen[0]`: "), "{err}");
+    }
+
+    #[test]
+    fn a_zero_connection_limit_is_an_error_naming_the_key() {
+        let err = parse("[connections]\nmax_per_ip = 0\n").expect_err("zero");
+        assert!(
+            err.contains("`connections.max_per_ip`: must not be zero"),
+            "{err}"
+        );
+        let err = parse("[connections]\nmessage_timeout = \"0s\"\n").expect_err("zero");
+        assert!(err.contains("`connections.message_timeout`"), "{err}");
     }
 
     #[test]

@@ -122,10 +122,10 @@ pub async fn run(out: impl Write) -> Result<(), DemoError> {
     let dir = std::env::temp_dir().join(format!("pushpark-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut config = Config {
-        listen: vec![Listener {
-            transport: Transport::Udp,
-            address: "127.0.0.1:0".parse().expect("a literal address"),
-        }],
+        listen: vec![Listener::new(
+            Transport::Udp,
+            "127.0.0.1:0".parse().expect("a literal address"),
+        )],
         ..Config::default()
     };
     config.store.path = dir.join("bindings.db");

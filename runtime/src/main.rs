@@ -158,7 +158,7 @@ fn run(command: Command) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Runs the server until Ctrl-C or SIGTERM.
+/// Runs the server until Ctrl-C or SIGTERM; SIGHUP reloads the TLS certificates.
 fn serve(config: Config) -> Result<(), Failure> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -168,25 +168,32 @@ fn serve(config: Config) -> Result<(), Failure> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let server = Server::start(config).await?;
-        shutdown_signal().await;
+        shutdown_signal(&server).await;
         tracing::info!("shutting down");
         server.shutdown().await;
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
+/// Waits for Ctrl-C or SIGTERM, reloading the TLS certificates on each SIGHUP meanwhile.
+async fn shutdown_signal(server: &Server) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        if let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => return,
+                    _ = term.recv() => return,
+                    _ = hup.recv() => server.reload_tls(),
+                }
             }
-            return;
         }
     }
+    let _ = server;
     let _ = tokio::signal::ctrl_c().await;
 }
 

@@ -82,6 +82,7 @@ struct Data {
     pushes: BTreeMap<(String, &'static str, String), u64>,
     push_latency: BTreeMap<String, Histogram>,
     wakeup: Histogram,
+    limit_hits: BTreeMap<&'static str, u64>,
     gauges: Gauges,
     /// When the event loop last turned, and how long it may go without turning.
     heartbeat: Option<(Instant, Duration)>,
@@ -96,6 +97,7 @@ impl Default for Data {
             pushes: BTreeMap::new(),
             push_latency: BTreeMap::new(),
             wakeup: Histogram::new(WAKEUP_BUCKETS),
+            limit_hits: BTreeMap::new(),
             gauges: Gauges::default(),
             heartbeat: None,
         }
@@ -168,6 +170,11 @@ impl Metrics {
             .entry(provider.to_owned())
             .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
             .observe(latency.as_secs_f64());
+    }
+
+    /// A limit was hit (`connections`, `message_timeout`, ...: named as its key).
+    pub fn limit_hit(&self, limit: &'static str) {
+        *self.data().limit_hits.entry(limit).or_default() += 1;
     }
 
     pub fn set_gauges(&self, gauges: Gauges) {
@@ -256,6 +263,15 @@ impl Metrics {
             "From parking a call (its first push) to delivering it to a phone that woke.",
         );
         data.wakeup.render(&mut out, name, "");
+        let name = header(
+            &mut out,
+            "pushpark_limit_hits_total",
+            "counter",
+            "Times a limit refused or cut off a peer, by limit (named as its configuration key).",
+        );
+        for (limit, n) in &data.limit_hits {
+            let _ = writeln!(out, "{name}{{limit=\"{limit}\"}} {n}");
+        }
         let g = data.gauges;
         for (name, help, value) in [
             (

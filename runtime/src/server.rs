@@ -20,7 +20,7 @@ use crate::node::{Destination, Node, NodeOptions, PushTag, StoreDone};
 use crate::push::setup::{self, SetupError};
 use crate::push::{Dispatcher, PushProvider, PushReports};
 use crate::store::{Store, StoreError, StoreOptions, Writer};
-use crate::transport::{Inbound, Transports};
+use crate::transport::{BindError, Inbound, TransportOptions, Transports};
 
 /// How many datagrams the loop reads from a socket before it looks at its other work.
 const UDP_BATCH: usize = 64;
@@ -28,8 +28,10 @@ const UDP_BATCH: usize = 64;
 /// What can stop the server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen: {0}")]
-    Listen(#[source] io::Error),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot start: {0}")]
+    Io(#[source] io::Error),
     #[error("binding store: {0}")]
     Store(#[from] StoreError),
     #[error("users file: {0}")]
@@ -41,6 +43,7 @@ pub enum StartError {
 /// A running server.
 pub struct Server {
     addrs: Vec<(Transport, SocketAddr)>,
+    transports: Transports,
     metrics: Arc<Metrics>,
     admin: Option<(SocketAddr, JoinHandle<()>)>,
     stop: Option<oneshot::Sender<()>>,
@@ -60,9 +63,15 @@ impl Server {
         extra: HashMap<String, Arc<dyn PushProvider>>,
     ) -> Result<Self, StartError> {
         let (inbound_tx, inbound) = mpsc::channel(4096);
-        let transports = Transports::bind(&config.listen, config.sip.max_message_size, inbound_tx)
-            .await
-            .map_err(StartError::Listen)?;
+        let metrics = Arc::new(Metrics::default());
+        let options = TransportOptions {
+            connections: config.connections.clone(),
+            trusted: config.auth.trusted_peers.clone(),
+            max_message: config.sip.max_message_size,
+            metrics: Arc::clone(&metrics),
+        };
+        let listeners: Vec<_> = config.listen.iter().map(|l| l.as_ref().clone()).collect();
+        let transports = Transports::bind(&listeners, options, inbound_tx).await?;
         let addrs = transports.local_addrs();
         let (dispatcher, reports) = setup::dispatcher(&config, extra)?;
         let users = match &config.auth.users_file {
@@ -78,13 +87,12 @@ impl Server {
         let writer = Writer::start(store, move |done| {
             let _ = done_tx.send(done);
         })
-        .map_err(StartError::Listen)?;
-        let metrics = Arc::new(Metrics::default());
+        .map_err(StartError::Io)?;
         let admin = match config.admin.listen {
             Some(addr) => Some(
                 crate::metrics::serve(addr, Arc::clone(&metrics))
                     .await
-                    .map_err(StartError::Listen)?,
+                    .map_err(StartError::Io)?,
             ),
             None => None,
         };
@@ -102,7 +110,7 @@ impl Server {
         );
         let shell = Shell {
             node,
-            transports,
+            transports: transports.clone(),
             writer,
             dispatcher,
             metrics: Arc::clone(&metrics),
@@ -114,6 +122,7 @@ impl Server {
         }
         Ok(Self {
             addrs,
+            transports,
             metrics,
             admin,
             stop: Some(stop_tx),
@@ -127,6 +136,12 @@ impl Server {
             .iter()
             .find(|(t, _)| *t == transport)
             .map(|&(_, a)| a)
+    }
+
+    /// Reads the TLS listeners' certificates and keys again (SIGHUP): new connections get
+    /// the new certificate, open ones and every call go on undisturbed.
+    pub fn reload_tls(&self) {
+        self.transports.reload_tls();
     }
 
     /// What the server holds right now.

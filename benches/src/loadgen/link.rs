@@ -108,7 +108,8 @@ impl Link {
         Ok(link)
     }
 
-    /// A link of `transport`: a UDP socket, or a connection to `server`.
+    /// A link of `transport`: a UDP socket, or a connection to `server` (the load generator
+    /// has no TLS client: it measures the server's SIP path, not a TLS library).
     pub async fn open(
         transport: Transport,
         side: Side,
@@ -118,6 +119,10 @@ impl Link {
         match transport {
             Transport::Udp => Link::udp(side, router).await,
             Transport::Tcp => Link::tcp(side, server, router).await,
+            Transport::Tls => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the load generator speaks UDP and TCP only",
+            )),
         }
     }
 

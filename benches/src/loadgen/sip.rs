@@ -35,11 +35,12 @@ pub(crate) struct Local {
 }
 
 impl Local {
-    /// `udp` or `tcp`, as in a `transport=` URI parameter.
+    /// `udp`, `tcp` or `tls`, as in a `transport=` URI parameter.
     fn param(&self) -> &'static str {
         match self.transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
     }
 }

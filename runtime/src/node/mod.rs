@@ -606,12 +606,12 @@ impl Node {
     // ----- flows -----------------------------------------------------------------------
 
     /// Whether `flow` can still carry a message: a UDP flow from one of our sockets always
-    /// can (whether the peer still listens is the core's judgement), a TCP flow while its
-    /// connection is open.
+    /// can (whether the peer still listens is the core's judgement), a TCP or TLS flow
+    /// while its connection is open.
     fn is_open(&self, flow: &Flow) -> bool {
         match flow.transport {
             Transport::Udp => self.addrs.contains(&(Transport::Udp, flow.local)),
-            Transport::Tcp => self.flows.contains_key(&flow.id),
+            Transport::Tcp | Transport::Tls => self.flows.contains_key(&flow.id),
         }
     }
 
@@ -624,11 +624,11 @@ impl Node {
     }
 
     /// Forgets UDP flows idle for longer than any dialog plausibly stays silent, unless a
-    /// binding still names them (TCP flows go when their connection closes).
+    /// binding still names them (TCP and TLS flows go when their connection closes).
     fn prune_flows(&mut self, now: Instant) {
         let bindings = &self.bindings;
         self.flows.retain(|id, (flow, seen)| {
-            flow.transport == Transport::Tcp
+            flow.transport.is_stream()
                 || now.saturating_duration_since(*seen) < UDP_FLOW_IDLE
                 || bindings.uses_flow(*id)
         });

@@ -239,6 +239,38 @@ pub fn frame_stream(buf: &[u8]) -> Result<Option<(usize, Frame)>, ParseError> {
         // A bare LF (or CR not followed by LF): skip it like a stray line break.
         return Ok(Some((1, Frame::Pong)));
     }
+    let Some((total, head)) = stream_head_parts(buf)? else {
+        return Ok(None);
+    };
+    if total > MAX_MESSAGE {
+        return Err(ParseError::MessageTooLarge);
+    }
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let raw = Bytes::copy_from_slice(&buf[..total]);
+    let body_len = total - head.head_len;
+    Ok(Some((
+        total,
+        Frame::Message(head.into_message(raw, body_len)),
+    )))
+}
+
+/// The head of the stream message at the front of `buf`, once its header section is
+/// complete: the message's whole length (head and the body its Content-Length declares)
+/// and the head alone as a message without body — enough to answer a message that is too
+/// large to wait for (513), or to know how many octets to wait for. `Ok(None)`: the header
+/// section is not complete yet. Errors as for [`frame_stream`], except that a declared length
+/// beyond [`MAX_MESSAGE`] is returned, not refused; `buf` must not start with a line break
+/// (those are keep-alives, framed by [`frame_stream`]).
+pub fn stream_head(buf: &[u8]) -> Result<Option<(usize, Message)>, ParseError> {
+    Ok(stream_head_parts(buf)?.map(|(total, head)| {
+        let raw = Bytes::copy_from_slice(&buf[..head.head_len]);
+        (total, head.into_message(raw, 0))
+    }))
+}
+
+fn stream_head_parts(buf: &[u8]) -> Result<Option<(usize, Head)>, ParseError> {
     let Some(head) = scan_head(buf, false)? else {
         return Ok(None);
     };
@@ -248,15 +280,7 @@ pub fn frame_stream(buf: &[u8]) -> Result<Option<(usize, Frame)>, ParseError> {
         ContentLength::Invalid => return Err(ParseError::BadContentLength),
         ContentLength::Multiple => return Err(ParseError::MultipleContentLength),
     };
-    let total = head.head_len + n;
-    if total > MAX_MESSAGE {
-        return Err(ParseError::MessageTooLarge);
-    }
-    if buf.len() < total {
-        return Ok(None);
-    }
-    let raw = Bytes::copy_from_slice(&buf[..total]);
-    Ok(Some((total, Frame::Message(head.into_message(raw, n)))))
+    Ok(Some((head.head_len.saturating_add(n), head)))
 }
 
 struct Head {

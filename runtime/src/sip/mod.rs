@@ -50,8 +50,8 @@ mod validate;
 
 pub use self::error::{ParseError, SyntaxError};
 pub use self::message::{
-    frame_stream, parse_datagram, parse_datagram_bytes, ContentLength, Frame, HeaderField, Message,
-    Method, StartLine, MAX_LINE, MAX_MESSAGE,
+    frame_stream, parse_datagram, parse_datagram_bytes, stream_head, ContentLength, Frame,
+    HeaderField, Message, Method, StartLine, MAX_LINE, MAX_MESSAGE,
 };
 pub use self::name::HeaderName;
 pub use self::serialize::{Forward, RequestBuilder, ResponseBuilder};

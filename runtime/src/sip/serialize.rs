@@ -18,7 +18,7 @@ pub struct Forward<'m> {
     pop_via: bool,
     max_forwards: Option<u8>,
     record_route: Option<String>,
-    pop_route: bool,
+    pop_routes: usize,
     remove: Vec<(HeaderName, String)>,
     add: Vec<(String, String)>,
     content_length: bool,
@@ -34,7 +34,7 @@ impl Message {
             pop_via: false,
             max_forwards: None,
             record_route: None,
-            pop_route: false,
+            pop_routes: 0,
             remove: Vec::new(),
             add: Vec::new(),
             content_length: true,
@@ -95,8 +95,14 @@ impl<'m> Forward<'m> {
     }
 
     /// Remove the top Route value (loose routing, RFC 3261 §16.4).
-    pub fn pop_route(mut self) -> Self {
-        self.pop_route = true;
+    pub fn pop_route(self) -> Self {
+        self.pop_routes(1)
+    }
+
+    /// Remove the top `n` Route values, wherever the lines split them: a proxy that
+    /// record-routed twice (RFC 5658) finds itself twice on top.
+    pub fn pop_routes(mut self, n: usize) -> Self {
+        self.pop_routes = n;
         self
     }
 
@@ -164,7 +170,8 @@ impl<'m> Forward<'m> {
                 .map_or(0, |(i, _)| i + 1);
             first_rr.map_or(after_vias, |(i, _)| i)
         });
-        let (mut via_done, mut route_done) = (!self.pop_via, !self.pop_route);
+        let mut via_done = !self.pop_via;
+        let mut routes_to_pop = self.pop_routes;
         let (mut mf_done, mut cl_done) = (false, false);
         for (i, f) in m.headers().enumerate() {
             if record_route_at == Some(i) {
@@ -178,11 +185,10 @@ impl<'m> Forward<'m> {
             match f.name {
                 HeaderName::Via if !via_done => {
                     via_done = true;
-                    write_rest(out, &f);
+                    write_rest(out, &f, 1);
                 }
-                HeaderName::Route if !route_done => {
-                    route_done = true;
-                    write_rest(out, &f);
+                HeaderName::Route if routes_to_pop > 0 => {
+                    routes_to_pop -= write_rest(out, &f, routes_to_pop);
                 }
                 HeaderName::MaxForwards if self.max_forwards.is_some() => {
                     if !mf_done {
@@ -252,17 +258,24 @@ fn line(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Write a list header without its first element (nothing if it had only one).
-fn write_rest(out: &mut Vec<u8>, f: &HeaderField<'_>) {
-    let Ok(s) = std::str::from_utf8(f.value) else {
-        return;
+/// Write a list header without its first `n` (at least one) elements, nothing if it had
+/// no more; returns how many it dropped (a line that is not text counts as one).
+fn write_rest(out: &mut Vec<u8>, f: &HeaderField<'_>, n: usize) -> usize {
+    let Ok(mut rest) = std::str::from_utf8(f.value) else {
+        return 1;
     };
-    if let Ok(Some(i)) = top_comma(s) {
-        let rest = trim_lws(&s[i + 1..]);
-        if !rest.is_empty() {
-            line(out, f.display_name(), rest);
-        }
+    let mut dropped = 0;
+    while dropped < n.max(1) && !rest.is_empty() {
+        dropped += 1;
+        rest = match top_comma(rest) {
+            Ok(Some(i)) => trim_lws(&rest[i + 1..]),
+            _ => "",
+        };
     }
+    if !rest.is_empty() {
+        line(out, f.display_name(), rest);
+    }
+    dropped.max(1)
 }
 
 /// A response to a received request (RFC 3261 §8.2.6): Via list, From, To (with a To-tag
@@ -437,6 +450,28 @@ Record-Route: <sip:old.example.com;lr>\r\nContent-Length: 0\r\n\r\n",
             text.contains("Record-Route: <sip:new.example.com;lr>\r\nRecord-Route: <sip:old"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn popping_routes_crosses_lines_and_values() {
+        let m = parse_datagram(REQ).unwrap();
+        let routes = |n| {
+            let text = String::from_utf8(m.forward().pop_routes(n).to_bytes()).unwrap();
+            text.lines()
+                .filter(|l| l.starts_with("Route:"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            routes(1),
+            [
+                "Route: <sip:p2.example.com;lr>",
+                "Route: <sip:p3.example.com;lr>"
+            ]
+        );
+        assert_eq!(routes(2), ["Route: <sip:p3.example.com;lr>"]);
+        assert!(routes(3).is_empty());
+        assert!(routes(9).is_empty());
     }
 
     #[test]

@@ -18,10 +18,7 @@ pub fn loopback_config(dir: &Path, transports: &[Transport], v6: bool) -> Config
     let mut config = Config {
         listen: transports
             .iter()
-            .map(|&transport| Listener {
-                transport,
-                address: address.parse().expect("a literal address"),
-            })
+            .map(|&transport| Listener::new(transport, address.parse().expect("a literal address")))
             .collect(),
         ..Config::default()
     };

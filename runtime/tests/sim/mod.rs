@@ -327,7 +327,7 @@ impl World {
         while let Some(transmit) = self.node.poll_transmit() {
             self.observe_outbound(&transmit.destination, &transmit.bytes);
             match transmit.destination {
-                Destination::Flow(flow) if flow.transport == Transport::Tcp => {
+                Destination::Flow(flow) if flow.transport.is_stream() => {
                     if !self.net.tcp_from_node(flow.id, transmit.bytes) {
                         self.net
                             .note(format!("  (send over closed {:?} fails)", flow.id));
@@ -341,10 +341,10 @@ impl World {
                 Destination::Address(Transport::Udp, peer) => {
                     self.net.udp_from_node(peer, transmit.bytes);
                 }
-                Destination::Address(Transport::Tcp, peer) => {
+                Destination::Address(transport, peer) => {
                     // Phones sit behind NAT: nobody accepts a connection from the server.
                     self.net
-                        .note(format!("  (no TCP connection to {peer} can open)"));
+                        .note(format!("  (no {transport} connection to {peer} can open)"));
                 }
             }
         }

@@ -1,8 +1,9 @@
 //! Test user agents for pushpark's end-to-end tests: they talk to a real server over real
 //! sockets on 127.0.0.1 (UDP or TCP), built on `rsip` 0.4 and `tokio`.
 //!
-//! * [`SipSocket`]: one UDP socket, or a set of TCP connections (Content-Length framing,
-//!   CRLFCRLF keep-alive pings answered with CRLF), bound on 127.0.0.1:0.
+//! * [`SipSocket`]: one UDP socket, a set of TCP connections (Content-Length framing,
+//!   CRLFCRLF keep-alive pings answered with CRLF), or one TLS connection whose certificate
+//!   is checked against the test authority ([`tls`]), bound on 127.0.0.1:0.
 //! * [`Caller`]: a UAC placing one call at a time: INVITE, CANCEL, ACK, BYE; answers BYE.
 //! * [`Device`]: a phone app with RFC 8599 push parameters that REGISTERs (with digest auth),
 //!   sleeps (keeps no socket), wakes (new socket, REGISTER again) and answers INVITEs per a
@@ -26,6 +27,7 @@ mod gateway;
 mod log;
 pub mod sip;
 mod socket;
+pub mod tls;
 
 use std::fmt;
 use std::time::Duration;

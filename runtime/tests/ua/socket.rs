@@ -1,5 +1,5 @@
-//! [`SipSocket`]: a UDP socket or a set of TCP connections on 127.0.0.1 that sends and
-//! receives whole SIP messages.
+//! [`SipSocket`]: a UDP socket, a set of TCP connections, or one TLS connection on
+//! 127.0.0.1 that sends and receives whole SIP messages.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rsip::SipMessage;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -25,6 +25,9 @@ pub enum Transport {
     Udp,
     /// TCP connections; messages framed by `Content-Length` (RFC 3261 §18.3).
     Tcp,
+    /// One TLS connection to the server, framed like TCP; the server's certificate is
+    /// checked against the test authority ([`super::tls`]).
+    Tls,
 }
 
 impl Transport {
@@ -33,6 +36,7 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 
@@ -41,6 +45,7 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
     }
 }
@@ -55,7 +60,8 @@ impl fmt::Display for Transport {
 /// did not parse.
 type Incoming = Result<(SipMessage, SocketAddr), String>;
 
-type Writers = Arc<Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<OwnedWriteHalf>>>>>;
+type Writer = Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
+type Writers = Arc<Mutex<HashMap<SocketAddr, Writer>>>;
 
 /// The largest message a reader accepts before giving up on a connection.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -77,6 +83,8 @@ pub struct SipSocket {
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     pings_answered: Arc<AtomicUsize>,
     pongs_received: Arc<AtomicUsize>,
+    /// The certificate (DER) the server presented, over TLS.
+    server_certificate: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for SipSocket {
@@ -103,6 +111,7 @@ impl SipSocket {
             tasks: Arc::default(),
             pings_answered: Arc::default(),
             pongs_received: Arc::default(),
+            server_certificate: None,
         }
     }
 
@@ -164,20 +173,34 @@ impl SipSocket {
         let stream = TcpStream::connect(peer).await?;
         let _ = stream.set_nodelay(true);
         let this = Self::empty(Transport::Tcp, stream.local_addr()?, Some(peer));
-        let reader = spawn_connection(
-            stream,
-            peer,
-            this.writers.clone(),
-            this.tx.clone(),
-            this.pings_answered.clone(),
-            this.pongs_received.clone(),
-        );
-        this.tasks.lock().expect("tasks lock").push(reader);
+        this.adopt(stream, peer);
         Ok(this)
     }
 
-    /// A socket for a UA that talks to `peer`: UDP on 127.0.0.1:0, or a TCP connection to
-    /// `peer`. Either way `peer` becomes the default destination of [`Self::send`].
+    /// One TLS connection to `peer`, which must present a certificate for its address
+    /// issued by the test authority; `peer` becomes the default destination.
+    pub async fn tls_connect(peer: SocketAddr) -> UaResult<Self> {
+        let tcp = TcpStream::connect(peer).await?;
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr()?;
+        let connector = tokio_rustls::TlsConnector::from(super::tls::client_config());
+        let stream = connector
+            .connect(ServerName::IpAddress(peer.ip().into()), tcp)
+            .await?;
+        let mut this = Self::empty(Transport::Tls, local, Some(peer));
+        this.server_certificate = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.to_vec());
+        this.adopt(stream, peer);
+        Ok(this)
+    }
+
+    /// A socket for a UA that talks to `peer`: UDP on 127.0.0.1:0, or a TCP or TLS
+    /// connection to `peer`. Either way `peer` becomes the default destination of
+    /// [`Self::send`].
     pub async fn connect(transport: Transport, peer: SocketAddr) -> UaResult<Self> {
         match transport {
             Transport::Udp => {
@@ -186,15 +209,36 @@ impl SipSocket {
                 Ok(socket)
             }
             Transport::Tcp => Self::tcp_connect(peer).await,
+            Transport::Tls => Self::tls_connect(peer).await,
         }
     }
 
-    /// A socket that waits for peers: UDP on 127.0.0.1:0, or a TCP listener on 127.0.0.1:0.
+    /// A socket that waits for peers: UDP on 127.0.0.1:0, or a TCP listener on 127.0.0.1:0
+    /// (the test UAs take no TLS connections: pushpark opens none).
     pub async fn bind(transport: Transport) -> UaResult<Self> {
         match transport {
             Transport::Udp => Self::udp().await,
             Transport::Tcp => Self::tcp_listen().await,
+            Transport::Tls => Err(UaError::State("the test UAs listen on UDP or TCP".into())),
         }
+    }
+
+    /// The certificate (DER) the server presented in the TLS handshake.
+    pub fn server_certificate(&self) -> Option<&[u8]> {
+        self.server_certificate.as_deref()
+    }
+
+    /// Reads and writes `stream`, a connection with `peer`, from now on.
+    fn adopt<S: AsyncRead + AsyncWrite + Send + 'static>(&self, stream: S, peer: SocketAddr) {
+        let reader = spawn_connection(
+            stream,
+            peer,
+            self.writers.clone(),
+            self.tx.clone(),
+            self.pings_answered.clone(),
+            self.pongs_received.clone(),
+        );
+        self.tasks.lock().expect("tasks lock").push(reader);
     }
 
     /// The transport.
@@ -252,18 +296,13 @@ impl SipSocket {
             .cloned();
         let writer = match existing {
             Some(w) => w,
+            None if self.transport == Transport::Tls => {
+                return Err(UaError::State(format!("no TLS connection to {dest}")));
+            }
             None => {
                 let stream = TcpStream::connect(dest).await?;
                 let _ = stream.set_nodelay(true);
-                let reader = spawn_connection(
-                    stream,
-                    dest,
-                    self.writers.clone(),
-                    self.tx.clone(),
-                    self.pings_answered.clone(),
-                    self.pongs_received.clone(),
-                );
-                self.tasks.lock().expect("tasks lock").push(reader);
+                self.adopt(stream, dest);
                 self.writers
                     .lock()
                     .expect("writers lock")
@@ -328,16 +367,16 @@ impl Drop for SipSocket {
 }
 
 /// Registers the connection's write half under `peer` and spawns its reader.
-fn spawn_connection(
-    stream: TcpStream,
+fn spawn_connection<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
     peer: SocketAddr,
     writers: Writers,
     tx: mpsc::UnboundedSender<Incoming>,
     pings: Arc<AtomicUsize>,
     pongs: Arc<AtomicUsize>,
 ) -> JoinHandle<()> {
-    let (mut read, write) = stream.into_split();
-    let writer = Arc::new(tokio::sync::Mutex::new(write));
+    let (mut read, write) = tokio::io::split(stream);
+    let writer: Writer = Arc::new(tokio::sync::Mutex::new(Box::new(write)));
     writers
         .lock()
         .expect("writers lock")

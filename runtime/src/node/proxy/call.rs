@@ -483,7 +483,7 @@ impl Node {
             return CoreFlow::Closed;
         }
         match flow.transport {
-            Transport::Tcp => CoreFlow::Connected,
+            Transport::Tcp | Transport::Tls => CoreFlow::Connected,
             Transport::Udp => CoreFlow::Datagram {
                 heard_at: self
                     .flows
@@ -547,29 +547,40 @@ impl Node {
     }
 
     /// The caller's INVITE as the branch with `branch` sends it to `contact` over `flow`:
-    /// our Via, one hop less, and a Record-Route whose flow token names both flows.
+    /// our Via, one hop less, and a Record-Route whose flow token names both flows. Where
+    /// the caller reached us over another transport or address than the device's flow
+    /// leaves from, we record-route twice (RFC 5658 §4): the device's route set then leads
+    /// it back over its own flow, the caller's over its own.
     fn branch_invite(&self, ctx: &CallContext, contact: &str, flow: &Flow, branch: &str) -> Bytes {
         let local = format_addr(flow.local);
         let via = format!("SIP/2.0/{} {local};branch={branch}", flow.transport);
         let call_id = raw(&ctx.invite, HeaderName::CallId).unwrap_or_default();
         let token = self.route_key.token(ctx.flow.id, flow.id, call_id);
-        let record_route = format!("<sip:{token}@{local};lr>");
+        let route_via = |flow: &Flow| {
+            format!(
+                "<sip:{token}@{}{};lr>",
+                format_addr(flow.local),
+                flow.transport.uri_param()
+            )
+        };
+        let mut record_route = route_via(flow);
+        if (ctx.flow.transport, ctx.flow.local) != (flow.transport, flow.local) {
+            record_route = format!("{record_route}, {}", route_via(&ctx.flow));
+        }
         let max_forwards = ctx
             .invite
             .max_forwards_or_default()
             .unwrap_or(70)
             .saturating_sub(1);
-        let mut forward = ctx
-            .invite
+        ctx.invite
             .forward()
             .request_uri(contact)
             .push_via(&via)
             .max_forwards(max_forwards)
-            .record_route(&record_route);
-        if self.is_routed_through_us(&ctx.invite) {
-            forward = forward.pop_route();
-        }
-        forward.to_bytes().into()
+            .record_route(&record_route)
+            .pop_routes(self.own_routes(&ctx.invite))
+            .to_bytes()
+            .into()
     }
 
     /// The open flow of `device`'s last REGISTER and its Contact without pn-* parameters.

@@ -72,14 +72,25 @@ impl Dialogs {
 }
 
 /// Where a SIP URI leads: its address and transport (numeric hosts only; pushpark routes
-/// dialogs of devices it serves, which register with their addresses).
+/// dialogs of devices it serves, which register with their addresses). A `sips:` URI or
+/// `transport=tls` leads over TLS (RFC 5630), to port 5061 unless one is given; a transport
+/// pushpark does not speak leads nowhere.
 pub(crate) fn uri_target(uri: &SipUri<'_>) -> Option<(Transport, SocketAddr)> {
     let ip: IpAddr = uri.host.ip()?;
     let transport = match uri.transport() {
-        Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
-        _ => Transport::Udp,
+        _ if uri.secure => Transport::Tls,
+        Some(t) => Transport::from_token(t)?,
+        None => Transport::Udp,
     };
-    Some((transport, SocketAddr::new(ip, uri.port.unwrap_or(5060))))
+    let default_port = if transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    };
+    Some((
+        transport,
+        SocketAddr::new(ip, uri.port.unwrap_or(default_port)),
+    ))
 }
 
 impl Node {
@@ -154,7 +165,8 @@ impl Node {
             top.transport,
             back_to,
         );
-        let next_target = match request.routes().nth(1) {
+        let own_routes = self.own_routes(&request);
+        let next_target = match request.routes().nth(own_routes) {
             Some(Ok(next)) => next.uri.as_sip().and_then(uri_target),
             _ => match request.request_uri() {
                 Some(Ok(Uri::Sip(uri))) => uri_target(&uri),
@@ -185,7 +197,7 @@ impl Node {
         );
         let bytes: Bytes = request
             .forward()
-            .pop_route()
+            .pop_routes(own_routes)
             .push_via(&via)
             .max_forwards(max_forwards - 1)
             .to_bytes()
@@ -221,19 +233,23 @@ impl Node {
             );
         }
         let bytes: Bytes = response.forward().pop_via().to_bytes().into();
-        if !next.transport.eq_ignore_ascii_case("TCP") {
+        let Some(transport) = Transport::from_token(next.transport) else {
+            return;
+        };
+        if !transport.is_stream() {
             return self.send_to(Transport::Udp, addr, bytes);
         }
-        // Over TCP, back through the connection the request came on if it is still open.
+        // Over TCP or TLS, back through the connection the request came on if it is still
+        // open (RFC 3261 §18.2.2).
         let existing = self
             .flows
             .values()
             .map(|(flow, _)| flow)
-            .find(|f| f.transport == Transport::Tcp && f.peer == addr && self.is_open(f))
+            .find(|f| f.transport == transport && f.peer == addr && self.is_open(f))
             .cloned();
         match existing {
             Some(flow) => self.send(&flow, bytes),
-            None => self.send_to(Transport::Tcp, addr, bytes),
+            None => self.send_to(transport, addr, bytes),
         }
     }
 }

@@ -31,9 +31,8 @@ use tracing::debug;
 
 use self::dialog::with_received;
 use super::{Node, Outgoing};
-use crate::config::Transport;
 use crate::sip::{
-    default_reason, parse_datagram_bytes, validate_request, HeaderName, Message, Method,
+    default_reason, parse_datagram_bytes, validate_request, HeaderName, Message, Method, NameAddr,
     RequestBuilder, Uri,
 };
 use crate::transaction::{
@@ -135,9 +134,10 @@ fn server_key(request: &Message) -> Result<(Key, transaction::Method), &'static 
 }
 
 fn tx_transport(flow: &Flow) -> transaction::Transport {
-    match flow.transport {
-        Transport::Udp => transaction::Transport::Unreliable,
-        Transport::Tcp => transaction::Transport::Reliable,
+    if flow.transport.is_stream() {
+        transaction::Transport::Reliable
+    } else {
+        transaction::Transport::Unreliable
     }
 }
 
@@ -240,16 +240,25 @@ impl Node {
     }
 
     fn is_routed_through_us(&self, request: &Message) -> bool {
-        match request.routes().next() {
-            Some(Ok(route)) => match &route.uri {
-                Uri::Sip(uri) => {
+        self.own_routes(request) > 0
+    }
+
+    /// How many Route values on top name us with a flow token: one, or two where we
+    /// record-routed twice because the dialog's two sides reach us over different
+    /// transports or addresses (RFC 5658).
+    fn own_routes(&self, request: &Message) -> usize {
+        request
+            .routes()
+            .take_while(|route| match route {
+                Ok(NameAddr {
+                    uri: Uri::Sip(uri), ..
+                }) => {
                     uri.user.is_some_and(|u| u.starts_with("pp-"))
                         && self.is_local_host(uri.host_raw)
                 }
                 _ => false,
-            },
-            _ => false,
-        }
+            })
+            .count()
     }
 
     /// A response from a peer: a branch of ours, or one we forwarded statelessly.
