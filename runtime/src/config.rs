@@ -29,6 +29,7 @@ pub struct Config {
     pub push: Push,
     pub admin: Admin,
     pub connections: Connections,
+    pub rate_limit: RateLimit,
 }
 
 /// The admin HTTP listener: Prometheus metrics at `/metrics`, liveness at `/health`.
@@ -108,6 +109,38 @@ impl fmt::Display for Transport {
             Transport::Tcp => "TCP",
             Transport::Tls => "TLS",
         })
+    }
+}
+
+/// Requests per source address, in the spirit of Kamailio's `pike`: a source that sends
+/// more than `max_requests` in a `window`, or fails digest authentication
+/// `max_auth_failures` times within `failure_window`, is blocked for `block_for` (its
+/// requests dropped unanswered). `auth.trusted_peers` are exempt.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimit {
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    pub max_requests: u32,
+    pub max_auth_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub block_for: Duration,
+    /// Sources tracked at once; beyond, new sources go untracked until old ones expire.
+    pub max_sources: usize,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(2),
+            max_requests: 60,
+            max_auth_failures: 10,
+            failure_window: Duration::from_secs(600),
+            block_for: Duration::from_secs(300),
+            max_sources: 65_536,
+        }
     }
 }
 
@@ -342,6 +375,7 @@ impl Default for Config {
             push: Push::default(),
             admin: Admin::default(),
             connections: Connections::default(),
+            rate_limit: RateLimit::default(),
         }
     }
 }
@@ -503,6 +537,18 @@ impl Config {
             ("connections.idle_timeout", c.idle_timeout.is_zero()),
             ("connections.max_write_queue", c.max_write_queue == 0),
             ("connections.connect_timeout", c.connect_timeout.is_zero()),
+            ("rate_limit.window", self.rate_limit.window.is_zero()),
+            ("rate_limit.max_requests", self.rate_limit.max_requests == 0),
+            (
+                "rate_limit.max_auth_failures",
+                self.rate_limit.max_auth_failures == 0,
+            ),
+            (
+                "rate_limit.failure_window",
+                self.rate_limit.failure_window.is_zero(),
+            ),
+            ("rate_limit.block_for", self.rate_limit.block_for.is_zero()),
+            ("rate_limit.max_sources", self.rate_limit.max_sources == 0),
         ] {
             if zero {
                 return Err(invalid(None, key, "must not be zero".into()));

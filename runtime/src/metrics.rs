@@ -117,6 +117,8 @@ pub struct Gauges {
     pub bindings: usize,
     /// SIP transactions in progress.
     pub transactions: usize,
+    /// Source addresses the rate limiter tracks (counting, or blocked).
+    pub rate_limited_sources: usize,
 }
 
 /// The server's counters, histograms and gauges.
@@ -294,6 +296,11 @@ impl Metrics {
                 "pushpark_transactions",
                 "SIP transactions in progress.",
                 g.transactions,
+            ),
+            (
+                "pushpark_rate_limit_sources",
+                "Source addresses the rate limiter tracks (counting, or blocked).",
+                g.rate_limited_sources,
             ),
         ] {
             single(&mut out, name, "gauge", help, value);

@@ -1,6 +1,7 @@
 //! The fail2ban filter we ship (runtime/fail2ban/pushpark.conf) bans what it should: the
-//! server's own log lines for a wrong password and for a forged route token are matched,
-//! by the real `fail2ban-regex` (Debian package fail2ban), with the source address.
+//! server's own log lines for a wrong password, for a forged route token and for a source
+//! the rate limiter blocks are matched, by the real `fail2ban-regex` (Debian package
+//! fail2ban), with the source address.
 
 mod common;
 
@@ -38,7 +39,7 @@ Content-Length: 0\r\n\r\n",
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shipped_filter_bans_wrong_passwords_and_forged_routes_by_source() {
+async fn the_shipped_filter_bans_wrong_passwords_forged_routes_and_blocks_by_source() {
     if Command::new("fail2ban-regex")
         .arg("--version")
         .output()
@@ -59,8 +60,19 @@ async fn the_shipped_filter_bans_wrong_passwords_and_forged_routes_by_source() {
     pushpark::auth::add_user(&users, "alice", "localhost", "secret").expect("a users file");
     let mut config = common::loopback_config(dir.path(), &[Transport::Udp], false);
     config.auth.users_file = Some(users);
+    // The first wrong password blocks the source.
+    config.rate_limit.max_auth_failures = 1;
     let (server, addr) = common::start_udp(config).await;
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("a socket");
+
+    // A BYE with a route token of our form and a made-up MAC.
+    let bye =
+        "BYE sip:bob@127.0.0.1:9 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKbye\r\n\
+Max-Forwards: 70\r\nRoute: <sip:pp-1-2-00000000000000000000@127.0.0.1;lr>\r\n\
+From: <sip:a@localhost>;tag=1\r\nTo: <sip:b@localhost>;tag=2\r\nCall-ID: x@y\r\n\
+CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+    let forbidden = common::final_response(&socket, addr, bye).await;
+    assert!(forbidden.starts_with("SIP/2.0 403"), "{forbidden}");
 
     // A wrong password: the challenge's nonce, a made-up response.
     let challenge = common::final_response(&socket, addr, &register("")).await;
@@ -77,15 +89,6 @@ async fn the_shipped_filter_bans_wrong_passwords_and_forged_routes_by_source() {
     );
     let refused = common::final_response(&socket, addr, &register(&wrong)).await;
     assert!(refused.starts_with("SIP/2.0 401"), "{refused}");
-
-    // A BYE with a route token of our form and a made-up MAC.
-    let bye =
-        "BYE sip:bob@127.0.0.1:9 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKbye\r\n\
-Max-Forwards: 70\r\nRoute: <sip:pp-1-2-00000000000000000000@127.0.0.1;lr>\r\n\
-From: <sip:a@localhost>;tag=1\r\nTo: <sip:b@localhost>;tag=2\r\nCall-ID: x@y\r\n\
-CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
-    let forbidden = common::final_response(&socket, addr, bye).await;
-    assert!(forbidden.starts_with("SIP/2.0 403"), "{forbidden}");
     server.shutdown().await;
 
     let text = String::from_utf8(log.0.lock().expect("the log").clone()).expect("text");
@@ -106,12 +109,14 @@ CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
     );
     // Each regular expression hit once, and nothing else in the log.
     for needle in [
-        "Failregex: 2 total",
+        "Failregex: 3 total",
         "1) [1] ^.*\\bsecurity: auth failure from <HOST> user",
         "2) [1] ^.*\\bsecurity: route refused from <HOST>",
-        "Lines: 2 lines, 0 ignored, 2 matched, 0 missed",
+        "3) [1] ^.*\\bsecurity: blocked <HOST> for",
+        "Lines: 3 lines, 0 ignored, 3 matched, 0 missed",
         "auth failure from 127.0.0.1 user \"alice\" (REGISTER)",
         "route refused from 127.0.0.1 (BYE)",
+        "blocked 127.0.0.1 for 300s: too many failed credentials",
     ] {
         assert!(
             report.contains(needle),

@@ -67,11 +67,17 @@ pub fn config_text(options: &Options, addrs: &ServerAddrs, store: &Path) -> Stri
         Mode::Hold => Duration::from_secs(2),
         Mode::Park | Mode::Relay => Duration::from_secs(30),
     };
+    // Every simulated phone and caller is one source address, 127.0.0.1, sending thousands
+    // of requests a second over as many connections as phones: trusted, so neither the rate
+    // limiter nor the per-address connection cap counts it.
+    let connections = (devices + 1024).max(4096);
     let mut text = String::new();
     let _ = writeln!(
         text,
         "# pushpark configuration for `loadgen {}` (generated)\n\
          domains = [\"127.0.0.1\", \"localhost\"]\n\n\
+         [auth]\ntrusted_peers = [\"127.0.0.1/32\"]\n\n\
+         [connections]\nmax = {connections}\n\n\
          [[listen]]\ntransport = \"udp\"\naddress = \"{}\"\n\n\
          [[listen]]\ntransport = \"tcp\"\naddress = \"{}\"\n\n\
          [parking]\npark_timeout = {}\nended_notice_window = {}\nawake_window = \"0s\"\n\

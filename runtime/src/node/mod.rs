@@ -20,7 +20,9 @@
 //! |---|---|
 //! | [`registrar`] | REGISTER: bindings, expiry, RFC 8599 push parameters, refresh pushes |
 //! | [`proxy`] | requests and responses: dispatch, calls and their branches, dialogs |
+//! | [`pike`] | requests per source address: floods and password guessing blocked |
 
+mod pike;
 pub(crate) mod proxy;
 pub(crate) mod registrar;
 
@@ -44,6 +46,7 @@ use crate::transaction::{self, Key, Output, Transactions};
 use crate::transport::{Flow, FlowId, Inbound};
 use crate::Map;
 
+use self::pike::{log_block, Admit, Pike};
 use self::proxy::{Branches, Calls, Dialogs};
 pub(crate) use self::registrar::Bindings;
 use self::registrar::RegisterDone;
@@ -183,6 +186,8 @@ pub struct Node {
     push_started: Map<String, Instant>,
     /// How many more pushes each device may get for now.
     push_budget: PushBudget<DeviceId>,
+    /// Requests and failed credentials per source address.
+    pike: Pike,
     /// When the registrar's next sweep is due.
     next_sweep: Instant,
     /// Events found out while carrying out a step's effects, fed once all are carried out.
@@ -225,6 +230,7 @@ impl Node {
             metrics: options.metrics,
             push_started: Map::default(),
             push_budget: PushBudget::new(config.push.max_per_device_per_minute),
+            pike: Pike::new(config.rate_limit.clone(), config.auth.trusted_peers.clone()),
             next_sweep: now + config.registrar.sweep_interval,
             feedback: Vec::new(),
             transmits: VecDeque::new(),
@@ -252,6 +258,8 @@ impl Node {
     pub fn handle_inbound(&mut self, now: Instant, item: Inbound) {
         self.advance(now);
         match item {
+            Inbound::Message { flow, message } | Inbound::TooLarge { flow, message }
+                if message.is_request() && !self.admit(now, &flow) => {}
             Inbound::Message { flow, message } => {
                 // A flow is remembered once a call or a registration comes over it (what a
                 // dialog or a binding can name), not for any datagram: strangers leave
@@ -300,6 +308,20 @@ impl Node {
             }
         }
         self.drain_transactions();
+    }
+
+    /// Whether a request from `flow` is handled: not if its source is blocked, or is
+    /// blocked by it ([`pike`]); a dropped request gets no answer.
+    fn admit(&mut self, now: Instant, flow: &Flow) -> bool {
+        match self.pike.request(now, flow.peer.ip()) {
+            Admit::Yes => true,
+            Admit::Blocked => false,
+            Admit::NowBlocked(block) => {
+                log_block(flow.peer.ip(), block, self.pike.block_for());
+                self.metrics.limit_hit(block.limit());
+                false
+            }
+        }
     }
 
     /// A message of transaction `key` could not be sent (RFC 3261 §17.1.4, §17.2.4).
@@ -392,6 +414,7 @@ impl Node {
             self.bindings
                 .forget_unused_aors(|aor| core.holds_callee(aor));
             self.push_budget.prune(now);
+            self.pike.prune(now);
             self.prune_flows(now);
             self.dialogs.prune(now);
             self.branches.prune(now);
@@ -439,6 +462,7 @@ impl Node {
             parked_calls: self.calls.parked(),
             bindings: self.bindings.count(),
             transactions: self.transactions.len(),
+            rate_limited_sources: self.pike.len(),
         }
     }
 
@@ -671,8 +695,12 @@ mod tests {
 
     const UNIX: u64 = 1_800_000_000;
 
-    /// A node whose `callees` users each have one sleeping phone with a push token.
+    /// A node whose `callees` users each have one sleeping phone with a push token, and
+    /// whose rate limiter trusts 192.0.2.10, the tests' caller (an SBC sending hundreds of
+    /// INVITEs in one instant).
     fn node(start: Instant, callees: u64) -> Node {
+        let mut config = Config::default();
+        config.auth.trusted_peers = vec!["192.0.2.10/32".parse().expect("a network")];
         let bindings = (1..=callees)
             .map(|id| Binding {
                 id: BindingId(id),
@@ -694,7 +722,7 @@ mod tests {
             })
             .collect();
         Node::new(
-            Config::default(),
+            config,
             start,
             NodeOptions {
                 listeners: vec![(
@@ -752,6 +780,50 @@ Content-Length: 0\r\n\r\n";
             node.flows.contains_key(&caller.id),
             "the caller's flow, for its dialog"
         );
+    }
+
+    #[test]
+    fn a_flooding_source_is_blocked_and_its_requests_dropped_unanswered() {
+        let start = Instant::now();
+        let mut node = node(start, 1);
+        let server: SocketAddr = "127.0.0.1:5060".parse().expect("an address");
+        let options = |node: &mut Node, now: Instant, source: &str, n: usize| {
+            let message = parse_datagram(
+                format!(
+                    "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {source};branch=z9hG4bKo{n}\r\n\
+                     Max-Forwards: 70\r\nFrom: <sip:x@{source}>;tag=o\r\nTo: <sip:127.0.0.1>\r\n\
+                     Call-ID: o{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .expect("an OPTIONS");
+            let flow = Flow::udp(server, source.parse().expect("an address"));
+            node.handle_inbound(now, Inbound::Message { flow, message });
+            std::iter::from_fn(|| node.poll_transmit()).count()
+        };
+        let limit = node.config.rate_limit.max_requests as usize;
+        let answered: usize = (0..limit + 40)
+            .map(|n| options(&mut node, start, "198.51.100.7:5060", n))
+            .sum();
+        assert_eq!(
+            answered, limit,
+            "the first {limit} are answered, the rest dropped"
+        );
+        assert_eq!(
+            options(&mut node, start, "198.51.100.8:5060", 0),
+            1,
+            "others go on"
+        );
+        // Still blocked a window later; let through again once the block has run out.
+        let window_later = start + node.config.rate_limit.window;
+        assert_eq!(options(&mut node, window_later, "198.51.100.7:5060", 1), 0);
+        let unblocked = start + node.config.rate_limit.block_for;
+        assert_eq!(options(&mut node, unblocked, "198.51.100.7:5060", 2), 1);
+        // The trusted caller is never counted.
+        let trusted: usize = (0..limit * 3)
+            .map(|n| options(&mut node, start, "192.0.2.10:5060", n))
+            .sum();
+        assert_eq!(trusted, limit * 3);
     }
 
     #[test]

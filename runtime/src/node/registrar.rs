@@ -5,10 +5,14 @@
 //! survives a restart. Only then is the core told the device registered: a parked call
 //! goes to a device whose registration the registrar accepted (RFC 8599 §5.6.2).
 
+use std::time::Instant;
+
 use pushpark_model::{AorId, DeviceId, Event, Flow as CoreFlow, Target, TokenUse};
 
+use super::pike::{log_block, Block, Pike};
 use super::{log_failure, Node, Outgoing, PushTag, StoreDone};
 use crate::auth::{parse_authorization, ChallengeKind, ParseError as AuthParseError, Verdict};
+use crate::metrics::Metrics;
 use crate::push::{PushKind, PushRequest};
 use crate::sip::{Contact, Message, SipUri, Uri};
 use crate::store::{Applied, Binding, BindingId, Change, ContactSpec, Register, Store, StoreError};
@@ -286,13 +290,21 @@ impl Node {
             match verdict {
                 Some(Verdict::Authenticated { username }) if user_ok(&username) => {}
                 Some(Verdict::Authenticated { username }) => {
-                    security_failure(&flow, &username, "REGISTER", "not the user's address");
+                    let failure = (
+                        &flow,
+                        username.as_str(),
+                        "REGISTER",
+                        "not the user's address",
+                    );
+                    security_failure(&mut self.pike, &self.metrics, self.clock, failure);
                     return reply(self, 403, "Not allowed to register this address", &[]);
                 }
                 other => {
                     if let Some(Verdict::Invalid(reason)) = &other {
                         let user = claimed_user(&request, crate::sip::HeaderName::Authorization);
-                        security_failure(&flow, &user, "REGISTER", &reason.to_string());
+                        let reason = reason.to_string();
+                        let failure = (&flow, user.as_str(), "REGISTER", reason.as_str());
+                        security_failure(&mut self.pike, &self.metrics, self.clock, failure);
                     }
                     let stale = matches!(other, Some(Verdict::Stale));
                     let header = ChallengeKind::Www.challenge_header();
@@ -619,12 +631,21 @@ fn token_use(provider: &str) -> TokenUse {
 }
 
 /// One line per refused credential, at warn, in the form `pushpark.fail2ban` matches:
-/// `security: auth failure from <ip> user "<name>" (<method>): <reason>`.
-pub(crate) fn security_failure(flow: &Flow, user: &str, method: &str, reason: &str) {
-    tracing::warn!(
-        "security: auth failure from {} user {user:?} ({method}): {reason}",
-        flow.peer.ip()
-    );
+/// `security: auth failure from <ip> user "<name>" (<method>): <reason>`; the failure
+/// counts toward blocking the source ([`Pike`]).
+pub(crate) fn security_failure(
+    pike: &mut Pike,
+    metrics: &Metrics,
+    now: Instant,
+    failure: (&Flow, &str, &str, &str),
+) {
+    let (flow, user, method, reason) = failure;
+    let ip = flow.peer.ip();
+    tracing::warn!("security: auth failure from {ip} user {user:?} ({method}): {reason}");
+    if pike.auth_failure(now, ip) {
+        log_block(ip, Block::AuthFailures, pike.block_for());
+        metrics.limit_hit(Block::AuthFailures.limit());
+    }
 }
 
 /// The user name credentials in `header` claim, for the log ("" if none can be read).
@@ -741,7 +762,9 @@ CSeq: 1 INVITE\r\n\
 Content-Length: 0\r\n\r\n"
             );
             let message = parse_datagram(invite.as_bytes()).expect("the INVITE parses");
-            let flow = Flow::udp(server, "192.0.2.10:5060".parse().expect("an address"));
+            // A scan spread over many addresses, each below the rate limit.
+            let scanner = SocketAddr::from(([192, 0, 2, 10 + n / 20], 5060));
+            let flow = Flow::udp(server, scanner);
             node.handle_inbound(start, Inbound::Message { flow, message });
         }
         let bob = node.bindings.aor_id(BOB);

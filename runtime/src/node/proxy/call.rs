@@ -239,7 +239,7 @@ impl Node {
 
     /// The 407 challenge an INVITE from one of our own users must answer, if any.
     fn invite_needs_auth(
-        &self,
+        &mut self,
         flow: &Flow,
         invite: &Message,
     ) -> Option<Vec<(&'static str, String)>> {
@@ -280,10 +280,18 @@ impl Node {
                 match &other {
                     Some(Verdict::Invalid(reason)) => {
                         let user = claimed_user(invite, HeaderName::ProxyAuthorization);
-                        security_failure(flow, &user, "INVITE", &reason.to_string());
+                        let reason = reason.to_string();
+                        let failure = (flow, user.as_str(), "INVITE", reason.as_str());
+                        security_failure(&mut self.pike, &self.metrics, self.clock, failure);
                     }
                     Some(Verdict::Authenticated { username }) => {
-                        security_failure(flow, username, "INVITE", "not the caller's address");
+                        let failure = (
+                            flow,
+                            username.as_str(),
+                            "INVITE",
+                            "not the caller's address",
+                        );
+                        security_failure(&mut self.pike, &self.metrics, self.clock, failure);
                     }
                     _ => {}
                 }
