@@ -5,6 +5,9 @@
 //! linphonec killed with SIGKILL. What should happen is specs/parking.md §5–6.
 //!
 //! The clients must be installed (.ci/run does it); a missing one fails the test.
+//!
+//! One test adds a TLS listener to that configuration: linphonec registers over TLS there,
+//! checking the server's certificate, while baresip calls over UDP.
 
 mod common;
 mod real;
@@ -12,7 +15,8 @@ mod ua;
 
 use std::time::{Duration, Instant};
 
-use real::{describe, wait_for, Baresip, Harness, Linphone, STEP};
+use real::{describe, wait_for, Baresip, Harness, Linphone, Traced, STEP};
+use ua::MessageExt;
 
 const BOB: &str = "sip:bob@localhost";
 
@@ -253,6 +257,65 @@ async fn a_second_call_reaches_a_phone_that_is_in_a_call_without_waiting_for_a_p
         ),
     }
     hang_up(&h, &mut alice, &bob, &first, id).await;
+    h.stop().await;
+}
+
+/// Issue 10, part 2: a real phone on TLS. linphonec registers over the server's TLS listener,
+/// checking its certificate (chain to the test authority, name 127.0.0.1), sleeps, is pushed
+/// for a call from baresip on UDP, wakes over a new TLS connection and takes the call; the
+/// call crosses transports, so the server record-routes twice (RFC 5658), and the caller's
+/// BYE reaches the phone over TLS through both routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_on_tls_is_pushed_wakes_over_tls_and_takes_a_call_from_udp() {
+    let h = Harness::start_with_tls().await;
+    let tls = h.tls.expect("a TLS listener");
+    let mut bob = Linphone::over_tls(&h, "bob", "tok-tls");
+    let (mut alice, call) = call_the_sleeping_phone(&h, &mut bob, "tok-tls").await;
+    bob.wake().await;
+    let id = ring_and_answer(&h, &alice, &mut bob, &call).await;
+    hang_up(&h, &mut alice, &bob, &call, id).await;
+    assert_eq!(h.gateway.pushes().len(), 1, "one push for one call");
+
+    let trace = bob.trace();
+    let top_via = |m: &Traced| m.header("Via").unwrap_or_default();
+    // Both runs registered over TLS (the REGISTER went to the TLS listener, the only
+    // address linphonec has for the server, and its 200 came back).
+    let registers: Vec<&Traced> = trace
+        .iter()
+        .filter(|m| m.sent && m.method() == Some("REGISTER"))
+        .collect();
+    assert!(registers.len() >= 2, "{}", describe(&trace));
+    for register in &registers {
+        assert!(
+            top_via(register).starts_with("SIP/2.0/TLS "),
+            "REGISTER over TLS: {register:#?}"
+        );
+    }
+    // The parked INVITE came over TLS with a route back for each side: TLS toward the
+    // phone on top, UDP toward the caller under it.
+    let invite = trace
+        .iter()
+        .find(|m| !m.sent && m.method() == Some("INVITE") && m.call_id() == call)
+        .expect("linphonec received the INVITE");
+    assert!(
+        top_via(invite).starts_with(&format!("SIP/2.0/TLS {tls};")),
+        "the server's Via for TLS on top: {invite:#?}"
+    );
+    let record_route = invite.record_routes();
+    assert_eq!(record_route.len(), 2, "{invite:#?}");
+    assert!(
+        record_route[0].ends_with(&format!("@{tls};transport=tls;lr>")),
+        "{invite:#?}"
+    );
+    assert!(
+        record_route[1].ends_with(&format!("@{};lr>", h.udp)),
+        "{invite:#?}"
+    );
+    let bye = trace
+        .iter()
+        .find(|m| !m.sent && m.method() == Some("BYE") && m.call_id() == call)
+        .expect("linphonec received the caller's BYE");
+    assert!(top_via(bye).starts_with("SIP/2.0/TLS "), "{bye:#?}");
     h.stop().await;
 }
 

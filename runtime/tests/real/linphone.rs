@@ -1,4 +1,6 @@
-//! [`Linphone`]: linphonec 5.1 (Debian package `linphone-cli`) as an RFC 8599 phone on UDP.
+//! [`Linphone`]: linphonec 5.1 (Debian package `linphone-cli`) as an RFC 8599 phone on UDP,
+//! or on TLS ([`Linphone::over_tls`]), checking the server's certificate against the test
+//! authority.
 //!
 //! Its push parameters ride in the Contact URI (`[proxy_0] contact_uri_parameters`). Asleep
 //! is SIGKILL: the socket closes and the binding stays on the server (a graceful `quit` would
@@ -7,8 +9,8 @@
 //! wake-up of the same device. It is driven over stdin (`answer N`) and watched through its
 //! `-d 6` log, which prints every SIP message it sends and receives.
 
-use std::net::UdpSocket;
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -31,26 +33,71 @@ impl Linphone {
     /// push token `token`; not started. `busy` sets `[misc] max_calls=0`: liblinphone then
     /// answers every INVITE `486 Busy here` itself.
     pub fn new(h: &Harness, user: &str, token: &str, busy: bool) -> Self {
+        Self::configure(h, user, token, busy, None)
+    }
+
+    /// As [`new`](Self::new) (not busy), registering over TLS at the harness's TLS listener
+    /// ([`Harness::start_with_tls`]), with the server's certificate checked for real: chain
+    /// up to the test authority and name (`verify_server_cn`) against 127.0.0.1. Each run
+    /// opens a new connection; as over TCP, a second REGISTER follows the first 200 with
+    /// the Contact's port rewritten to the connection's (from `rport`); an INVITE still in
+    /// progress may then come again, to the new Contact with the same branch, which
+    /// linphonec absorbs as a retransmission (`Reroute` in specs/parking.md).
+    pub fn over_tls(h: &Harness, user: &str, token: &str) -> Self {
+        let tls = h.tls.expect("a harness with a TLS listener");
+        Self::configure(h, user, token, false, Some((tls, &h.authority())))
+    }
+
+    /// The config: SIP on `tls` (the server's listener and the authority's certificate) when
+    /// given, else on UDP. The local port is fixed across runs, so the Contact is too.
+    fn configure(
+        h: &Harness,
+        user: &str,
+        token: &str,
+        busy: bool,
+        tls: Option<(SocketAddr, &Path)>,
+    ) -> Self {
         require("linphonec", "linphone-cli");
         require("stdbuf", "coreutils");
         let dir = h.client_dir(&format!("linphonec-{user}"));
         // Without this directory liblinphone cannot open its DB and opens no SIP socket.
         std::fs::create_dir_all(dir.join(".local/share/linphone")).expect("linphone's data dir");
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("a free UDP port")
-            .port();
+        // Port 0 disables a transport (-1 would be a random port).
+        let (port, transport, registrar) = match tls {
+            None => {
+                let port = UdpSocket::bind("127.0.0.1:0")
+                    .and_then(|s| s.local_addr())
+                    .expect("a free UDP port")
+                    .port();
+                let transport = format!("sip_port={port}\nsip_tcp_port=0\nsip_tls_port=0\n");
+                (port, transport, format!("<sip:{};transport=udp>", h.udp))
+            }
+            Some((server, authority)) => {
+                let port = TcpListener::bind("127.0.0.1:0")
+                    .and_then(|s| s.local_addr())
+                    .expect("a free TCP port")
+                    .port();
+                let transport = format!(
+                    "sip_port=0\n\
+                     sip_tcp_port=0\n\
+                     sip_tls_port={port}\n\
+                     root_ca={}\n\
+                     verify_server_certs=1\n\
+                     verify_server_cn=1\n",
+                    authority.display()
+                );
+                (port, transport, format!("<sip:{server};transport=tls>"))
+            }
+        };
         let max_calls = if busy { "max_calls=0\n" } else { "" };
         let rc = format!(
             "[sip]\n\
-             sip_port={port}\n\
-             sip_tcp_port=0\n\
-             sip_tls_port=0\n\
+             {transport}\
              bind_address=127.0.0.1\n\
              default_proxy=0\n\
              \n\
              [proxy_0]\n\
-             reg_proxy=<sip:{registrar};transport=udp>\n\
+             reg_proxy={registrar}\n\
              reg_identity=\"{user}\" <sip:{user}@localhost>\n\
              reg_expires=600\n\
              reg_sendregister=1\n\
@@ -65,7 +112,6 @@ impl Linphone {
              audio_rtp_port=-1\n\
              video_rtp_port=-1\n\
              text_rtp_port=-1\n",
-            registrar = h.udp,
         );
         Self {
             dir,

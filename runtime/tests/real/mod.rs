@@ -5,10 +5,11 @@
 //! * [`Baresip`]: baresip (package `baresip`) as the caller.
 //!
 //! Here: the [`Harness`] (the server with its default configuration, its pushes going to a
-//! local [`PushGateway`]), a [`Process`] wrapper that kills the child on drop (panics
-//! included), and [`Traced`], one SIP message out of a client's printed trace. Every wait
-//! has a timeout. When a test fails (or with `REAL_PHONES_KEEP_LOGS` set), the clients' logs
-//! are kept on disk and their path is printed.
+//! local [`PushGateway`]; [`Harness::start_with_tls`] adds a TLS listener), a [`Process`]
+//! wrapper that kills the child on drop (panics included), and [`Traced`], one SIP message
+//! out of a client's printed trace. Every wait has a timeout. When a test fails (or with
+//! `REAL_PHONES_KEEP_LOGS` set), the clients' logs are kept on disk and their path is
+//! printed.
 //!
 //! Facts about running these clients headless are in `real-ua-notes.md` (shared reference).
 
@@ -23,14 +24,14 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pushpark::config::Transport as Listen;
+use pushpark::config::{Listener, Transport as Listen};
 use pushpark::server::Server;
 
 pub use baresip::Baresip;
 pub use linphone::Linphone;
 
 use crate::common;
-use crate::ua::{MessageExt, PushGateway};
+use crate::ua::{self, MessageExt, PushGateway};
 
 /// A step a real client takes (start, register, ring, answer) on a loaded 2-core machine.
 pub const STEP: Duration = Duration::from_secs(10);
@@ -55,6 +56,8 @@ pub struct Harness {
     pub gateway: PushGateway,
     /// The server's UDP listener.
     pub udp: SocketAddr,
+    /// Its TLS listener, when started with [`Self::start_with_tls`].
+    pub tls: Option<SocketAddr>,
     /// How long the server parks a call (its default).
     pub park_timeout: Duration,
     /// Holds the server's store and each client's home and log.
@@ -70,6 +73,17 @@ impl Harness {
     /// Starts the gateway and the server with a users file holding `users` (name,
     /// password), in the realm of the default configuration: digest authentication on.
     pub async fn start_with_users(users: &[(&str, &str)]) -> Self {
+        Self::launch(users, false).await
+    }
+
+    /// As [`start`](Self::start), with a TLS listener on 127.0.0.1 besides UDP and TCP. Its
+    /// certificate (for 127.0.0.1 and localhost) is issued by the test authority, which a
+    /// client trusts through [`Self::authority`].
+    pub async fn start_with_tls() -> Self {
+        Self::launch(&[], true).await
+    }
+
+    async fn launch(users: &[(&str, &str)], tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
         let gateway = PushGateway::start().await.expect("the push gateway starts");
         let mut config = common::loopback_config(dir.path(), &[Listen::Udp, Listen::Tcp], false);
@@ -81,13 +95,23 @@ impl Harness {
             }
             config.auth.users_file = Some(file);
         }
+        if tls {
+            let (certificate, key, _) = ua::tls::issue(dir.path(), "pushpark");
+            let address = "127.0.0.1:0".parse().expect("an address");
+            let mut listener = Listener::new(Listen::Tls, address);
+            listener.as_mut().certificate = Some(certificate);
+            listener.as_mut().private_key = Some(key);
+            config.listen.push(listener);
+        }
         common::route_pushes_to(&mut config, gateway.url());
         let park_timeout = config.parking.park_timeout;
         let (server, udp) = common::start_udp(config).await;
+        let tls = tls.then(|| server.local_addr(Listen::Tls).expect("a TLS listener"));
         Self {
             server: Some(server),
             gateway,
             udp,
+            tls,
             park_timeout,
             dir: Some(dir),
         }
@@ -98,6 +122,12 @@ impl Harness {
         let dir = self.dir.as_ref().expect("the temp dir").path().join(name);
         std::fs::create_dir_all(&dir).expect("a client dir");
         dir
+    }
+
+    /// The test authority's certificate (PEM), which issued the TLS listener's: a client's
+    /// trust anchor.
+    pub fn authority(&self) -> PathBuf {
+        ua::tls::authority_pem(self.dir.as_ref().expect("the temp dir").path())
     }
 
     /// Shuts the server down.
