@@ -23,6 +23,7 @@ pub fn parked_call_life(
         Event::CallArrived {
             call,
             aor: CALLEE,
+            waking_limit: None,
             callee: Callee::Devices(vec![Target {
                 device: PHONE,
                 flow: Flow::Closed,
@@ -63,6 +64,7 @@ pub fn burst(core: &mut Core, first: u64, calls: u64, out: &mut Vec<Effect>) -> 
             Event::CallArrived {
                 call: CallId(i),
                 aor: AorId(i),
+                waking_limit: None,
                 callee: Callee::Devices(vec![Target {
                     device: DeviceId(i),
                     flow: Flow::Closed,

@@ -24,7 +24,8 @@ pub struct Config {
     pub awake_window: Millis,
     /// Calls the core holds at once (in progress or lingering); beyond it new calls get 503.
     pub max_calls: usize,
-    /// Calls in progress for one callee; beyond it new calls for that callee get 486.
+    /// Calls of one callee that may be waking its devices at once; beyond it a new call
+    /// pushes no device: it rings those that are awake, or gets 486 if none is.
     pub max_calls_per_callee: usize,
 }
 

@@ -20,6 +20,8 @@ pub struct Core {
     calls: BTreeMap<CallId, Call>,
     /// Every call record of a callee, oldest first: parked calls are delivered in order.
     by_aor: BTreeMap<AorId, Vec<CallId>>,
+    /// Shutting down: no new call is taken.
+    draining: bool,
     fault: Option<Fault>,
 }
 
@@ -167,6 +169,12 @@ impl Call {
     fn is_pending(&self) -> bool {
         self.phase.is_pending()
     }
+
+    /// In progress, and a device of it is being woken: what `max_calls_per_callee` counts.
+    fn waits_for_wake(&self) -> bool {
+        self.is_pending()
+            && (self.legs.iter()).any(|l| matches!(l.state, LegState::Parked | LegState::Backoff))
+    }
 }
 
 /// The final response a call gets when every branch is over and none answered
@@ -220,6 +228,7 @@ impl Core {
             config,
             calls: BTreeMap::new(),
             by_aor: BTreeMap::new(),
+            draining: false,
             fault: None,
         }
     }
@@ -299,7 +308,12 @@ impl Core {
     /// duplicated responses and retransmitted REGISTERs are harmless.
     pub fn step(&mut self, now: Millis, event: Event, out: &mut Vec<Effect>) {
         match event {
-            Event::CallArrived { call, aor, callee } => self.arrive(now, call, aor, callee, out),
+            Event::CallArrived {
+                call,
+                aor,
+                callee,
+                waking_limit,
+            } => self.arrive(now, call, (aor, callee, waking_limit), out),
             Event::CallerCancelled { call } => {
                 let ignore = self.fault == Some(Fault::IgnoreCancelWhileParked)
                     && self
@@ -330,6 +344,7 @@ impl Core {
             }
             Event::BranchUnreachable { call, device } => self.unreachable(now, call, device, out),
             Event::TimerFired(timer) => self.timer(now, timer, out),
+            Event::ShuttingDown => self.shut_down(now, out),
             Event::BindingExpiring { aor, device, token } => {
                 self.binding_expiring(aor, device, token, out)
             }
@@ -450,12 +465,28 @@ impl Core {
         window > 0 && now.saturating_sub(heard_at) <= window
     }
 
+    /// Every call in progress gets its final response, 503 (the server is going away; the
+    /// runtime adds Retry-After), as if its deadline had come at once: ringing branches are
+    /// cancelled, devices still being woken are told when they register. New calls get 503.
+    fn shut_down(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        self.draining = true;
+        if self.fault == Some(Fault::ShutdownLeavesCalls) {
+            return;
+        }
+        let pending: Vec<CallId> = (self.calls.iter())
+            .filter(|(_, c)| c.is_pending())
+            .map(|(&id, _)| id)
+            .collect();
+        for call in pending {
+            self.end(now, call, 503, None, EndReason::Unanswered, out);
+        }
+    }
+
     fn arrive(
         &mut self,
         now: Millis,
         call: CallId,
-        aor: AorId,
-        callee: Callee,
+        (aor, callee, waking_limit): (AorId, Callee, Option<usize>),
         out: &mut Vec<Effect>,
     ) {
         if self.calls.contains_key(&call) {
@@ -466,6 +497,9 @@ impl Core {
             code,
             relay: None,
         };
+        if self.draining {
+            return out.push(respond(503));
+        }
         let targets = match callee {
             // Answered exactly as a known user with no usable binding: no response tells a
             // scan which users exist.
@@ -475,22 +509,23 @@ impl Core {
         if self.calls.len() >= self.config.max_calls {
             return out.push(respond(503));
         }
-        let waiting = self.by_aor.get(&aor).map_or(0, |calls| {
+        // Only calls that wake a device count against the callee's limit: pushes are what a
+        // flood of calls could abuse. Beyond it a new call pushes no device; it still rings
+        // the devices that are awake (a PBX registered as one address takes its traffic).
+        let waking = self.by_aor.get(&aor).map_or(0, |calls| {
             calls
                 .iter()
-                .filter(|id| self.calls.get(id).is_some_and(Call::is_pending))
+                .filter(|id| self.calls.get(id).is_some_and(Call::waits_for_wake))
                 .count()
         });
-        if waiting >= self.config.max_calls_per_callee {
-            return out.push(respond(486));
-        }
+        let may_push = waking < waking_limit.unwrap_or(self.config.max_calls_per_callee);
         let mut legs: Vec<Leg> = Vec::with_capacity(targets.len());
         for target in &targets {
             if legs.iter().any(|l| l.device == target.device) {
                 continue;
             }
             let awake = self.awake(now, target);
-            let pushed = awake != Awake::Surely && target.pushable;
+            let pushed = may_push && awake != Awake::Surely && target.pushable;
             if awake == Awake::No && !pushed {
                 continue;
             }
@@ -517,7 +552,7 @@ impl Core {
             });
         }
         if legs.is_empty() {
-            return out.push(respond(480));
+            return out.push(respond(if may_push { 480 } else { 486 }));
         }
         let deadline = now + self.config.park_timeout;
         if self.fault != Some(Fault::NoDeadline) {

@@ -11,6 +11,9 @@ pub enum Event {
         call: CallId,
         aor: AorId,
         callee: Callee,
+        /// The callee's own limit of calls waking its devices at once, where the operator
+        /// set one (a call centre's number), instead of `Config::max_calls_per_callee`.
+        waking_limit: Option<usize>,
     },
     /// The caller sent a CANCEL for the INVITE.
     CallerCancelled { call: CallId },
@@ -61,6 +64,9 @@ pub enum Event {
         device: DeviceId,
         token: TokenUse,
     },
+    /// The server is shutting down (SIGTERM): every call in progress ends now, and a call
+    /// arriving from now on is refused (specs/parking.md §4, graceful drain).
+    ShuttingDown,
 }
 
 /// What a device's push token may carry: a fact of its push service, which the runtime

@@ -41,11 +41,14 @@ pub enum Fault {
     /// A binding-refresh push goes to a calls-only (APNs VoIP) token as to any other, so an
     /// iOS app gets a VoIP push for no call.
     RefreshCallsOnlyToken,
+    /// A shutdown refuses new calls but leaves the calls in progress to their deadlines:
+    /// their callers wait on a server that is going away.
+    ShutdownLeavesCalls,
 }
 
 impl Fault {
     /// Every fault, for tests that go through them all.
-    pub const ALL: [Fault; 14] = [
+    pub const ALL: [Fault; 15] = [
         Fault::KeepDeadlineOnAnswer,
         Fault::ForwardAfterCancel,
         Fault::PushTwice,
@@ -60,5 +63,6 @@ impl Fault {
         Fault::NoReroute,
         Fault::KeepProbing,
         Fault::RefreshCallsOnlyToken,
+        Fault::ShutdownLeavesCalls,
     ];
 }

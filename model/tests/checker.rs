@@ -100,7 +100,7 @@ const SPECIAL: [&str; 5] = [
 ];
 
 /// The configurations, their unique states and what they do not reach.
-const PINNED: [(&str, usize, &[&str]); 13] = [
+const PINNED: [(&str, usize, &[&str]); 14] = [
     (
         "1x1",
         537,
@@ -208,6 +208,18 @@ const PINNED: [(&str, usize, &[&str]); 13] = [
         21_162,
         &[SECOND_CALL, SPECIAL[0], SPECIAL[1], SPECIAL[2], SPECIAL[3]],
     ),
+    (
+        "2x1-drain",
+        45_133,
+        &[
+            OTHER_DEVICE,
+            SPECIAL[0],
+            SPECIAL[1],
+            SPECIAL[2],
+            SPECIAL[3],
+            SPECIAL[4],
+        ],
+    ),
     ("2x1-udp", 98_844, &[OTHER_DEVICE, SPECIAL[3], SPECIAL[4]]),
     (
         "2x1-udp-waiting",
@@ -272,6 +284,13 @@ fn callers_that_never_cancel_still_get_an_answer() {
 #[test]
 fn a_dead_flow_falls_back_to_a_push() {
     check_pinned("1x2-flow");
+}
+
+/// A graceful shutdown at any moment: every caller still gets exactly one final response,
+/// no device is rung twice, and a device woken for a call that ended is told.
+#[test]
+fn a_shutdown_at_any_moment_answers_every_caller() {
+    check_pinned("2x1-drain");
 }
 
 /// Binding-refresh pushes (RFC 8599 §5.5): never through a calls-only (APNs VoIP) token.

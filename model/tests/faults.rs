@@ -25,6 +25,7 @@ fn caught_by(fault: Fault) -> (&'static str, &'static str) {
         Fault::NoReroute => ("2x1-udp", "woken_device_learns_outcome"),
         Fault::KeepProbing => ("2x1-udp", "no_stale_invite_after_the_call_ended"),
         Fault::RefreshCallsOnlyToken => ("1x2-refresh", "calls_only_token_gets_only_call_pushes"),
+        Fault::ShutdownLeavesCalls => ("2x1-drain", "shutdown_answers_every_caller"),
     }
 }
 
@@ -124,6 +125,11 @@ fn refresh_push_through_a_calls_only_token_is_caught() {
 }
 
 #[test]
+fn a_shutdown_that_leaves_calls_to_their_deadlines_is_caught() {
+    assert_caught(Fault::ShutdownLeavesCalls);
+}
+
+#[test]
 fn every_fault_has_a_test() {
     // `caught_by` is exhaustive over `Fault`; this keeps `Fault::ALL` honest too.
     let configurations: BTreeSet<_> = Fault::ALL.iter().map(|&f| caught_by(f).0).collect();
@@ -132,7 +138,7 @@ fn every_fault_has_a_test() {
         .all(|c| ParkModel::configuration(c).is_some()));
     assert_eq!(
         Fault::ALL.iter().collect::<BTreeSet<_>>().len(),
-        14,
+        15,
         "a fault is listed twice or missing"
     );
 }

@@ -147,6 +147,7 @@ fn arrival(call: CallId, target: Target) -> Event {
     Event::CallArrived {
         call,
         aor: U1,
+        waking_limit: None,
         callee: Callee::Devices(vec![target]),
     }
 }
@@ -484,6 +485,21 @@ fn refresh_calls_only_token_refreshes_a_calls_only_token_but_not_a_device_a_call
     assert_eq!(f.send(expiring(TokenUse::CallsOnly)), []);
 }
 
+#[test]
+fn shutdown_leaves_calls_refuses_new_calls_but_ends_none_in_progress() {
+    let mut f = Faulty::new(Fault::ShutdownLeavesCalls);
+    f.send(arrival(C1, target(Flow::Closed, true)));
+    assert_eq!(f.send(Event::ShuttingDown), []);
+    assert_eq!(
+        f.send(arrival(C2, target(Flow::Closed, true))),
+        [Effect::Respond {
+            call: C2,
+            code: 503,
+            relay: None
+        }]
+    );
+}
+
 /// The test above that pins `fault`: a new fault fails to compile here until it has one.
 fn pinned_by(fault: Fault) -> fn() {
     match fault {
@@ -510,6 +526,9 @@ fn pinned_by(fault: Fault) -> fn() {
         Fault::KeepProbing => keep_probing_cancels_an_invite_the_device_never_answered,
         Fault::RefreshCallsOnlyToken => {
             refresh_calls_only_token_refreshes_a_calls_only_token_but_not_a_device_a_call_wakes
+        }
+        Fault::ShutdownLeavesCalls => {
+            shutdown_leaves_calls_refuses_new_calls_but_ends_none_in_progress
         }
     }
 }

@@ -155,6 +155,7 @@ fn arrival(call: CallId, aor: AorId, targets: &[Target]) -> Event {
     Event::CallArrived {
         call,
         aor,
+        waking_limit: None,
         callee: Callee::Devices(targets.to_vec()),
     }
 }
@@ -253,6 +254,7 @@ fn unknown_user_is_answered_like_a_known_user_without_a_phone_and_nothing_else()
     let effects = d.send(Event::CallArrived {
         call: C1,
         aor: U1,
+        waking_limit: None,
         callee: Callee::Unknown,
     });
     assert_eq!(effects, [respond(C1, 480, None)]);
@@ -260,6 +262,7 @@ fn unknown_user_is_answered_like_a_known_user_without_a_phone_and_nothing_else()
     let known = d.send(Event::CallArrived {
         call: C2,
         aor: U2,
+        waking_limit: None,
         callee: Callee::Devices(Vec::new()),
     });
     assert_eq!(known, [respond(C2, 480, None)], "the same answer");
@@ -573,6 +576,47 @@ fn caller_cancel_while_parked_gives_487_and_the_woken_device_is_told_not_called(
     d.assert_idle();
 }
 
+// Graceful drain (§4).
+#[test]
+fn shutting_down_ends_every_call_with_503_and_refuses_new_ones() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C1, D1));
+    d.send(arrival(C2, U2, &[online(D2)]));
+    d.send(trying(C2, D2));
+    d.clock_to(5_000);
+    assert_eq!(
+        d.send(Event::ShuttingDown),
+        [
+            respond(C1, 503, None),
+            disarm(Timer::Deadline(C1)),
+            arm(Timer::Linger(C1), 35_000),
+            respond(C2, 503, None),
+            disarm(Timer::Deadline(C2)),
+            cancel_branch(C2, D2)
+        ]
+    );
+    assert_eq!(
+        d.send(arrival(C3, U1, &[online(D1)])),
+        [respond(C3, 503, None)],
+        "no new call while shutting down"
+    );
+    // The phone woken for the parked call is told it is over, not rung.
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::Unanswered),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    assert_eq!(d.send(rejected(C2, D2, 487)), NOTHING);
+    assert_eq!(
+        d.send(Event::ShuttingDown),
+        NOTHING,
+        "twice changes nothing"
+    );
+}
+
 // Row 11.
 #[test]
 fn caller_cancel_after_forwarding_cancels_the_branch_and_its_487_lets_the_call_go() {
@@ -798,6 +842,69 @@ fn call_beyond_the_per_callee_limit_gets_486() {
         d.send(arrival(C3, U1, &[sleeping(D1)])),
         [arm(Timer::Deadline(C3), 30_000), push(C3, D1)]
     );
+}
+
+// Row 15.
+#[test]
+fn the_per_callee_limit_counts_calls_that_wake_a_device_not_calls_to_awake_ones() {
+    let mut d = Driver::with_config(Config {
+        max_calls_per_callee: 1,
+        ..Config::default()
+    });
+    // Calls to a device on an open connection push nothing: never limited.
+    for call in [C1, C2, C3] {
+        assert_eq!(
+            d.send(arrival(call, U1, &[online(D1)])),
+            [arm(Timer::Deadline(call), 30_000), forward(call, D1)]
+        );
+    }
+    // One call may wake the sleeping device; the next only rings the awake one.
+    let mut d = Driver::with_config(Config {
+        max_calls_per_callee: 1,
+        ..Config::default()
+    });
+    assert_eq!(
+        d.send(arrival(C1, U1, &[sleeping(D2)])),
+        [arm(Timer::Deadline(C1), 30_000), push(C1, D2)]
+    );
+    assert_eq!(
+        d.send(arrival(C2, U1, &[online(D1), sleeping(D2)])),
+        [arm(Timer::Deadline(C2), 30_000), forward(C2, D1)]
+    );
+    // Once the woken device registered, its call waits for it no more.
+    d.send(push_accepted(C1, D2));
+    d.send(registered(U1, D2));
+    assert_eq!(
+        d.send(arrival(C3, U1, &[sleeping(D2)])),
+        [arm(Timer::Deadline(C3), 30_000), push(C3, D2)]
+    );
+}
+
+// Row 15.
+#[test]
+fn a_callee_s_own_limit_replaces_the_default() {
+    let mut d = Driver::with_config(Config {
+        max_calls_per_callee: 1,
+        ..Config::default()
+    });
+    let with_limit = |call, limit| match arrival(call, U1, &[sleeping(D1)]) {
+        Event::CallArrived {
+            call, aor, callee, ..
+        } => Event::CallArrived {
+            call,
+            aor,
+            callee,
+            waking_limit: Some(limit),
+        },
+        other => other,
+    };
+    for call in [C1, C2] {
+        assert_eq!(
+            d.send(with_limit(call, 2)),
+            [arm(Timer::Deadline(call), 30_000), push(call, D1)]
+        );
+    }
+    assert_eq!(d.send(with_limit(C3, 2)), [respond(C3, 486, None)]);
 }
 
 // Row 15.

@@ -52,9 +52,23 @@ pub struct Listener {
     /// TLS: the certificate's PEM private key (read again on SIGHUP).
     #[serde(default)]
     pub private_key: Option<PathBuf>,
+    /// The address phones reach this listener at, `host` or `host:port` (a public IP or
+    /// DNS name), where it differs from `address`: bound to 0.0.0.0 or `[::]`, or behind
+    /// NAT. Our Via and Record-Route name it instead of the socket's address.
+    #[serde(default)]
+    pub advertised_address: Option<String>,
 }
 
 impl Listener {
+    /// The host part of `advertised_address` (an IPv6 address without its brackets).
+    pub fn advertised_host(&self) -> Option<&str> {
+        let a = self.advertised_address.as_deref()?;
+        if let Some(rest) = a.strip_prefix('[') {
+            return rest.split(']').next();
+        }
+        Some(a.split(':').next().unwrap_or(a))
+    }
+
     /// A listener without TLS files, as if it stood in a configuration file.
     pub fn new(transport: Transport, address: SocketAddr) -> Spanned<Self> {
         Spanned::new(
@@ -64,6 +78,7 @@ impl Listener {
                 address,
                 certificate: None,
                 private_key: None,
+                advertised_address: None,
             },
         )
     }
@@ -196,6 +211,9 @@ pub struct Parking {
     pub awake_window: Duration,
     pub max_calls: usize,
     pub max_calls_per_callee: usize,
+    /// `max_calls_per_callee` for particular callees, by address of record as the
+    /// registrar writes it (`sip:user@domain`, the domain in lower case).
+    pub callee_limits: BTreeMap<String, usize>,
 }
 
 /// REGISTER handling.
@@ -244,6 +262,10 @@ pub struct Auth {
     pub algorithms: Option<Vec<Spanned<String>>>,
     /// Accept the legacy RFC 2069 digest form (no `qop`, so no replay check) for old phones.
     pub allow_rfc2069: bool,
+    /// Let callers from other domains ring our users' phones without authenticating (a
+    /// public SIP address). Off: with a users file, only our own users (authenticated) and
+    /// trusted peers may call; others get 403. Without a users file anyone may.
+    pub accept_foreign_callers: bool,
 }
 
 /// Where bindings are kept.
@@ -269,6 +291,10 @@ pub struct Sip {
     /// Networks an in-dialog request may be sent to by address although they are loopback,
     /// link-local or private. Those of the listeners' own addresses always are.
     pub allowed_targets: Vec<ipnet::IpNet>,
+    /// On SIGTERM: how long the server goes on after ending every call (503 to callers,
+    /// CANCEL to ringing phones) for those answers to get through, before it exits.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 /// Push providers, and which provider serves each RFC 8599 `pn-provider` value.
@@ -281,9 +307,13 @@ pub struct Push {
     /// values are advertised in Feature-Caps; any other gets 555 at REGISTER.
     pub routes: BTreeMap<String, Spanned<String>>,
     /// Pushes one device may get per minute, calls and retries together (a burst of as many
-    /// is allowed): nobody can make a phone wake without bound. Beyond it a push fails
-    /// as transient, and the core gives up on that device in time.
+    /// is allowed): nobody can make a phone wake without bound. A device is its push token:
+    /// bindings that share a token share its budget. Beyond it a push fails as transient,
+    /// and the core gives up on that device in time.
     pub max_per_device_per_minute: u32,
+    /// Pushes one caller (its From address) may cause to one callee's phones per minute:
+    /// one caller redialling cannot drain a callee's budget for everyone else.
+    pub max_per_caller_per_minute: u32,
 }
 
 /// One push provider.
@@ -391,6 +421,7 @@ impl Default for Parking {
             awake_window: Duration::from_millis(core.awake_window),
             max_calls: core.max_calls,
             max_calls_per_callee: core.max_calls_per_callee,
+            callee_limits: BTreeMap::new(),
         }
     }
 }
@@ -425,6 +456,7 @@ impl Default for Sip {
             t4: Duration::from_secs(5),
             max_message_size: 65_535,
             allowed_targets: Vec::new(),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -439,6 +471,7 @@ impl Default for Push {
                 .map(|pns| (pns.to_owned(), Spanned::new(0..0, log.clone())))
                 .collect(),
             max_per_device_per_minute: 20,
+            max_per_caller_per_minute: 12,
         }
     }
 }
@@ -522,7 +555,16 @@ impl Config {
                 &listener.as_ref().certificate,
                 &listener.as_ref().private_key,
             );
+            let l = listener.as_ref();
+            let advertised = l.advertised_address.as_deref();
             let problem = match (tls, files) {
+                _ if advertised.is_some_and(|a| !is_host_port(a)) => {
+                    "advertised_address must be host or host:port (an IP address or DNS name)"
+                }
+                _ if l.address.ip().is_unspecified() && advertised.is_none() => {
+                    "a listener on all addresses needs advertised_address: the address phones \
+                     reach, which our Via and Record-Route name"
+                }
                 (true, (Some(_), Some(_))) | (false, (None, None)) => continue,
                 (true, _) => "a TLS listener needs both certificate and private_key",
                 (false, _) => "certificate and private_key are for TLS listeners",
@@ -707,6 +749,34 @@ fn line_of(text: &str, at: usize) -> usize {
         + 1
 }
 
+/// `host` or `host:port`: an IPv4 address, a bracketed IPv6 address or a DNS name, with
+/// an optional port (what a Via sent-by or a SIP URI's host part takes, RFC 3261 §25.1).
+/// The host part of one is [`Listener::advertised_host`].
+fn is_host_port(value: &str) -> bool {
+    if value.parse::<SocketAddr>().is_ok() || value.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    if let Some(v6) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    let (host, port) = match value.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (value, None),
+    };
+    let labels_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    labels_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -786,6 +856,39 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_on_all_addresses_needs_an_advertised_address() {
+        let any = "domains = [\"example.com\"]\n[[listen]]\ntransport = \"udp\"\naddress = \"0.0.0.0:5060\"\n";
+        let err = parse(any).expect_err("no advertised address");
+        assert!(err.starts_with("pushpark.toml:2: `listen[0]`: "), "{err}");
+        assert!(err.contains("advertised_address"), "{err}");
+        for good in [
+            "sip.example.com",
+            "sip.example.com:5070",
+            "203.0.113.5:5060",
+            "[2001:db8::1]",
+        ] {
+            let text = format!(
+                "[auth]\nusers_file = \"/etc/pushpark/users\"\n{}advertised_address = \"{good}\"\n",
+                any.replace("domains = [\"example.com\"]\n", "")
+            );
+            let config = parse(&format!("domains = [\"example.com\"]\n{text}"));
+            assert!(config.is_ok(), "{good}: {config:?}");
+        }
+        for bad in [
+            "",
+            "2001:db8::1",
+            "sip example.com",
+            "sip.example.com:0",
+            "a;b",
+            "<x>",
+        ] {
+            let text = format!("{any}advertised_address = \"{bad}\"\n");
+            let err = parse(&text).expect_err(bad);
+            assert!(err.contains("host or host:port"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn a_zero_connection_limit_is_an_error_naming_the_key() {
         let err = parse("[connections]\nmax_per_ip = 0\n").expect_err("zero");
         assert!(
@@ -852,8 +955,11 @@ mod tests {
 
     #[test]
     fn listening_beyond_loopback_needs_a_users_file() {
-        let err = parse("[[listen]]\ntransport = \"tcp\"\naddress = \"0.0.0.0:5060\"\n")
-            .expect_err("open registrar on the network");
+        let err = parse(
+            "[[listen]]\ntransport = \"tcp\"\naddress = \"0.0.0.0:5060\"\n\
+             advertised_address = \"sip.example.com\"\n",
+        )
+        .expect_err("open registrar on the network");
         assert!(err.contains("auth.users_file"), "{err}");
     }
 

@@ -99,6 +99,7 @@ mod tests {
             Event::CallArrived {
                 call: CallId(1),
                 aor: AorId(1),
+                waking_limit: None,
                 callee: Callee::Devices(vec![Target {
                     device: DeviceId(1),
                     flow: Flow::Closed,

@@ -158,21 +158,35 @@ fn run(command: Command) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Runs the server until Ctrl-C or SIGTERM; SIGHUP reloads the TLS certificates.
+/// Runs the server until Ctrl-C or SIGTERM, then drains it (every call answered, within
+/// `sip.shutdown_grace`); SIGHUP reloads the TLS certificates.
 fn serve(config: Config) -> Result<(), Failure> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+    abort_on_panic();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let server = Server::start(config).await?;
         shutdown_signal(&server).await;
         tracing::info!("shutting down");
-        server.shutdown().await;
+        server.drain().await;
         Ok(())
     })
+}
+
+/// A panic anywhere ends the process at once, for a supervisor to restart it: the event
+/// loop's state cannot be trusted after one, and a half-alive server that still accepts
+/// connections is worse than a restart. Nothing answered is lost: every binding's 200 OK
+/// followed its commit.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
 }
 
 /// Waits for Ctrl-C or SIGTERM, reloading the TLS certificates on each SIGHUP meanwhile.

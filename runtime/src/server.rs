@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
@@ -46,8 +46,16 @@ pub struct Server {
     transports: Transports,
     metrics: Arc<Metrics>,
     admin: Option<(SocketAddr, JoinHandle<()>)>,
-    stop: Option<oneshot::Sender<()>>,
+    control: mpsc::Sender<Control>,
     task: JoinHandle<()>,
+}
+
+/// What the server's owner asks of the loop.
+enum Control {
+    /// End every call, serve what that leaves to finish, then stop (within the grace).
+    Drain,
+    /// Stop now.
+    Stop,
 }
 
 impl Server {
@@ -96,6 +104,7 @@ impl Server {
             ),
             None => None,
         };
+        let grace = config.sip.shutdown_grace;
         let node = Node::new(
             config,
             Instant::now(),
@@ -109,14 +118,15 @@ impl Server {
             },
         );
         let shell = Shell {
+            grace,
             node,
             transports: transports.clone(),
             writer,
             dispatcher,
             metrics: Arc::clone(&metrics),
         };
-        let (stop_tx, stop) = oneshot::channel();
-        let task = tokio::spawn(shell.run(inbound, store_done, reports, stop));
+        let (control, commands) = mpsc::channel(2);
+        let task = tokio::spawn(shell.run(inbound, store_done, reports, commands));
         for (transport, addr) in &addrs {
             info!("listening on {transport} {addr}");
         }
@@ -125,7 +135,7 @@ impl Server {
             transports,
             metrics,
             admin,
-            stop: Some(stop_tx),
+            control,
             task,
         })
     }
@@ -156,12 +166,22 @@ impl Server {
 
     /// Stops serving; bindings are already durable.
     pub async fn shutdown(mut self) {
+        self.stop(Control::Stop).await;
+    }
+
+    /// Stops gracefully (SIGTERM): every call in progress ends at once (503 with
+    /// Retry-After to its caller, CANCEL to the phones ringing for it) and new calls are
+    /// refused the same way; the server goes on until those answers are through, or
+    /// `sip.shutdown_grace` has passed, then commits what the store was given and stops.
+    pub async fn drain(mut self) {
+        self.stop(Control::Drain).await;
+    }
+
+    async fn stop(&mut self, how: Control) {
         if let Some((_, admin)) = self.admin.take() {
             admin.abort();
         }
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        let _ = self.control.send(how).await;
         let _ = (&mut self.task).await;
     }
 
@@ -180,6 +200,8 @@ fn unix_now() -> u64 {
 
 /// What the loop owns: the node, and the I/O it asks for.
 struct Shell {
+    /// How long a drain may take (`sip.shutdown_grace`).
+    grace: Duration,
     node: Node,
     transports: Transports,
     /// The store's own thread (group commit).
@@ -194,14 +216,25 @@ impl Shell {
         mut inbound: mpsc::Receiver<Inbound>,
         mut store_done: mpsc::UnboundedReceiver<StoreDone>,
         mut reports: PushReports<PushTag>,
-        mut stop: oneshot::Receiver<()>,
+        mut control: mpsc::Receiver<Control>,
     ) {
         let transports = self.transports.clone();
         let mut datagram = vec![0; 65_536];
+        // Set once draining: when to stop at the latest.
+        let mut drain_until: Option<Instant> = None;
         loop {
             let wake = self.node.poll_timeout();
+            let wake = drain_until.map_or(wake, |until| wake.min(until));
             tokio::select! {
-                _ = &mut stop => break,
+                command = control.recv(), if drain_until.is_none() => match command {
+                    Some(Control::Drain) => {
+                        let now = Instant::now();
+                        info!("draining: ending every call, for {:?} at most", self.grace);
+                        self.node.handle_shutdown(now);
+                        drain_until = Some(now + self.grace);
+                    }
+                    Some(Control::Stop) | None => break,
+                },
                 index = transports.udp_readable() => {
                     let now = Instant::now();
                     let node = &mut self.node;
@@ -226,6 +259,9 @@ impl Shell {
             let now = Instant::now();
             let next = self.node.poll_timeout().saturating_duration_since(now);
             self.metrics.turned(now, next);
+            if drain_until.is_some_and(|until| self.node.is_drained() || now >= until) {
+                break;
+            }
         }
         // Let the store commit what it was given: bindings already answered are durable,
         // and the next start must find the file free.

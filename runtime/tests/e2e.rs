@@ -289,6 +289,52 @@ async fn cancel_after_forwarding_reaches_the_ringing_phone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_answers_every_caller_503_and_cancels_ringing_phones() {
+    let mut h = Harness::start(|c| c.sip.shutdown_grace = Duration::from_secs(10)).await;
+    let bob = h
+        .phone("sip:bob@localhost", "bob20", Behaviour::RingOnly)
+        .await;
+    let _carol = h
+        .sleeping_phone("sip:carol@localhost", "carol20", ANSWER)
+        .await;
+    let ringing = h.caller().await;
+    ringing
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    ringing.expect_response(180, STEP).await.expect("ringing");
+    let parked = h.caller().await;
+    parked
+        .invite("sip:carol@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    h.gateway
+        .wait_for_push(STEP)
+        .await
+        .expect("carol is pushed");
+
+    let server = h.server.take().expect("running");
+    let started = std::time::Instant::now();
+    let drained = tokio::spawn(server.drain());
+    for caller in [&ringing, &parked] {
+        let answer = caller.expect_final(STEP).await.expect("a final response");
+        assert_eq!(answer.status_code.code(), 503, "{answer}");
+        assert!(
+            answer.to_string().contains("Retry-After:"),
+            "a 503 says when to come back: {answer}"
+        );
+    }
+    bob.expect_request(Method::Cancel, STEP)
+        .await
+        .expect("the ringing phone is cancelled");
+    drained.await.expect("the drain ends");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "done once every answer is through, not at the end of the grace"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_phones_the_first_answer_wins_and_the_other_is_cancelled() {
     let h = Harness::start(|_| {}).await;
     let desk = h

@@ -1,6 +1,6 @@
 //! The registrar over real UDP: expiry bounds, RFC 8599 push parameters and Feature-Caps,
-//! capability queries, RFC 5626 outbound, `Contact: *`, ordering, IPv6, and the digest
-//! challenge of an INVITE from the local domain.
+//! capability queries, RFC 5626 outbound, `Contact: *`, ordering, IPv6, the digest
+//! challenge of an INVITE from the local domain, and who may call at all.
 
 mod common;
 
@@ -192,6 +192,30 @@ async fn an_invite_from_a_local_user_is_challenged_unless_the_peer_is_trusted() 
         status(&trusted),
         480,
         "bob is no user of this server, answered as one without a phone: {trusted}"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_from_another_domain_is_refused_unless_the_operator_opens_the_server() {
+    let users = tempfile::NamedTempFile::new().expect("a users file");
+    pushpark::auth::add_user(users.path(), "bob", "localhost", "secret").expect("a user");
+    let path = users.path().to_owned();
+    let invite = "INVITE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKf1\r\nMax-Forwards: 70\r\nFrom: \"Your Bank\" <sip:mallory@attacker.example>;tag=m\r\nTo: <sip:bob@localhost>\r\nCall-ID: foreign@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    let (server, addr, _dir) = start(false, |c| c.auth.users_file = Some(path.clone())).await;
+    let refused = exchange(addr, invite).await;
+    server.shutdown().await;
+    let (server, addr, _dir) = start(false, |c| {
+        c.auth.users_file = Some(path);
+        c.auth.accept_foreign_callers = true;
+    })
+    .await;
+    let opened = exchange(addr, invite).await;
+    server.shutdown().await;
+    assert_eq!(status(&refused), 403, "{refused}");
+    assert_eq!(
+        status(&opened),
+        480,
+        "let in, and bob has no phone registered: {opened}"
     );
 }
 

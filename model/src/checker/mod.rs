@@ -108,6 +108,8 @@ pub struct ParkModel {
     /// The registrar may report, once per device, that its binding nears expiry
     /// (`Event::BindingExpiring`); a device that gets a refresh push may register once more.
     pub bindings_expire: bool,
+    /// The server may be shut down (SIGTERM) once, at any moment (`Event::ShuttingDown`).
+    pub shutdown: bool,
     /// The environment's misbehaviour.
     pub budget: Budget,
     /// The core's policy.
@@ -133,6 +135,7 @@ impl ParkModel {
             in_flight: false,
             calls_only: 0,
             bindings_expire: false,
+            shutdown: false,
             budget: Budget {
                 transient_failures: 1,
                 permanent_failures: 1,
@@ -224,6 +227,12 @@ impl ParkModel {
                 extra_registers: 0,
                 ..Self::new(1, 2)
             },
+            "2x1-drain" => Self {
+                shutdown: true,
+                ringing: true,
+                extra_registers: 0,
+                ..Self::new(2, 1)
+            },
             "2x1-udp" => Self::awake_on_udp(false),
             "2x1-udp-waiting" => Self::awake_on_udp(true),
             _ => return None,
@@ -252,7 +261,7 @@ impl ParkModel {
 }
 
 /// The bounded configurations CI checks exhaustively, with what each is for.
-pub const CONFIGURATIONS: [(&str, &str); 13] = [
+pub const CONFIGURATIONS: [(&str, &str); 14] = [
     (
         "1x1",
         "one call, one sleeping device; it may ring, answer, be busy, decline or not answer",
@@ -290,6 +299,10 @@ pub const CONFIGURATIONS: [(&str, &str); 13] = [
         "1x2-refresh",
         "one call, two sleeping devices, one with a calls-only (APNs VoIP) token; each binding \
          may near expiry once, and a device registers on its own only after a refresh push",
+    ),
+    (
+        "2x1-drain",
+        "two calls, one sleeping device that may ring; the server may shut down at any moment",
     ),
     (
         "2x1-udp",
@@ -434,6 +447,8 @@ pub struct State {
     pub cancelling: BTreeSet<Pair>,
     /// Timers armed and not disarmed.
     pub timers: BTreeSet<Timer>,
+    /// The server was shut down.
+    pub shut_down: bool,
     pub history: History,
 }
 
@@ -480,6 +495,8 @@ pub enum Action {
     BindingExpiring(DeviceId),
     /// A timer fires.
     Fire(Timer),
+    /// The server is shut down (SIGTERM).
+    Shutdown,
 }
 
 impl fmt::Display for Action {
@@ -511,6 +528,7 @@ impl fmt::Display for Action {
             }
             Action::Arrive(c, d) => write!(f, "{d}: INVITE {c} arrives"),
             Action::BindingExpiring(d) => write!(f, "registrar: {d}'s binding nears expiry"),
+            Action::Shutdown => write!(f, "operator → server: SIGTERM"),
             Action::Fire(t) => write!(f, "timer {t:?} fires"),
         }
     }
@@ -747,6 +765,7 @@ impl Model for ParkModel {
             rang: BTreeSet::new(),
             cancelling: BTreeSet::new(),
             timers: BTreeSet::new(),
+            shut_down: false,
             history: History::default(),
         }]
     }
@@ -754,6 +773,9 @@ impl Model for ParkModel {
     fn actions(&self, s: &State, actions: &mut Vec<Action>) {
         if s.invited < self.calls {
             actions.push(Action::Invite);
+        }
+        if self.shutdown && !s.shut_down {
+            actions.push(Action::Shutdown);
         }
         if self.callers_cancel {
             for (i, caller) in s.callers.iter().enumerate().take(usize::from(s.invited)) {
@@ -865,6 +887,7 @@ impl Model for ParkModel {
                 Event::CallArrived {
                     call,
                     aor: CALLEE,
+                    waking_limit: None,
                     callee: Callee::Devices(targets),
                 }
             }
@@ -1012,6 +1035,10 @@ impl Model for ParkModel {
                 Self::close_branch(&mut s, (call, device));
                 undeliverable = Some((call, device));
                 Event::BranchUnreachable { call, device }
+            }
+            Action::Shutdown => {
+                s.shut_down = true;
+                Event::ShuttingDown
             }
             Action::BindingExpiring(device) => {
                 s.devices[device.0 as usize].expiry_reported = true;

@@ -6,7 +6,7 @@ use super::{ParkModel, State};
 use crate::{CallId, EndReason};
 
 /// Invariants: no reachable state may break them.
-pub const SAFETY: [&str; 17] = [
+pub const SAFETY: [&str; 18] = [
     "one_final_response_per_call",
     "nothing_forwarded_after_final",
     "no_device_gets_a_call_twice",
@@ -24,6 +24,7 @@ pub const SAFETY: [&str; 17] = [
     "dead_flow_falls_back_to_push",
     "no_stale_invite_after_the_call_ended",
     "calls_only_token_gets_only_call_pushes",
+    "shutdown_answers_every_caller",
 ];
 
 /// Liveness: on every path.
@@ -152,6 +153,9 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
         }),
         Property::<ParkModel>::always("calls_only_token_gets_only_call_pushes", |_, s| {
             !s.history.calls_only_pushed_for_no_call
+        }),
+        Property::<ParkModel>::always("shutdown_answers_every_caller", |_, s| {
+            !s.shut_down || calls(s).all(|c| s.caller(c).response.is_some())
         }),
         // Liveness.
         Property::<ParkModel>::eventually("every_call_gets_a_final_response", all_answered),

@@ -184,8 +184,10 @@ pub struct Node {
     metrics: Arc<Metrics>,
     /// When each push in flight was handed out, by push id.
     push_started: Map<String, Instant>,
-    /// How many more pushes each device may get for now.
-    push_budget: PushBudget<DeviceId>,
+    /// How many more pushes each push token may get for now (however many bindings share
+    /// it), and how many more each caller may cause to each callee's phones.
+    push_budget: PushBudget<(String, String)>,
+    caller_budget: PushBudget<(String, String)>,
     /// Requests and failed credentials per source address.
     pike: Pike,
     /// When the registrar's next sweep is due.
@@ -201,7 +203,22 @@ impl Node {
     /// A node on `config`, started at `now`.
     pub fn new(config: Config, now: Instant, options: NodeOptions) -> Self {
         let route_key = proxy::RouteKey::new(&options.secret);
-        let targets = proxy::Targets::new(&options.listeners, &config.sip.allowed_targets);
+        // Never a target either: where peers reach us, by the advertised IP addresses.
+        let advertised = config.listen.iter().filter_map(|l| {
+            let l = l.as_ref();
+            let ip = l.advertised_host()?.parse().ok()?;
+            let port = (l.advertised_address.as_deref()?.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(l.address.port());
+            Some((l.transport, SocketAddr::new(ip, port)))
+        });
+        let own: Vec<_> = options
+            .listeners
+            .iter()
+            .copied()
+            .chain(advertised)
+            .collect();
+        let targets = proxy::Targets::new(&own, &config.sip.allowed_targets);
         let auth = options.users.map(|users| {
             let mut digest = DigestConfig::new(config.realm(), options.secret);
             digest.algorithms = config.digest_algorithms();
@@ -230,6 +247,7 @@ impl Node {
             metrics: options.metrics,
             push_started: Map::default(),
             push_budget: PushBudget::new(config.push.max_per_device_per_minute),
+            caller_budget: PushBudget::new(config.push.max_per_caller_per_minute),
             pike: Pike::new(config.rate_limit.clone(), config.auth.trusted_peers.clone()),
             next_sweep: now + config.registrar.sweep_interval,
             feedback: Vec::new(),
@@ -324,6 +342,24 @@ impl Node {
         }
     }
 
+    /// The shell is shutting down (SIGTERM): the core ends every call in progress (503 with
+    /// Retry-After to its caller, CANCEL to ringing phones) and refuses new ones the same
+    /// way. REGISTERs are still served, so a phone woken for an ended call is told.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        self.advance(now);
+        self.feed(Event::ShuttingDown);
+    }
+
+    /// Whether the node owes no peer anything more: every transaction has its final
+    /// response through (an INVITE's non-2xx acknowledged, a branch answered or
+    /// cancelled), and nothing waits to be sent or stored. A draining shell stops then.
+    pub fn is_drained(&self) -> bool {
+        self.transactions.settled()
+            && self.transmits.is_empty()
+            && self.pushes.is_empty()
+            && self.store_jobs.is_empty()
+    }
+
     /// A message of transaction `key` could not be sent (RFC 3261 §17.1.4, §17.2.4).
     pub fn handle_send_failed(&mut self, now: Instant, key: &Key) {
         self.advance(now);
@@ -414,6 +450,7 @@ impl Node {
             self.bindings
                 .forget_unused_aors(|aor| core.holds_callee(aor));
             self.push_budget.prune(now);
+            self.caller_budget.prune(now);
             self.pike.prune(now);
             self.prune_flows(now);
             self.dialogs.prune(now);
@@ -510,7 +547,7 @@ impl Node {
             | Event::BranchRejected { call, .. }
             | Event::BranchUnreachable { call, .. } => Some(*call),
             Event::DeviceRegistered { .. } | Event::DeviceUnavailable { .. } => None,
-            Event::TimerFired(_) | Event::BindingExpiring { .. } => None,
+            Event::TimerFired(_) | Event::BindingExpiring { .. } | Event::ShuttingDown => None,
         };
         let effects = self.driver.handle(self.now(), event.clone());
         trace!("core: {event:?} -> {effects:?}");
@@ -672,6 +709,9 @@ impl Node {
             .iter()
             .any(|d| d.eq_ignore_ascii_case(host))
             || self.addrs.iter().any(|(_, a)| a.ip().to_string() == host)
+            || (self.config.listen.iter())
+                .filter_map(|l| l.as_ref().advertised_host())
+                .any(|a| a.eq_ignore_ascii_case(host))
     }
 }
 
@@ -690,6 +730,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
+    use crate::config::Listener;
     use crate::sip::parse_datagram;
     use crate::store::{Binding, BindingId, PushParams};
 
@@ -699,7 +740,13 @@ mod tests {
     /// whose rate limiter trusts 192.0.2.10, the tests' caller (an SBC sending hundreds of
     /// INVITEs in one instant).
     fn node(start: Instant, callees: u64) -> Node {
+        node_with(start, callees, |_| {})
+    }
+
+    /// [`node`], on a configuration `adjust` changed.
+    fn node_with(start: Instant, callees: u64, adjust: impl FnOnce(&mut Config)) -> Node {
         let mut config = Config::default();
+        adjust(&mut config);
         config.auth.trusted_peers = vec!["192.0.2.10/32".parse().expect("a network")];
         let bindings = (1..=callees)
             .map(|id| Binding {
@@ -779,6 +826,69 @@ Content-Length: 0\r\n\r\n";
         assert!(
             node.flows.contains_key(&caller.id),
             "the caller's flow, for its dialog"
+        );
+    }
+
+    #[test]
+    fn a_listener_on_all_addresses_is_named_by_its_advertised_address() {
+        let start = Instant::now();
+        let listener = |transport, address: &str, advertised: &str| {
+            let mut l = Listener::new(transport, address.parse().expect("an address"));
+            l.as_mut().advertised_address = Some(advertised.to_owned());
+            l
+        };
+        let node = node_with(start, 0, |c| {
+            c.listen = vec![
+                listener(Transport::Udp, "0.0.0.0:5060", "sip.example.com:5070"),
+                listener(Transport::Tcp, "0.0.0.0:5060", "203.0.113.5"),
+            ];
+        });
+        let any: SocketAddr = "0.0.0.0:5060".parse().expect("an address");
+        let accepted: SocketAddr = "10.0.0.5:5060".parse().expect("an address");
+        assert_eq!(node.sent_by(Transport::Udp, any), "sip.example.com:5070");
+        assert_eq!(node.sent_by(Transport::Tcp, accepted), "203.0.113.5");
+        let other: SocketAddr = "127.0.0.1:5999".parse().expect("an address");
+        assert_eq!(node.sent_by(Transport::Udp, other), "127.0.0.1:5999");
+        // Routes naming the advertised hosts are ours; requests to them never leave.
+        assert!(node.is_local_host("SIP.example.com"));
+        assert!(node.is_local_host("203.0.113.5"));
+        assert!(!node.is_local_host("203.0.113.6"));
+        assert!(!node
+            .targets
+            .allow("203.0.113.5:5060".parse().expect("an address")));
+    }
+
+    #[test]
+    fn pushes_are_budgeted_per_push_token_and_per_caller_and_callee() {
+        let start = Instant::now();
+        let mut node = node_with(start, 1, |c| {
+            c.push.max_per_device_per_minute = 5;
+            c.push.max_per_caller_per_minute = 3;
+        });
+        let server: SocketAddr = "127.0.0.1:5060".parse().expect("an address");
+        let call = |node: &mut Node, from: &str, n: usize| {
+            let invite = format!(
+                "INVITE sip:u1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKb{n}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:{from}@127.0.0.1>;tag=b{n}\r\nTo: <sip:u1@127.0.0.1>\r\n\
+                 Call-ID: budget-{n}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            );
+            let message = parse_datagram(invite.as_bytes()).expect("an INVITE");
+            let flow = Flow::udp(server, "192.0.2.10:5060".parse().expect("an address"));
+            node.handle_inbound(start, Inbound::Message { flow, message });
+            while node.poll_transmit().is_some() {}
+            std::iter::from_fn(|| node.poll_push()).count()
+        };
+        let alice: Vec<usize> = (0..4).map(|n| call(&mut node, "alice", n)).collect();
+        assert_eq!(alice, [1, 1, 1, 0], "alice's fourth call pushes no more");
+        let others: Vec<usize> = ["carol", "dave", "erin"]
+            .iter()
+            .enumerate()
+            .map(|(n, from)| call(&mut node, from, 10 + n))
+            .collect();
+        assert_eq!(
+            others,
+            [1, 1, 0],
+            "then the token's own budget of 5 runs out"
         );
     }
 

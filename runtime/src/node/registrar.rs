@@ -600,7 +600,7 @@ impl Node {
         if self.bindings.refreshed.insert(id, expires_at) == Some(expires_at) {
             return;
         }
-        if !self.push_budget.allow(id, self.instant()) {
+        if !self.push_budget.allow(push.token(), self.instant()) {
             return;
         }
         let request = PushRequest {

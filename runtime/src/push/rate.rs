@@ -22,17 +22,28 @@ impl<K: Eq + Hash> PushBudget<K> {
 
     /// Takes one push from `key`'s budget at `now`, if there is one left.
     pub fn allow(&mut self, key: K, now: Instant) -> bool {
-        let per_minute = self.per_minute;
-        let (tokens, last) = self.buckets.entry(key).or_insert((per_minute, now));
-        let refill = now.saturating_duration_since(*last).as_secs_f64() * per_minute / 60.0;
-        *tokens = (*tokens + refill).min(per_minute);
-        *last = now;
+        let tokens = self.refill(key, now);
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// Whether `key` has a push left at `now`, without taking it.
+    pub fn has_left(&mut self, key: K, now: Instant) -> bool {
+        *self.refill(key, now) >= 1.0
+    }
+
+    /// `key`'s tokens, refilled up to `now`.
+    fn refill(&mut self, key: K, now: Instant) -> &mut f64 {
+        let per_minute = self.per_minute;
+        let (tokens, last) = self.buckets.entry(key).or_insert((per_minute, now));
+        let refill = now.saturating_duration_since(*last).as_secs_f64() * per_minute / 60.0;
+        *tokens = (*tokens + refill).min(per_minute);
+        *last = now;
+        tokens
     }
 
     /// Forgets the keys whose bucket has been full again for a while: they cost nothing.

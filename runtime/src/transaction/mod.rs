@@ -258,6 +258,17 @@ impl<M: Clone> Transactions<M> {
         self.txs.is_empty()
     }
 
+    /// Whether every live transaction has finished its exchange and only absorbs
+    /// retransmissions now: none waits for a response, and no INVITE server transaction
+    /// still retransmits a non-2xx final waiting for its ACK.
+    pub fn settled(&self) -> bool {
+        self.txs.iter().all(|(key, tx)| match tx.state {
+            State::Confirmed | State::Accepted => true,
+            State::Completed => !(key.role() == Role::Server && *key.method() == Method::Invite),
+            State::Calling | State::Trying | State::Proceeding => false,
+        })
+    }
+
     /// The state of a live transaction, `None` if there is none with this key.
     pub fn state(&self, key: &Key) -> Option<State> {
         self.txs.get(key).map(|tx| tx.state)

@@ -35,6 +35,8 @@ pub(crate) struct CallContext {
     pub(crate) invite: Message,
     pub(crate) flow: Flow,
     pub(crate) key: Key,
+    /// Who calls (the From address, lowercased): its pushes to the callee are counted.
+    pub(crate) caller: String,
     pub(crate) aor: String,
     pub(crate) to_tag: String,
     pub(crate) answered: bool,
@@ -165,6 +167,17 @@ impl Branches {
     }
 }
 
+/// What [`Node::admit_caller`] makes of an INVITE's caller.
+enum Admission {
+    /// Rings the callee's phones; the caller's address (From, lowercased) is who its pushes
+    /// are counted against.
+    Caller(String),
+    /// 407 with these challenges.
+    Challenge(Vec<(&'static str, String)>),
+    /// 403: a caller from another domain, or no From to tell.
+    Refused,
+}
+
 impl Node {
     pub(super) fn on_invite(&mut self, flow: Flow, key: Key, invite: Message) {
         let reply = |node: &mut Node, code: u16, extra: &[(&str, String)]| {
@@ -184,9 +197,11 @@ impl Node {
         let Some(aor) = aor_of(&ruri) else {
             return reply(self, 404, &[]);
         };
-        if let Some(challenge) = self.invite_needs_auth(&flow, &invite) {
-            return reply(self, 407, &challenge);
-        }
+        let caller = match self.admit_caller(&flow, &invite) {
+            Admission::Caller(caller) => caller,
+            Admission::Challenge(challenge) => return reply(self, 407, &challenge),
+            Admission::Refused => return reply(self, 403, &[]),
+        };
         // 100 Trying at once: it quenches retransmissions and lets the caller CANCEL.
         reply(self, 100, &[]);
         self.metrics.call();
@@ -204,6 +219,7 @@ impl Node {
         self.calls.next += 1;
         let call = CallId(self.calls.next);
         let aor_id = self.bindings.aor_id(&aor);
+        let waking_limit = self.config.parking.callee_limits.get(&aor).copied();
         let to_tag = format!("pp{}", self.next_id());
         self.calls.by_invite.insert(key.clone(), call);
         self.calls.by_id.insert(
@@ -212,6 +228,7 @@ impl Node {
                 invite,
                 flow,
                 key,
+                caller,
                 aor,
                 to_tag,
                 answered: false,
@@ -223,6 +240,7 @@ impl Node {
             call,
             aor: aor_id,
             callee,
+            waking_limit,
         });
     }
 
@@ -237,28 +255,35 @@ impl Node {
         })
     }
 
-    /// The 407 challenge an INVITE from one of our own users must answer, if any.
-    fn invite_needs_auth(
-        &mut self,
-        flow: &Flow,
-        invite: &Message,
-    ) -> Option<Vec<(&'static str, String)>> {
-        let (digest, users) = self.auth.as_ref()?;
-        if self
-            .config
-            .auth
-            .trusted_peers
-            .iter()
-            .any(|net| net.contains(&flow.peer.ip()))
-        {
-            return None;
+    /// Who may ring a phone. Without a users file (a server on loopback) anyone may. With
+    /// one: a trusted peer (an SBC, a PBX), or one of our users who authenticates as the
+    /// From address (407 until then); a caller from another domain only where
+    /// `auth.accept_foreign_callers` opens the server to them, else 403.
+    fn admit_caller(&mut self, flow: &Flow, invite: &Message) -> Admission {
+        let caller = invite
+            .from_header()
+            .and_then(Result::ok)
+            .map(|from| from.uri_raw.to_ascii_lowercase())
+            .unwrap_or_default();
+        let Some((digest, users)) = self.auth.as_ref() else {
+            return Admission::Caller(caller);
+        };
+        let trusted = (self.config.auth.trusted_peers.iter()).any(|n| n.contains(&flow.peer.ip()));
+        if trusted {
+            return Admission::Caller(caller);
         }
-        let from = invite.from_header()?.ok()?;
-        let Uri::Sip(from_uri) = &from.uri else {
-            return None;
+        let from_uri = match invite.from_header().and_then(Result::ok) {
+            Some(NameAddr {
+                uri: Uri::Sip(uri), ..
+            }) => uri,
+            _ => return Admission::Refused,
         };
         if !self.is_local_host(from_uri.host_raw) {
-            return None;
+            return if self.config.auth.accept_foreign_callers {
+                Admission::Caller(caller)
+            } else {
+                Admission::Refused
+            };
         }
         let now = self.unix_now();
         let uri = invite.request_uri_str().unwrap_or_default();
@@ -274,7 +299,7 @@ impl Node {
             Some(Verdict::Authenticated { username })
                 if from_uri.user == Some(username.as_str()) =>
             {
-                None
+                Admission::Caller(caller)
             }
             other => {
                 match &other {
@@ -297,7 +322,7 @@ impl Node {
                 }
                 let stale = matches!(other, Some(Verdict::Stale));
                 let header = ChallengeKind::Proxy.challenge_header();
-                Some(
+                Admission::Challenge(
                     digest
                         .challenges(now, stale)
                         .into_iter()
@@ -519,8 +544,19 @@ impl Node {
                 permanent: true,
             });
         };
-        if !self.push_budget.allow(device, self.instant()) {
-            tracing::warn!("push to {device} for {call} refused: over the per-device rate limit");
+        // Taken from both budgets, or from neither.
+        let now = self.instant();
+        let pair = (ctx.caller.clone(), ctx.aor.clone());
+        let over = if !self.push_budget.has_left(push.token(), now) {
+            Some("the push token's")
+        } else if !self.caller_budget.allow(pair, now) {
+            Some("the caller's")
+        } else {
+            self.push_budget.allow(push.token(), now);
+            None
+        };
+        if let Some(budget) = over {
+            tracing::warn!("push to {device} for {call} refused: over {budget} push budget");
             return self.feedback.push(Event::PushFailed {
                 call,
                 device,
@@ -560,14 +596,14 @@ impl Node {
     /// leaves from, we record-route twice (RFC 5658 §4): the device's route set then leads
     /// it back over its own flow, the caller's over its own.
     fn branch_invite(&self, ctx: &CallContext, contact: &str, flow: &Flow, branch: &str) -> Bytes {
-        let local = format_addr(flow.local);
+        let local = self.sent_by(flow.transport, flow.local);
         let via = format!("SIP/2.0/{} {local};branch={branch}", flow.transport);
         let call_id = raw(&ctx.invite, HeaderName::CallId).unwrap_or_default();
         let token = self.route_key.token(ctx.flow.id, flow.id, call_id);
         let route_via = |flow: &Flow| {
             format!(
                 "<sip:{token}@{}{};lr>",
-                format_addr(flow.local),
+                self.sent_by(flow.transport, flow.local),
                 flow.transport.uri_param()
             )
         };
@@ -782,7 +818,7 @@ impl Node {
             return;
         };
         let seq = response.cseq().and_then(Result::ok).map_or(1, |c| c.seq);
-        let local = format_addr(flow.local);
+        let local = self.sent_by(flow.transport, flow.local);
         let requests = [("ACK", seq), ("BYE", seq + 1)];
         for &(method, seq) in &requests[..if bye { 2 } else { 1 }] {
             let via = format!(

@@ -193,7 +193,7 @@ impl Node {
         let transport = direct.map_or(flow.transport, |(t, _)| t);
         let via = format!(
             "SIP/2.0/{transport} {};branch={branch}",
-            format_addr(via_local)
+            self.sent_by(transport, via_local)
         );
         let bytes: Bytes = request
             .forward()

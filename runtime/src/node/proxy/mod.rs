@@ -31,6 +31,7 @@ use tracing::debug;
 
 use self::dialog::with_received;
 use super::{Node, Outgoing};
+use crate::config::Transport;
 use crate::sip::{
     default_reason, parse_datagram_bytes, validate_request, HeaderName, Message, Method, NameAddr,
     RequestBuilder, Uri,
@@ -94,6 +95,24 @@ fn format_addr(addr: SocketAddr) -> String {
     match addr {
         SocketAddr::V4(a) => a.to_string(),
         SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+impl Node {
+    /// How our Via and Record-Route name the listener a message leaves from over
+    /// `transport` at `local`: its `advertised_address` if it has one, else the address.
+    pub(crate) fn sent_by(&self, transport: Transport, local: SocketAddr) -> String {
+        self.config
+            .listen
+            .iter()
+            .map(|l| l.as_ref())
+            .find(|l| {
+                l.transport == transport
+                    && l.address.port() == local.port()
+                    && (l.address.ip() == local.ip() || l.address.ip().is_unspecified())
+            })
+            .and_then(|l| l.advertised_address.clone())
+            .unwrap_or_else(|| format_addr(local))
     }
 }
 
