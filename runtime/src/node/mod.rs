@@ -186,8 +186,11 @@ pub struct Node {
     push_started: Map<String, Instant>,
     /// How many more pushes each push token may get for now (however many bindings share
     /// it), and how many more each caller may cause to each callee's phones.
-    push_budget: PushBudget<(String, String)>,
-    caller_budget: PushBudget<(String, String)>,
+    push_budget: PushBudget<u64>,
+    caller_budget: PushBudget<u64>,
+    /// Keys the budgets by a keyed hash of what they count (no allocation per push; keys
+    /// an outsider cannot aim at one another's).
+    budget_hasher: ahash::RandomState,
     /// Requests and failed credentials per source address.
     pike: Pike,
     /// When the registrar's next sweep is due.
@@ -248,6 +251,7 @@ impl Node {
             push_started: Map::default(),
             push_budget: PushBudget::new(config.push.max_per_device_per_minute),
             caller_budget: PushBudget::new(config.push.max_per_caller_per_minute),
+            budget_hasher: ahash::RandomState::new(),
             pike: Pike::new(config.rate_limit.clone(), config.auth.trusted_peers.clone()),
             next_sweep: now + config.registrar.sweep_interval,
             feedback: Vec::new(),
@@ -326,6 +330,12 @@ impl Node {
             }
         }
         self.drain_transactions();
+    }
+
+    /// The push budgets' key for `parts` (a push token's provider and id; a caller and a
+    /// callee).
+    fn budget_key(&self, parts: &[&str]) -> u64 {
+        self.budget_hasher.hash_one(parts)
     }
 
     /// Whether a request from `flow` is handled: not if its source is blocked, or is

@@ -10,6 +10,7 @@
 //! `max_sources` are held, beyond which new sources go uncounted until room is made (a
 //! spoofed-source flood cannot grow the table, and cannot complete a digest exchange either).
 
+use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -98,15 +99,21 @@ impl Pike {
         if self.trusted.iter().any(|net| net.contains(&ip)) {
             return None;
         }
-        if !self.sources.contains_key(&ip) && self.sources.len() >= self.limits.max_sources {
-            return None;
+        let full = self.sources.len() >= self.limits.max_sources;
+        match self.sources.entry(ip) {
+            Entry::Occupied(known) => Some(known.into_mut()),
+            Entry::Vacant(_) if full => None,
+            Entry::Vacant(new) => Some(new.insert(Source::new(now))),
         }
-        Some(self.sources.entry(ip).or_insert_with(|| Source::new(now)))
     }
 
     /// Counts a request from `ip` at `now`.
     pub(crate) fn request(&mut self, now: Instant, ip: IpAddr) -> Admit {
-        let limits = self.limits.clone();
+        let (window, max, block_for) = (
+            self.limits.window,
+            self.limits.max_requests,
+            self.limits.block_for,
+        );
         let Some(source) = self.source(now, ip) else {
             return Admit::Yes;
         };
@@ -114,13 +121,13 @@ impl Pike {
             return Admit::Blocked;
         }
         source.blocked_until = None;
-        if now.saturating_duration_since(source.window_start) >= limits.window {
+        if now.saturating_duration_since(source.window_start) >= window {
             source.window_start = now;
             source.requests = 0;
         }
         source.requests = source.requests.saturating_add(1);
-        if source.requests > limits.max_requests {
-            source.blocked_until = Some(now + limits.block_for);
+        if source.requests > max {
+            source.blocked_until = Some(now + block_for);
             source.requests = 0;
             return Admit::NowBlocked(Block::Requests);
         }

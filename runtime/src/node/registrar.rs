@@ -600,7 +600,8 @@ impl Node {
         if self.bindings.refreshed.insert(id, expires_at) == Some(expires_at) {
             return;
         }
-        if !self.push_budget.allow(push.token(), self.instant()) {
+        let token = self.budget_key(&[&push.provider, &push.prid]);
+        if !self.push_budget.allow(token, self.instant()) {
             return;
         }
         let request = PushRequest {

@@ -85,13 +85,6 @@ pub struct PushParams {
     pub param: Option<String>,
 }
 
-impl PushParams {
-    /// What names the device to its push service: provider and token.
-    pub fn token(&self) -> (String, String) {
-        (self.provider.clone(), self.prid.clone())
-    }
-}
-
 /// A stored registration: one device of one address-of-record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Binding {

@@ -35,8 +35,6 @@ pub(crate) struct CallContext {
     pub(crate) invite: Message,
     pub(crate) flow: Flow,
     pub(crate) key: Key,
-    /// Who calls (the From address, lowercased): its pushes to the callee are counted.
-    pub(crate) caller: String,
     pub(crate) aor: String,
     pub(crate) to_tag: String,
     pub(crate) answered: bool,
@@ -169,9 +167,8 @@ impl Branches {
 
 /// What [`Node::admit_caller`] makes of an INVITE's caller.
 enum Admission {
-    /// Rings the callee's phones; the caller's address (From, lowercased) is who its pushes
-    /// are counted against.
-    Caller(String),
+    /// Rings the callee's phones.
+    Caller,
     /// 407 with these challenges.
     Challenge(Vec<(&'static str, String)>),
     /// 403: a caller from another domain, or no From to tell.
@@ -197,11 +194,11 @@ impl Node {
         let Some(aor) = aor_of(&ruri) else {
             return reply(self, 404, &[]);
         };
-        let caller = match self.admit_caller(&flow, &invite) {
-            Admission::Caller(caller) => caller,
+        match self.admit_caller(&flow, &invite) {
+            Admission::Caller => {}
             Admission::Challenge(challenge) => return reply(self, 407, &challenge),
             Admission::Refused => return reply(self, 403, &[]),
-        };
+        }
         // 100 Trying at once: it quenches retransmissions and lets the caller CANCEL.
         reply(self, 100, &[]);
         self.metrics.call();
@@ -228,7 +225,6 @@ impl Node {
                 invite,
                 flow,
                 key,
-                caller,
                 aor,
                 to_tag,
                 answered: false,
@@ -260,17 +256,12 @@ impl Node {
     /// From address (407 until then); a caller from another domain only where
     /// `auth.accept_foreign_callers` opens the server to them, else 403.
     fn admit_caller(&mut self, flow: &Flow, invite: &Message) -> Admission {
-        let caller = invite
-            .from_header()
-            .and_then(Result::ok)
-            .map(|from| from.uri_raw.to_ascii_lowercase())
-            .unwrap_or_default();
         let Some((digest, users)) = self.auth.as_ref() else {
-            return Admission::Caller(caller);
+            return Admission::Caller;
         };
         let trusted = (self.config.auth.trusted_peers.iter()).any(|n| n.contains(&flow.peer.ip()));
         if trusted {
-            return Admission::Caller(caller);
+            return Admission::Caller;
         }
         let from_uri = match invite.from_header().and_then(Result::ok) {
             Some(NameAddr {
@@ -280,7 +271,7 @@ impl Node {
         };
         if !self.is_local_host(from_uri.host_raw) {
             return if self.config.auth.accept_foreign_callers {
-                Admission::Caller(caller)
+                Admission::Caller
             } else {
                 Admission::Refused
             };
@@ -299,7 +290,7 @@ impl Node {
             Some(Verdict::Authenticated { username })
                 if from_uri.user == Some(username.as_str()) =>
             {
-                Admission::Caller(caller)
+                Admission::Caller
             }
             other => {
                 match &other {
@@ -544,15 +535,19 @@ impl Node {
                 permanent: true,
             });
         };
-        // Taken from both budgets, or from neither.
+        // Taken from both budgets, or from neither. The caller is its From address (any
+        // case), which only our authenticated users and trusted peers reach here with.
         let now = self.instant();
-        let pair = (ctx.caller.clone(), ctx.aor.clone());
-        let over = if !self.push_budget.has_left(push.token(), now) {
+        let from = ctx.invite.from_header().and_then(Result::ok);
+        let caller = from.as_ref().map_or("", |f| f.uri_raw);
+        let token = self.budget_key(&[&push.provider, &push.prid]);
+        let pair = self.budget_key(&[&caller.to_ascii_lowercase(), &ctx.aor]);
+        let over = if !self.push_budget.has_left(token, now) {
             Some("the push token's")
         } else if !self.caller_budget.allow(pair, now) {
             Some("the caller's")
         } else {
-            self.push_budget.allow(push.token(), now);
+            self.push_budget.allow(token, now);
             None
         };
         if let Some(budget) = over {
@@ -563,7 +558,6 @@ impl Node {
                 permanent: false,
             });
         }
-        let from = ctx.invite.from_header().and_then(Result::ok);
         let request = PushRequest {
             id,
             kind: PushKind::IncomingCall,
@@ -600,16 +594,14 @@ impl Node {
         let via = format!("SIP/2.0/{} {local};branch={branch}", flow.transport);
         let call_id = raw(&ctx.invite, HeaderName::CallId).unwrap_or_default();
         let token = self.route_key.token(ctx.flow.id, flow.id, call_id);
-        let route_via = |flow: &Flow| {
-            format!(
-                "<sip:{token}@{}{};lr>",
-                self.sent_by(flow.transport, flow.local),
-                flow.transport.uri_param()
-            )
-        };
-        let mut record_route = route_via(flow);
-        if (ctx.flow.transport, ctx.flow.local) != (flow.transport, flow.local) {
-            record_route = format!("{record_route}, {}", route_via(&ctx.flow));
+        let mut record_route = format!("<sip:{token}@{local}{};lr>", flow.transport.uri_param());
+        let caller = &ctx.flow;
+        if (caller.transport, caller.local) != (flow.transport, flow.local) {
+            record_route = format!(
+                "{record_route}, <sip:{token}@{}{};lr>",
+                self.sent_by(caller.transport, caller.local),
+                caller.transport.uri_param()
+            );
         }
         let max_forwards = ctx
             .invite
