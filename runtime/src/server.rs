@@ -222,6 +222,10 @@ impl Shell {
         let mut datagram = vec![0; 65_536];
         // Set once draining: when to stop at the latest.
         let mut drain_until: Option<Instant> = None;
+        // `/health` says ok from the start: an idle server turns next at its first timer.
+        let now = Instant::now();
+        let next = self.node.poll_timeout().saturating_duration_since(now);
+        self.metrics.turned(now, next);
         loop {
             let wake = self.node.poll_timeout();
             let wake = drain_until.map_or(wake, |until| wake.min(until));

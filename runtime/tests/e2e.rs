@@ -617,6 +617,24 @@ async fn a_binding_about_to_expire_gets_one_refresh_push_but_never_an_apns_voip_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_just_started_is_healthy_before_any_traffic() {
+    // An idle loop turns next at its first timer, seconds away: /health must not wait for
+    // it (a supervisor or a load balancer would take the new server for a dead one).
+    let h =
+        Harness::start(|c| c.admin.listen = Some("127.0.0.1:0".parse().expect("an address"))).await;
+    let admin = h
+        .server
+        .as_ref()
+        .and_then(Server::admin_addr)
+        .expect("admin");
+    let health = reqwest::get(format!("http://{admin}/health"))
+        .await
+        .expect("the admin listener answers");
+    assert_eq!(health.status(), 200);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_serves_metrics_of_calls_outcomes_and_pushes() {
     let h =
         Harness::start(|c| c.admin.listen = Some("127.0.0.1:0".parse().expect("an address"))).await;
