@@ -52,13 +52,15 @@ pub struct Fixture {
 }
 
 /// The configuration of the benches: embedded defaults, with no cap on pushes to one
-/// phone (the benches wake the same phones many times a second), no cap on requests from
+/// phone or from one caller to one callee (the benches wake the same phones for the same
+/// caller many times a second), no cap on requests from
 /// one address (the caller sends thousands a second; the rate limiter still counts them, so
 /// its cost is measured), and no awake window: the benches' sleeping phones registered a
 /// moment ago, and must still be parked.
 pub fn config() -> Config {
     let mut config = Config::default();
     config.push.max_per_device_per_minute = u32::MAX;
+    config.push.max_per_caller_per_minute = u32::MAX;
     config.rate_limit.max_requests = u32::MAX;
     config.parking.awake_window = std::time::Duration::ZERO;
     config

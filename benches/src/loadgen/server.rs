@@ -83,7 +83,7 @@ pub fn config_text(options: &Options, addrs: &ServerAddrs, store: &Path) -> Stri
          [parking]\npark_timeout = {}\nended_notice_window = {}\nawake_window = \"0s\"\n\
          max_calls = {max_calls}\nmax_calls_per_callee = {per_callee}\n\n\
          [store]\npath = {}\n\n\
-         [push]\nmax_per_device_per_minute = 1000000\n\n\
+         [push]\nmax_per_device_per_minute = 1000000\nmax_per_caller_per_minute = 1000000\n\n\
          [push.providers.loadgen]\nkind = \"webhook\"\nurl = \"http://{}/push\"\n\n\
          [push.routes]\n{} = \"loadgen\"\n\n\
          [admin]\nlisten = \"{}\"",
