@@ -1,6 +1,6 @@
 //! An `Authorization` / `Proxy-Authorization` header value, as a registrar receives it
-//! (RFC 3261 §22, RFC 7616): parsed into digest credentials. No input may panic, and the
-//! work must stay linear (the parser's promise; libFuzzer's -timeout catches a blowup).
+//! (RFC 3261 §22, RFC 7616): parsed into digest credentials. No input may panic or hang
+//! (libFuzzer's -timeout; the parser promises work linear in the input).
 
 #![no_main]
 
