@@ -295,6 +295,9 @@ pub struct Sip {
     /// CANCEL to ringing phones) for those answers to get through, before it exits.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Transactions held at once (RFC 3261 keeps each up to 32 s after its final response);
+    /// beyond, a request that would start one gets 503 with Retry-After.
+    pub max_transactions: usize,
 }
 
 /// Push providers, and which provider serves each RFC 8599 `pn-provider` value.
@@ -457,6 +460,7 @@ impl Default for Sip {
             max_message_size: 65_535,
             allowed_targets: Vec::new(),
             shutdown_grace: Duration::from_secs(5),
+            max_transactions: 500_000,
         }
     }
 }
@@ -579,6 +583,7 @@ impl Config {
             ("connections.idle_timeout", c.idle_timeout.is_zero()),
             ("connections.max_write_queue", c.max_write_queue == 0),
             ("connections.connect_timeout", c.connect_timeout.is_zero()),
+            ("sip.max_transactions", self.sip.max_transactions == 0),
             ("rate_limit.window", self.rate_limit.window.is_zero()),
             ("rate_limit.max_requests", self.rate_limit.max_requests == 0),
             (

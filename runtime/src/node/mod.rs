@@ -903,6 +903,40 @@ Content-Length: 0\r\n\r\n";
     }
 
     #[test]
+    fn beyond_max_transactions_a_new_request_gets_503_and_a_retransmission_its_answer() {
+        let start = Instant::now();
+        let mut node = node_with(start, 1, |c| c.sip.max_transactions = 2);
+        let server: SocketAddr = "127.0.0.1:5060".parse().expect("an address");
+        let mut options = |n: usize| {
+            let message = parse_datagram(
+                format!(
+                    "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKt{n}\r\n\
+                     Max-Forwards: 70\r\nFrom: <sip:x@192.0.2.10>;tag=t\r\nTo: <sip:127.0.0.1>\r\n\
+                     Call-ID: t{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .expect("an OPTIONS");
+            let flow = Flow::udp(server, "192.0.2.10:5060".parse().expect("an address"));
+            node.handle_inbound(start, Inbound::Message { flow, message });
+            let out: Vec<String> = std::iter::from_fn(|| node.poll_transmit())
+                .map(|t| String::from_utf8_lossy(&t.bytes).into_owned())
+                .collect();
+            assert_eq!(out.len(), 1, "{out:?}");
+            out[0].clone()
+        };
+        assert!(options(1).starts_with("SIP/2.0 200"));
+        assert!(options(2).starts_with("SIP/2.0 200"));
+        let refused = options(3);
+        assert!(refused.starts_with("SIP/2.0 503"), "{refused}");
+        assert!(refused.contains("Retry-After: 5\r\n"), "{refused}");
+        assert!(
+            options(1).starts_with("SIP/2.0 200"),
+            "a retransmission is still answered"
+        );
+    }
+
+    #[test]
     fn a_flooding_source_is_blocked_and_its_requests_dropped_unanswered() {
         let start = Instant::now();
         let mut node = node(start, 1);

@@ -175,6 +175,17 @@ impl Node {
         if self.is_routed_through_us(&request) {
             return self.route_in_dialog(&flow, request);
         }
+        // Overload: no new transaction beyond the cap (a retransmission still finds its own,
+        // an ACK needs none).
+        let is_ack = method == transaction::Method::Ack;
+        let full = self.transactions.len() >= self.config.sip.max_transactions;
+        if full && !is_ack && self.transactions.state(&key).is_none() {
+            self.metrics.limit_hit("max_transactions");
+            let bytes = (request.response(503).reason("Service Unavailable"))
+                .header("Retry-After", "5")
+                .to_bytes();
+            return self.send(&flow, Bytes::from(bytes));
+        }
         let out = Outgoing {
             flow: flow.clone(),
             bytes: request.bytes(),
