@@ -222,3 +222,39 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    /// Set in the child process the test below starts.
+    const CHILD: &str = "PUSHPARK_TEST_PANICKING_CHILD";
+
+    #[test]
+    fn a_panic_anywhere_aborts_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            super::abort_on_panic();
+            // A panic on another thread, as in the event loop's task: without the hook the
+            // process would live on.
+            let _ = std::thread::spawn(|| panic!("deliberate")).join();
+            std::process::exit(0);
+        }
+        let out = Command::new(std::env::current_exe().expect("this test binary"))
+            .args([
+                "--exact",
+                "tests::a_panic_anywhere_aborts_the_process",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .expect("the child runs");
+        assert_eq!(
+            out.status.signal(),
+            Some(6),
+            "SIGABRT, not {:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
