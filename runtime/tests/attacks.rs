@@ -9,6 +9,8 @@
 //!   sleeps, is pushed, wakes and answers a parked call.
 //! * `kill -9` of the real `pushpark` binary in the middle of a burst of REGISTERs: every
 //!   binding that got its 200 OK is there after a restart.
+//! * SIGTERM to the real binary while a call is parked: the caller gets 503 with
+//!   Retry-After, and the process exits once that answer is acknowledged.
 //!
 //! sipvicious 0.3.8 takes `-b ADDRESS` but never hands it to svwar's or svcrack's scanner:
 //! they bind the wildcard address, so on loopback they always send from 127.0.0.1 (and the
@@ -787,4 +789,103 @@ async fn kill_9_during_a_register_burst_loses_no_binding_that_got_its_200() {
         Vec::<usize>::new(),
         "bindings lost after their 200 OK"
     );
+}
+
+// ----------------------------------------------------------------------------------------
+// SIGTERM: the real binary drains
+// ----------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_a_parked_caller_503_and_the_process_exits() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port())
+        .parse()
+        .expect("an address");
+    let config = dir.path().join("pushpark.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listen]]\ntransport = \"udp\"\naddress = \"{addr}\"\n\n\
+             [store]\npath = \"{}\"\n\n\
+             # The phone registered a moment ago: park its call all the same.\n\
+             [parking]\nawake_window = \"0s\"\n",
+            dir.path().join("bindings.db").display()
+        ),
+    )
+    .expect("a config file");
+    let mut server = Pushpark::start(&config, &dir.path().join("pushpark.log"), addr).await;
+    let phone = UdpSocket::bind("127.0.0.1:0").await.expect("a socket");
+    let local = phone.local_addr().expect("an address");
+    let register = format!(
+        "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-t1;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:bob@localhost>;tag=b\r\nTo: <sip:bob@localhost>\r\n\
+         Call-ID: term-reg@attacks\r\nCSeq: 1 REGISTER\r\n\
+         Contact: <sip:bob@{local};pn-provider=apns;pn-prid=bobtoken;\
+         pn-param=ABCD1234.com.example.app.voip>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+    );
+    let ok = exchange(&phone, addr, &register, STEP)
+        .await
+        .expect("an answer");
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+
+    let caller = UdpSocket::bind("127.0.0.1:0").await.expect("a socket");
+    let from = caller.local_addr().expect("an address");
+    let invite = format!(
+        "INVITE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-t2;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a\r\nTo: <sip:bob@localhost>\r\n\
+         Call-ID: term-call@attacks\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{from}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    caller
+        .send_to(invite.as_bytes(), addr)
+        .await
+        .expect("INVITE sent");
+    let mut buf = vec![0u8; 65_536];
+    let (len, _) = tokio::time::timeout(STEP, caller.recv_from(&mut buf))
+        .await
+        .expect("100 Trying in time")
+        .expect("a datagram");
+    let trying = String::from_utf8_lossy(&buf[..len]).into_owned();
+    assert!(trying.starts_with("SIP/2.0 100"), "parked: {trying}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let (len, _) = tokio::time::timeout(STEP, caller.recv_from(&mut buf))
+        .await
+        .expect("a final response in time")
+        .expect("a datagram");
+    let answer = String::from_utf8_lossy(&buf[..len]).into_owned();
+    assert!(answer.starts_with("SIP/2.0 503"), "{answer}");
+    assert!(answer.contains("Retry-After: "), "{answer}");
+    let to = answer
+        .lines()
+        .find(|l| l.starts_with("To: "))
+        .expect("a To");
+    let ack = format!(
+        "ACK sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-t2;rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=a\r\n{to}\r\n\
+         Call-ID: term-call@attacks\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    caller
+        .send_to(ack.as_bytes(), addr)
+        .await
+        .expect("ACK sent");
+    // Drained once the 503 is acknowledged: the process ends well within the grace.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = server.0.try_wait().expect("waitable") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pushpark still runs after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    let log = std::fs::read_to_string(dir.path().join("pushpark.log")).expect("the log");
+    assert!(log.contains("draining"), "{log}");
 }
