@@ -70,7 +70,7 @@ impl Target {
 
     /// How often `limit` was hit, from `pushpark_limit_hits_total` in `/metrics`.
     async fn hits(&self, limit: &str) -> u64 {
-        hits(&self.server, limit).await
+        common::limit_hits(&self.server, limit).await
     }
 
     /// Runs sipvicious tool `tool` (`svwar` …) against this server with `args`; the tool must
@@ -89,22 +89,6 @@ impl Target {
             .arg("127.0.0.1");
         run_to_end(command, self.dir.path(), tool, limit).await
     }
-}
-
-/// How often `limit` was hit, from the admin listener's `/metrics`.
-async fn hits(server: &Server, limit: &str) -> u64 {
-    let admin = server.admin_addr().expect("an admin listener");
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .expect("the admin listener answers")
-        .text()
-        .await
-        .expect("a body");
-    let prefix = format!("pushpark_limit_hits_total{{limit=\"{limit}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |n| n.parse().expect("a count"))
 }
 
 /// Fails the test when `program` is not installed: a missing tool must not pass vacuously.
@@ -532,7 +516,7 @@ async fn slowloris_and_a_connection_flood_do_not_keep_a_phone_from_a_parked_call
     tasks.push(tokio::spawn(flood(attacker, tcp, attack.clone())));
     // Until the first slowloris connections have been cut at message_timeout.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while hits(&server, "message_timeout").await < 20 {
+    while common::limit_hits(&server, "message_timeout").await < 20 {
         assert!(Instant::now() < deadline, "slowloris connections are cut");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -579,8 +563,8 @@ async fn slowloris_and_a_connection_flood_do_not_keep_a_phone_from_a_parked_call
         task.await.expect("an attacker task");
     }
     let opened = attack.opened.load(Ordering::SeqCst);
-    let per_ip = hits(&server, "connections_per_ip").await;
-    let timed_out = hits(&server, "message_timeout").await;
+    let per_ip = common::limit_hits(&server, "connections_per_ip").await;
+    let timed_out = common::limit_hits(&server, "message_timeout").await;
     eprintln!(
         "attacker: {opened} connections opened, {cut_before_stop} slowloris connections cut; \
          server: {per_ip} refused over the per-address cap, {timed_out} cut at message_timeout"
@@ -648,6 +632,22 @@ impl Drop for Pushpark {
     }
 }
 
+/// A configuration file in `dir` for the binary: a UDP listener on a free port of
+/// 127.0.0.1, the store in `dir`, then `extra`. Returns the listener's address and the path.
+fn binary_config(dir: &Path, extra: &str) -> (SocketAddr, PathBuf) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port())
+        .parse()
+        .expect("an address");
+    let config = dir.join("pushpark.toml");
+    let text = format!(
+        "[[listen]]\ntransport = \"udp\"\naddress = \"{addr}\"\n\n\
+         [store]\npath = \"{}\"\n\n{extra}",
+        dir.join("bindings.db").display()
+    );
+    std::fs::write(&config, text).expect("a config file");
+    (addr, config)
+}
+
 /// A REGISTER of `sip:u<n>@localhost` from `local`: with a Contact for an hour, or without one
 /// (a query of the current bindings, RFC 3261 §10.2.3).
 fn burst_register(n: usize, local: SocketAddr, cseq: u32, contact: bool) -> String {
@@ -695,23 +695,15 @@ async fn kill_9_during_a_register_burst_loses_no_binding_that_got_its_200() {
     const AORS: usize = 500;
     const SENDERS: usize = 16;
     let dir = tempfile::tempdir().expect("a temp dir");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port())
-        .parse()
-        .expect("an address");
-    let config = dir.path().join("pushpark.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[listen]]\ntransport = \"udp\"\naddress = \"{addr}\"\n\n\
-             [store]\npath = \"{}\"\n\n\
-             # The burst is {AORS} REGISTERs from 127.0.0.1 as fast as they are answered; the\n\
+    let (addr, config) = binary_config(
+        dir.path(),
+        &format!(
+            "# The burst is {AORS} REGISTERs from 127.0.0.1 as fast as they are answered; the\n\
              # default rate limit (60 in 2 s per source) would block it after 60, and what is\n\
              # tested here is the store, not the limit.\n\
-             [rate_limit]\nmax_requests = 1000000\n",
-            dir.path().join("bindings.db").display()
+             [rate_limit]\nmax_requests = 1000000\n"
         ),
-    )
-    .expect("a config file");
+    );
     let mut server = Pushpark::start(&config, &dir.path().join("first.log"), addr).await;
 
     // SENDERS tasks, each with its socket and its share of the AORs, one REGISTER at a time;
@@ -798,21 +790,11 @@ async fn kill_9_during_a_register_burst_loses_no_binding_that_got_its_200() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_a_parked_caller_503_and_the_process_exits() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port())
-        .parse()
-        .expect("an address");
-    let config = dir.path().join("pushpark.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[listen]]\ntransport = \"udp\"\naddress = \"{addr}\"\n\n\
-             [store]\npath = \"{}\"\n\n\
-             # The phone registered a moment ago: park its call all the same.\n\
-             [parking]\nawake_window = \"0s\"\n",
-            dir.path().join("bindings.db").display()
-        ),
-    )
-    .expect("a config file");
+    let (addr, config) = binary_config(
+        dir.path(),
+        "# The phone registered a moment ago: park its call all the same.\n\
+         [parking]\nawake_window = \"0s\"\n",
+    );
     let mut server = Pushpark::start(&config, &dir.path().join("pushpark.log"), addr).await;
     let phone = UdpSocket::bind("127.0.0.1:0").await.expect("a socket");
     let local = phone.local_addr().expect("an address");

@@ -42,18 +42,7 @@ async fn start(adjust: impl FnOnce(&mut Config)) -> Running {
 impl Running {
     /// How often `limit` was hit, from the admin listener's `/metrics`.
     async fn hits(&self, limit: &str) -> u64 {
-        let admin = self.server.admin_addr().expect("an admin listener");
-        let metrics = reqwest::get(format!("http://{admin}/metrics"))
-            .await
-            .expect("the admin listener answers")
-            .text()
-            .await
-            .expect("a body");
-        let prefix = format!("pushpark_limit_hits_total{{limit=\"{limit}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .map_or(0, |n| n.parse().expect("a count"))
+        common::limit_hits(&self.server, limit).await
     }
 }
 

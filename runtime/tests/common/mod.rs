@@ -49,6 +49,23 @@ pub fn route_pushes_to(config: &mut Config, url: String) {
     }
 }
 
+/// How often `limit` was hit, from the admin listener's `/metrics`
+/// (`pushpark_limit_hits_total{limit="..."}`).
+pub async fn limit_hits(server: &Server, limit: &str) -> u64 {
+    let admin = server.admin_addr().expect("an admin listener");
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("the admin listener answers")
+        .text()
+        .await
+        .expect("a body");
+    let prefix = format!("pushpark_limit_hits_total{{limit=\"{limit}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
 /// Sends `text` from `socket` to `server` and returns the first final response (2 s at most).
 pub async fn final_response(
     socket: &tokio::net::UdpSocket,
