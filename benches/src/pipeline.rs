@@ -78,6 +78,7 @@ impl Fixture {
                 bindings: Vec::new(),
                 users: None,
                 secret: Secret::generate(),
+                boot: 1,
                 unix_time: 1_800_000_000,
                 metrics: Arc::new(Metrics::default()),
             },

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use crate::fault::Fault;
 use crate::{
-    AorId, CallId, Callee, Config, DeviceId, Effect, EndReason, Event, Flow, Millis, Target, Timer,
-    TokenUse,
+    AorId, AppReply, CallId, Callee, Config, DeviceId, Effect, EndReason, Event, Flow, Millis,
+    PushAnswer, Target, Timer, TokenUse,
 };
 
 /// The decisions of the call-parking server for the callees it owns. Sans-IO: every input
@@ -32,6 +32,8 @@ struct Call {
     phase: Phase,
     /// Armed only while the call has ended and devices pushed for it have not registered.
     linger: bool,
+    /// The caller was sent a 180 of the server's own, for an app ringing from its push.
+    ringback: bool,
     legs: Vec<Leg>,
 }
 
@@ -136,6 +138,9 @@ enum LegState {
 enum Outcome {
     Answered,
     Rejected(u16),
+    /// Refused with this code (486, 603) by the app from its push, before it had the INVITE:
+    /// there is no response of the device's to relay.
+    Refused(u16),
     /// Could not be reached: push failed or gave up, device went away, flow failed.
     Unavailable,
     /// Registered after the call ended and was told.
@@ -197,7 +202,9 @@ fn best_response(legs: &[Leg], fault: Option<Fault>) -> (u16, Option<DeviceId>) 
     let best = legs
         .iter()
         .filter_map(|l| match l.state {
-            LegState::Done(Outcome::Rejected(code)) => Some((rank(code), code, l.device)),
+            LegState::Done(Outcome::Rejected(code)) => Some((rank(code), code, Some(l.device))),
+            // Answered from the push: the server makes the response up.
+            LegState::Done(Outcome::Refused(code)) => Some((rank(code), code, None)),
             _ => None,
         })
         .filter(|_| fault != Some(Fault::LoseBusyCode))
@@ -206,7 +213,7 @@ fn best_response(legs: &[Leg], fault: Option<Fault>) -> (u16, Option<DeviceId>) 
         // A proxy does not pass a 503 upstream: the caller would take it for this server's
         // overload (RFC 3261 §16.7 step 6).
         Some((_, 503, _)) => (500, None),
-        Some((_, code, device)) => (code, Some(device)),
+        Some((_, code, relay)) => (code, relay),
         None => (480, None),
     }
 }
@@ -348,6 +355,84 @@ impl Core {
             Event::BindingExpiring { aor, device, token } => {
                 self.binding_expiring(aor, device, token, out)
             }
+            Event::PushAnswered {
+                call,
+                device,
+                answer,
+            } => self.push_answered(now, (call, device), answer, out),
+        }
+    }
+
+    /// The app of `device` answered from its push for `call` (specs/parking.md §9). It is
+    /// taken only while the call is in progress and the device has not been sent its INVITE
+    /// (it was pushed, waits for a retry, or is held back by a notice): from then on the
+    /// device answers over SIP, so the push answer and a SIP answer never both count. A busy
+    /// or a decline then counts as the device's 486 or 603 would (a 486 waits for the other
+    /// devices, a 603 ends the call), and the device's later REGISTER does not deliver the
+    /// call. A ringing app gets the caller a 180 of the server's own, once per call. The
+    /// same answer again is taken again and changes nothing (the app may retry); anything
+    /// for a call that is over changes nothing.
+    fn push_answered(
+        &mut self,
+        now: Millis,
+        (call, device): (CallId, DeviceId),
+        answer: PushAnswer,
+        out: &mut Vec<Effect>,
+    ) {
+        let fault = self.fault;
+        let reply = |reply| Effect::ReplyToApp {
+            call,
+            device,
+            reply,
+        };
+        let Some(c) = self.calls.get_mut(&call) else {
+            return out.push(reply(AppReply::CallOver));
+        };
+        let pending = c.is_pending() || fault == Some(Fault::StaleAnswerTaken);
+        let rang = c.ringback || c.legs.iter().any(|l| l.rang);
+        let Some(leg) = c.leg(device).filter(|_| pending) else {
+            return out.push(reply(AppReply::CallOver));
+        };
+        let before_invite = matches!(
+            leg.state,
+            LegState::Parked
+                | LegState::Backoff
+                | LegState::Queued
+                | LegState::Done(Outcome::Unavailable)
+        ) || (fault == Some(Fault::StaleAnswerTaken)
+            && leg.state == LegState::Abandoned);
+        let Some(code) = answer.code() else {
+            if !before_invite {
+                return out.push(reply(AppReply::Conflict));
+            }
+            out.push(reply(AppReply::Taken));
+            if !rang {
+                c.ringback = true;
+                out.push(Effect::Ringback { call });
+            }
+            return;
+        };
+        if leg.state == LegState::Done(Outcome::Refused(code)) {
+            return out.push(reply(AppReply::Taken));
+        }
+        if !before_invite {
+            return out.push(reply(AppReply::Conflict));
+        }
+        if leg.state == LegState::Backoff {
+            out.push(Effect::DisarmTimer {
+                timer: Timer::PushRetry(call, device),
+            });
+        }
+        leg.state = LegState::Done(Outcome::Refused(code));
+        out.push(reply(AppReply::Taken));
+        if !c.is_pending() {
+            return self.settle_ended(call, out);
+        }
+        if (600..700).contains(&code) {
+            // A 6xx ends the call: no other device will take it (RFC 3261 §16.7).
+            self.end(now, call, code, None, EndReason::DeclinedElsewhere, out);
+        } else {
+            self.settle(now, call, out);
         }
     }
 
@@ -584,6 +669,7 @@ impl Core {
                 deadline,
                 phase: Phase::Parking,
                 linger: false,
+                ringback: false,
                 legs,
             },
         );
@@ -647,6 +733,8 @@ impl Core {
                         }
                     }
                     LegState::Parked | LegState::Done(Outcome::Unavailable) => {}
+                    LegState::Done(Outcome::Refused(_))
+                        if fault == Some(Fault::RegisterAfterBusyDelivers) => {}
                     // Forwarded: it may have slept through the INVITE, or lost it with an app
                     // started afresh, and come back on a new flow. The same INVITE goes
                     // there; a device that holds it absorbs it.

@@ -62,6 +62,33 @@ pub enum Effect {
         device: DeviceId,
         reason: EndReason,
     },
+
+    /// Send the caller a `180 Ringing` of the server's own (an app showed the call from its
+    /// push and will register): at most once per call, and not once a device's own
+    /// ringing was relayed (specs/parking.md §9).
+    Ringback { call: CallId },
+    /// The core's answer to an app that answered from the push ([`Event::PushAnswered`]):
+    /// what the app API tells the app.
+    ///
+    /// [`Event::PushAnswered`]: crate::Event::PushAnswered
+    ReplyToApp {
+        call: CallId,
+        device: DeviceId,
+        reply: AppReply,
+    },
+}
+
+/// What became of an answer from the push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AppReply {
+    /// Taken, now or by an earlier identical answer: the call goes on as if the device had
+    /// answered so over SIP.
+    Taken,
+    /// The call is over (or unknown): the answer changes nothing.
+    CallOver,
+    /// The device has the call over SIP already (its INVITE was sent), or answered
+    /// otherwise before: the answer changes nothing; the app answers over SIP.
+    Conflict,
 }
 
 /// The timers of the protocol; each names what it guards.

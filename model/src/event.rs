@@ -67,6 +67,39 @@ pub enum Event {
     /// The server is shutting down (SIGTERM): every call in progress ends now, and a call
     /// arriving from now on is refused (specs/parking.md §4, graceful drain).
     ShuttingDown,
+    /// The app of `device`, woken by the push for `call`, answered from the push itself,
+    /// over the app API and without starting its SIP stack (specs/parking.md §9). The
+    /// runtime has checked the answer token: only the pushed device can answer, and only for
+    /// that call. The core answers with [`Effect::ReplyToApp`](crate::Effect::ReplyToApp).
+    PushAnswered {
+        call: CallId,
+        device: DeviceId,
+        answer: PushAnswer,
+    },
+}
+
+/// What an app may answer from the push, before (or instead of) registering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PushAnswer {
+    /// The user is busy (on another call, "do not disturb"): as a SIP 486 Busy Here from
+    /// the device, it waits for the other devices of the callee.
+    Busy,
+    /// The user declined the call: as a SIP 603 Decline from the device, it ends the call.
+    Decline,
+    /// The app shows the call and will register to take it: the caller may hear ringback
+    /// now instead of after the wake-up.
+    Ringing,
+}
+
+impl PushAnswer {
+    /// The SIP final response the answer stands for; `None` for [`PushAnswer::Ringing`].
+    pub fn code(self) -> Option<u16> {
+        match self {
+            PushAnswer::Busy => Some(486),
+            PushAnswer::Decline => Some(603),
+            PushAnswer::Ringing => None,
+        }
+    }
 }
 
 /// What a device's push token may carry: a fact of its push service, which the runtime

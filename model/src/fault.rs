@@ -44,11 +44,16 @@ pub enum Fault {
     /// A shutdown refuses new calls but leaves the calls in progress to their deadlines:
     /// their callers wait on a server that is going away.
     ShutdownLeavesCalls,
+    /// A device that answered busy from its push still gets the INVITE when it registers.
+    RegisterAfterBusyDelivers,
+    /// An answer from the push for a call that has ended is taken (the app is told it
+    /// counted, and the device's leg closed) instead of changing nothing.
+    StaleAnswerTaken,
 }
 
 impl Fault {
     /// Every fault, for tests that go through them all.
-    pub const ALL: [Fault; 15] = [
+    pub const ALL: [Fault; 17] = [
         Fault::KeepDeadlineOnAnswer,
         Fault::ForwardAfterCancel,
         Fault::PushTwice,
@@ -64,5 +69,7 @@ impl Fault {
         Fault::KeepProbing,
         Fault::RefreshCallsOnlyToken,
         Fault::ShutdownLeavesCalls,
+        Fault::RegisterAfterBusyDelivers,
+        Fault::StaleAnswerTaken,
     ];
 }

@@ -24,7 +24,7 @@ pub mod checker;
 
 pub use crate::config::Config;
 pub use crate::core::Core;
-pub use crate::effect::{Effect, EndReason, Timer};
-pub use crate::event::{Callee, Event, Flow, Target, TokenUse};
+pub use crate::effect::{AppReply, Effect, EndReason, Timer};
+pub use crate::event::{Callee, Event, Flow, PushAnswer, Target, TokenUse};
 pub use crate::fault::Fault;
 pub use crate::ids::{AorId, CallId, DeviceId, Millis};

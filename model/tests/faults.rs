@@ -26,6 +26,10 @@ fn caught_by(fault: Fault) -> (&'static str, &'static str) {
         Fault::KeepProbing => ("2x1-udp", "no_stale_invite_after_the_call_ended"),
         Fault::RefreshCallsOnlyToken => ("1x2-refresh", "calls_only_token_gets_only_call_pushes"),
         Fault::ShutdownLeavesCalls => ("2x1-drain", "shutdown_answers_every_caller"),
+        Fault::RegisterAfterBusyDelivers => {
+            ("1x2-answer", "device_refused_from_push_gets_no_invite")
+        }
+        Fault::StaleAnswerTaken => ("2x1-answer", "answer_for_an_ended_call_changes_nothing"),
     }
 }
 
@@ -130,6 +134,16 @@ fn a_shutdown_that_leaves_calls_to_their_deadlines_is_caught() {
 }
 
 #[test]
+fn a_call_delivered_to_a_device_that_answered_busy_from_its_push_is_caught() {
+    assert_caught(Fault::RegisterAfterBusyDelivers);
+}
+
+#[test]
+fn an_answer_from_the_push_taken_for_an_ended_call_is_caught() {
+    assert_caught(Fault::StaleAnswerTaken);
+}
+
+#[test]
 fn every_fault_has_a_test() {
     // `caught_by` is exhaustive over `Fault`; this keeps `Fault::ALL` honest too.
     let configurations: BTreeSet<_> = Fault::ALL.iter().map(|&f| caught_by(f).0).collect();
@@ -138,7 +152,7 @@ fn every_fault_has_a_test() {
         .all(|c| ParkModel::configuration(c).is_some()));
     assert_eq!(
         Fault::ALL.iter().collect::<BTreeSet<_>>().len(),
-        15,
+        17,
         "a fault is listed twice or missing"
     );
 }

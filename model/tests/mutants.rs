@@ -48,13 +48,13 @@ use std::collections::BTreeSet;
 
 use pushpark_model::checker::{ParkModel, LIVENESS, SAFETY, SOMETIMES};
 use pushpark_model::{
-    AorId, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Fault, Flow, Millis,
-    Target, Timer, TokenUse,
+    AorId, AppReply, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Fault, Flow,
+    Millis, PushAnswer, Target, Timer, TokenUse,
 };
 use stateright::{Checker, HasDiscoveries, Model};
 
 /// The configurations each checked in under two seconds.
-const SMALL: [&str; 9] = [
+const SMALL: [&str; 10] = [
     "1x1",
     "1x2",
     "2x1",
@@ -64,6 +64,7 @@ const SMALL: [&str; 9] = [
     "2x1-udp-waiting",
     "1x2-no-cancel",
     "1x2-flight",
+    "1x2-answer",
 ];
 
 /// Checks `name` exhaustively; panics with the counterexample of a broken property, and
@@ -500,6 +501,69 @@ fn shutdown_leaves_calls_refuses_new_calls_but_ends_none_in_progress() {
     );
 }
 
+fn busy_from_push(call: CallId, device: DeviceId) -> Event {
+    Event::PushAnswered {
+        call,
+        device,
+        answer: PushAnswer::Busy,
+    }
+}
+
+fn reply(call: CallId, device: DeviceId, reply: AppReply) -> Effect {
+    Effect::ReplyToApp {
+        call,
+        device,
+        reply,
+    }
+}
+
+#[test]
+fn register_after_busy_delivers_forwards_the_call_to_the_device_that_answered_busy() {
+    let d2 = DeviceId(2);
+    let mut f = Faulty::new(Fault::RegisterAfterBusyDelivers);
+    f.send(Event::CallArrived {
+        call: C1,
+        aor: U1,
+        waking_limit: None,
+        callee: Callee::Devices(vec![
+            target(Flow::Closed, true),
+            Target {
+                device: d2,
+                ..target(Flow::Closed, true)
+            },
+        ]),
+    });
+    assert_eq!(
+        f.send(busy_from_push(C1, D1)),
+        [reply(C1, D1, AppReply::Taken)],
+        "taken as without the fault: the other device may still answer"
+    );
+    assert_eq!(
+        f.send(Event::DeviceRegistered {
+            aor: U1,
+            device: D1
+        }),
+        [forward(C1)]
+    );
+}
+
+#[test]
+fn stale_answer_taken_closes_the_leg_of_an_ended_call_and_says_taken() {
+    let mut f = Faulty::new(Fault::StaleAnswerTaken);
+    f.send(arrival(C1, target(Flow::Closed, true)));
+    f.send(Event::CallerCancelled { call: C1 });
+    assert_eq!(
+        f.send(busy_from_push(C1, D1)),
+        [reply(C1, D1, AppReply::Taken), disarm(Timer::Linger(C1))]
+    );
+    assert!(f.core.is_empty(), "the woken device will not be told");
+    assert_eq!(
+        f.send(busy_from_push(C2, D1)),
+        [reply(C2, D1, AppReply::CallOver)],
+        "a call the core never held is over"
+    );
+}
+
 /// The test above that pins `fault`: a new fault fails to compile here until it has one.
 fn pinned_by(fault: Fault) -> fn() {
     match fault {
@@ -529,6 +593,12 @@ fn pinned_by(fault: Fault) -> fn() {
         }
         Fault::ShutdownLeavesCalls => {
             shutdown_leaves_calls_refuses_new_calls_but_ends_none_in_progress
+        }
+        Fault::RegisterAfterBusyDelivers => {
+            register_after_busy_delivers_forwards_the_call_to_the_device_that_answered_busy
+        }
+        Fault::StaleAnswerTaken => {
+            stale_answer_taken_closes_the_leg_of_an_ended_call_and_says_taken
         }
     }
 }

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pushpark_model::{
-    AorId, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Flow, Millis, Target,
-    Timer, TokenUse,
+    AorId, AppReply, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Flow,
+    Millis, PushAnswer, Target, Timer, TokenUse,
 };
 
 const U1: AorId = AorId(1);
@@ -2265,4 +2265,224 @@ fn the_core_says_whose_calls_it_holds() {
     assert!(!d.core.holds_callee(U1), "answered and gone");
     d.send(arrival(C2, U2, &[]));
     assert!(!d.core.holds_callee(U2), "refused at once: no record");
+}
+
+// Answers from the push (specs/parking.md §9).
+
+fn from_push(call: CallId, device: DeviceId, answer: PushAnswer) -> Event {
+    Event::PushAnswered {
+        call,
+        device,
+        answer,
+    }
+}
+
+fn reply(call: CallId, device: DeviceId, reply: AppReply) -> Effect {
+    Effect::ReplyToApp {
+        call,
+        device,
+        reply,
+    }
+}
+
+#[test]
+fn busy_from_the_push_of_the_only_device_gives_the_caller_486_at_once_and_no_invite_later() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C1, D1));
+    d.clock_to(800);
+    assert_eq!(
+        d.send(from_push(C1, D1, PushAnswer::Busy)),
+        [
+            reply(C1, D1, AppReply::Taken),
+            respond(C1, 486, None),
+            disarm(Timer::Deadline(C1)),
+        ]
+    );
+    d.assert_idle();
+    // The app registers anyway: nothing is delivered, and a retry of its answer finds the
+    // call over.
+    assert_eq!(d.send(registered(U1, D1)), NOTHING);
+    assert_eq!(
+        d.send(from_push(C1, D1, PushAnswer::Busy)),
+        [reply(C1, D1, AppReply::CallOver)]
+    );
+    d.assert_idle();
+}
+
+#[test]
+fn busy_from_the_push_waits_for_the_other_devices_and_is_the_best_response_at_the_deadline() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1), sleeping(D2)]));
+    assert_eq!(
+        d.send(from_push(C1, D1, PushAnswer::Busy)),
+        [reply(C1, D1, AppReply::Taken)],
+        "the other device may still answer"
+    );
+    assert_eq!(
+        d.send(from_push(C1, D1, PushAnswer::Busy)),
+        [reply(C1, D1, AppReply::Taken)],
+        "a retry of the same answer is taken again, and changes nothing"
+    );
+    assert_eq!(
+        d.send(from_push(C1, D1, PushAnswer::Decline)),
+        [reply(C1, D1, AppReply::Conflict)],
+        "the first answer stands"
+    );
+    assert_eq!(d.send(registered(U1, D1)), NOTHING, "no INVITE for D1");
+    let fired = d.advance_to(30_000);
+    assert_eq!(
+        fired,
+        [(
+            Timer::Deadline(C1),
+            vec![respond(C1, 486, None), arm(Timer::Linger(C1), 60_000)]
+        )],
+        "D2 never woke: the busy beats the 480"
+    );
+    d.advance_to(60_000);
+    d.assert_idle();
+}
+
+#[test]
+fn busy_from_the_push_then_another_device_answers() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1), sleeping(D2)]));
+    d.send(from_push(C1, D1, PushAnswer::Busy));
+    assert_eq!(d.send(registered(U1, D2)), [forward(C1, D2)]);
+    assert_eq!(
+        d.send(answered(C1, D2)),
+        [respond(C1, 200, Some(D2)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+#[test]
+fn decline_from_the_push_ends_the_call_with_603_and_the_other_devices_are_told() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1), online(D2)]));
+    d.send(Event::BranchTrying {
+        call: C1,
+        device: D2,
+    });
+    assert_eq!(
+        d.send(from_push(C1, D1, PushAnswer::Decline)),
+        [
+            reply(C1, D1, AppReply::Taken),
+            respond(C1, 603, None),
+            disarm(Timer::Deadline(C1)),
+            cancel_branch(C1, D2),
+        ]
+    );
+    assert_eq!(d.send(rejected(C1, D2, 487)), NOTHING);
+    d.assert_idle();
+}
+
+#[test]
+fn busy_from_the_push_during_a_push_back_off_drops_the_retry() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1), sleeping(D2)]));
+    d.send(push_failed(C1, D1, false));
+    assert!(d.core.needs_timer(Timer::PushRetry(C1, D1)));
+    assert_eq!(
+        d.send(from_push(C1, D1, PushAnswer::Busy)),
+        [
+            disarm(Timer::PushRetry(C1, D1)),
+            reply(C1, D1, AppReply::Taken)
+        ]
+    );
+    assert_eq!(d.advance_to(10_000), NO_FIRING, "no retry");
+}
+
+#[test]
+fn ringing_from_the_push_gets_the_caller_one_ringback_and_the_call_goes_on() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1), sleeping(D2)]));
+    assert_eq!(
+        d.send(from_push(C1, D1, PushAnswer::Ringing)),
+        [
+            reply(C1, D1, AppReply::Taken),
+            Effect::Ringback { call: C1 }
+        ]
+    );
+    assert_eq!(
+        d.send(from_push(C1, D2, PushAnswer::Ringing)),
+        [reply(C1, D2, AppReply::Taken)],
+        "one ringback per call"
+    );
+    assert_eq!(
+        d.send(from_push(C1, D1, PushAnswer::Decline)),
+        [
+            reply(C1, D1, AppReply::Taken),
+            respond(C1, 603, None),
+            disarm(Timer::Deadline(C1)),
+            arm(Timer::Linger(C1), 30_000),
+        ],
+        "the user declined on the lock screen after all"
+    );
+    assert_eq!(
+        d.send(registered(U1, D2)),
+        [
+            told(C1, D2, EndReason::DeclinedElsewhere),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+}
+
+#[test]
+fn no_ringback_once_a_device_rang_over_sip() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[online(D1), sleeping(D2)]));
+    d.send(Event::BranchRang {
+        call: C1,
+        device: D1,
+    });
+    assert_eq!(
+        d.send(from_push(C1, D2, PushAnswer::Ringing)),
+        [reply(C1, D2, AppReply::Taken)]
+    );
+}
+
+#[test]
+fn an_answer_from_the_push_after_the_invite_was_sent_is_a_conflict_and_changes_nothing() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
+    for answer in [PushAnswer::Busy, PushAnswer::Decline, PushAnswer::Ringing] {
+        assert_eq!(
+            d.send(from_push(C1, D1, answer)),
+            [reply(C1, D1, AppReply::Conflict)],
+            "{answer:?}: the device answers over SIP"
+        );
+    }
+    assert_eq!(
+        d.send(rejected(C1, D1, 486)),
+        [respond(C1, 486, Some(D1)), disarm(Timer::Deadline(C1))]
+    );
+    d.assert_idle();
+}
+
+#[test]
+fn an_answer_from_the_push_for_an_ended_call_changes_nothing_and_the_device_is_still_told() {
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[sleeping(D1)]));
+    d.send(push_accepted(C1, D1));
+    d.send(Event::CallerCancelled { call: C1 });
+    for answer in [PushAnswer::Busy, PushAnswer::Decline, PushAnswer::Ringing] {
+        assert_eq!(
+            d.send(from_push(C1, D1, answer)),
+            [reply(C1, D1, AppReply::CallOver)]
+        );
+    }
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [
+            told(C1, D1, EndReason::CallerCancelled),
+            disarm(Timer::Linger(C1))
+        ]
+    );
+    assert_eq!(
+        d.send(from_push(C3, D1, PushAnswer::Busy)),
+        [reply(C3, D1, AppReply::CallOver)],
+        "a call the core never held"
+    );
 }

@@ -30,6 +30,45 @@ pub struct Config {
     pub admin: Admin,
     pub connections: Connections,
     pub rate_limit: RateLimit,
+    pub app_api: AppApi,
+}
+
+/// The app API (specs/parking.md §9): an HTTPS listener where an app woken by a call's push
+/// answers busy, decline or ringing without its SIP stack. Off unless `listen` is set; call
+/// pushes then carry an answer token and the URL to post it to.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppApi {
+    /// Where to listen, e.g. "0.0.0.0:5443".
+    pub listen: Option<SocketAddr>,
+    /// The PEM certificate chain (read again on SIGHUP). Without it (and `private_key`) the
+    /// API speaks plain HTTP, which only a loopback address may (behind a local TLS proxy).
+    pub certificate: Option<PathBuf>,
+    /// The certificate's PEM private key (read again on SIGHUP).
+    pub private_key: Option<PathBuf>,
+    /// The URL apps post their answers to, as they reach it, e.g.
+    /// "https://sip.example.com:5443/v1/calls/answer". Default: built from `listen`
+    /// (needed when `listen` is on all addresses).
+    pub public_url: Option<String>,
+}
+
+impl AppApi {
+    /// The path apps post their answers to.
+    pub const ANSWER_PATH: &'static str = "/v1/calls/answer";
+
+    /// Whether the API is served over TLS.
+    pub fn tls(&self) -> bool {
+        self.certificate.is_some()
+    }
+
+    /// The URL call pushes carry, if the API is on.
+    pub fn answer_url(&self) -> Option<String> {
+        let listen = self.listen?;
+        Some(self.public_url.clone().unwrap_or_else(|| {
+            let scheme = if self.tls() { "https" } else { "http" };
+            format!("{scheme}://{listen}{}", Self::ANSWER_PATH)
+        }))
+    }
 }
 
 /// The admin HTTP listener: Prometheus metrics at `/metrics`, liveness at `/health`.
@@ -409,6 +448,7 @@ impl Default for Config {
             admin: Admin::default(),
             connections: Connections::default(),
             rate_limit: RateLimit::default(),
+            app_api: AppApi::default(),
         }
     }
 }
@@ -574,6 +614,39 @@ impl Config {
                 (false, _) => "certificate and private_key are for TLS listeners",
             };
             return Err(invalid(span, &format!("listen[{i}]"), problem.into()));
+        }
+        let api = &self.app_api;
+        if let Some(listen) = api.listen {
+            let problem = match (&api.certificate, &api.private_key) {
+                (Some(_), None) | (None, Some(_)) => {
+                    Some("the app API needs both certificate and private_key")
+                }
+                (None, None) if !listen.ip().is_loopback() => Some(
+                    "an app API on a non-loopback address needs certificate and private_key: \
+                     apps post their answers over HTTPS",
+                ),
+                _ if listen.ip().is_unspecified() && api.public_url.is_none() => {
+                    Some("an app API on all addresses needs public_url: the URL apps reach it at")
+                }
+                _ if api
+                    .public_url
+                    .as_deref()
+                    .is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://"))) =>
+                {
+                    Some("public_url must be an http:// or https:// URL")
+                }
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                return Err(invalid(None, "app_api", problem.into()));
+            }
+        } else if api.certificate.is_some() || api.private_key.is_some() || api.public_url.is_some()
+        {
+            return Err(invalid(
+                None,
+                "app_api",
+                "certificate, private_key and public_url need listen".into(),
+            ));
         }
         let c = &self.connections;
         for (key, zero) in [

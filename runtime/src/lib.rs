@@ -5,6 +5,7 @@
 //!
 //! | module | what lives there |
 //! |---|---|
+//! | [`app_api`] | the app API: an app answers busy, decline or ringing from its push, over HTTPS |
 //! | [`auth`] | SIP digest authentication (MD5, SHA-256) and the users file of HA1 hashes |
 //! | [`config`] | the TOML configuration and its embedded defaults |
 //! | [`driver`] | the core driver: feeds the core with the time, keeps its timers |
@@ -18,6 +19,7 @@
 //! | [`store`] | bindings that survive a restart, in an embedded SQLite database |
 //! | [`demo`] | `pushpark demo`: a call parked, pushed and delivered between simulated phones |
 
+pub mod app_api;
 pub mod auth;
 pub mod config;
 pub mod demo;

@@ -15,6 +15,7 @@ use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use pushpark_model::PushAnswer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::debug;
@@ -83,6 +84,7 @@ struct Data {
     push_latency: BTreeMap<String, Histogram>,
     wakeup: Histogram,
     limit_hits: BTreeMap<&'static str, u64>,
+    app_answers: BTreeMap<(PushAnswer, &'static str), u64>,
     gauges: Gauges,
     /// When the event loop last turned, and how long it may go without turning.
     heartbeat: Option<(Instant, Duration)>,
@@ -98,6 +100,7 @@ impl Default for Data {
             push_latency: BTreeMap::new(),
             wakeup: Histogram::new(WAKEUP_BUCKETS),
             limit_hits: BTreeMap::new(),
+            app_answers: BTreeMap::new(),
             gauges: Gauges::default(),
             heartbeat: None,
         }
@@ -177,6 +180,11 @@ impl Metrics {
     /// A limit was hit (`connections`, `message_timeout`, ...: named as its key).
     pub fn limit_hit(&self, limit: &'static str) {
         *self.data().limit_hits.entry(limit).or_default() += 1;
+    }
+
+    /// An app answered `answer` from its push, with `result` (`taken`, `conflict`...).
+    pub fn app_answer(&self, answer: PushAnswer, result: &'static str) {
+        *self.data().app_answers.entry((answer, result)).or_default() += 1;
     }
 
     pub fn set_gauges(&self, gauges: Gauges) {
@@ -273,6 +281,20 @@ impl Metrics {
         );
         for (limit, n) in &data.limit_hits {
             let _ = writeln!(out, "{name}{{limit=\"{limit}\"}} {n}");
+        }
+        let name = header(
+            &mut out,
+            "pushpark_app_answers_total",
+            "counter",
+            "Answers apps sent from their pushes over the app API, by answer and result.",
+        );
+        for ((answer, result), n) in &data.app_answers {
+            let answer = match answer {
+                PushAnswer::Busy => "busy",
+                PushAnswer::Decline => "decline",
+                PushAnswer::Ringing => "ringing",
+            };
+            let _ = writeln!(out, "{name}{{answer=\"{answer}\",result=\"{result}\"}} {n}");
         }
         let g = data.gauges;
         for (name, help, value) in [

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
+use crate::app_api::{self, AppApi, AppApiError, AppRequest};
 use crate::auth::{Secret, UserDb, UsersError};
 use crate::config::{Config, Transport};
 use crate::metrics::{Gauges, Metrics};
@@ -38,6 +39,8 @@ pub enum StartError {
     Users(#[from] UsersError),
     #[error(transparent)]
     Push(#[from] SetupError),
+    #[error(transparent)]
+    AppApi(#[from] AppApiError),
 }
 
 /// A running server.
@@ -46,6 +49,7 @@ pub struct Server {
     transports: Transports,
     metrics: Arc<Metrics>,
     admin: Option<(SocketAddr, JoinHandle<()>)>,
+    app_api: Option<AppApi>,
     control: mpsc::Sender<Control>,
     task: JoinHandle<()>,
 }
@@ -104,6 +108,10 @@ impl Server {
             ),
             None => None,
         };
+        // Answers from the push go to the loop; without an app API nothing sends any.
+        let (app_tx, app_requests) = mpsc::channel(1024);
+        let limits = app_api::Limits::from_config(&config);
+        let app_api = AppApi::start(&config.app_api, limits, app_tx).await?;
         let grace = config.sip.shutdown_grace;
         let node = Node::new(
             config,
@@ -113,6 +121,7 @@ impl Server {
                 bindings,
                 users,
                 secret,
+                boot: rand::random(),
                 unix_time,
                 metrics: Arc::clone(&metrics),
             },
@@ -126,7 +135,7 @@ impl Server {
             metrics: Arc::clone(&metrics),
         };
         let (control, commands) = mpsc::channel(2);
-        let task = tokio::spawn(shell.run(inbound, store_done, reports, commands));
+        let task = tokio::spawn(shell.run(inbound, store_done, reports, app_requests, commands));
         for (transport, addr) in &addrs {
             info!("listening on {transport} {addr}");
         }
@@ -135,6 +144,7 @@ impl Server {
             transports,
             metrics,
             admin,
+            app_api,
             control,
             task,
         })
@@ -152,6 +162,14 @@ impl Server {
     /// the new certificate, open ones and every call go on undisturbed.
     pub fn reload_tls(&self) {
         self.transports.reload_tls();
+        if let Some(api) = &self.app_api {
+            api.reload_tls();
+        }
+    }
+
+    /// The address of the app API, when configured.
+    pub fn app_api_addr(&self) -> Option<SocketAddr> {
+        self.app_api.as_ref().map(AppApi::local_addr)
     }
 
     /// What the server holds right now.
@@ -181,6 +199,8 @@ impl Server {
         if let Some((_, admin)) = self.admin.take() {
             admin.abort();
         }
+        // No more answers from the push: a call the drain ends needs none.
+        self.app_api.take();
         let _ = self.control.send(how).await;
         let _ = (&mut self.task).await;
     }
@@ -216,6 +236,7 @@ impl Shell {
         mut inbound: mpsc::Receiver<Inbound>,
         mut store_done: mpsc::UnboundedReceiver<StoreDone>,
         mut reports: PushReports<PushTag>,
+        mut app_requests: mpsc::Receiver<AppRequest>,
         mut control: mpsc::Receiver<Control>,
     ) {
         let transports = self.transports.clone();
@@ -252,6 +273,11 @@ impl Shell {
                 }
                 Some(report) = reports.recv() => {
                     self.node.handle_push_report(Instant::now(), report);
+                }
+                Some(request) = app_requests.recv() => {
+                    let AppRequest { peer, token, answer, reply } = request;
+                    let answer = self.node.handle_app_answer(Instant::now(), peer, &token, answer);
+                    let _ = reply.send(answer);
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
                     self.node.handle_timeout(Instant::now());

@@ -177,6 +177,8 @@ fn request(id: &str, pn_provider: &str, prid: &str, deadline_in: Duration) -> Pu
         caller_display_name: Some("Bob".to_owned()),
         call_id: format!("call-{id}@example.org"),
         deadline: SystemTime::now() + deadline_in,
+        answer_token: None,
+        answer_url: None,
     }
 }
 

@@ -340,6 +340,8 @@ fn request(deadline_in: Duration) -> PushRequest {
         caller_display_name: Some("Bob \"B\" Smith".to_owned()),
         call_id: "call-1@example.org".to_owned(),
         deadline: SystemTime::now() + deadline_in,
+        answer_token: None,
+        answer_url: None,
     }
 }
 

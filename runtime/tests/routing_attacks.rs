@@ -53,6 +53,7 @@ impl Dialog {
                 bindings: Vec::new(),
                 users: None,
                 secret: Secret::from_bytes(&[5; 32]).expect("a key"),
+                boot: 1,
                 unix_time: 1_800_000_000,
                 metrics: Arc::new(Metrics::default()),
             },

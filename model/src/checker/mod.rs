@@ -22,8 +22,8 @@ use std::fmt;
 use stateright::{Model, Property};
 
 use crate::{
-    AorId, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Fault, Flow, Target,
-    Timer, TokenUse,
+    AorId, AppReply, CallId, Callee, Config, Core, DeviceId, Effect, EndReason, Event, Fault, Flow,
+    PushAnswer, Target, Timer, TokenUse,
 };
 
 pub use properties::{LIVENESS, SAFETY, SOMETIMES};
@@ -110,6 +110,10 @@ pub struct ParkModel {
     pub bindings_expire: bool,
     /// The server may be shut down (SIGTERM) once, at any moment (`Event::ShuttingDown`).
     pub shutdown: bool,
+    /// An app the push reached may answer from the push, at any moment after (before or
+    /// after its REGISTER, before or after the call ended): ringing, then busy or decline
+    /// (`Event::PushAnswered`).
+    pub push_answers: bool,
     /// The environment's misbehaviour.
     pub budget: Budget,
     /// The core's policy.
@@ -136,6 +140,7 @@ impl ParkModel {
             calls_only: 0,
             bindings_expire: false,
             shutdown: false,
+            push_answers: false,
             budget: Budget {
                 transient_failures: 1,
                 permanent_failures: 1,
@@ -233,6 +238,16 @@ impl ParkModel {
                 extra_registers: 0,
                 ..Self::new(2, 1)
             },
+            "1x2-answer" => Self {
+                push_answers: true,
+                extra_registers: 0,
+                ..Self::new(1, 2)
+            },
+            "2x1-answer" => Self {
+                push_answers: true,
+                extra_registers: 0,
+                ..Self::new(2, 1)
+            },
             "2x1-udp" => Self::awake_on_udp(false),
             "2x1-udp-waiting" => Self::awake_on_udp(true),
             _ => return None,
@@ -261,7 +276,7 @@ impl ParkModel {
 }
 
 /// The bounded configurations CI checks exhaustively, with what each is for.
-pub const CONFIGURATIONS: [(&str, &str); 14] = [
+pub const CONFIGURATIONS: [(&str, &str); 16] = [
     (
         "1x1",
         "one call, one sleeping device; it may ring, answer, be busy, decline or not answer",
@@ -305,6 +320,16 @@ pub const CONFIGURATIONS: [(&str, &str); 14] = [
         "two calls, one sleeping device that may ring; the server may shut down at any moment",
     ),
     (
+        "1x2-answer",
+        "one call, two sleeping devices whose apps may answer from the push (ringing, busy, \
+         decline), before or after registering",
+    ),
+    (
+        "2x1-answer",
+        "two calls, one sleeping device whose app may answer each call from its push, also \
+         after that call ended",
+    ),
+    (
         "2x1-udp",
         "two calls, one single-line device awake on UDP that may fall asleep unseen",
     ),
@@ -327,8 +352,11 @@ pub struct Caller {
     pub cancelled_in_time: bool,
     /// The park deadline fired.
     pub deadline_fired: bool,
-    /// The first busy/decline a branch answered while the call was in progress.
+    /// The first busy/decline a branch answered (or an app from its push) while the call
+    /// was in progress.
     pub first_rejection: Option<u16>,
+    /// 180s of the server's own it received.
+    pub ringbacks: u8,
 }
 
 /// A device and what it went through.
@@ -412,6 +440,21 @@ pub struct History {
     /// A device with a calls-only token got a push that was not for a live call: a refresh
     /// push, or a push for a call whose caller already had its final response.
     pub calls_only_pushed_for_no_call: bool,
+    /// Busy or decline answers from the push the server took.
+    pub refused_from_push: BTreeSet<Pair>,
+    /// Calls an app declined from its push, and the server took it.
+    pub declined_from_push: BTreeSet<CallId>,
+    /// A device that refused a call from its push was later pushed or sent its INVITE.
+    pub invite_after_refusal: bool,
+    /// An answer from the push for a call whose caller had its final response did more than
+    /// get `CallOver`.
+    pub stale_answer_acted: bool,
+    /// An answer from the push got no reply, or more than one.
+    pub reply_missing: bool,
+    /// An answer from the push was refused because the device had the call over SIP.
+    pub answer_conflicted: bool,
+    /// A 180 of the server's own reached a caller that had its final response.
+    pub ringback_after_final: bool,
 }
 
 /// The whole system: the core and its environment.
@@ -449,6 +492,8 @@ pub struct State {
     pub timers: BTreeSet<Timer>,
     /// The server was shut down.
     pub shut_down: bool,
+    /// Answers apps sent from their pushes.
+    pub push_answers: BTreeSet<(CallId, DeviceId, PushAnswer)>,
     pub history: History,
 }
 
@@ -497,6 +542,8 @@ pub enum Action {
     Fire(Timer),
     /// The server is shut down (SIGTERM).
     Shutdown,
+    /// The app answers from the push for the call, over the app API.
+    PushAnswer(CallId, DeviceId, PushAnswer),
 }
 
 impl fmt::Display for Action {
@@ -529,6 +576,7 @@ impl fmt::Display for Action {
             Action::Arrive(c, d) => write!(f, "{d}: INVITE {c} arrives"),
             Action::BindingExpiring(d) => write!(f, "registrar: {d}'s binding nears expiry"),
             Action::Shutdown => write!(f, "operator → server: SIGTERM"),
+            Action::PushAnswer(c, d, a) => write!(f, "{d} app → server: {a:?} from the push ({c})"),
             Action::Fire(t) => write!(f, "timer {t:?} fires"),
         }
     }
@@ -631,6 +679,9 @@ impl ParkModel {
             match effect {
                 Effect::Push { call, device } => {
                     let pair = (call, device);
+                    if s.history.refused_from_push.contains(&pair) {
+                        s.history.invite_after_refusal = true;
+                    }
                     if self.token_use(device) == TokenUse::CallsOnly
                         && s.callers[call.0 as usize].response.is_some()
                     {
@@ -658,6 +709,9 @@ impl ParkModel {
                 Effect::Forward { call, device } => {
                     if s.callers[call.0 as usize].response.is_some() {
                         s.history.forward_after_final = true;
+                    }
+                    if s.history.refused_from_push.contains(&(call, device)) {
+                        s.history.invite_after_refusal = true;
                     }
                     Self::check_line(s, (call, device));
                     self.send_invite(s, (call, device), false, &mut trying);
@@ -693,6 +747,15 @@ impl ParkModel {
                     s.devices[device.0 as usize].in_call.remove(&call);
                 }
                 Effect::RelayProvisional { .. } => {}
+                Effect::Ringback { call } => {
+                    let caller = &mut s.callers[call.0 as usize];
+                    caller.ringbacks = caller.ringbacks.saturating_add(1);
+                    if caller.response.is_some() {
+                        s.history.ringback_after_final = true;
+                    }
+                }
+                // Judged in `next_state`, on the step that asked.
+                Effect::ReplyToApp { .. } => {}
                 Effect::Respond { call, code, relay } => {
                     let caller = &mut s.callers[call.0 as usize];
                     caller.finals = caller.finals.saturating_add(1);
@@ -735,6 +798,53 @@ impl ParkModel {
     }
 }
 
+impl ParkModel {
+    /// Records what the core made of an answer from the push, before its effects are
+    /// applied: one reply to the app; for a call already answered, nothing else.
+    fn judge_reply(s: &mut State, pair: Pair, answer: PushAnswer, effects: &[Effect]) {
+        let (call, device) = pair;
+        let replies: Vec<AppReply> = effects
+            .iter()
+            .filter_map(|e| match *e {
+                Effect::ReplyToApp {
+                    call: c,
+                    device: d,
+                    reply,
+                } if (c, d) == pair => Some(reply),
+                _ => None,
+            })
+            .collect();
+        let [reply] = replies[..] else {
+            s.history.reply_missing = true;
+            return;
+        };
+        let caller = &mut s.callers[call.0 as usize];
+        if caller.response.is_some() {
+            let only_the_reply = effects
+                == [Effect::ReplyToApp {
+                    call,
+                    device,
+                    reply: AppReply::CallOver,
+                }];
+            if !only_the_reply {
+                s.history.stale_answer_acted = true;
+            }
+            return;
+        }
+        match (reply, answer.code()) {
+            (AppReply::Taken, Some(code)) => {
+                caller.first_rejection.get_or_insert(code);
+                s.history.refused_from_push.insert(pair);
+                if answer == PushAnswer::Decline {
+                    s.history.declined_from_push.insert(call);
+                }
+            }
+            (AppReply::Conflict, _) => s.history.answer_conflicted = true,
+            _ => {}
+        }
+    }
+}
+
 impl Model for ParkModel {
     type State = State;
     type Action = Action;
@@ -766,6 +876,7 @@ impl Model for ParkModel {
             cancelling: BTreeSet::new(),
             timers: BTreeSet::new(),
             shut_down: false,
+            push_answers: BTreeSet::new(),
             history: History::default(),
         }]
     }
@@ -851,6 +962,19 @@ impl Model for ParkModel {
         }
         for &timer in &s.timers {
             actions.push(Action::Fire(timer));
+        }
+        if self.push_answers {
+            for &(c, d) in &s.history.woken {
+                let sent = |a| s.push_answers.contains(&(c, d, a));
+                if sent(PushAnswer::Busy) || sent(PushAnswer::Decline) {
+                    continue;
+                }
+                if !sent(PushAnswer::Ringing) {
+                    actions.push(Action::PushAnswer(c, d, PushAnswer::Ringing));
+                }
+                actions.push(Action::PushAnswer(c, d, PushAnswer::Busy));
+                actions.push(Action::PushAnswer(c, d, PushAnswer::Decline));
+            }
         }
     }
 
@@ -1040,6 +1164,14 @@ impl Model for ParkModel {
                 s.shut_down = true;
                 Event::ShuttingDown
             }
+            Action::PushAnswer(call, device, answer) => {
+                s.push_answers.insert((call, device, answer));
+                Event::PushAnswered {
+                    call,
+                    device,
+                    answer,
+                }
+            }
             Action::BindingExpiring(device) => {
                 s.devices[device.0 as usize].expiry_reported = true;
                 Event::BindingExpiring {
@@ -1081,6 +1213,9 @@ impl Model for ParkModel {
             if !forwarded && !refused {
                 s.history.awake_not_forwarded = true;
             }
+        }
+        if let Action::PushAnswer(call, device, answer) = action {
+            Self::judge_reply(&mut s, (call, device), answer, &effects);
         }
         if let Some((c, d)) = undeliverable {
             if effects.contains(&Effect::Push { call: c, device: d }) {

@@ -6,7 +6,7 @@ use super::{ParkModel, State};
 use crate::{CallId, EndReason};
 
 /// Invariants: no reachable state may break them.
-pub const SAFETY: [&str; 18] = [
+pub const SAFETY: [&str; 23] = [
     "one_final_response_per_call",
     "nothing_forwarded_after_final",
     "no_device_gets_a_call_twice",
@@ -25,13 +25,18 @@ pub const SAFETY: [&str; 18] = [
     "no_stale_invite_after_the_call_ended",
     "calls_only_token_gets_only_call_pushes",
     "shutdown_answers_every_caller",
+    "every_push_answer_gets_one_reply",
+    "device_refused_from_push_gets_no_invite",
+    "decline_from_push_ends_the_call",
+    "answer_for_an_ended_call_changes_nothing",
+    "one_ringback_per_call",
 ];
 
 /// Liveness: on every path.
 pub const LIVENESS: [&str; 1] = ["every_call_gets_a_final_response"];
 
 /// Reachability: proof that the interesting paths exist, so no invariant holds vacuously.
-pub const SOMETIMES: [&str; 14] = [
+pub const SOMETIMES: [&str; 18] = [
     "call_delivered_after_push",
     "call_timed_out",
     "busy_reaches_caller",
@@ -46,6 +51,10 @@ pub const SOMETIMES: [&str; 14] = [
     "lost_invite_rerouted",
     "dropped_invite_that_arrived_is_cancelled",
     "refresh_push_sent",
+    "busy_from_push_reaches_caller",
+    "decline_from_push_reaches_caller",
+    "ringback_from_push",
+    "push_answer_races_register",
 ];
 
 fn calls(s: &State) -> impl Iterator<Item = CallId> {
@@ -136,6 +145,7 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
             !quiescent(m, s)
                 || s.history.registered_after_wake.iter().all(|&(c, d)| {
                     s.history.forwarded.contains(&(c, d))
+                        || s.history.refused_from_push.contains(&(c, d))
                         || s.history.told.iter().any(|&(tc, td, _)| (tc, td) == (c, d))
                 })
         }),
@@ -156,6 +166,22 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
         }),
         Property::<ParkModel>::always("shutdown_answers_every_caller", |_, s| {
             !s.shut_down || calls(s).all(|c| s.caller(c).response.is_some())
+        }),
+        Property::<ParkModel>::always("every_push_answer_gets_one_reply", |_, s| {
+            !s.history.reply_missing
+        }),
+        Property::<ParkModel>::always("device_refused_from_push_gets_no_invite", |_, s| {
+            !s.history.invite_after_refusal
+        }),
+        Property::<ParkModel>::always("decline_from_push_ends_the_call", |_, s| {
+            (s.history.declined_from_push.iter())
+                .all(|&c| s.caller(c).response == Some((603, None)))
+        }),
+        Property::<ParkModel>::always("answer_for_an_ended_call_changes_nothing", |_, s| {
+            !s.history.stale_answer_acted
+        }),
+        Property::<ParkModel>::always("one_ringback_per_call", |_, s| {
+            !s.history.ringback_after_final && s.callers.iter().all(|c| c.ringbacks <= 1)
         }),
         // Liveness.
         Property::<ParkModel>::eventually("every_call_gets_a_final_response", all_answered),
@@ -216,6 +242,22 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
         }),
         Property::<ParkModel>::sometimes("refresh_push_sent", |_, s| {
             !s.history.refresh_pushed.is_empty()
+        }),
+        Property::<ParkModel>::sometimes("busy_from_push_reaches_caller", |_, s| {
+            some_response(s, |c, code, relay| {
+                code == 486
+                    && relay.is_none()
+                    && (s.history.refused_from_push.iter()).any(|&(rc, _)| rc == c)
+            })
+        }),
+        Property::<ParkModel>::sometimes("decline_from_push_reaches_caller", |_, s| {
+            !s.history.declined_from_push.is_empty()
+        }),
+        Property::<ParkModel>::sometimes("ringback_from_push", |_, s| {
+            s.callers.iter().any(|c| c.ringbacks > 0)
+        }),
+        Property::<ParkModel>::sometimes("push_answer_races_register", |_, s| {
+            s.history.answer_conflicted
         }),
     ]
 }

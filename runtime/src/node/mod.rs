@@ -21,7 +21,9 @@
 //! | [`registrar`] | REGISTER: bindings, expiry, RFC 8599 push parameters, refresh pushes |
 //! | [`proxy`] | requests and responses: dispatch, calls and their branches, dialogs |
 //! | [`pike`] | requests per source address: floods and password guessing blocked |
+//! | [`app`] | answers from the push over the app API: the token checked, the core decides |
 
+mod app;
 mod pike;
 pub(crate) mod proxy;
 pub(crate) mod registrar;
@@ -32,9 +34,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pushpark_model::{CallId, DeviceId, Effect, Event, Timer};
+use pushpark_model::{AppReply, CallId, DeviceId, Effect, Event, Timer};
 use tracing::{debug, trace, warn};
 
+use crate::app_api::token::AnswerKey;
 use crate::auth::{DigestAuth, DigestConfig, Secret, UserDb};
 use crate::config::{Config, Transport};
 use crate::driver::Driver;
@@ -46,6 +49,7 @@ use crate::transaction::{self, Key, Output, Transactions};
 use crate::transport::{Flow, FlowId, Inbound};
 use crate::Map;
 
+pub use self::app::AppAnswer;
 use self::pike::{log_block, Admit, Pike};
 use self::proxy::{Branches, Calls, Dialogs};
 pub(crate) use self::registrar::Bindings;
@@ -147,9 +151,12 @@ pub struct NodeOptions {
     /// The users file, when digest authentication is on.
     pub users: Option<UserDb>,
     /// The node's key: of the digest nonces, of the route tokens in our Record-Routes and of
-    /// our stateless branches. Keep it across restarts (the store does), or the dialogs up
-    /// at a restart can no longer be routed.
+    /// our stateless branches, and of the app API's answer tokens. Keep it across restarts
+    /// (the store does), or the dialogs up at a restart can no longer be routed.
     pub secret: Secret,
+    /// A number unique to this run of the node (random): answer tokens of earlier runs,
+    /// whose calls ended with them, are told apart.
+    pub boot: u64,
     /// The wall-clock time at `now`, in seconds since the Unix epoch: binding expiry is
     /// wall-clock time, so that it survives restarts.
     pub unix_time: u64,
@@ -177,6 +184,12 @@ pub struct Node {
     auth: Option<(DigestAuth, UserDb)>,
     /// The keys of our route tokens and stateless branches.
     route_key: proxy::RouteKey,
+    /// The key of the answer tokens call pushes carry, and where apps post them: only with
+    /// the app API on (`[app_api]`).
+    answer_key: AnswerKey,
+    answer_url: Option<String>,
+    /// The core's reply to the answer from the push being handled.
+    app_reply: Option<AppReply>,
     /// Where a request may go by address.
     targets: proxy::Targets,
     addrs: Vec<(Transport, SocketAddr)>,
@@ -206,6 +219,7 @@ impl Node {
     /// A node on `config`, started at `now`.
     pub fn new(config: Config, now: Instant, options: NodeOptions) -> Self {
         let route_key = proxy::RouteKey::new(&options.secret);
+        let answer_key = AnswerKey::new(&options.secret, options.boot);
         // Never a target either: where peers reach us, by the advertised IP addresses.
         let advertised = config.listen.iter().filter_map(|l| {
             let l = l.as_ref();
@@ -244,6 +258,9 @@ impl Node {
             flows: Map::default(),
             auth,
             route_key,
+            answer_key,
+            answer_url: config.app_api.answer_url(),
+            app_reply: None,
             targets,
             addrs: options.listeners,
             next_id: 1,
@@ -281,7 +298,7 @@ impl Node {
         self.advance(now);
         match item {
             Inbound::Message { flow, message } | Inbound::TooLarge { flow, message }
-                if message.is_request() && !self.admit(now, &flow) => {}
+                if message.is_request() && !self.admit(now, flow.peer.ip()) => {}
             Inbound::Message { flow, message } => {
                 // A flow is remembered once a call or a registration comes over it (what a
                 // dialog or a binding can name), not for any datagram: strangers leave
@@ -338,14 +355,14 @@ impl Node {
         self.budget_hasher.hash_one(parts)
     }
 
-    /// Whether a request from `flow` is handled: not if its source is blocked, or is
+    /// Whether a request from `ip` is handled: not if its source is blocked, or is
     /// blocked by it ([`pike`]); a dropped request gets no answer.
-    fn admit(&mut self, now: Instant, flow: &Flow) -> bool {
-        match self.pike.request(now, flow.peer.ip()) {
+    fn admit(&mut self, now: Instant, ip: std::net::IpAddr) -> bool {
+        match self.pike.request(now, ip) {
             Admit::Yes => true,
             Admit::Blocked => false,
             Admit::NowBlocked(block) => {
-                log_block(flow.peer.ip(), block, self.pike.block_for());
+                log_block(ip, block, self.pike.block_for());
                 self.metrics.limit_hit(block.limit());
                 false
             }
@@ -555,7 +572,8 @@ impl Node {
             | Event::BranchRang { call, .. }
             | Event::BranchAnswered { call, .. }
             | Event::BranchRejected { call, .. }
-            | Event::BranchUnreachable { call, .. } => Some(*call),
+            | Event::BranchUnreachable { call, .. }
+            | Event::PushAnswered { call, .. } => Some(*call),
             Event::DeviceRegistered { .. } | Event::DeviceUnavailable { .. } => None,
             Event::TimerFired(_) | Event::BindingExpiring { .. } | Event::ShuttingDown => None,
         };
@@ -589,7 +607,9 @@ impl Node {
                 | Effect::HangUpBranch { call, .. }
                 | Effect::RelayProvisional { call, .. }
                 | Effect::Respond { call, .. }
-                | Effect::TellEnded { call, .. } => Some(*call),
+                | Effect::TellEnded { call, .. }
+                | Effect::Ringback { call }
+                | Effect::ReplyToApp { call, .. } => Some(*call),
                 Effect::ArmTimer { .. } | Effect::DisarmTimer { .. } => None,
                 Effect::ForgetPushToken { .. } | Effect::RefreshPush { .. } => None,
             };
@@ -789,6 +809,7 @@ mod tests {
                 bindings,
                 users: None,
                 secret: Secret::generate(),
+                boot: 1,
                 unix_time: UNIX,
                 metrics: Arc::new(Metrics::default()),
             },

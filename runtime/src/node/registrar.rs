@@ -291,7 +291,7 @@ impl Node {
                 Some(Verdict::Authenticated { username }) if user_ok(&username) => {}
                 Some(Verdict::Authenticated { username }) => {
                     let failure = (
-                        &flow,
+                        flow.peer.ip(),
                         username.as_str(),
                         "REGISTER",
                         "not the user's address",
@@ -303,7 +303,7 @@ impl Node {
                     if let Some(Verdict::Invalid(reason)) = &other {
                         let user = claimed_user(&request, crate::sip::HeaderName::Authorization);
                         let reason = reason.to_string();
-                        let failure = (&flow, user.as_str(), "REGISTER", reason.as_str());
+                        let failure = (flow.peer.ip(), user.as_str(), "REGISTER", reason.as_str());
                         security_failure(&mut self.pike, &self.metrics, self.clock, failure);
                     }
                     let stale = matches!(other, Some(Verdict::Stale));
@@ -615,6 +615,8 @@ impl Node {
             caller_display_name: None,
             call_id,
             deadline: std::time::UNIX_EPOCH + std::time::Duration::from_secs(expires_at),
+            answer_token: None,
+            answer_url: None,
         };
         self.submit_push(request, PushTag::Refresh(id));
     }
@@ -638,10 +640,9 @@ pub(crate) fn security_failure(
     pike: &mut Pike,
     metrics: &Metrics,
     now: Instant,
-    failure: (&Flow, &str, &str, &str),
+    failure: (std::net::IpAddr, &str, &str, &str),
 ) {
-    let (flow, user, method, reason) = failure;
-    let ip = flow.peer.ip();
+    let (ip, user, method, reason) = failure;
     tracing::warn!("security: auth failure from {ip} user {user:?} ({method}): {reason}");
     if pike.auth_failure(now, ip) {
         log_block(ip, Block::AuthFailures, pike.block_for());
@@ -730,6 +731,7 @@ mod tests {
                 bindings,
                 users: None,
                 secret: Secret::generate(),
+                boot: 1,
                 unix_time: UNIX,
                 metrics: Arc::new(Metrics::default()),
             },

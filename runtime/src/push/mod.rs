@@ -155,6 +155,13 @@ pub struct PushRequest {
     /// 480 by then). Providers bound request timeouts and message lifetimes by it.
     #[serde(rename = "deadline_unix_ms", with = "unix_ms")]
     pub deadline: SystemTime,
+    /// The answer token of a call push when the app API is on (`[app_api]`): the app may
+    /// post it with `busy`, `decline` or `ringing` to [`Self::answer_url`] instead of
+    /// waking its SIP stack (specs/parking.md §9). Opaque to the app; `None` for refresh
+    /// pushes and without an app API.
+    pub answer_token: Option<String>,
+    /// Where the app posts its answer: the app API's `/v1/calls/answer` as apps reach it.
+    pub answer_url: Option<String>,
 }
 
 impl PushRequest {
@@ -188,6 +195,11 @@ impl fmt::Debug for PushRequest {
             .field("caller_display_name", &self.caller_display_name)
             .field("call_id", &self.call_id)
             .field("deadline", &self.deadline)
+            .field(
+                "answer_token",
+                &self.answer_token.as_deref().map(redact_token),
+            )
+            .field("answer_url", &self.answer_url)
             .finish()
     }
 }

@@ -50,7 +50,7 @@ impl TlsFiles {
     }
 
     /// The acceptor for the next connection.
-    pub(super) fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         self.acceptor
             .read()
             .unwrap_or_else(|p| p.into_inner())

@@ -164,6 +164,7 @@ impl World {
                 bindings: Vec::new(),
                 users: None,
                 secret: Secret::from_bytes(&[7; 32]).expect("a key"),
+                boot: 1,
                 unix_time: 1_800_000_000,
                 metrics: Arc::new(Metrics::default()),
             },

@@ -297,12 +297,12 @@ impl Node {
                     Some(Verdict::Invalid(reason)) => {
                         let user = claimed_user(invite, HeaderName::ProxyAuthorization);
                         let reason = reason.to_string();
-                        let failure = (flow, user.as_str(), "INVITE", reason.as_str());
+                        let failure = (flow.peer.ip(), user.as_str(), "INVITE", reason.as_str());
                         security_failure(&mut self.pike, &self.metrics, self.clock, failure);
                     }
                     Some(Verdict::Authenticated { username }) => {
                         let failure = (
-                            flow,
+                            flow.peer.ip(),
                             username.as_str(),
                             "INVITE",
                             "not the caller's address",
@@ -487,6 +487,9 @@ impl Node {
                 }
             }
             Effect::RefreshPush { device } => self.refresh_push(device),
+            // A 180 of our own: an app shows the call from its push (specs/parking.md §9).
+            Effect::Ringback { call } => self.respond(call, 180),
+            Effect::ReplyToApp { reply, .. } => self.app_reply = Some(reply),
         }
     }
 
@@ -579,6 +582,8 @@ impl Node {
             deadline: UNIX_EPOCH
                 + Duration::from_secs(self.unix_now())
                 + Duration::from_millis(self.driver.core().config().park_timeout),
+            answer_token: self.answer_token(call, device),
+            answer_url: self.answer_url.clone(),
         };
         // Whether queued or refused, the outcome comes back as a report.
         self.submit_push(request, PushTag::Call(call, device));
@@ -860,7 +865,8 @@ impl Node {
             .send_response(self.now(), &key, status, out);
     }
 
-    /// A final response the proxy makes itself (404, 480, 486, 487, 500, 503).
+    /// A response the proxy makes itself: a final one (404, 480, 486, 487, 500, 503, 603) or
+    /// the 180 of an app ringing from its push; all with the call's one To tag of ours.
     fn respond(&mut self, call: CallId, code: u16) {
         let Some(ctx) = self.calls.by_id.get(&call) else {
             return;

@@ -61,5 +61,7 @@ pub(super) fn request() -> PushRequest {
         caller_display_name: Some("Bob".to_owned()),
         call_id: "a84b4c76e66710@pc33.example.org".to_owned(),
         deadline: SystemTime::now() + Duration::from_secs(30),
+        answer_token: None,
+        answer_url: None,
     }
 }
