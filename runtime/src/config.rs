@@ -39,8 +39,8 @@ pub struct Config {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppApi {
-    /// Where to listen, e.g. "0.0.0.0:5443".
-    pub listen: Option<SocketAddr>,
+    /// Where to listen, e.g. "0.0.0.0:5443" (with where it stands in the file, for errors).
+    pub listen: Option<Spanned<SocketAddr>>,
     /// The PEM certificate chain (read again on SIGHUP). Without it (and `private_key`) the
     /// API speaks plain HTTP, which only a loopback address may (behind a local TLS proxy).
     pub certificate: Option<PathBuf>,
@@ -61,9 +61,14 @@ impl AppApi {
         self.certificate.is_some()
     }
 
+    /// The address to listen on, if the API is on.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.listen.as_ref().map(|l| *l.get_ref())
+    }
+
     /// The URL call pushes carry, if the API is on.
     pub fn answer_url(&self) -> Option<String> {
-        let listen = self.listen?;
+        let listen = self.address()?;
         Some(self.public_url.clone().unwrap_or_else(|| {
             let scheme = if self.tls() { "https" } else { "http" };
             format!("{scheme}://{listen}{}", Self::ANSWER_PATH)
@@ -616,7 +621,8 @@ impl Config {
             return Err(invalid(span, &format!("listen[{i}]"), problem.into()));
         }
         let api = &self.app_api;
-        if let Some(listen) = api.listen {
+        if let Some(spanned) = &api.listen {
+            let listen = *spanned.get_ref();
             let problem = match (&api.certificate, &api.private_key) {
                 (Some(_), None) | (None, Some(_)) => {
                     Some("the app API needs both certificate and private_key")
@@ -638,7 +644,8 @@ impl Config {
                 _ => None,
             };
             if let Some(problem) = problem {
-                return Err(invalid(None, "app_api", problem.into()));
+                let span = Some(spanned.span()).filter(|s| !s.is_empty());
+                return Err(invalid(span, "app_api.listen", problem.into()));
             }
         } else if api.certificate.is_some() || api.private_key.is_some() || api.public_url.is_some()
         {
@@ -903,6 +910,59 @@ mod tests {
         assert!(err.starts_with("pushpark.toml: "), "{err}");
         assert!(err.contains("line 4"), "{err}");
         assert!(err.contains("park_timout"), "{err}");
+    }
+
+    #[test]
+    fn the_app_api_is_https_but_on_loopback_and_errors_name_the_listen_line() {
+        let config = parse(
+            "[app_api]\nlisten = \"0.0.0.0:5443\"\ncertificate = \"/c.pem\"\n\
+             private_key = \"/k.pem\"\npublic_url = \"https://sip.example.com/v1/calls/answer\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.app_api.answer_url().as_deref(),
+            Some("https://sip.example.com/v1/calls/answer")
+        );
+        let local =
+            parse("[app_api]\nlisten = \"127.0.0.1:5443\"\n").expect("plain HTTP on loopback");
+        assert_eq!(
+            local.app_api.answer_url().as_deref(),
+            Some("http://127.0.0.1:5443/v1/calls/answer")
+        );
+        assert_eq!(
+            Config::default().app_api.answer_url(),
+            None,
+            "off by default"
+        );
+        for (text, problem) in [
+            (
+                "[app_api]\nlisten = \"192.0.2.1:5443\"\n",
+                "needs certificate and private_key",
+            ),
+            (
+                "[app_api]\nlisten = \"127.0.0.1:5443\"\ncertificate = \"/c.pem\"\n",
+                "needs both certificate and private_key",
+            ),
+            (
+                "[app_api]\nlisten = \"0.0.0.0:5443\"\ncertificate = \"/c\"\nprivate_key = \"/k\"\n",
+                "needs public_url",
+            ),
+            (
+                "[app_api]\nlisten = \"127.0.0.1:5443\"\npublic_url = \"ftp://x\"\n",
+                "must be an http:// or https:// URL",
+            ),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(
+                err.starts_with("pushpark.toml:2: `app_api.listen`: ") && err.contains(problem),
+                "{err}"
+            );
+        }
+        let err = parse("[app_api]\ncertificate = \"/c.pem\"\n").expect_err("no listen");
+        assert!(
+            err.contains("`app_api`: ") && err.contains("need listen"),
+            "{err}"
+        );
     }
 
     #[test]

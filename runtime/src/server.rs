@@ -112,6 +112,10 @@ impl Server {
         let (app_tx, app_requests) = mpsc::channel(1024);
         let limits = app_api::Limits::from_config(&config);
         let app_api = AppApi::start(&config.app_api, limits, app_tx).await?;
+        let mut config = config;
+        // Pushes name the address bound (port 0 is any), unless public_url says otherwise.
+        config.app_api.listen =
+            (app_api.as_ref()).map(|api| toml::Spanned::new(0..0, api.local_addr()));
         let grace = config.sip.shutdown_grace;
         let node = Node::new(
             config,

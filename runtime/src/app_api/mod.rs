@@ -105,7 +105,7 @@ impl AppApi {
         limits: Limits,
         loop_tx: mpsc::Sender<AppRequest>,
     ) -> Result<Option<Self>, AppApiError> {
-        let Some(address) = config.listen else {
+        let Some(address) = config.address() else {
             return Ok(None);
         };
         let tls = match (&config.certificate, &config.private_key) {
@@ -155,10 +155,14 @@ async fn serve(
     loop_tx: mpsc::Sender<AppRequest>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // The connections' tasks: aborted with this one when the API stops, so that no kept-alive
+    // connection outlives the server.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        while connections.try_join_next().is_some() {}
         // Beyond the limit a connection is closed at once: nothing is read from it.
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             debug!("app API: {peer}: over connections.max, closed");
@@ -166,7 +170,7 @@ async fn serve(
         };
         let (tls, limits, loop_tx) = (tls.clone(), limits.clone(), loop_tx.clone());
         let (message_timeout, idle_timeout) = (limits.message_timeout, limits.idle_timeout);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _slot = slot;
             let service = service_fn(move |request| {
                 let (loop_tx, limits) = (loop_tx.clone(), limits.clone());

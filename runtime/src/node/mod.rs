@@ -1002,6 +1002,73 @@ Content-Length: 0\r\n\r\n";
     }
 
     #[test]
+    fn an_answer_token_is_good_for_its_call_and_device_until_it_expires() {
+        use pushpark_model::{AppReply, PushAnswer};
+        let start = Instant::now();
+        let mut node = node_with(start, 2, |c| {
+            let api = "127.0.0.1:5443".parse().expect("an address");
+            c.app_api.listen = Some(toml::Spanned::new(0..0, api));
+        });
+        let server: SocketAddr = "127.0.0.1:5060".parse().expect("an address");
+        let peer = "198.51.100.20".parse().expect("an address");
+        let call = |node: &mut Node, callee: u64, n: usize| {
+            let invite = format!(
+                "INVITE sip:u{callee}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKa{n}\r\n\
+                 Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=a{n}\r\nTo: <sip:u{callee}@127.0.0.1>\r\n\
+                 Call-ID: answer-{n}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            );
+            let message = parse_datagram(invite.as_bytes()).expect("an INVITE");
+            let flow = Flow::udp(server, "192.0.2.10:5060".parse().expect("an address"));
+            node.handle_inbound(start, Inbound::Message { flow, message });
+            while node.poll_transmit().is_some() {}
+            let (push, _) = node.poll_push().expect("a push");
+            assert_eq!(
+                push.answer_url.as_deref(),
+                Some("http://127.0.0.1:5443/v1/calls/answer")
+            );
+            push.answer_token.expect("a token")
+        };
+        let first = call(&mut node, 1, 1);
+        let second = call(&mut node, 2, 2);
+        // Ringing from the push: taken, and the caller gets our 180.
+        assert_eq!(
+            node.handle_app_answer(start, peer, &first, PushAnswer::Ringing),
+            AppAnswer::Reply(AppReply::Taken)
+        );
+        let sent: Vec<String> = std::iter::from_fn(|| node.poll_transmit())
+            .map(|t| String::from_utf8_lossy(&t.bytes).into_owned())
+            .collect();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert!(
+            sent[0].starts_with("SIP/2.0 180 Ringing\r\n"),
+            "{}",
+            sent[0]
+        );
+        assert!(
+            sent[0].contains("To: <sip:u1@127.0.0.1>;tag="),
+            "{}",
+            sent[0]
+        );
+        // The token lives as long as the call may: its deadline and notice window (60 s).
+        let late = start + Duration::from_secs(59);
+        node.handle_timeout(late);
+        assert_eq!(
+            node.handle_app_answer(late, peer, &first, PushAnswer::Busy),
+            AppAnswer::Reply(AppReply::CallOver),
+            "the call timed out at 30 s; the token still verifies"
+        );
+        let expired = start + Duration::from_secs(62);
+        assert_eq!(
+            node.handle_app_answer(expired, peer, &second, PushAnswer::Busy),
+            AppAnswer::Expired
+        );
+        assert_eq!(
+            node.handle_app_answer(expired, peer, "pa1.nothing", PushAnswer::Busy),
+            AppAnswer::InvalidToken
+        );
+    }
+
+    #[test]
     fn a_backlog_of_due_timers_is_fired_in_bounded_batches() {
         let start = Instant::now();
         let mut node = node(start, 20);

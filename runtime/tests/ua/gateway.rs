@@ -42,6 +42,12 @@ pub struct PushBody {
     pub call_id: String,
     /// When the push stops being useful, in ms since the Unix epoch.
     pub deadline_unix_ms: u64,
+    /// The app API's answer token, with the app API on.
+    #[serde(default)]
+    pub answer_token: Option<String>,
+    /// Where the app posts its answer, with the app API on.
+    #[serde(default)]
+    pub answer_url: Option<String>,
 }
 
 /// One push the gateway received.
