@@ -111,7 +111,7 @@ impl Server {
         // Answers from the push go to the loop; without an app API nothing sends any.
         let (app_tx, app_requests) = mpsc::channel(1024);
         let limits = app_api::Limits::from_config(&config);
-        let app_api = AppApi::start(&config.app_api, limits, app_tx).await?;
+        let app_api = AppApi::start(&config.app_api, limits, app_tx, Arc::clone(&metrics)).await?;
         let mut config = config;
         // Pushes name the address bound (port 0 is any), unless public_url says otherwise.
         config.app_api.listen =

@@ -422,3 +422,34 @@ async fn without_the_app_api_pushes_carry_no_token() {
     assert_eq!(push.json["answer_url"], Value::Null);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_the_app_api_are_limited_per_address() {
+    use tokio::io::AsyncReadExt;
+    let h = Harness::start(|c| {
+        c.auth.trusted_peers = Vec::new();
+        c.connections.max_per_ip = 2;
+    })
+    .await;
+    let api = (h.server.as_ref())
+        .and_then(Server::app_api_addr)
+        .expect("the app API");
+    let connect = || tokio::net::TcpStream::connect(api);
+    let (first, _second) = (connect().await, connect().await);
+    let mut third = connect().await.expect("accepted by the kernel");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(STEP, third.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "the third connection is closed at once: {read:?}"
+    );
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fourth = connect().await.expect("accepted by the kernel");
+    let waiting = tokio::time::timeout(Duration::from_millis(300), fourth.read(&mut buf)).await;
+    assert!(
+        waiting.is_err(),
+        "a place was given back: the server waits for the handshake"
+    );
+    h.stop().await;
+}

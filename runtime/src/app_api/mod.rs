@@ -16,6 +16,7 @@
 //! | the sender is blocked by the rate limiter | `429` with `Retry-After` |
 //! | not JSON, no token, another answer | `400 {"error":"bad_request","detail":...}` |
 //! | another path, another method, a body over 4 KiB | `404`, `405`, `413` |
+//! | a body not sent within `connections.message_timeout` | `408` |
 //! | the event loop is overloaded or shutting down | `503` with `Retry-After` |
 
 pub mod token;
@@ -35,13 +36,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use pushpark_model::{AppReply, PushAnswer};
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{self, AppApi as AppApiConfig};
+use crate::metrics::Metrics;
 use crate::node::AppAnswer;
-use crate::transport::{TlsError, TlsFiles};
+use crate::transport::{Admission, TlsError, TlsFiles};
 
 /// The largest request body read.
 pub const MAX_BODY: usize = 4096;
@@ -69,9 +71,12 @@ pub enum AppApiError {
 /// What limits the API's peers.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Connections open at once.
+    /// Connections open at once, in all and from one address (`[connections]`, counted
+    /// apart from SIP's; trusted peers exempt from the second).
     pub max_connections: usize,
-    /// Time for the TLS handshake and for each request's head.
+    pub max_per_ip: usize,
+    pub trusted: Vec<ipnet::IpNet>,
+    /// Time for the TLS handshake, and for each request's head and its body.
     pub message_timeout: Duration,
     /// A connection idle for longer is closed.
     pub idle_timeout: Duration,
@@ -83,6 +88,8 @@ impl Limits {
     pub fn from_config(config: &config::Config) -> Self {
         Self {
             max_connections: config.connections.max,
+            max_per_ip: config.connections.max_per_ip,
+            trusted: config.auth.trusted_peers.clone(),
             message_timeout: config.connections.message_timeout,
             idle_timeout: config.connections.idle_timeout,
             blocked_for: config.rate_limit.block_for,
@@ -104,6 +111,7 @@ impl AppApi {
         config: &AppApiConfig,
         limits: Limits,
         loop_tx: mpsc::Sender<AppRequest>,
+        metrics: Arc<Metrics>,
     ) -> Result<Option<Self>, AppApiError> {
         let Some(address) = config.address() else {
             return Ok(None);
@@ -120,7 +128,18 @@ impl AppApi {
             .map_err(|source| AppApiError::Listen { address, source })?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         info!("app API on {scheme}://{local}{}", AppApiConfig::ANSWER_PATH);
-        let task = tokio::spawn(serve(listener, tls.clone(), limits, loop_tx));
+        let admission = Admission::new(
+            limits.max_connections,
+            limits.max_per_ip,
+            limits.trusted.clone(),
+            metrics,
+        );
+        let task = tokio::spawn(serve(
+            listener,
+            tls.clone(),
+            (limits, Arc::new(admission)),
+            loop_tx,
+        ));
         Ok(Some(Self { local, tls, task }))
     }
 
@@ -151,10 +170,9 @@ impl Drop for AppApi {
 async fn serve(
     listener: TcpListener,
     tls: Option<Arc<TlsFiles>>,
-    limits: Limits,
+    (limits, admission): (Limits, Arc<Admission>),
     loop_tx: mpsc::Sender<AppRequest>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     // The connections' tasks: aborted with this one when the API stops, so that no kept-alive
     // connection outlives the server.
     let mut connections = tokio::task::JoinSet::new();
@@ -163,9 +181,9 @@ async fn serve(
             continue;
         };
         while connections.try_join_next().is_some() {}
-        // Beyond the limit a connection is closed at once: nothing is read from it.
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            debug!("app API: {peer}: over connections.max, closed");
+        // Beyond a limit a connection is closed at once: nothing is read from it.
+        let Some(slot) = admission.admit(peer.ip(), true) else {
+            debug!("app API: {peer}: over the connection limits, closed");
             continue;
         };
         let (tls, limits, loop_tx) = (tls.clone(), limits.clone(), loop_tx.clone());
@@ -251,12 +269,14 @@ async fn handle(
         );
         return response;
     }
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let body = Limited::new(request.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(limits.message_timeout, body).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
         }
-        Err(_) => return error(StatusCode::BAD_REQUEST, "bad_request"),
+        Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "bad_request"),
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "request_timeout"),
     };
     let (token, answer) = match parse(&body) {
         Ok(parsed) => parsed,

@@ -8,6 +8,7 @@
 //! flow lives as long as the connection; when it closes, [`Inbound::Closed`] says so and
 //! its bindings become push-only again.
 
+mod admission;
 mod stream;
 mod tls;
 mod udp;
@@ -22,6 +23,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+pub(crate) use self::admission::Admission;
 use self::stream::Streams;
 pub use self::tls::{TlsError, TlsFiles};
 use crate::config::{Connections, Listener, Transport};

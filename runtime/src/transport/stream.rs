@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::admission::{Admission, Slot};
 use super::tls::TlsFiles;
 use super::{Flow, FlowId, Inbound, SendError};
 use crate::config::{Connections, Transport};
@@ -41,8 +42,8 @@ pub(super) struct Streams {
     table: Mutex<Table>,
     next_id: AtomicU64,
     limits: Connections,
-    /// Peers the per-address limit does not apply to (`auth.trusted_peers`).
-    trusted: Vec<ipnet::IpNet>,
+    /// Connections in all and per source address.
+    admission: Arc<Admission>,
     max_message: usize,
     inbound: mpsc::Sender<Inbound>,
     metrics: Arc<Metrics>,
@@ -51,9 +52,6 @@ pub(super) struct Streams {
 #[derive(Default)]
 struct Table {
     open: HashMap<FlowId, Connection>,
-    /// Connections held, in all (including those still in their TLS handshake).
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
 }
 
 /// What the loop needs to send over a connection, or to close it.
@@ -64,27 +62,6 @@ struct Connection {
     close: Arc<Notify>,
 }
 
-/// A connection's place within the limits, given back when dropped.
-struct Slot {
-    streams: Arc<Streams>,
-    ip: Option<IpAddr>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut table = lock(&self.streams.table);
-        table.total -= 1;
-        if let Some(ip) = self.ip {
-            if let Some(n) = table.per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    table.per_ip.remove(&ip);
-                }
-            }
-        }
-    }
-}
-
 impl Streams {
     pub(super) fn new(
         limits: Connections,
@@ -93,11 +70,13 @@ impl Streams {
         inbound: mpsc::Sender<Inbound>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let admission =
+            Admission::new(limits.max, limits.max_per_ip, trusted, Arc::clone(&metrics));
         Self {
             table: Mutex::new(Table::default()),
             next_id: AtomicU64::new(1),
             limits,
-            trusted,
+            admission: Arc::new(admission),
             max_message,
             inbound,
             metrics,
@@ -106,28 +85,8 @@ impl Streams {
 
     /// A place for a new connection with `peer` (counted against its address when
     /// `inbound` and not trusted), or `None` when a limit says no.
-    fn admit(self: &Arc<Self>, peer: IpAddr, inbound: bool) -> Option<Slot> {
-        let counted = inbound && !self.trusted.iter().any(|net| net.contains(&peer));
-        let mut table = lock(&self.table);
-        if table.total >= self.limits.max {
-            drop(table);
-            self.metrics.limit_hit("connections");
-            return None;
-        }
-        if counted {
-            let n = table.per_ip.entry(peer).or_default();
-            if *n >= self.limits.max_per_ip {
-                drop(table);
-                self.metrics.limit_hit("connections_per_ip");
-                return None;
-            }
-            *n += 1;
-        }
-        table.total += 1;
-        Some(Slot {
-            streams: Arc::clone(self),
-            ip: counted.then_some(peer),
-        })
+    fn admit(&self, peer: IpAddr, inbound: bool) -> Option<Slot> {
+        self.admission.admit(peer, inbound)
     }
 
     /// Queues `bytes` for the connection of `id`; a peer that leaves more than
