@@ -4,78 +4,55 @@
 //! only the test authority — as an app woken by its push would, without waking its SIP stack.
 
 mod common;
+mod harness;
 mod ua;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use pushpark::config::{Config, Transport as Listen};
-use pushpark::server::Server;
+use harness::Harness;
+use pushpark::config::Config;
 use rsip::Method;
 use serde_json::{json, Value};
-use ua::{Behaviour, Caller, Device, Push, PushGateway, Transport, STEP};
+use ua::{Behaviour, Caller, Device, Push, Transport, STEP};
 
-/// A server with the app API on HTTPS, pushing to a local gateway that wakes nobody unless
-/// told to.
-struct Harness {
-    server: Option<Server>,
-    gateway: PushGateway,
-    udp: SocketAddr,
-    tcp: SocketAddr,
+/// The end-to-end harness with the app API on HTTPS (a certificate of the test
+/// authority), and an HTTPS client trusting that authority alone: the app.
+struct Api {
+    h: Harness,
     https: reqwest::Client,
-    dir: tempfile::TempDir,
 }
 
-fn config(dir: &std::path::Path, gateway: &PushGateway) -> Config {
-    let mut config = common::loopback_config(dir, &[Listen::Udp, Listen::Tcp], false);
-    config.auth.trusted_peers = vec!["127.0.0.1/32".parse().expect("a network")];
-    common::route_pushes_to(&mut config, gateway.url());
-    let (certificate, key, _) = ua::tls::issue(dir, "api");
-    let any_port = "127.0.0.1:0".parse().expect("an address");
-    config.app_api.listen = Some(toml::Spanned::new(0..0, any_port));
-    config.app_api.certificate = Some(certificate);
-    config.app_api.private_key = Some(key);
-    config
+impl std::ops::Deref for Api {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.h
+    }
 }
 
-impl Harness {
+impl Api {
     async fn start(adjust: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let gateway = PushGateway::start().await.expect("the push gateway");
-        let mut config = config(dir.path(), &gateway);
-        adjust(&mut config);
-        let server = Server::start(config).await.expect("the server starts");
+        let h = Harness::start(|config, dir| {
+            let (certificate, key, _) = ua::tls::issue(dir, "api");
+            let any_port = "127.0.0.1:0".parse().expect("an address");
+            config.app_api.listen = Some(toml::Spanned::new(0..0, any_port));
+            config.app_api.certificate = Some(certificate);
+            config.app_api.private_key = Some(key);
+            adjust(config);
+        })
+        .await;
         let https = reqwest::Client::builder()
             .use_preconfigured_tls((*ua::tls::client_config()).clone())
             .build()
             .expect("an HTTPS client");
-        Self {
-            udp: server.local_addr(Listen::Udp).expect("UDP"),
-            tcp: server.local_addr(Listen::Tcp).expect("TCP"),
-            server: Some(server),
-            gateway,
-            https,
-            dir,
-        }
+        Self { h, https }
     }
 
     /// A phone of `aor` on TCP with push token `token`, registered, then asleep.
     async fn sleeping_phone(&self, aor: &str, token: &str) -> Device {
-        let phone = Device::builder(aor, self.tcp)
-            .transport(Transport::Tcp)
-            .push("apns", token, Some("ABCD1234.com.example.app.voip"))
-            .instance(&format!("00000000-0000-1000-8000-{token:0>12}"))
-            .behaviour(Behaviour::Answer {
-                ring_for: Duration::from_millis(100),
-            })
-            .start()
-            .await
-            .expect("the phone starts");
-        let ok = phone.register(600).await.expect("REGISTER is answered");
-        assert_eq!(ok.status_code.code(), 200, "{ok}");
-        phone.sleep().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        phone
+        let answer = Behaviour::Answer {
+            ring_for: Duration::from_millis(100),
+        };
+        self.h.sleeping_phone(aor, token, answer).await
     }
 
     /// Alice calls bob; returns her and the push for `token`.
@@ -83,22 +60,27 @@ impl Harness {
         let alice = Caller::new("sip:alice@localhost", Transport::Udp)
             .await
             .expect("the caller starts");
-        alice
+        let call_id = alice
             .invite("sip:bob@localhost", self.udp)
             .await
             .expect("INVITE sent");
         alice.expect_response(100, STEP).await.expect("100 Trying");
-        let push = self.push_for(token).await;
+        let push = self.push_for(token, &call_id).await;
         (alice, push)
     }
 
-    async fn push_for(&self, token: &str) -> Push {
+    /// The push for the call `call_id` to the phone with `token`, once it has come.
+    async fn push_for(&self, token: &str, call_id: &str) -> Push {
         let started = Instant::now();
         loop {
-            if let Some(push) = self.gateway.pushes_for(token).pop() {
+            let pushes = self.gateway.pushes_for(token);
+            if let Some(push) = pushes.into_iter().find(|p| p.body.call_id == call_id) {
                 return push;
             }
-            assert!(started.elapsed() < STEP, "no push for {token}");
+            assert!(
+                started.elapsed() < STEP,
+                "no push for {token} and {call_id}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -129,38 +111,15 @@ impl Harness {
             .await
     }
 
-    async fn restart(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown().await;
-        }
-        let server = Server::start(config(self.dir.path(), &self.gateway))
-            .await
-            .expect("the server restarts");
-        self.udp = server.local_addr(Listen::Udp).expect("UDP");
-        self.tcp = server.local_addr(Listen::Tcp).expect("TCP");
-        self.server = Some(server);
-    }
-
     async fn metric(&self, answer: &str, result: &str) -> u64 {
-        let Some(server) = &self.server else { return 0 };
-        let admin = server.admin_addr().expect("an admin listener");
-        let text = reqwest::get(format!("http://{admin}/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("a body");
-        let prefix =
-            format!("pushpark_app_answers_total{{answer=\"{answer}\",result=\"{result}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .map_or(0, |n| n.parse().expect("a count"))
+        let server = self.server();
+        let series =
+            format!("pushpark_app_answers_total{{answer=\"{answer}\",result=\"{result}\"}}");
+        common::counter(server, &series).await
     }
 
-    async fn stop(mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown().await;
-        }
+    async fn stop(self) {
+        self.h.stop().await;
     }
 }
 
@@ -174,7 +133,7 @@ fn refused(status: u16, error: &str) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_from_the_push_gives_the_caller_486_at_once_and_the_phone_never_registers() {
-    let h = Harness::start(|c| c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"))).await;
+    let h = Api::start(|c| c.admin.listen = Some("127.0.0.1:0".parse().expect("addr"))).await;
     let bob = h.sleeping_phone("sip:bob@localhost", "bobbusy").await;
     let (alice, push) = h.call("bobbusy").await;
     assert_eq!(push.json["answer_url"], json!(push.body.answer_url));
@@ -203,7 +162,7 @@ async fn busy_from_the_push_gives_the_caller_486_at_once_and_the_phone_never_reg
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_phones_a_busy_waits_for_the_other_and_a_decline_ends_the_call() {
-    let h = Harness::start(|_| {}).await;
+    let h = Api::start(|_| {}).await;
     let one = h.sleeping_phone("sip:bob@localhost", "bobone").await;
     let two = h.sleeping_phone("sip:bob@localhost", "bobtwo").await;
     // Busy on one phone: the other may still take the call; it wakes and answers.
@@ -211,12 +170,7 @@ async fn with_two_phones_a_busy_waits_for_the_other_and_a_decline_ends_the_call(
     let (alice, push_one) = h.call("bobone").await;
     assert_eq!(h.answer(&push_one, "busy").await, taken());
     let ok = alice.expect_response(200, STEP).await.expect("answered");
-    alice.ack(&ok).await.expect("ACK sent");
-    alice.bye().await.expect("BYE sent");
-    alice
-        .expect_response_for(Method::Bye, 200, STEP)
-        .await
-        .expect("the BYE reaches the phone that answered");
+    alice.ack_and_hang_up(&ok).await;
     assert_eq!(one.count(Method::Invite), 0, "the busy phone is not rung");
     assert_eq!(two.count(Method::Invite), 1);
     // A retry of that answer, once the call is over, changes nothing.
@@ -227,7 +181,7 @@ async fn with_two_phones_a_busy_waits_for_the_other_and_a_decline_ends_the_call(
     two.sleep().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (carol, push_one) = h.call("bobone").await;
-    let push_two = h.push_for("bobtwo").await;
+    let push_two = h.push_for("bobtwo", &push_one.body.call_id).await;
     assert_ne!(push_one.body.answer_token, push_two.body.answer_token);
     assert_eq!(h.answer(&push_one, "decline").await, taken());
     let declined = carol.expect_final(STEP).await.expect("a final response");
@@ -244,7 +198,7 @@ async fn with_two_phones_a_busy_waits_for_the_other_and_a_decline_ends_the_call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ringing_from_the_push_gets_the_caller_a_180_before_the_phone_registers() {
-    let h = Harness::start(|_| {}).await;
+    let h = Api::start(|_| {}).await;
     let bob = h.sleeping_phone("sip:bob@localhost", "bobring").await;
     let (alice, push) = h.call("bobring").await;
     assert_eq!(h.answer(&push, "ringing").await, taken());
@@ -269,7 +223,7 @@ async fn ringing_from_the_push_gets_the_caller_a_180_before_the_phone_registers(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_from_the_push_after_the_phone_registered_is_refused_409() {
-    let h = Harness::start(|_| {}).await;
+    let h = Api::start(|_| {}).await;
     let bob = h.sleeping_phone("sip:bob@localhost", "bobrace").await;
     bob.set_behaviour(Behaviour::Ignore);
     let (alice, push) = h.call("bobrace").await;
@@ -293,7 +247,7 @@ async fn an_answer_from_the_push_after_the_phone_registered_is_refused_409() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_replayed_and_earlier_run_tokens_are_refused() {
-    let mut h = Harness::start(|_| {}).await;
+    let mut h = Api::start(|_| {}).await;
     let _bob = h.sleeping_phone("sip:bob@localhost", "bobforge").await;
     let (alice, push) = h.call("bobforge").await;
     let token = push.body.answer_token.clone().expect("an answer token");
@@ -322,10 +276,8 @@ async fn forged_replayed_and_earlier_run_tokens_are_refused() {
     assert_eq!(h.answer(&push, "busy").await, refused(410, "call_over"));
     assert_eq!(h.answer(&push, "decline").await, refused(410, "call_over"));
     // A token of an earlier run of the server: its call ended with that run.
-    h.restart().await;
-    let api = (h.server.as_ref())
-        .and_then(Server::app_api_addr)
-        .expect("the app API");
+    h.h.restart().await;
+    let api = h.server().app_api_addr().expect("the app API");
     let url = format!("https://{api}/v1/calls/answer");
     let body = json!({"token": token, "answer": "busy"});
     assert_eq!(h.post_to(&url, body).await, refused(410, "token_expired"));
@@ -334,7 +286,7 @@ async fn forged_replayed_and_earlier_run_tokens_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_is_not_an_answer_gets_a_clear_4xx_and_a_token_guesser_is_blocked() {
-    let h = Harness::start(|c| {
+    let h = Api::start(|c| {
         // The test's client is 127.0.0.1, trusted for SIP; the app API counts it anyway.
         c.auth.trusted_peers = Vec::new();
         c.rate_limit.max_auth_failures = 3;
@@ -392,48 +344,38 @@ async fn what_is_not_an_answer_gets_a_clear_4xx_and_a_token_guesser_is_blocked()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_app_api_pushes_carry_no_token() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let gateway = PushGateway::start().await.expect("the push gateway");
-    let mut config = common::loopback_config(dir.path(), &[Listen::Udp, Listen::Tcp], false);
-    config.auth.trusted_peers = vec!["127.0.0.1/32".parse().expect("a network")];
-    common::route_pushes_to(&mut config, gateway.url());
-    let server = Server::start(config).await.expect("the server starts");
-    let tcp = server.local_addr(Listen::Tcp).expect("TCP");
-    let udp = server.local_addr(Listen::Udp).expect("UDP");
-    assert_eq!(server.app_api_addr(), None);
-    let bob = Device::builder("sip:bob@localhost", tcp)
-        .transport(Transport::Tcp)
-        .push("apns", "bobplain", Some("ABCD1234.com.example.app.voip"))
-        .start()
+    let h = Harness::start(|_, _| {}).await;
+    assert_eq!(h.server().app_api_addr(), None);
+    let answer = Behaviour::Answer {
+        ring_for: Duration::from_millis(100),
+    };
+    let _bob = h
+        .sleeping_phone("sip:bob@localhost", "bobplain", answer)
+        .await;
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
         .await
-        .expect("the phone starts");
-    bob.register(600).await.expect("registered");
-    bob.sleep().await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let alice = Caller::new("sip:alice@localhost", Transport::Udp)
-        .await
-        .expect("the caller starts");
-    alice.invite("sip:bob@localhost", udp).await.expect("sent");
-    let push = gateway
+        .expect("sent");
+    let push = h
+        .gateway
         .wait_for_push(STEP)
         .await
         .expect("the call is pushed");
     assert_eq!(push.json["answer_token"], Value::Null);
     assert_eq!(push.json["answer_url"], Value::Null);
-    server.shutdown().await;
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_to_the_app_api_are_limited_per_address() {
     use tokio::io::AsyncReadExt;
-    let h = Harness::start(|c| {
+    let h = Api::start(|c| {
         c.auth.trusted_peers = Vec::new();
         c.connections.max_per_ip = 2;
     })
     .await;
-    let api = (h.server.as_ref())
-        .and_then(Server::app_api_addr)
-        .expect("the app API");
+    let api = h.server().app_api_addr().expect("the app API");
     let connect = || tokio::net::TcpStream::connect(api);
     let (first, _second) = (connect().await, connect().await);
     let mut third = connect().await.expect("accepted by the kernel");

@@ -3,118 +3,23 @@
 //! row of the outcome table in specs/parking.md.
 
 mod common;
+mod harness;
 mod ua;
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use pushpark::config::{Config, Transport as Listen};
+use harness::Harness;
 use pushpark::server::Server;
 use rsip::Method;
-use ua::{Behaviour, Caller, Device, GatewayRule, PushGateway, Transport, STEP};
-
-/// A server whose pushes go to a local push gateway.
-struct Harness {
-    server: Option<Server>,
-    gateway: PushGateway,
-    udp: SocketAddr,
-    tcp: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-fn config(dir: &Path, gateway: &PushGateway) -> Config {
-    let mut config = common::loopback_config(dir, &[Listen::Udp, Listen::Tcp], false);
-    config.auth.trusted_peers = vec!["127.0.0.1/32".parse().expect("a network")];
-    common::route_pushes_to(&mut config, gateway.url());
-    config
-}
-
-impl Harness {
-    async fn start(adjust: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let gateway = PushGateway::start().await.expect("the push gateway");
-        let mut config = config(dir.path(), &gateway);
-        adjust(&mut config);
-        let server = Server::start(config).await.expect("the server starts");
-        let udp = server.local_addr(Listen::Udp).expect("UDP");
-        let tcp = server.local_addr(Listen::Tcp).expect("TCP");
-        Self {
-            server: Some(server),
-            gateway,
-            udp,
-            tcp,
-            dir,
-        }
-    }
-
-    /// A phone of `aor` on TCP with push token `token`, registered, then asleep.
-    async fn sleeping_phone(&self, aor: &str, token: &str, behaviour: Behaviour) -> Device {
-        let phone = self.phone(aor, token, behaviour).await;
-        phone.sleep().await;
-        // Let the server see the connection close.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        phone
-    }
-
-    /// A phone of `aor` on TCP with push token `token`, registered and awake.
-    async fn phone(&self, aor: &str, token: &str, behaviour: Behaviour) -> Device {
-        let phone = Device::builder(aor, self.tcp)
-            .transport(Transport::Tcp)
-            .push("apns", token, Some("ABCD1234.com.example.app.voip"))
-            .instance(&format!("00000000-0000-1000-8000-{token:0>12}"))
-            .behaviour(behaviour)
-            .start()
-            .await
-            .expect("the phone starts");
-        let ok = phone.register(600).await.expect("REGISTER is answered");
-        assert_eq!(ok.status_code.code(), 200, "{ok}");
-        phone
-    }
-
-    async fn caller(&self) -> Caller {
-        Caller::new("sip:alice@localhost", Transport::Udp)
-            .await
-            .expect("the caller starts")
-            .with_display_name("Alice")
-    }
-
-    async fn restart(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown().await;
-        }
-        let server = Server::start(config(self.dir.path(), &self.gateway))
-            .await
-            .expect("the server restarts");
-        self.udp = server.local_addr(Listen::Udp).expect("UDP");
-        self.tcp = server.local_addr(Listen::Tcp).expect("TCP");
-        self.server = Some(server);
-    }
-
-    async fn stop(mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown().await;
-        }
-    }
-}
+use ua::{Behaviour, Caller, Device, GatewayRule, Transport, STEP};
 
 const ANSWER: Behaviour = Behaviour::Answer {
     ring_for: Duration::from_millis(100),
 };
 
-/// Hangs up an answered call from the caller's side and checks the BYE gets through.
-async fn ack_and_hang_up(alice: &Caller, ok: &rsip::Response) {
-    alice.ack(ok).await.expect("ACK sent");
-    alice.bye().await.expect("BYE sent");
-    alice
-        .expect_response_for(Method::Bye, 200, STEP)
-        .await
-        .expect("the BYE reaches the phone and its 200 comes back");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_call_is_pushed_delivered_after_the_wake_up_register_and_answered() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let bob = h.sleeping_phone("sip:bob@localhost", "bob1", ANSWER).await;
     h.gateway.wake_on_push(&bob, Duration::from_millis(300));
     let alice = h.caller().await;
@@ -127,7 +32,7 @@ async fn parked_call_is_pushed_delivered_after_the_wake_up_register_and_answered
         .await
         .expect("100 Trying at once");
     let ok = alice.expect_response(200, STEP).await.expect("answered");
-    ack_and_hang_up(&alice, &ok).await;
+    alice.ack_and_hang_up(&ok).await;
     let pushes = h.gateway.pushes_for("bob1");
     assert_eq!(pushes.len(), 1, "one push for one call");
     assert_eq!(pushes[0].body.call_id, call_id);
@@ -148,7 +53,7 @@ async fn parked_call_is_pushed_delivered_after_the_wake_up_register_and_answered
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_tcp_phone_is_rung_directly_without_a_push() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let bob = h.phone("sip:bob@localhost", "bob2", ANSWER).await;
     let alice = h.caller().await;
     alice
@@ -156,7 +61,7 @@ async fn a_live_tcp_phone_is_rung_directly_without_a_push() {
         .await
         .expect("INVITE sent");
     let ok = alice.expect_response(200, STEP).await.expect("answered");
-    ack_and_hang_up(&alice, &ok).await;
+    alice.ack_and_hang_up(&ok).await;
     assert!(h.gateway.pushes().is_empty(), "no push to an awake phone");
     assert_eq!(bob.count(Method::Invite), 1);
     h.stop().await;
@@ -164,7 +69,7 @@ async fn a_live_tcp_phone_is_rung_directly_without_a_push() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_phone_gives_the_caller_486() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let bob = h
         .sleeping_phone("sip:bob@localhost", "bob3", Behaviour::Busy)
         .await;
@@ -181,7 +86,7 @@ async fn busy_phone_gives_the_caller_486() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declining_phone_gives_the_caller_603() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let bob = h
         .sleeping_phone("sip:bob@localhost", "bob4", Behaviour::Decline)
         .await;
@@ -198,7 +103,7 @@ async fn declining_phone_gives_the_caller_603() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_that_never_wakes_gives_480_at_the_park_deadline() {
-    let h = Harness::start(|c| {
+    let h = Harness::start(|c, _| {
         c.parking.park_timeout = Duration::from_millis(1500);
         c.parking.ended_notice_window = Duration::from_millis(200);
     })
@@ -227,7 +132,7 @@ async fn phone_that_never_wakes_gives_480_at_the_park_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_during_the_push_gives_487_and_the_woken_phone_learns_the_call_ended() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let bob = h
         .sleeping_phone("sip:bob@localhost", "bob6", Behaviour::RingOnly)
         .await;
@@ -269,7 +174,7 @@ async fn cancel_during_the_push_gives_487_and_the_woken_phone_learns_the_call_en
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_after_forwarding_reaches_the_ringing_phone() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let bob = h
         .phone("sip:bob@localhost", "bob7", Behaviour::RingOnly)
         .await;
@@ -290,7 +195,7 @@ async fn cancel_after_forwarding_reaches_the_ringing_phone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_shutdown_answers_every_caller_503_and_cancels_ringing_phones() {
-    let mut h = Harness::start(|c| c.sip.shutdown_grace = Duration::from_secs(10)).await;
+    let mut h = Harness::start(|c, _| c.sip.shutdown_grace = Duration::from_secs(10)).await;
     let bob = h
         .phone("sip:bob@localhost", "bob20", Behaviour::RingOnly)
         .await;
@@ -336,7 +241,7 @@ async fn a_graceful_shutdown_answers_every_caller_503_and_cancels_ringing_phones
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_phones_the_first_answer_wins_and_the_other_is_cancelled() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let desk = h
         .phone("sip:bob@localhost", "bob8a", Behaviour::RingOnly)
         .await;
@@ -348,7 +253,7 @@ async fn with_two_phones_the_first_answer_wins_and_the_other_is_cancelled() {
         .await
         .expect("INVITE sent");
     let ok = alice.expect_response(200, STEP).await.expect("answered");
-    ack_and_hang_up(&alice, &ok).await;
+    alice.ack_and_hang_up(&ok).await;
     desk.expect_request(Method::Cancel, STEP)
         .await
         .expect("the other phone's branch is cancelled");
@@ -362,7 +267,7 @@ async fn with_two_phones_the_first_answer_wins_and_the_other_is_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_calls_parked_for_one_phone_are_both_delivered_when_it_wakes() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let bob = h
         .sleeping_phone("sip:bob@localhost", "bob9", Behaviour::RingOnly)
         .await;
@@ -395,7 +300,7 @@ async fn two_calls_parked_for_one_phone_are_both_delivered_when_it_wakes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_wake_up_register_delivers_the_call_once() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let bob = h
         .sleeping_phone("sip:bob@localhost", "bob10", Behaviour::RingOnly)
         .await;
@@ -415,7 +320,7 @@ async fn a_duplicate_wake_up_register_delivers_the_call_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_token_is_forgotten_and_the_caller_gets_480() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let _bob = h.sleeping_phone("sip:bob@localhost", "bob11", ANSWER).await;
     h.gateway.set_rule("bob11", GatewayRule::gone());
     let alice = h.caller().await;
@@ -446,7 +351,7 @@ async fn a_challenged_wake_up_register_keeps_the_call_parked() {
     let users = tempfile::NamedTempFile::new().expect("a users file");
     pushpark::auth::add_user(users.path(), "bob", "localhost", "secret").expect("a user");
     let path = users.path().to_owned();
-    let h = Harness::start(|c| c.auth.users_file = Some(path)).await;
+    let h = Harness::start(|c, _| c.auth.users_file = Some(path)).await;
     let bob = Device::builder("sip:bob@localhost", h.tcp)
         .transport(Transport::Tcp)
         .push("apns", "bob12", Some("ABCD1234.com.example.app.voip"))
@@ -469,13 +374,13 @@ async fn a_challenged_wake_up_register_keeps_the_call_parked() {
         .expect_response(200, STEP)
         .await
         .expect("answered after a challenged REGISTER");
-    ack_and_hang_up(&alice, &ok).await;
+    alice.ack_and_hang_up(&ok).await;
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bindings_survive_a_restart() {
-    let mut h = Harness::start(|_| {}).await;
+    let mut h = Harness::start(|_, _| {}).await;
     let bob = h.sleeping_phone("sip:bob@localhost", "bob13", ANSWER).await;
     h.restart().await;
     h.gateway.wake_on_push(&bob, Duration::from_millis(100));
@@ -499,7 +404,7 @@ async fn unknown_users_are_answered_exactly_like_known_users_without_a_phone() {
     let users = tempfile::NamedTempFile::new().expect("a users file");
     pushpark::auth::add_user(users.path(), "bob", "localhost", "secret").expect("a user");
     let path = users.path().to_owned();
-    let h = Harness::start(|c| c.auth.users_file = Some(path)).await;
+    let h = Harness::start(|c, _| c.auth.users_file = Some(path)).await;
     let alice = h.caller().await;
     alice
         .invite("sip:nobody@localhost", h.udp)
@@ -540,7 +445,7 @@ async fn unknown_users_are_answered_exactly_like_known_users_without_a_phone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_for_foreign_domains_are_refused() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let alice = h.caller().await;
     alice
         .invite("sip:bob@example.org", h.udp)
@@ -557,7 +462,7 @@ async fn calls_for_foreign_domains_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_calls_wakes_a_phone_only_as_often_as_the_push_budget_allows() {
-    let h = Harness::start(|c| c.push.max_per_device_per_minute = 3).await;
+    let h = Harness::start(|c, _| c.push.max_per_device_per_minute = 3).await;
     let _bob = h.sleeping_phone("sip:bob@localhost", "bob14", ANSWER).await;
     for _ in 0..6 {
         let caller = h.caller().await;
@@ -582,7 +487,7 @@ async fn a_flood_of_calls_wakes_a_phone_only_as_often_as_the_push_budget_allows(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binding_about_to_expire_gets_one_refresh_push_but_never_an_apns_voip_token() {
-    let h = Harness::start(|c| c.registrar.sweep_interval = Duration::from_millis(200)).await;
+    let h = Harness::start(|c, _| c.registrar.sweep_interval = Duration::from_millis(200)).await;
     let android = Device::builder("sip:bob@localhost", h.tcp)
         .transport(Transport::Tcp)
         .push("fcm", "bob15a", Some("my-project"))
@@ -621,7 +526,8 @@ async fn a_server_just_started_is_healthy_before_any_traffic() {
     // An idle loop turns next at its first timer, seconds away: /health must not wait for
     // it (a supervisor or a load balancer would take the new server for a dead one).
     let h =
-        Harness::start(|c| c.admin.listen = Some("127.0.0.1:0".parse().expect("an address"))).await;
+        Harness::start(|c, _| c.admin.listen = Some("127.0.0.1:0".parse().expect("an address")))
+            .await;
     let admin = h
         .server
         .as_ref()
@@ -637,7 +543,8 @@ async fn a_server_just_started_is_healthy_before_any_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_serves_metrics_of_calls_outcomes_and_pushes() {
     let h =
-        Harness::start(|c| c.admin.listen = Some("127.0.0.1:0".parse().expect("an address"))).await;
+        Harness::start(|c, _| c.admin.listen = Some("127.0.0.1:0".parse().expect("an address")))
+            .await;
     let bob = h.sleeping_phone("sip:bob@localhost", "bob16", ANSWER).await;
     h.gateway.wake_on_push(&bob, Duration::from_millis(1500));
     let admin = h
@@ -667,7 +574,7 @@ async fn the_admin_listener_serves_metrics_of_calls_outcomes_and_pushes() {
         "not parked:\n{metrics}"
     );
     let ok = alice.expect_response(200, STEP).await.expect("answered");
-    ack_and_hang_up(&alice, &ok).await;
+    alice.ack_and_hang_up(&ok).await;
     let metrics = get("/metrics").await;
     for line in [
         "pushpark_calls_parked 0",
@@ -703,7 +610,7 @@ async fn the_admin_listener_serves_metrics_of_calls_outcomes_and_pushes() {
 /// settled, so a single-line phone never refuses the live call busy because of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notice_of_an_ended_call_never_comes_before_the_live_call_it_would_make_busy() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let bob = h.sleeping_phone("sip:bob@localhost", "bob30", ANSWER).await;
     let alice = h.caller().await;
     let ended = alice
@@ -732,7 +639,7 @@ async fn a_notice_of_an_ended_call_never_comes_before_the_live_call_it_would_mak
         .await
         .expect("an INVITE");
     assert_eq!(first.call_id, live, "the live call comes first");
-    ack_and_hang_up(&carol, &ok).await;
+    carol.ack_and_hang_up(&ok).await;
     let notice = bob
         .expect_request(Method::Invite, STEP)
         .await
@@ -750,7 +657,7 @@ async fn a_notice_of_an_ended_call_never_comes_before_the_live_call_it_would_mak
 /// for a push; a second call reaches it at once, here as its own 486.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_in_a_call_on_udp_gets_a_second_call_at_once() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let bob = Device::builder("sip:bob@localhost", h.udp)
         .transport(Transport::Udp)
         .push("apns", "bob31", Some("ABCD1234.com.example.app.voip"))
@@ -791,7 +698,7 @@ async fn a_phone_in_a_call_on_udp_gets_a_second_call_at_once() {
 /// is pushed at once, and the call reaches it when it wakes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_tcp_connection_falls_back_to_a_push_and_the_call_still_arrives() {
-    let h = Harness::start(|_| {}).await;
+    let h = Harness::start(|_, _| {}).await;
     let bob = h
         .phone("sip:bob@localhost", "bob32", Behaviour::Ignore)
         .await;
@@ -814,7 +721,7 @@ async fn a_dropped_tcp_connection_falls_back_to_a_push_and_the_call_still_arrive
         .expect_response(200, STEP)
         .await
         .expect("answered after the fallback push woke it");
-    ack_and_hang_up(&alice, &ok).await;
+    alice.ack_and_hang_up(&ok).await;
     assert_eq!(h.gateway.pushes_for("bob32").len(), 1, "one fallback push");
     h.stop().await;
 }

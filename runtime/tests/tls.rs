@@ -28,19 +28,14 @@ fn config(dir: &Path, gateway: &PushGateway, name: &str) -> (Config, Vec<u8>) {
 }
 
 async fn tls_phone(aor: &str, token: &str, server: SocketAddr) -> Device {
-    let phone = Device::builder(aor, server)
+    Device::builder(aor, server)
         .transport(Transport::Tls)
-        .push("apns", token, Some("ABCD1234.com.example.app.voip"))
-        .instance(&format!("00000000-0000-1000-8000-{token:0>12}"))
+        .voip_app(token)
         .behaviour(Behaviour::Answer {
             ring_for: Duration::from_millis(100),
         })
-        .start()
+        .start_registered()
         .await
-        .expect("the phone connects over TLS");
-    let ok = phone.register(600).await.expect("REGISTER is answered");
-    assert_eq!(ok.status_code.code(), 200, "{ok}");
-    phone
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,12 +60,7 @@ async fn a_phone_on_tls_is_woken_and_takes_the_parked_call_over_tls() {
         .await
         .expect("INVITE sent");
     let ok = alice.expect_response(200, STEP).await.expect("answered");
-    alice.ack(&ok).await.expect("ACK sent");
-    alice.bye().await.expect("BYE sent");
-    alice
-        .expect_response_for(Method::Bye, 200, STEP)
-        .await
-        .expect("the caller's BYE reaches the phone over TLS and its 200 comes back");
+    alice.ack_and_hang_up(&ok).await;
     assert_eq!(gateway.pushes_for("bobtls").len(), 1);
 
     // The INVITE came over the woken phone's TLS connection, with our Via for TLS and a

@@ -33,6 +33,15 @@ pub async fn start_udp(config: Config) -> (Server, SocketAddr) {
     (server, addr)
 }
 
+/// A configuration on UDP and TCP (IPv4 loopback) with its store in `dir`, 127.0.0.1 a
+/// trusted peer (the tests' callers), and every push routed to the webhook at `url`.
+pub fn pushing_config(dir: &Path, url: String) -> Config {
+    let mut config = loopback_config(dir, &[Transport::Udp, Transport::Tcp], false);
+    config.auth.trusted_peers = vec!["127.0.0.1/32".parse().expect("a network")];
+    route_pushes_to(&mut config, url);
+    config
+}
+
 /// Routes every push provider of `config` to one webhook at `url` (a test's push gateway).
 pub fn route_pushes_to(config: &mut Config, url: String) {
     config.push.providers.insert(
@@ -52,6 +61,16 @@ pub fn route_pushes_to(config: &mut Config, url: String) {
 /// How often `limit` was hit, from the admin listener's `/metrics`
 /// (`pushpark_limit_hits_total{limit="..."}`).
 pub async fn limit_hits(server: &Server, limit: &str) -> u64 {
+    counter(
+        server,
+        &format!("pushpark_limit_hits_total{{limit=\"{limit}\"}}"),
+    )
+    .await
+}
+
+/// The value of the counter `series` (its name and labels, as `/metrics` writes them) on
+/// the admin listener; 0 if it is not there yet.
+pub async fn counter(server: &Server, series: &str) -> u64 {
     let admin = server.admin_addr().expect("an admin listener");
     let metrics = reqwest::get(format!("http://{admin}/metrics"))
         .await
@@ -59,7 +78,7 @@ pub async fn limit_hits(server: &Server, limit: &str) -> u64 {
         .text()
         .await
         .expect("a body");
-    let prefix = format!("pushpark_limit_hits_total{{limit=\"{limit}\"}} ");
+    let prefix = format!("{series} ");
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&prefix))

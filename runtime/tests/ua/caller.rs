@@ -323,6 +323,16 @@ impl Caller {
 
     /// Sends BYE in the dialog set up by [`Self::ack`]; await its answer with
     /// `expect_response_for(Method::Bye, 200, …)`.
+    /// ACKs the 2xx `ok`, hangs up with BYE, and checks the BYE's 200 comes back (it
+    /// reached the phone in the call).
+    pub async fn ack_and_hang_up(&self, ok: &Response) {
+        self.ack(ok).await.expect("ACK sent");
+        self.bye().await.expect("BYE sent");
+        self.expect_response_for(rsip::Method::Bye, 200, super::STEP)
+            .await
+            .expect("the BYE reaches the phone and its 200 comes back");
+    }
+
     pub async fn bye(&self) -> UaResult<()> {
         let (invite, proxy) = self.current_invite()?;
         let (dialog, cseq) = {

@@ -128,6 +128,13 @@ impl DeviceBuilder {
     }
 
     /// `+sip.instance`: a UUID (sent as `"<urn:uuid:…>"`) or a full `urn:…`.
+    /// An iOS app: its APNs VoIP push token `token` (the test app's topic) and an instance
+    /// id (RFC 5626) made from it.
+    pub fn voip_app(self, token: &str) -> Self {
+        self.push("apns", token, Some("ABCD1234.com.example.app.voip"))
+            .instance(&format!("00000000-0000-1000-8000-{token:0>12}"))
+    }
+
     pub fn instance(mut self, instance: &str) -> Self {
         self.instance = Some(instance.into());
         self
@@ -152,6 +159,14 @@ impl DeviceBuilder {
     }
 
     /// Opens the device's socket (it is then awake, not yet registered).
+    /// [`start`](Self::start), then a REGISTER answered 200 (600 s).
+    pub async fn start_registered(self) -> Device {
+        let phone = self.start().await.expect("the phone starts");
+        let ok = phone.register(600).await.expect("REGISTER is answered");
+        assert_eq!(ok.status_code.code(), 200, "{ok}");
+        phone
+    }
+
     pub async fn start(self) -> UaResult<Device> {
         let (pn_provider, pn_prid, pn_param) = match self.push {
             Some((a, b, c)) => (Some(a), Some(b), c),
