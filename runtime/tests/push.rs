@@ -209,6 +209,10 @@ async fn next_report<T>(reports: &mut PushReports<T>) -> pushpark::push::PushRep
 
 const LONG: Duration = Duration::from_secs(10);
 
+/// An answer token as the app API mints them, and where the app posts it.
+const ANSWER_TOKEN: &str = "pa1.3f2a9c01d4e5b6a7.12.3.1767225632.0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+const ANSWER_URL: &str = "https://sip.example.com:5443/v1/calls/answer";
+
 // ---------------------------------------------------------------------------------------------
 // Webhook provider.
 
@@ -216,7 +220,9 @@ const LONG: Duration = Duration::from_secs(10);
 async fn webhook_2xx_is_accepted_and_posts_every_request_field_as_json() {
     let server = TestServer::start(|_| Reply::status(200)).await;
     let provider = webhook(server.url());
-    let req = request("push-42", "webhook", "device-token-abc", LONG);
+    let mut req = request("push-42", "webhook", "device-token-abc", LONG);
+    req.answer_token = Some(ANSWER_TOKEN.to_owned());
+    req.answer_url = Some(ANSWER_URL.to_owned());
 
     let outcome = provider.send(&req).await;
 
@@ -250,14 +256,18 @@ async fn webhook_2xx_is_accepted_and_posts_every_request_field_as_json() {
         "caller_display_name": "Bob",
         "call_id": "call-push-42@example.org",
         "deadline_unix_ms": expected_deadline,
+        "answer_token": ANSWER_TOKEN,
+        "answer_url": ANSWER_URL,
     });
     assert_eq!(&body, &expected, "every field, nothing else");
-    assert_eq!(object.len(), 10);
+    assert_eq!(object.len(), 12);
 
     // The body round-trips to the same request (millisecond deadline precision).
     let back: PushRequest = serde_json::from_value(body).expect("deserialises");
     assert_eq!(back.id, req.id);
     assert_eq!(back.deadline_unix_secs(), req.deadline_unix_secs());
+    assert_eq!(back.answer_token.as_deref(), Some(ANSWER_TOKEN));
+    assert_eq!(back.answer_url.as_deref(), Some(ANSWER_URL));
 }
 
 #[tokio::test]
@@ -270,8 +280,20 @@ async fn webhook_absent_optional_fields_are_sent_as_null() {
 
     assert_eq!(provider.send(&req).await, PushOutcome::Accepted);
     let body = server.seen()[0].json();
-    assert!(body["pn_param"].is_null());
-    assert!(body["caller_display_name"].is_null());
+    let object = body.as_object().expect("JSON object");
+    for key in [
+        "pn_param",
+        "caller_display_name",
+        "answer_token",
+        "answer_url",
+    ] {
+        assert_eq!(
+            object.get(key),
+            Some(&serde_json::Value::Null),
+            "{key} present as null"
+        );
+    }
+    assert_eq!(object.len(), 12);
 }
 
 #[tokio::test]
@@ -816,7 +838,9 @@ async fn webhook_in_gorush_format_posts_a_voip_notification_for_ios_and_data_for
     let mut config = WebhookConfig::new(server.url());
     config.format = pushpark::push::WebhookFormat::Gorush;
     let provider = WebhookProvider::new(config).expect("a provider");
-    let ios = request("push-7", "apns.dev", "00fc13ad", LONG);
+    let mut ios = request("push-7", "apns.dev", "00fc13ad", LONG);
+    ios.answer_token = Some(ANSWER_TOKEN.to_owned());
+    ios.answer_url = Some(ANSWER_URL.to_owned());
     let android = request("push-8", "fcm", "fcm-token", LONG);
     assert_eq!(provider.send(&ios).await, PushOutcome::Accepted);
     assert_eq!(provider.send(&android).await, PushOutcome::Accepted);
@@ -831,8 +855,20 @@ async fn webhook_in_gorush_format_posts_a_voip_notification_for_ios_and_data_for
     assert_eq!(n["development"], true, "apns.dev is the sandbox");
     assert_eq!(n["expiration"], ios.deadline_unix_secs());
     assert_eq!(n["data"]["call_id"], "call-push-7@example.org");
+    assert_eq!(n["data"]["answer_token"], ANSWER_TOKEN);
+    assert_eq!(n["data"]["answer_url"], ANSWER_URL);
     let android_body = seen[1].json();
     let n = &android_body["notifications"][0];
+    assert_eq!(n["data"]["call_id"], "call-push-8@example.org");
+    let data = n["data"].as_object().expect("data object");
+    assert!(
+        !data.contains_key("answer_token"),
+        "absent, not null: {data:?}"
+    );
+    assert!(
+        !data.contains_key("answer_url"),
+        "absent, not null: {data:?}"
+    );
     assert_eq!(n["platform"], 2);
     assert_eq!(n["priority"], "high");
     assert!(n["time_to_live"].as_u64().is_some_and(|t| t > 0));

@@ -328,6 +328,10 @@ fn provider(fcm: &TestServer, oauth: &TestServer) -> FcmProvider {
     FcmProvider::new(config(fcm, oauth)).expect("provider builds")
 }
 
+/// An answer token as the app API mints them, and where the app posts it.
+const ANSWER_TOKEN: &str = "pa1.3f2a9c01d4e5b6a7.12.3.1767225632.0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+const ANSWER_URL: &str = "https://sip.example.com:5443/v1/calls/answer";
+
 fn request(deadline_in: Duration) -> PushRequest {
     PushRequest {
         id: "push-1".to_owned(),
@@ -360,7 +364,9 @@ async fn closed_port() -> SocketAddr {
 async fn fcm_success_posts_data_only_high_priority_message_with_the_token_endpoints_bearer() {
     let (fcm, oauth) = (fcm_ok().await, token_server(3600).await);
     let provider = provider(&fcm, &oauth);
-    let req = request(Duration::from_secs(30));
+    let mut req = request(Duration::from_secs(30));
+    req.answer_token = Some(ANSWER_TOKEN.to_owned());
+    req.answer_url = Some(ANSWER_URL.to_owned());
 
     assert_eq!(provider.send(&req).await, PushOutcome::Accepted);
 
@@ -406,6 +412,8 @@ async fn fcm_success_posts_data_only_high_priority_message_with_the_token_endpoi
                 "caller_uri": "sip:bob@example.org",
                 "caller_display_name": "Bob \"B\" Smith",
                 "deadline_unix_ms": deadline_ms,
+                "answer_token": ANSWER_TOKEN,
+                "answer_url": ANSWER_URL,
             },
             "android": {"priority": "HIGH", "ttl": ttl},
         }}),
@@ -422,6 +430,9 @@ async fn fcm_absent_display_name_is_left_out_of_data() {
     let data = &fcm.seen()[0].json()["message"]["data"];
     assert!(data.get("caller_display_name").is_none(), "{data}");
     assert_eq!(data["caller_uri"], "sip:bob@example.org");
+    // No app API: no answer keys (FCM data values cannot be null).
+    assert!(data.get("answer_token").is_none(), "{data}");
+    assert!(data.get("answer_url").is_none(), "{data}");
 }
 
 #[tokio::test]

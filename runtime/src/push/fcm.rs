@@ -10,16 +10,21 @@
 //!   "token": "<pn-prid>",
 //!   "data": {"kind": "incoming_call", "push_id": "...", "call_id": "...",
 //!            "callee_aor": "...", "caller_uri": "...", "caller_display_name": "...",
-//!            "deadline_unix_ms": "..."},
+//!            "deadline_unix_ms": "...", "answer_token": "...", "answer_url": "..."},
 //!   "android": {"priority": "HIGH", "ttl": "<whole seconds until the deadline>s"}
 //! }}
 //! ```
 //!
-//! `caller_display_name` is left out when the INVITE had none. Every data value is a string (FCM
+//! `caller_display_name` is left out when the INVITE had none. `answer_token` and `answer_url`
+//! are there only for a call push with the app API on (`[app_api]`): the app may POST
+//! `{"token": "<answer_token>", "answer": "busy"}` (or `decline`, `ringing`) to `answer_url`
+//! instead of waking its SIP stack (specs/parking.md §9). Every data value is a string (FCM
 //! requires it) and is cut to [`MAX_DATA_VALUE_CHARS`] characters, so a huge display name
 //! cannot push the message over FCM's 4 KiB limit and earn an `INVALID_ARGUMENT` (which would
-//! make the registrar forget a good token). The TTL is the time left until the push's deadline,
+//! make the registrar forget a good token); the answer token and URL are never cut, but left
+//! out (with a warning) if longer. The TTL is the time left until the push's deadline,
 //! rounded down (`0s` = "deliver now or drop", which is what a nearly expired push wants).
+//! A binding-refresh push has `"kind": "binding_refresh"` and `"priority": "NORMAL"`.
 //!
 //! The project id is, in order: the binding's `pn-param` (RFC 8599 §11: for FCM it is the
 //! Firebase project id), [`FcmConfig::project_id`], the key's `project_id`. A `pn-param` that
@@ -793,6 +798,22 @@ fn message_body(request: &PushRequest) -> serde_json::Value {
         .map(|d| d.as_millis())
         .unwrap_or(0);
     put("deadline_unix_ms", &deadline_ms.to_string());
+    // A cut token or URL is useless: whole, or left out (the call still wakes the app).
+    for (key, value) in [
+        ("answer_token", &request.answer_token),
+        ("answer_url", &request.answer_url),
+    ] {
+        let Some(value) = value else { continue };
+        if value.chars().count() <= MAX_DATA_VALUE_CHARS {
+            data.insert(key.to_owned(), serde_json::Value::String(value.clone()));
+        } else {
+            tracing::warn!(
+                push_id = %request.id,
+                chars = value.chars().count(),
+                "{key} longer than {MAX_DATA_VALUE_CHARS} characters: left out of the FCM push"
+            );
+        }
+    }
 
     let ttl = request
         .time_left()
@@ -958,6 +979,73 @@ mod tests {
         for bad in ["", "a/b", "../x", "a b", "p?x", "p#x", "p%2F", ".hidden"] {
             assert!(!is_project_id(bad), "{bad}");
         }
+    }
+
+    const ANSWER_TOKEN: &str =
+        "pa1.3f2a9c01d4e5b6a7.12.3.1767225632.0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    const ANSWER_URL: &str = "https://sip.example.com:5443/v1/calls/answer";
+
+    fn call_push() -> PushRequest {
+        PushRequest {
+            id: "push-1".to_owned(),
+            kind: PushKind::IncomingCall,
+            callee_aor: "sip:alice@example.com".to_owned(),
+            pn_provider: "fcm".to_owned(),
+            pn_prid: "fcm-device-token".to_owned(),
+            pn_param: None,
+            caller_uri: "sip:bob@example.org".to_owned(),
+            caller_display_name: Some("Bob".to_owned()),
+            call_id: "call-1@example.org".to_owned(),
+            deadline: SystemTime::now() + Duration::from_secs(30),
+            answer_token: Some(ANSWER_TOKEN.to_owned()),
+            answer_url: Some(ANSWER_URL.to_owned()),
+        }
+    }
+
+    #[test]
+    fn answer_token_and_url_are_data_strings_beside_the_call_id() {
+        let body = message_body(&call_push());
+        let data = body["message"]["data"].as_object().expect("data object");
+        assert_eq!(data["answer_token"], serde_json::json!(ANSWER_TOKEN));
+        assert_eq!(data["answer_url"], serde_json::json!(ANSWER_URL));
+        assert_eq!(data["call_id"], serde_json::json!("call-1@example.org"));
+        assert_eq!(data.len(), 9, "{data:?}");
+        assert!(data.values().all(serde_json::Value::is_string));
+    }
+
+    #[test]
+    fn answer_keys_are_absent_without_the_app_api() {
+        let mut request = call_push();
+        request.answer_token = None;
+        request.answer_url = None;
+        let body = message_body(&request);
+        let data = body["message"]["data"].as_object().expect("data object");
+        assert!(!data.contains_key("answer_token"), "{data:?}");
+        assert!(!data.contains_key("answer_url"), "{data:?}");
+        assert_eq!(data.len(), 7, "{data:?}");
+    }
+
+    #[test]
+    fn an_answer_value_too_long_for_fcm_is_left_out_not_cut() {
+        let mut request = call_push();
+        let long_url = format!(
+            "https://sip.example.com/{}",
+            "a".repeat(MAX_DATA_VALUE_CHARS)
+        );
+        request.answer_url = Some(long_url);
+        let body = message_body(&request);
+        let data = &body["message"]["data"];
+        assert!(data.get("answer_url").is_none(), "{data}");
+        assert_eq!(data["answer_token"], ANSWER_TOKEN);
+
+        // Exactly at the limit it is sent whole.
+        let url = format!(
+            "https://{}",
+            "a".repeat(MAX_DATA_VALUE_CHARS - "https://".len())
+        );
+        request.answer_url = Some(url.clone());
+        let body = message_body(&request);
+        assert_eq!(body["message"]["data"]["answer_url"], url.as_str());
     }
 
     #[test]

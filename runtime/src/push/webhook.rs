@@ -3,7 +3,9 @@
 //! # Wire contract
 //!
 //! `POST <url>` with `Content-Type: application/json` and the [`PushRequest`] as body (see its
-//! docs for the field names), plus the configured auth header if any. The gateway answers:
+//! docs for the field names; `answer_token` and `answer_url` are `null` unless the push is a
+//! call's and the app API is on), plus the configured auth header if any. With
+//! [`WebhookFormat::Gorush`] the body is gorush's instead. The gateway answers:
 //!
 //! | answer | outcome |
 //! |---|---|
@@ -106,6 +108,9 @@ pub enum WebhookFormat {
     /// gorush's `/api/push` request (`{"notifications": [...]}`), so an operator can
     /// delegate to a gorush gateway it already runs: iOS pushes as VoIP with the topic
     /// from pn-param and an expiration at the deadline, Android as high-priority data.
+    /// The notification's `data` (custom keys of the APNs payload, FCM data for Android)
+    /// holds `kind`, `push_id`, `call_id`, `callee_aor`, `caller_uri`,
+    /// `caller_display_name`, and `answer_token` and `answer_url` when the push has them.
     Gorush,
 }
 
@@ -116,7 +121,7 @@ fn gorush_body(request: &PushRequest) -> serde_json::Value {
         "apns" | "apns.dev"
     );
     let time_left = request.time_left().map_or(0, |d| d.as_secs());
-    let data = serde_json::json!({
+    let mut data = serde_json::json!({
         "kind": request.kind.as_str(),
         "push_id": request.id,
         "call_id": request.call_id,
@@ -124,6 +129,13 @@ fn gorush_body(request: &PushRequest) -> serde_json::Value {
         "caller_uri": request.caller_uri,
         "caller_display_name": request.caller_display_name,
     });
+    // Only when present: gorush would hand a `null` to the app as a string.
+    if let Some(token) = &request.answer_token {
+        data["answer_token"] = serde_json::json!(token);
+    }
+    if let Some(url) = &request.answer_url {
+        data["answer_url"] = serde_json::json!(url);
+    }
     let call = request.kind == PushKind::IncomingCall;
     let mut notification = serde_json::json!({
         "tokens": [request.pn_prid],
@@ -383,6 +395,74 @@ mod tests {
 
     fn status(code: u16) -> StatusCode {
         StatusCode::from_u16(code).expect("valid status")
+    }
+
+    const ANSWER_TOKEN: &str =
+        "pa1.3f2a9c01d4e5b6a7.12.3.1767225632.0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    const ANSWER_URL: &str = "https://sip.example.com:5443/v1/calls/answer";
+
+    fn call_push(pn_provider: &str) -> PushRequest {
+        PushRequest {
+            id: "push-1".to_owned(),
+            kind: PushKind::IncomingCall,
+            callee_aor: "sip:alice@example.com".to_owned(),
+            pn_provider: pn_provider.to_owned(),
+            pn_prid: "00fc13ad".to_owned(),
+            pn_param: Some("DEF123GHIJ.com.example.app.voip".to_owned()),
+            caller_uri: "sip:bob@example.org".to_owned(),
+            caller_display_name: Some("Bob".to_owned()),
+            call_id: "call-1@example.org".to_owned(),
+            deadline: std::time::SystemTime::now() + Duration::from_secs(30),
+            answer_token: Some(ANSWER_TOKEN.to_owned()),
+            answer_url: Some(ANSWER_URL.to_owned()),
+        }
+    }
+
+    #[test]
+    fn pushpark_format_carries_the_answer_fields_or_nulls() {
+        let request = call_push("webhook");
+        let body = serde_json::to_value(&request).expect("json");
+        assert_eq!(body["answer_token"], ANSWER_TOKEN);
+        assert_eq!(body["answer_url"], ANSWER_URL);
+        assert_eq!(body.as_object().map(|o| o.len()), Some(12));
+
+        let mut refresh = request;
+        refresh.kind = PushKind::BindingRefresh;
+        refresh.answer_token = None;
+        refresh.answer_url = None;
+        let body = serde_json::to_value(&refresh).expect("json");
+        let object = body.as_object().expect("object");
+        assert_eq!(object.get("answer_token"), Some(&serde_json::Value::Null));
+        assert_eq!(object.get("answer_url"), Some(&serde_json::Value::Null));
+        assert_eq!(object.len(), 12);
+    }
+
+    #[test]
+    fn gorush_data_carries_the_answer_fields_for_ios_and_android() {
+        for pn_provider in ["apns", "fcm"] {
+            let body = gorush_body(&call_push(pn_provider));
+            let data = body["notifications"][0]["data"]
+                .as_object()
+                .expect("data object");
+            assert_eq!(data["answer_token"], ANSWER_TOKEN, "{pn_provider}");
+            assert_eq!(data["answer_url"], ANSWER_URL, "{pn_provider}");
+            assert_eq!(data["call_id"], "call-1@example.org", "{pn_provider}");
+            assert_eq!(data.len(), 8, "{pn_provider}: {data:?}");
+        }
+    }
+
+    #[test]
+    fn gorush_data_has_no_answer_keys_without_them() {
+        let mut request = call_push("apns");
+        request.answer_token = None;
+        request.answer_url = None;
+        let body = gorush_body(&request);
+        let data = body["notifications"][0]["data"]
+            .as_object()
+            .expect("data object");
+        assert!(!data.contains_key("answer_token"), "{data:?}");
+        assert!(!data.contains_key("answer_url"), "{data:?}");
+        assert_eq!(data.len(), 6, "{data:?}");
     }
 
     #[test]

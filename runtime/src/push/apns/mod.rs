@@ -37,13 +37,24 @@
 //! ```json
 //! {"kind":"incoming_call","push_id":"7-3-12","call_id":"a84b4c76e66710@pc33",
 //!  "callee_aor":"sip:alice@example.com","caller_uri":"sip:bob@example.org",
-//!  "caller_display_name":"Bob","deadline_unix_ms":1767225600000}
+//!  "caller_display_name":"Bob","deadline_unix_ms":1767225600000,
+//!  "answer_token":"pa1.3f2a9c01d4e5b6a7.12.3.1767225632.0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+//!  "answer_url":"https://sip.example.com:5443/v1/calls/answer"}
 //! ```
 //!
-//! `caller_display_name` is left out when the INVITE had none. When the payload would exceed
-//! the limit, the display name is shortened (at a character boundary, ending in `…`) or dropped;
-//! the ids and URIs are never cut. A payload that is still too large is refused locally
-//! (`PayloadTooLarge`, transient). The app matches the INVITE that follows by `call_id`.
+//! | key | value |
+//! |---|---|
+//! | `kind` | `incoming_call` (the only kind sent as a VoIP push) |
+//! | `push_id` | [`PushRequest::id`]: unique per push |
+//! | `call_id` | the SIP Call-ID of the parked INVITE: the app matches the INVITE that follows by it |
+//! | `callee_aor`, `caller_uri` | the callee's address-of-record, the caller's From URI |
+//! | `caller_display_name` | the caller's display name; left out when the INVITE had none |
+//! | `deadline_unix_ms` | when the parked call gives up (ms since the Unix epoch) |
+//! | `answer_token`, `answer_url` | with the app API on (`[app_api]`): the app may POST `{"token": "<answer_token>", "answer": "busy"}` (or `decline`, `ringing`) to `answer_url` instead of waking its SIP stack (specs/parking.md §9); both left out otherwise |
+//!
+//! When the payload would exceed the limit, the display name is shortened (at a character
+//! boundary, ending in `…`) or dropped; the ids, URIs, answer token and answer URL are never
+//! cut. A payload that is still too large is refused locally (`PayloadTooLarge`, transient).
 //!
 //! # Outcomes
 //!
@@ -459,6 +470,8 @@ impl ApnsProvider {
             caller_uri: request.caller_uri.clone(),
             caller_display_name: request.caller_display_name.clone(),
             deadline_unix_ms,
+            answer_token: request.answer_token.clone(),
+            answer_url: request.answer_url.clone(),
         };
         let (payload, payload_json) = fit_payload(payload, MAX_VOIP_PAYLOAD_BYTES)
             .ok_or_else(|| Verdict::Transient("PayloadTooLarge".to_owned()))?;

@@ -49,8 +49,8 @@ pub(super) fn parse_pn_param(pn_param: Option<&str>) -> Result<(&str, &str), PnP
     Ok((team, topic))
 }
 
-/// The JSON payload of a VoIP push (no `aps`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The JSON payload of a VoIP push (no `aps`). Optional fields are left out when absent.
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub(super) struct VoipPayload {
     pub(super) kind: &'static str,
     pub(super) push_id: String,
@@ -60,10 +60,37 @@ pub(super) struct VoipPayload {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) caller_display_name: Option<String>,
     pub(super) deadline_unix_ms: u64,
+    /// [`PushRequest::answer_token`](crate::push::PushRequest::answer_token): never cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) answer_token: Option<String>,
+    /// [`PushRequest::answer_url`](crate::push::PushRequest::answer_url): never cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) answer_url: Option<String>,
+}
+
+/// The answer token is a credential for the call: redacted as push tokens are.
+impl fmt::Debug for VoipPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VoipPayload")
+            .field("kind", &self.kind)
+            .field("push_id", &self.push_id)
+            .field("call_id", &self.call_id)
+            .field("callee_aor", &self.callee_aor)
+            .field("caller_uri", &self.caller_uri)
+            .field("caller_display_name", &self.caller_display_name)
+            .field("deadline_unix_ms", &self.deadline_unix_ms)
+            .field(
+                "answer_token",
+                &self.answer_token.as_deref().map(redact_token),
+            )
+            .field("answer_url", &self.answer_url)
+            .finish()
+    }
 }
 
 /// Serialises `payload`, shortening (then dropping) the display name until it fits in `cap`
-/// bytes. `None` if it does not fit even without a display name.
+/// bytes. `None` if it does not fit even without a display name. Nothing else is cut: the
+/// ids, URIs, answer token and answer URL are useless in part.
 pub(super) fn fit_payload(mut payload: VoipPayload, cap: usize) -> Option<(VoipPayload, String)> {
     let json = serde_json::to_string(&payload).ok()?;
     if json.len() <= cap {
@@ -172,7 +199,10 @@ impl PayloadLike for Notification<'_> {
 mod tests {
     use std::time::UNIX_EPOCH;
 
-    use super::super::test_support::{cert_provider, request, token_provider, DEVICE};
+    use super::super::test_support::{
+        cert_provider, request, request_with_answer, token_provider, ANSWER_TOKEN, ANSWER_URL,
+        DEVICE,
+    };
     use super::*;
     use crate::push::PushOutcome;
 
@@ -253,6 +283,10 @@ mod tests {
             Some(deadline_ms)
         );
         assert!(json.get("aps").is_none(), "VoIP pushes carry no aps");
+        // Without the app API: no answer keys at all (not even `null`).
+        assert!(json.get("answer_token").is_none(), "{json}");
+        assert!(json.get("answer_url").is_none(), "{json}");
+        assert!(!prepared.payload_json.contains("answer_"));
 
         let mut anonymous = request.clone();
         anonymous.caller_display_name = None;
@@ -261,8 +295,45 @@ mod tests {
     }
 
     #[test]
+    fn payload_carries_the_answer_token_and_url_beside_the_call_id() {
+        let request = request_with_answer();
+        let prepared = token_provider().prepare(&request).expect("prepared");
+        let json: serde_json::Value =
+            serde_json::from_str(&prepared.payload_json).expect("payload is JSON");
+        assert_eq!(json["answer_token"], ANSWER_TOKEN);
+        assert_eq!(json["answer_url"], ANSWER_URL);
+        assert_eq!(json["call_id"], "a84b4c76e66710@pc33.example.org");
+        assert!(json.get("aps").is_none(), "still a bare VoIP payload");
+        let keys: Vec<&str> = json
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys.len(),
+            9,
+            "the seven call fields and the two answer fields: {keys:?}"
+        );
+        assert!(prepared.payload_json.ends_with(&format!(
+            r#","answer_token":"{ANSWER_TOKEN}","answer_url":"{ANSWER_URL}"}}"#
+        )));
+
+        // Either one alone is carried alone.
+        let mut token_only = request.clone();
+        token_only.answer_url = None;
+        let prepared = token_provider().prepare(&token_only).expect("prepared");
+        let json: serde_json::Value =
+            serde_json::from_str(&prepared.payload_json).expect("payload is JSON");
+        assert_eq!(json["answer_token"], ANSWER_TOKEN);
+        assert!(json.get("answer_url").is_none(), "{json}");
+    }
+
+    #[test]
     fn what_a2_sends_is_the_size_checked_json() {
-        let prepared = token_provider().prepare(&request()).expect("prepared");
+        let prepared = token_provider()
+            .prepare(&request_with_answer())
+            .expect("prepared");
         let notification = prepared.notification();
         assert_eq!(
             notification.to_json_string().expect("json"),
@@ -281,12 +352,17 @@ mod tests {
             !format!("{notification:?}").contains(DEVICE),
             "token redacted"
         );
+        assert!(
+            !format!("{notification:?}").contains(ANSWER_TOKEN),
+            "answer token redacted"
+        );
+        assert!(format!("{notification:?}").contains(ANSWER_URL));
     }
 
     #[test]
     fn huge_display_name_is_cut_to_fit_and_the_ids_are_kept() {
         for unit in ["x", "é", "😀", "\""] {
-            let mut request = request();
+            let mut request = request_with_answer();
             request.caller_display_name = Some(unit.repeat(20_000));
             let prepared = token_provider().prepare(&request).expect("prepared");
             assert!(
@@ -312,6 +388,8 @@ mod tests {
             assert_eq!(json["call_id"], request.call_id);
             assert_eq!(json["callee_aor"], request.callee_aor);
             assert_eq!(json["caller_uri"], request.caller_uri);
+            assert_eq!(json["answer_token"], ANSWER_TOKEN, "never cut");
+            assert_eq!(json["answer_url"], ANSWER_URL, "never cut");
         }
     }
 
@@ -328,6 +406,8 @@ mod tests {
             caller_uri: request.caller_uri.clone(),
             caller_display_name: None,
             deadline_unix_ms: 1,
+            answer_token: None,
+            answer_url: None,
         })
         .expect("json");
         let payload = VoipPayload {
@@ -338,6 +418,8 @@ mod tests {
             caller_uri: request.caller_uri.clone(),
             caller_display_name: Some("Bob".into()),
             deadline_unix_ms: 1,
+            answer_token: None,
+            answer_url: None,
         };
         let (fitted, json) = fit_payload(payload.clone(), bare.len()).expect("fits bare");
         assert_eq!(fitted.caller_display_name, None);

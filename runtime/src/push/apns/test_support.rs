@@ -65,3 +65,19 @@ pub(super) fn request() -> PushRequest {
         answer_url: None,
     }
 }
+
+/// An answer token as the app API mints them (`pa1.<boot>.<call>.<device>.<expires>.<mac>`).
+pub(super) const ANSWER_TOKEN: &str =
+    "pa1.3f2a9c01d4e5b6a7.12.3.1767225632.0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+/// Where the app posts its answer.
+pub(super) const ANSWER_URL: &str = "https://sip.example.com:5443/v1/calls/answer";
+
+/// [`request`] with the app API on: the call push carries an answer token and URL.
+pub(super) fn request_with_answer() -> PushRequest {
+    PushRequest {
+        answer_token: Some(ANSWER_TOKEN.to_owned()),
+        answer_url: Some(ANSWER_URL.to_owned()),
+        ..request()
+    }
+}
