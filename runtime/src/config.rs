@@ -55,6 +55,9 @@ pub struct AppApi {
 impl AppApi {
     /// The path apps post their answers to.
     pub const ANSWER_PATH: &'static str = "/v1/calls/answer";
+    /// The longest `public_url`: every call push carries it (FCM data values are cut at 512,
+    /// an APNs VoIP payload holds 5 KB).
+    pub const MAX_URL_LEN: usize = 256;
 
     /// Whether the API is served over TLS.
     pub fn tls(&self) -> bool {
@@ -634,12 +637,12 @@ impl Config {
                 _ if listen.ip().is_unspecified() && api.public_url.is_none() => {
                     Some("an app API on all addresses needs public_url: the URL apps reach it at")
                 }
-                _ if api
-                    .public_url
-                    .as_deref()
-                    .is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://"))) =>
+                _ if api.public_url.as_deref().is_some_and(|u| {
+                    !(u.starts_with("https://") || u.starts_with("http://"))
+                        || u.len() > AppApi::MAX_URL_LEN
+                }) =>
                 {
-                    Some("public_url must be an http:// or https:// URL")
+                    Some("public_url must be an http:// or https:// URL of 256 characters at most")
                 }
                 _ => None,
             };
@@ -950,6 +953,13 @@ mod tests {
             (
                 "[app_api]\nlisten = \"127.0.0.1:5443\"\npublic_url = \"ftp://x\"\n",
                 "must be an http:// or https:// URL",
+            ),
+            (
+                &format!(
+                    "[app_api]\nlisten = \"127.0.0.1:5443\"\npublic_url = \"https://{}\"\n",
+                    "a".repeat(300)
+                ),
+                "256 characters at most",
             ),
         ] {
             let err = parse(text).expect_err(text);

@@ -109,8 +109,8 @@ pub enum WebhookFormat {
     /// delegate to a gorush gateway it already runs: iOS pushes as VoIP with the topic
     /// from pn-param and an expiration at the deadline, Android as high-priority data.
     /// The notification's `data` (custom keys of the APNs payload, FCM data for Android)
-    /// holds `kind`, `push_id`, `call_id`, `callee_aor`, `caller_uri`,
-    /// `caller_display_name`, and `answer_token` and `answer_url` when the push has them.
+    /// holds `kind`, `push_id`, `call_id`, `callee_aor`, `caller_uri`, and
+    /// `caller_display_name`, `answer_token` and `answer_url` when the push has them.
     Gorush,
 }
 
@@ -127,14 +127,17 @@ fn gorush_body(request: &PushRequest) -> serde_json::Value {
         "call_id": request.call_id,
         "callee_aor": request.callee_aor,
         "caller_uri": request.caller_uri,
-        "caller_display_name": request.caller_display_name,
     });
-    // Only when present: gorush would hand a `null` to the app as a string.
-    if let Some(token) = &request.answer_token {
-        data["answer_token"] = serde_json::json!(token);
-    }
-    if let Some(url) = &request.answer_url {
-        data["answer_url"] = serde_json::json!(url);
+    // Only when present: gorush hands a `null` to an Android app as the string
+    // "%!s(<nil>)" (it formats every data value with `%s`).
+    for (key, value) in [
+        ("caller_display_name", &request.caller_display_name),
+        ("answer_token", &request.answer_token),
+        ("answer_url", &request.answer_url),
+    ] {
+        if let Some(value) = value {
+            data[key] = serde_json::json!(value);
+        }
     }
     let call = request.kind == PushKind::IncomingCall;
     let mut notification = serde_json::json!({
@@ -456,13 +459,15 @@ mod tests {
         let mut request = call_push("apns");
         request.answer_token = None;
         request.answer_url = None;
+        request.caller_display_name = None;
         let body = gorush_body(&request);
         let data = body["notifications"][0]["data"]
             .as_object()
             .expect("data object");
-        assert!(!data.contains_key("answer_token"), "{data:?}");
-        assert!(!data.contains_key("answer_url"), "{data:?}");
-        assert_eq!(data.len(), 6, "{data:?}");
+        for key in ["answer_token", "answer_url", "caller_display_name"] {
+            assert!(!data.contains_key(key), "{key}: {data:?}");
+        }
+        assert_eq!(data.len(), 5, "{data:?}");
     }
 
     #[test]
