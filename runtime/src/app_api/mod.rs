@@ -278,7 +278,7 @@ async fn handle(
         Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "bad_request"),
         Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "request_timeout"),
     };
-    let (token, answer) = match parse(&body) {
+    let (token, answer) = match parse_answer(&body) {
         Ok(parsed) => parsed,
         Err(detail) => {
             let detail = serde_json::Value::from(detail);
@@ -311,7 +311,7 @@ async fn handle(
 }
 
 /// The token and the answer of a request body, or what is wrong with it.
-fn parse(body: &[u8]) -> Result<(String, PushAnswer), String> {
+pub fn parse_answer(body: &[u8]) -> Result<(String, PushAnswer), String> {
     let Answer { token, answer } =
         serde_json::from_slice(body).map_err(|e| format!("not an answer: {e}"))?;
     if token.len() > token::MAX_TOKEN_LEN {
@@ -349,11 +349,11 @@ mod tests {
     #[test]
     fn a_body_is_an_answer_or_says_what_is_wrong() {
         assert_eq!(
-            parse(br#"{"token":"pa1.x","answer":"busy"}"#),
+            parse_answer(br#"{"token":"pa1.x","answer":"busy"}"#),
             Ok(("pa1.x".to_owned(), PushAnswer::Busy))
         );
         assert_eq!(
-            parse(br#"{"token":"t","answer":"decline","app":"1.2"}"#),
+            parse_answer(br#"{"token":"t","answer":"decline","app":"1.2"}"#),
             Ok(("t".to_owned(), PushAnswer::Decline)),
             "fields of later versions are ignored"
         );
@@ -364,9 +364,13 @@ mod tests {
             b"token=t&answer=busy",
             b"",
         ] {
-            assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_answer(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let long = format!(r#"{{"token":"{}","answer":"busy"}}"#, "a".repeat(200));
-        assert!(parse(long.as_bytes()).is_err());
+        assert!(parse_answer(long.as_bytes()).is_err());
     }
 }

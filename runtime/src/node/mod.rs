@@ -1005,17 +1005,17 @@ Content-Length: 0\r\n\r\n";
     fn an_answer_token_is_good_for_its_call_and_device_until_it_expires() {
         use pushpark_model::{AppReply, PushAnswer};
         let start = Instant::now();
-        let mut node = node_with(start, 2, |c| {
+        let mut node = node_with(start, 3, |c| {
             let api = "127.0.0.1:5443".parse().expect("an address");
             c.app_api.listen = Some(toml::Spanned::new(0..0, api));
         });
         let server: SocketAddr = "127.0.0.1:5060".parse().expect("an address");
         let peer = "198.51.100.20".parse().expect("an address");
-        let call = |node: &mut Node, callee: u64, n: usize| {
+        let call = |node: &mut Node, callee: u64, n: usize, extra: &str| {
             let invite = format!(
                 "INVITE sip:u{callee}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKa{n}\r\n\
                  Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag=a{n}\r\nTo: <sip:u{callee}@127.0.0.1>\r\n\
-                 Call-ID: answer-{n}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+                 Call-ID: answer-{n}\r\nCSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
             );
             let message = parse_datagram(invite.as_bytes()).expect("an INVITE");
             let flow = Flow::udp(server, "192.0.2.10:5060".parse().expect("an address"));
@@ -1028,8 +1028,9 @@ Content-Length: 0\r\n\r\n";
             );
             push.answer_token.expect("a token")
         };
-        let first = call(&mut node, 1, 1);
-        let second = call(&mut node, 2, 2);
+        let first = call(&mut node, 1, 1, "");
+        let second = call(&mut node, 2, 2, "");
+        let reliable = call(&mut node, 3, 3, "Supported: 100rel\r\nRequire: 100rel\r\n");
         // Ringing from the push: taken, and the caller gets our 180.
         assert_eq!(
             node.handle_app_answer(start, peer, &first, PushAnswer::Ringing),
@@ -1049,6 +1050,22 @@ Content-Length: 0\r\n\r\n";
             "{}",
             sent[0]
         );
+        assert!(
+            sent[0].contains("Contact: <sip:127.0.0.1:5060>\r\n"),
+            "{}",
+            sent[0]
+        );
+        assert!(
+            sent[0].ends_with("Content-Length: 0\r\n\r\n"),
+            "{}",
+            sent[0]
+        );
+        // A caller that requires reliable provisionals gets none of ours (RFC 3262).
+        assert_eq!(
+            node.handle_app_answer(start, peer, &reliable, PushAnswer::Ringing),
+            AppAnswer::Reply(AppReply::Taken)
+        );
+        assert_eq!(node.poll_transmit().map(|t| t.bytes), None);
         // The token lives as long as the call may: its deadline and notice window (60 s).
         let late = start + Duration::from_secs(59);
         node.handle_timeout(late);

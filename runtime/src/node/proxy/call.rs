@@ -866,7 +866,10 @@ impl Node {
     }
 
     /// A response the proxy makes itself: a final one (404, 480, 486, 487, 500, 503, 603) or
-    /// the 180 of an app ringing from its push; all with the call's one To tag of ours.
+    /// the 180 of an app ringing from its push (specs/parking.md §9); all with the call's
+    /// one To tag of ours. The 180 opens an early dialog at the caller, so it names us as
+    /// Contact (RFC 3261 §12.1.1); it has no body, and is not sent to a caller that requires
+    /// reliable provisionals (RFC 3262 §3: an unreliable 180 would break its Require).
     fn respond(&mut self, call: CallId, code: u16) {
         let Some(ctx) = self.calls.by_id.get(&call) else {
             return;
@@ -878,6 +881,20 @@ impl Node {
             .to_tag(&ctx.to_tag);
         if code == 503 {
             response = response.header("Retry-After", "5");
+        }
+        if code == 180 {
+            let reliable = (ctx.invite.option_tags(HeaderName::Require))
+                .is_ok_and(|tags| tags.iter().any(|t| t.eq_ignore_ascii_case("100rel")));
+            if reliable {
+                return;
+            }
+            let (transport, local) = (ctx.flow.transport, ctx.flow.local);
+            let contact = format!(
+                "<sip:{}{}>",
+                self.sent_by(transport, local),
+                transport.uri_param()
+            );
+            response = response.header("Contact", &contact);
         }
         let out = Outgoing {
             flow: ctx.flow.clone(),
