@@ -76,6 +76,10 @@ struct Leg {
     /// The device registered again while an ended call's INVITE was in progress on it: the
     /// reroute of this branch waits until that is over.
     reroute_due: bool,
+    /// The app refused the call from its push (486, 603) while the INVITE sent to the
+    /// device had had no response at all: the branch was dropped (`Dropped`, or
+    /// `Cancelling` once the device turns out to hold it), and ends as this refusal.
+    refusal: Option<u16>,
     state: LegState,
 }
 
@@ -205,7 +209,7 @@ fn best_response(legs: &[Leg], fault: Option<Fault>) -> (u16, Option<DeviceId>) 
             LegState::Done(Outcome::Rejected(code)) => Some((rank(code), code, Some(l.device))),
             // Answered from the push: the server makes the response up.
             LegState::Done(Outcome::Refused(code)) => Some((rank(code), code, None)),
-            _ => None,
+            _ => l.refusal.map(|code| (rank(code), code, None)),
         })
         .filter(|_| fault != Some(Fault::LoseBusyCode))
         .min();
@@ -401,8 +405,12 @@ impl Core {
                 | LegState::Done(Outcome::Unavailable)
         ) || (fault == Some(Fault::StaleAnswerTaken)
             && leg.state == LegState::Abandoned);
+        // Sent the INVITE, the device has not answered it at all: its SIP stack does not
+        // hold it, as far as anyone can tell (it slept through it on UDP), and the app is
+        // the one answering.
+        let unheard = leg.state == LegState::Forwarded && !leg.heard;
         let Some(code) = answer.code() else {
-            if !before_invite {
+            if !(before_invite || unheard) {
                 return out.push(reply(AppReply::Conflict));
             }
             out.push(reply(AppReply::Taken));
@@ -412,18 +420,27 @@ impl Core {
             }
             return;
         };
-        if leg.state == LegState::Done(Outcome::Refused(code)) {
+        if leg.state == LegState::Done(Outcome::Refused(code)) || leg.refusal == Some(code) {
             return out.push(reply(AppReply::Taken));
         }
-        if !before_invite {
+        if unheard {
+            // Its INVITE is stopped like that of an ended call (no CANCEL may go before a
+            // provisional, RFC 3261 §9.1): should the device turn out to hold it, it is
+            // cancelled then, or hung up if it answered (`heard`, `answered`).
+            leg.refusal = Some(code);
+            leg.reroute_due = false;
+            leg.state = LegState::Dropped;
+            out.push(Effect::DropBranch { call, device });
+        } else if before_invite {
+            if leg.state == LegState::Backoff {
+                out.push(Effect::DisarmTimer {
+                    timer: Timer::PushRetry(call, device),
+                });
+            }
+            leg.state = LegState::Done(Outcome::Refused(code));
+        } else {
             return out.push(reply(AppReply::Conflict));
         }
-        if leg.state == LegState::Backoff {
-            out.push(Effect::DisarmTimer {
-                timer: Timer::PushRetry(call, device),
-            });
-        }
-        leg.state = LegState::Done(Outcome::Refused(code));
         out.push(reply(AppReply::Taken));
         if !c.is_pending() {
             return self.settle_ended(call, out);
@@ -633,6 +650,7 @@ impl Core {
                 woke: false,
                 held: false,
                 reroute_due: false,
+                refusal: None,
                 state,
             });
         }
@@ -719,6 +737,7 @@ impl Core {
                         woke: false,
                         held: false,
                         reroute_due: false,
+                        refusal: None,
                         state: LegState::Done(Outcome::Unavailable),
                     });
                 }
@@ -735,6 +754,9 @@ impl Core {
                     LegState::Parked | LegState::Done(Outcome::Unavailable) => {}
                     LegState::Done(Outcome::Refused(_))
                         if fault == Some(Fault::RegisterAfterBusyDelivers) => {}
+                    // Refused from the push while its INVITE rings on: the CANCEL follows the
+                    // device to its new flow, as for an ended call.
+                    LegState::Cancelling => return out.push(Effect::Reroute { call, device }),
                     // Forwarded: it may have slept through the INVITE, or lost it with an app
                     // started afresh, and come back on a new flow. The same INVITE goes
                     // there; a device that holds it absorbs it.
@@ -761,6 +783,8 @@ impl Core {
             Phase::Ended(reason) => {
                 let Some(leg) = c.leg(device) else { return };
                 match leg.state {
+                    // It refused the call from its push: nothing to tell.
+                    LegState::Dropped if leg.refusal.is_some() => return,
                     LegState::Dropped => {
                         // Awake on a new flow, it may never have had the INVITE dropped at
                         // the end of the call: it is told, like a device that slept through it.
@@ -968,14 +992,16 @@ impl Core {
             }
             // The 2xx won the race against our CANCEL, the user answered a notice, or a
             // dropped INVITE reached the device after all: the caller already has its final
-            // response, so the device's dialog must be closed.
+            // response (or the app refused this call from its push), so the device's dialog
+            // must be closed.
             LegState::Cancelling | LegState::Telling | LegState::Dropped | LegState::NoticeDue => {
-                leg.state = LegState::Done(match leg.state {
-                    LegState::Telling | LegState::NoticeDue => Outcome::Told,
+                leg.state = LegState::Done(match (leg.state, leg.refusal) {
+                    (LegState::Telling | LegState::NoticeDue, _) => Outcome::Told,
+                    (_, Some(code)) => Outcome::Refused(code),
                     _ => Outcome::Answered,
                 });
                 out.push(Effect::HangUpBranch { call, device });
-                self.settle_ended(call, out);
+                self.settle(now, call, out);
             }
             _ => return,
         }
@@ -1015,12 +1041,13 @@ impl Core {
                 }
             }
             LegState::Cancelling | LegState::Telling | LegState::Dropped | LegState::NoticeDue => {
-                leg.state = LegState::Done(match leg.state {
-                    LegState::Telling | LegState::NoticeDue => Outcome::Told,
+                leg.state = LegState::Done(match (leg.state, leg.refusal) {
+                    (LegState::Telling | LegState::NoticeDue, _) => Outcome::Told,
+                    (_, Some(refusal)) => Outcome::Refused(refusal),
                     _ => Outcome::Rejected(code),
                 });
                 if self.fault != Some(Fault::LeakFinishedCall) {
-                    self.settle_ended(call, out);
+                    self.settle(now, call, out);
                 }
             }
             _ => return,
@@ -1069,10 +1096,13 @@ impl Core {
             LegState::Cancelling | LegState::Dropped => {
                 // Ended before it arrived: if a push for this call woke the device, it is
                 // told when it registers, as if the call had ended while it slept; so is a
-                // device that held the INVITE (its app may ring on, on a new flow).
+                // device that held the INVITE (its app may ring on, on a new flow). A device
+                // whose app refused the call from its push needs no telling.
                 let woken = (leg.pushes > 0 && leg.push != PushState::Failed) || leg.held;
                 leg.reroute_due = false;
-                leg.state = if leg.woke {
+                leg.state = if let Some(refusal) = leg.refusal {
+                    LegState::Done(Outcome::Refused(refusal))
+                } else if leg.woke {
                     // It registered during the call: it is owed its notice now.
                     LegState::NoticeDue
                 } else if woken {
@@ -1083,7 +1113,7 @@ impl Core {
                 if leg.state == LegState::Abandoned {
                     self.linger(now, call, out);
                 }
-                self.settle_ended(call, out);
+                self.settle(now, call, out);
             }
             // The notice did not arrive: the device is gone again. Woken by a push for this
             // call, it is still owed the notice when it registers, within the notice window.

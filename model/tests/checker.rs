@@ -89,8 +89,11 @@ const FROM_PUSH: [&str; 4] = [
     "push_answer_races_register",
 ];
 
+/// Needs an INVITE that a device awake on UDP slept through, and an app answering its push.
+const UNHEARD: &str = "refusal_from_push_stops_an_unanswered_invite";
+
 /// What only the configurations made for them reach.
-const SPECIAL: [&str; 9] = [
+const SPECIAL: [&str; 10] = [
     AWAKE_OR_DEAD_FLOW[0],
     AWAKE_OR_DEAD_FLOW[1],
     AWAKE_OR_DEAD_FLOW[2],
@@ -100,11 +103,12 @@ const SPECIAL: [&str; 9] = [
     FROM_PUSH[1],
     FROM_PUSH[2],
     FROM_PUSH[3],
+    UNHEARD,
 ];
 
 /// The configurations: their unique states, the common paths they do not reach, and the
 /// special paths (of [`SPECIAL`]) they do.
-const PINNED: [(&str, usize, &[&str], &[&str]); 16] = [
+const PINNED: [(&str, usize, &[&str], &[&str]); 17] = [
     ("1x1", 537, &[OTHER_DEVICE, SECOND_CALL], &[]),
     ("1x2", 28_723, &[SECOND_CALL], &[]),
     ("2x1", 34_527, &[OTHER_DEVICE], &[]),
@@ -137,6 +141,18 @@ const PINNED: [(&str, usize, &[&str], &[&str]); 16] = [
     ("2x1-drain", 45_133, &[OTHER_DEVICE], &[]),
     ("1x2-answer", 92_970, &[SECOND_CALL], &FROM_PUSH),
     ("2x1-answer", 323_614, &[OTHER_DEVICE], &FROM_PUSH),
+    (
+        "1x2-udp-answer",
+        438_910,
+        &[SECOND_CALL],
+        &[
+            FROM_PUSH[0],
+            FROM_PUSH[1],
+            FROM_PUSH[2],
+            FROM_PUSH[3],
+            UNHEARD,
+        ],
+    ),
     ("2x1-udp", 98_844, &[OTHER_DEVICE], &AWAKE_OR_DEAD_FLOW),
     (
         "2x1-udp-waiting",
@@ -254,6 +270,7 @@ fn an_invite_on_its_way_when_the_call_ends_is_cancelled_if_it_arrives() {
 fn an_app_may_answer_from_its_push() {
     check_pinned("1x2-answer");
     check_pinned("2x1-answer");
+    check_pinned("1x2-udp-answer");
 }
 
 #[test]

@@ -19,8 +19,10 @@
 //!   leg; `end` turns every `Forwarded` and `Queued` leg into something else.
 //! - (I2) A `Backoff` leg exists only while the call is `Parking`: `push_failed` makes one only
 //!   then, and the deadline and `end` turn every one into `Done(Unavailable)`.
-//! - (I3) `Cancelling` and `Telling` legs exist only in ended calls (`end` and `serve_line`
-//!   make them, for `Phase::Ended` calls only).
+//! - (I3) `Telling` legs exist only in ended calls (`serve_line` makes them, for
+//!   `Phase::Ended` calls only); so do `Cancelling` and `Dropped` legs, but for those of a
+//!   device that refused the call from its push (`refusal` set, `push_answered`), which
+//!   never become `Telling` or `NoticeDue`.
 //! - (I4) `by_aor` lists exactly the calls `calls` holds, and has no empty list: `arrive`
 //!   inserts in both, `settle_ended` removes from both.
 //!
@@ -54,7 +56,7 @@ use pushpark_model::{
 use stateright::{Checker, HasDiscoveries, Model};
 
 /// The configurations each checked in under two seconds.
-const SMALL: [&str; 10] = [
+const SMALL: [&str; 11] = [
     "1x1",
     "1x2",
     "2x1",
@@ -65,6 +67,7 @@ const SMALL: [&str; 10] = [
     "1x2-no-cancel",
     "1x2-flight",
     "1x2-answer",
+    "1x2-udp-answer",
 ];
 
 /// Checks `name` exhaustively; panics with the counterexample of a broken property, and

@@ -2447,6 +2447,11 @@ fn an_answer_from_the_push_after_the_invite_was_sent_is_a_conflict_and_changes_n
     let mut d = Driver::new();
     d.send(arrival(C1, U1, &[sleeping(D1)]));
     assert_eq!(d.send(registered(U1, D1)), [forward(C1, D1)]);
+    // Its 100 Trying: its SIP stack holds the INVITE.
+    d.send(Event::BranchTrying {
+        call: C1,
+        device: D1,
+    });
     for answer in [PushAnswer::Busy, PushAnswer::Decline, PushAnswer::Ringing] {
         assert_eq!(
             d.send(from_push(C1, D1, answer)),
@@ -2485,4 +2490,101 @@ fn an_answer_from_the_push_for_an_ended_call_changes_nothing_and_the_device_is_s
         [reply(C3, D1, AppReply::CallOver)],
         "a call the core never held"
     );
+}
+
+#[test]
+fn busy_from_the_push_of_a_device_that_never_answered_its_invite_stops_that_invite() {
+    // D1 is awake on UDP as far as the server knows: forwarded at once and pushed. It slept
+    // after all; its app, woken by the push, answers busy without its SIP stack.
+    let heard = Target {
+        device: D1,
+        flow: Flow::Datagram {
+            heard_at: 0,
+            in_dialog: false,
+        },
+        pushable: true,
+    };
+    let mut d = Driver::new();
+    assert_eq!(
+        d.send(arrival(C1, U1, &[heard, sleeping(D2)])),
+        [
+            arm(Timer::Deadline(C1), 30_000),
+            push(C1, D1),
+            forward(C1, D1),
+            push(C1, D2),
+        ]
+    );
+    assert_eq!(
+        d.send(from_push(C1, D1, PushAnswer::Busy)),
+        [
+            Effect::DropBranch {
+                call: C1,
+                device: D1
+            },
+            reply(C1, D1, AppReply::Taken),
+        ],
+        "no CANCEL before a provisional; D2 may still answer"
+    );
+    assert_eq!(
+        d.send(from_push(C1, D1, PushAnswer::Busy)),
+        [reply(C1, D1, AppReply::Taken)],
+        "the same answer again"
+    );
+    // The INVITE reached its SIP stack after all: it is cancelled, and its 487 ends the leg
+    // as the busy it answered.
+    assert_eq!(
+        d.send(Event::BranchTrying {
+            call: C1,
+            device: D1
+        }),
+        [cancel_branch(C1, D1)]
+    );
+    assert_eq!(d.send(rejected(C1, D1, 487)), NOTHING);
+    assert_eq!(d.send(registered(U1, D1)), NOTHING, "no INVITE for D1");
+    let fired = d.advance_to(30_000);
+    assert_eq!(
+        fired,
+        [(
+            Timer::Deadline(C1),
+            vec![respond(C1, 486, None), arm(Timer::Linger(C1), 60_000)]
+        )],
+        "D2 never woke: D1's busy is the answer"
+    );
+    d.advance_to(60_000);
+    d.assert_idle();
+}
+
+#[test]
+fn a_device_that_refused_from_its_push_and_answers_its_invite_anyway_is_hung_up() {
+    let heard = Target {
+        device: D1,
+        flow: Flow::Datagram {
+            heard_at: 0,
+            in_dialog: false,
+        },
+        pushable: true,
+    };
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[heard]));
+    assert_eq!(
+        d.send(from_push(C1, D1, PushAnswer::Decline)),
+        [
+            Effect::DropBranch {
+                call: C1,
+                device: D1
+            },
+            reply(C1, D1, AppReply::Taken),
+            respond(C1, 603, None),
+            disarm(Timer::Deadline(C1)),
+        ]
+    );
+    assert!(d.core.holds(C1), "until the dropped INVITE is over");
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [Effect::HangUpBranch {
+            call: C1,
+            device: D1
+        }]
+    );
+    d.assert_idle();
 }

@@ -222,15 +222,16 @@ async fn ringing_from_the_push_gets_the_caller_a_180_before_the_phone_registers(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_from_the_push_after_the_phone_registered_is_refused_409() {
+async fn an_answer_from_the_push_after_the_phone_rang_over_sip_is_refused_409() {
     let h = Api::start(|_| {}).await;
     let bob = h.sleeping_phone("sip:bob@localhost", "bobrace").await;
-    bob.set_behaviour(Behaviour::Ignore);
+    bob.set_behaviour(Behaviour::RingOnly);
     let (alice, push) = h.call("bobrace").await;
     bob.wake().await.expect("the wake-up REGISTER is answered");
-    bob.expect_request(Method::Invite, STEP)
+    alice
+        .expect_response(180, STEP)
         .await
-        .expect("the parked INVITE");
+        .expect("the woken phone rings for the parked call");
     assert_eq!(
         h.answer(&push, "busy").await,
         refused(409, "answer_over_sip"),

@@ -340,3 +340,59 @@ async fn a_real_caller_authenticates_against_the_default_challenges() {
     assert!(responses.contains(&407), "challenged first: {responses:?}");
     h.stop().await;
 }
+
+/// Posts `answer` from the push of `call`, as the woken app would (specs/parking.md §9):
+/// the HTTP status.
+async fn answer_from_push(h: &Harness, call: &str, answer: &str) -> u16 {
+    let push = (h.gateway.pushes().into_iter())
+        .find(|p| p.body.call_id == call)
+        .expect("the push of the call");
+    let url = push.body.answer_url.expect("an answer URL");
+    let token = push.body.answer_token.expect("an answer token");
+    let body = format!(r#"{{"token":"{token}","answer":"{answer}"}}"#);
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the app API answers");
+    response.status().as_u16()
+}
+
+/// The app says busy from its push: baresip hears linphonec's user busy at once, and
+/// linphonec is never started again (its SIP stack stays asleep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_answer_from_the_push_reaches_a_real_caller_without_waking_the_phone() {
+    let h = Harness::start_with_app_api().await;
+    let mut bob = Linphone::new(&h, "bob", "tok-app-busy", false);
+    let (alice, call) = call_the_sleeping_phone(&h, &mut bob, "tok-app-busy").await;
+    assert_eq!(answer_from_push(&h, &call, "busy").await, 200);
+    let busy = alice.wait_for_final(&call, STEP).await;
+    assert_eq!(busy, Some(486), "{}", evidence(&h, &[&alice], &bob));
+    assert!(
+        bob.invites_received().is_empty(),
+        "the phone got no INVITE\n{}",
+        evidence(&h, &[&alice], &bob)
+    );
+    h.stop().await;
+}
+
+/// The app says ringing from its push: baresip gets pushpark's 180 (its To tag), then the
+/// woken linphonec's own 180 and 200 (another To tag, as from a forked call); baresip takes
+/// the 200 and the call hangs up cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ringing_answer_from_the_push_gives_a_real_caller_ringback_then_the_call() {
+    let h = Harness::start_with_app_api().await;
+    let mut bob = Linphone::new(&h, "bob", "tok-app-ring", false);
+    let (mut alice, call) = call_the_sleeping_phone(&h, &mut bob, "tok-app-ring").await;
+    assert_eq!(answer_from_push(&h, &call, "ringing").await, 200);
+    let ringback = alice
+        .wait_for_response(&call, |c| c == 180 || c >= 200, STEP)
+        .await;
+    assert_eq!(ringback, Some(180), "{}", evidence(&h, &[&alice], &bob));
+    bob.wake().await;
+    let id = ring_and_answer(&h, &alice, &mut bob, &call).await;
+    hang_up(&h, &mut alice, &bob, &call, id).await;
+    h.stop().await;
+}

@@ -248,6 +248,18 @@ impl ParkModel {
                 extra_registers: 0,
                 ..Self::new(2, 1)
             },
+            "1x2-udp-answer" => Self {
+                awake: 1,
+                udp: 1,
+                push_answers: true,
+                extra_registers: 0,
+                budget: Budget {
+                    silent_sleeps: 1,
+                    lost_pushes: 0,
+                    ..Self::new(1, 2).budget
+                },
+                ..Self::new(1, 2)
+            },
             "2x1-udp" => Self::awake_on_udp(false),
             "2x1-udp-waiting" => Self::awake_on_udp(true),
             _ => return None,
@@ -276,7 +288,7 @@ impl ParkModel {
 }
 
 /// The bounded configurations CI checks exhaustively, with what each is for.
-pub const CONFIGURATIONS: [(&str, &str); 16] = [
+pub const CONFIGURATIONS: [(&str, &str); 17] = [
     (
         "1x1",
         "one call, one sleeping device; it may ring, answer, be busy, decline or not answer",
@@ -328,6 +340,11 @@ pub const CONFIGURATIONS: [(&str, &str); 16] = [
         "2x1-answer",
         "two calls, one sleeping device whose app may answer each call from its push, also \
          after that call ended",
+    ),
+    (
+        "1x2-udp-answer",
+        "one call, a device awake on UDP that may fall asleep unseen (its INVITE then lost) and a \
+         sleeping one; apps answer from the push, also while their INVITE is on its way",
     ),
     (
         "2x1-udp",
@@ -455,6 +472,9 @@ pub struct History {
     pub answer_conflicted: bool,
     /// A 180 of the server's own reached a caller that had its final response.
     pub ringback_after_final: bool,
+    /// A busy or decline from the push was taken while the INVITE sent to the device had
+    /// had no answer, and that INVITE was stopped (`DropBranch`).
+    pub refusal_dropped_invite: bool,
 }
 
 /// The whole system: the core and its environment.
@@ -785,6 +805,9 @@ impl ParkModel {
                     reason,
                 } => {
                     let pair = (call, device);
+                    if s.history.refused_from_push.contains(&pair) {
+                        s.history.invite_after_refusal = true;
+                    }
                     s.history.told.insert((call, device, reason));
                     // The INVITE, and a CANCEL as soon as it rings: the device answers 487,
                     // or 200 if the user was quicker.
@@ -834,6 +857,9 @@ impl ParkModel {
         match (reply, answer.code()) {
             (AppReply::Taken, Some(code)) => {
                 caller.first_rejection.get_or_insert(code);
+                if effects.contains(&Effect::DropBranch { call, device }) {
+                    s.history.refusal_dropped_invite = true;
+                }
                 s.history.refused_from_push.insert(pair);
                 if answer == PushAnswer::Decline {
                     s.history.declined_from_push.insert(call);

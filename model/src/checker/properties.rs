@@ -36,7 +36,7 @@ pub const SAFETY: [&str; 23] = [
 pub const LIVENESS: [&str; 1] = ["every_call_gets_a_final_response"];
 
 /// Reachability: proof that the interesting paths exist, so no invariant holds vacuously.
-pub const SOMETIMES: [&str; 18] = [
+pub const SOMETIMES: [&str; 19] = [
     "call_delivered_after_push",
     "call_timed_out",
     "busy_reaches_caller",
@@ -55,6 +55,7 @@ pub const SOMETIMES: [&str; 18] = [
     "decline_from_push_reaches_caller",
     "ringback_from_push",
     "push_answer_races_register",
+    "refusal_from_push_stops_an_unanswered_invite",
 ];
 
 fn calls(s: &State) -> impl Iterator<Item = CallId> {
@@ -258,6 +259,9 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
         }),
         Property::<ParkModel>::sometimes("push_answer_races_register", |_, s| {
             s.history.answer_conflicted
+        }),
+        Property::<ParkModel>::sometimes("refusal_from_push_stops_an_unanswered_invite", |_, s| {
+            s.history.refusal_dropped_invite
         }),
     ]
 }

@@ -83,7 +83,25 @@ impl Harness {
         Self::launch(&[], true).await
     }
 
+    /// As [`start`](Self::start), with the app API on (plain HTTP on 127.0.0.1): call pushes
+    /// carry an answer token and URL.
+    pub async fn start_with_app_api() -> Self {
+        Self::launch_with(&[], false, |config| {
+            let any_port = "127.0.0.1:0".parse().expect("an address");
+            config.app_api.listen = Some(toml::Spanned::new(0..0, any_port));
+        })
+        .await
+    }
+
     async fn launch(users: &[(&str, &str)], tls: bool) -> Self {
+        Self::launch_with(users, tls, |_| {}).await
+    }
+
+    async fn launch_with(
+        users: &[(&str, &str)],
+        tls: bool,
+        adjust: impl FnOnce(&mut pushpark::config::Config),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
         let gateway = PushGateway::start().await.expect("the push gateway starts");
         let mut config = common::loopback_config(dir.path(), &[Listen::Udp, Listen::Tcp], false);
@@ -104,6 +122,7 @@ impl Harness {
             config.listen.push(listener);
         }
         common::route_pushes_to(&mut config, gateway.url());
+        adjust(&mut config);
         let park_timeout = config.parking.park_timeout;
         let (server, udp) = common::start_udp(config).await;
         let tls = tls.then(|| server.local_addr(Listen::Tls).expect("a TLS listener"));
