@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use pushpark::config::Config;
 use pushpark::server::Server;
-use pushpark_benches::loadgen::server::{config_text, ServerAddrs};
-use pushpark_benches::loadgen::{run, Mode, Options, Report, Target, Transport, Webhook};
+use pushpark_benches::loadgen::server::{config_text, free_port, ServerAddrs};
+use pushpark_benches::loadgen::{
+    run, AnswerFromPush, Mode, Options, Report, Target, Transport, Webhook,
+};
 use tempfile::TempDir;
 
 fn any() -> SocketAddr {
@@ -35,11 +37,14 @@ async fn start(
 ) -> (Server, Target, TempDir) {
     let webhook = Webhook::bind(any()).await.expect("the webhook binds");
     let dir = tempfile::tempdir().expect("a temporary directory");
+    // Call pushes carry the app API's URL as configured: its port must be a real one.
+    let app_api_port = free_port().expect("a free port");
     let addrs = ServerAddrs {
         udp: any(),
         tcp: any(),
         admin: any(),
         webhook: webhook.addr(),
+        app_api: SocketAddr::from(([127, 0, 0, 1], app_api_port)),
     };
     let text = edit(config_text(
         options,
@@ -187,4 +192,119 @@ async fn a_server_that_never_wakes_the_devices_fails_the_run() {
     assert_eq!(report.failures.get("final 480"), Some(&20), "{report}");
     assert_eq!(report.outcomes.get(&480), Some(&20), "{report}");
     assert_eq!(report.pushes, 0, "{report}");
+}
+
+/// Every call ended with the server's `code` for the answer from the push, taken by the app
+/// API, and no device woke: no wake-up REGISTER, no INVITE at a device.
+fn assert_answered_from_push(report: &Report, calls: u64, code: u16) {
+    assert!(report.success(), "{report}");
+    assert_eq!(report.completed, calls, "{report}");
+    assert!(report.failures.is_empty(), "{report}");
+    assert_eq!(report.outcomes.len(), 1, "{report}");
+    assert_eq!(report.outcomes.get(&code), Some(&calls), "{report}");
+    assert_eq!(
+        report.expected_rejections.get(&code),
+        Some(&calls),
+        "{report}"
+    );
+    assert_eq!(report.answers_from_push, calls, "{report}");
+    assert_eq!(report.wake_ups, 0, "{report}");
+    assert_eq!(report.wake_overhead, None, "{report}");
+    assert_parked_once_each(report, calls);
+    let push_to_final = report
+        .push_to_final
+        .expect("push → caller's final response");
+    assert_eq!(push_to_final.count, calls, "{report}");
+    assert!(push_to_final.p50 <= push_to_final.max, "{report}");
+    assert_eq!(
+        report.app_round_trip.map(|p| p.count),
+        Some(calls),
+        "{report}"
+    );
+    let taken = report.server.app_answers.get("taken").copied();
+    assert_eq!(taken, Some(calls as f64), "{report}");
+    assert_eq!(report.server.app_answers.len(), 1, "{report}");
+    let code = code.to_string();
+    assert_eq!(
+        report.server.outcomes.get(&code),
+        Some(&(calls as f64)),
+        "{report}"
+    );
+    assert_eq!(report.server.wakeup_delay_mean, None, "{report}");
+    let text = report.to_string();
+    assert!(
+        text.contains("latency push → caller's final response"),
+        "{text}"
+    );
+    let json = report.to_json();
+    assert_eq!(
+        json["latency_push_to_final_response"]["count"].as_u64(),
+        Some(calls),
+        "{json}"
+    );
+    assert_eq!(json["wake_up_registers"].as_u64(), Some(0), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn park_answered_busy_from_the_push_gets_every_caller_a_486_without_a_register() {
+    let mut options = options(Mode::Park, Transport::Udp, 200, 0.0);
+    options.answer_from_push = Some(AnswerFromPush::Busy);
+    let report = load(&options).await;
+    assert_answered_from_push(&report, 200, 486);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn park_declined_from_the_push_over_tcp_gets_every_caller_a_603() {
+    let mut options = options(Mode::Park, Transport::Tcp, 100, 0.0);
+    options.answer_from_push = Some(AnswerFromPush::Decline);
+    let report = load(&options).await;
+    assert_answered_from_push(&report, 100, 603);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn park_busy_over_sip_reports_push_to_final_response_too() {
+    // The SIP path the answer from the push is compared with: wake-up REGISTER, INVITE,
+    // the device's 486, relayed.
+    let mut options = options(Mode::Park, Transport::Udp, 100, 0.0);
+    options.busy_ratio = 1.0;
+    let report = load(&options).await;
+    assert!(report.success(), "{report}");
+    assert_eq!(report.outcomes.get(&486), Some(&100), "{report}");
+    assert_eq!(report.wake_ups, 100, "{report}");
+    assert_eq!(report.answers_from_push, 0, "{report}");
+    assert_eq!(report.push_to_final.map(|p| p.count), Some(100), "{report}");
+    assert_eq!(report.app_round_trip, None, "{report}");
+    assert!(report.server.app_answers.is_empty(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_from_the_push_to_a_server_without_the_app_api_fail_the_run() {
+    // The server is configured as for a plain park run: its pushes carry no answer token,
+    // so no device can answer from its push, and each call fails at once by that cause.
+    let mut options = options(Mode::Park, Transport::Udp, 20, 0.0);
+    options.park_timeout = Duration::from_secs(2);
+    let plain = options.clone();
+    options.answer_from_push = Some(AnswerFromPush::Busy);
+    let (server, target, _dir) = start(&plain, |text| text).await;
+    let report = run(&options, &target)
+        .await
+        .expect("the run is carried out");
+    server.shutdown().await;
+    assert!(!report.success(), "{report}");
+    assert_eq!(report.failed, 20, "{report}");
+    let cause = "push without answer_token and answer_url (is the server's [app_api] on?)";
+    assert_eq!(report.failures.get(cause), Some(&20), "{report}");
+    assert_eq!(report.wake_ups, 0, "{report}");
+}
+
+#[test]
+fn answer_from_push_is_for_park_mode_alone_and_not_beside_ratios() {
+    let mut options = Options::new(Mode::Relay);
+    options.answer_from_push = Some(AnswerFromPush::Busy);
+    assert!(options.validate().is_err());
+    let mut options = Options::new(Mode::Park);
+    options.answer_from_push = Some(AnswerFromPush::Decline);
+    assert!(options.validate().is_ok());
+    options.busy_ratio = 0.5;
+    assert!(options.validate().is_err());
 }

@@ -4,6 +4,10 @@
 //! By default it starts `pushpark run` itself (the `pushpark` binary next to this one, or
 //! `--server-bin`) on a generated configuration in a temporary directory; with `--target`
 //! it drives a server already running on the configuration `--print-config` gives.
+//!
+//! To compare a busy answered from the push (the app API, specs/parking.md §9) with a busy
+//! answered over SIP, run the same build twice and read "latency push → caller's final
+//! response": `loadgen park --answer-from-push busy` and `loadgen park --busy-ratio 1`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,13 +17,14 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use pushpark_benches::loadgen::server::{self, ServerAddrs, SpawnedServer};
 use pushpark_benches::loadgen::{
-    run, LoadgenError, Mode, Options, Report, Target, Transport, Webhook,
+    run, AnswerFromPush, LoadgenError, Mode, Options, Report, Target, Transport, Webhook,
 };
 
 /// Where an external server is assumed to be, and pushes to, when not told.
 const DEFAULT_SIP: &str = "127.0.0.1:5060";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9060";
 const DEFAULT_WEBHOOK: &str = "127.0.0.1:8060";
+const DEFAULT_APP_API: &str = "127.0.0.1:5443";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ModeArg {
@@ -32,13 +37,28 @@ enum ModeArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum AnswerArg {
+    /// The caller gets the server's 486 Busy Here.
+    Busy,
+    /// The caller gets the server's 603 Decline.
+    Decline,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum TransportArg {
     Udp,
     Tcp,
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "loadgen", about = "Load generator for the pushpark SIP server")]
+#[command(
+    name = "loadgen",
+    about = "Load generator for the pushpark SIP server",
+    after_help = "Busy from the push against busy over SIP (same build, two runs; compare \
+                  \"latency push → caller's final response\"):\n  \
+                  loadgen park --calls 20000 --answer-from-push busy\n  \
+                  loadgen park --calls 20000 --busy-ratio 1"
+)]
 struct Cli {
     /// What to run.
     #[arg(value_enum)]
@@ -55,7 +75,8 @@ struct Cli {
     /// Devices to register (default: min(calls, 2 x max-in-flight); hold: min(calls, 10000)).
     #[arg(long)]
     devices: Option<usize>,
-    /// Park: milliseconds from a push to the device's wake-up REGISTER.
+    /// Park: milliseconds from a push to the device's wake-up REGISTER (or to its answer
+    /// from the push, with --answer-from-push).
     #[arg(long, default_value_t = 0)]
     wake_delay: u64,
     /// Share of calls the device answers 486 Busy Here.
@@ -64,6 +85,12 @@ struct Cli {
     /// Share of calls the device answers 603 Decline.
     #[arg(long, default_value_t = 0.0)]
     decline_ratio: f64,
+    /// Park: every app answers this from its push over the server's app API (POST of the
+    /// push's answer_token to its answer_url) instead of waking and registering; the
+    /// caller expects the server's 486 or 603. Turns the app API on in the generated
+    /// configuration. Not with --busy-ratio or --decline-ratio.
+    #[arg(long, value_enum, value_name = "ANSWER")]
+    answer_from_push: Option<AnswerArg>,
     /// SIP transport of callers and devices.
     #[arg(long, value_enum, default_value_t = TransportArg::Udp)]
     transport: TransportArg,
@@ -88,6 +115,11 @@ struct Cli {
     /// Where the webhook listens (default with --target: 127.0.0.1:8060; else any port).
     #[arg(long)]
     webhook_listen: Option<SocketAddr>,
+    /// Where the server's app API listens, for --print-config with --answer-from-push
+    /// (default 127.0.0.1:5443; a started server gets a free port). The load generator
+    /// posts to the answer_url each push carries.
+    #[arg(long)]
+    app_api_listen: Option<SocketAddr>,
     /// The pushpark binary to start (default: `pushpark` next to this executable).
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -115,6 +147,10 @@ impl Cli {
         options.wake_delay = Duration::from_millis(self.wake_delay);
         options.busy_ratio = self.busy_ratio;
         options.decline_ratio = self.decline_ratio;
+        options.answer_from_push = self.answer_from_push.map(|answer| match answer {
+            AnswerArg::Busy => AnswerFromPush::Busy,
+            AnswerArg::Decline => AnswerFromPush::Decline,
+        });
         options.sockets = self.sockets;
         if let Some(secs) = self.park_timeout {
             options.park_timeout = Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO);
@@ -214,6 +250,7 @@ fn main() -> ExitCode {
             tcp: sip,
             admin: cli.admin.unwrap_or_else(|| addr(DEFAULT_ADMIN)),
             webhook: cli.webhook_listen.unwrap_or_else(|| addr(DEFAULT_WEBHOOK)),
+            app_api: cli.app_api_listen.unwrap_or_else(|| addr(DEFAULT_APP_API)),
         };
         let store = PathBuf::from("pushpark-loadgen.db");
         print!("{}", server::config_text(&options, &addrs, &store));

@@ -4,6 +4,10 @@
 //! device (wake-up REGISTER on its push, 180/200 or 486 or 603, 200 to the BYE), with
 //! RFC 3261 retransmissions over UDP: the INVITE on Timer A until any response, REGISTER,
 //! BYE and CANCEL on Timer E until a final one, the device's final response until its ACK.
+//! With `--answer-from-push` the device does not wake: its app posts `busy` or `decline`
+//! with the push's answer token to the push's answer URL (a small task of its own, whose
+//! reply comes back through the router), and the call is over once the caller has the
+//! server's 486 or 603 and the app API said `taken`.
 //! It notes when each step happened, so the report can say what the server added.
 
 use std::net::SocketAddr;
@@ -19,9 +23,9 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use super::device::WakeLink;
 use super::link::{Link, Side};
 use super::report::Outcome;
-use super::router::{Event, Incoming, Mailbox};
+use super::router::{AppReplied, Event, Incoming, Mailbox, Pushed};
 use super::sip::{self, Branch, Tag};
-use super::{Ctx, Mode};
+use super::{AnswerFromPush, Ctx, Mode};
 
 /// RFC 3261 T1.
 const T1: Duration = Duration::from_millis(500);
@@ -107,6 +111,17 @@ impl Retx {
     }
 }
 
+/// Where the device's answer from the push stands (`--answer-from-push`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppAnswer {
+    /// Not sent (yet, or ever: the device answers over SIP).
+    NotSent,
+    /// Posted; no reply yet.
+    Pending,
+    /// The app API said `taken`.
+    Taken,
+}
+
 /// The device's side of the INVITE it got.
 struct Uas {
     branch: String,
@@ -184,6 +199,11 @@ struct Call<'a> {
     cancel_retx: Option<Retx>,
     cancel_answered: bool,
     pushes: u32,
+    pushed_at: Option<Instant>,
+    /// The push's answer token and URL, until the app posts them.
+    answer: Option<(String, String)>,
+    app_answer: AppAnswer,
+    app_sent: Option<Instant>,
     wake_at: Option<Instant>,
     register: Option<(Bytes, Arc<Link>)>,
     register_retx: Option<Retx>,
@@ -211,10 +231,13 @@ async fn released(release: &mut Option<Release>) -> Option<OwnedSemaphorePermit>
 impl<'a> Call<'a> {
     fn new(ctx: &'a Ctx, idx: u64, dev: u32, caller: Arc<Link>) -> Call<'a> {
         let start = Instant::now();
-        let behaviour = if ctx.mode == Mode::Hold {
-            Behaviour::Answer
-        } else {
-            Behaviour::pick(idx ^ u64::from(ctx.run), ctx.busy_ratio, ctx.decline_ratio)
+        let behaviour = match (ctx.mode, ctx.answer_from_push) {
+            (Mode::Hold, _) => Behaviour::Answer,
+            (_, Some(AnswerFromPush::Busy)) => Behaviour::Busy,
+            (_, Some(AnswerFromPush::Decline)) => Behaviour::Decline,
+            (_, None) => {
+                Behaviour::pick(idx ^ u64::from(ctx.run), ctx.busy_ratio, ctx.decline_ratio)
+            }
         };
         let invite = sip::invite(caller.local(), ctx.run, idx, dev);
         let udp = ctx.transport == Transport::Udp;
@@ -238,6 +261,10 @@ impl<'a> Call<'a> {
             cancel_retx: None,
             cancel_answered: false,
             pushes: 0,
+            pushed_at: None,
+            answer: None,
+            app_answer: AppAnswer::NotSent,
+            app_sent: None,
             wake_at: None,
             register: None,
             register_retx: None,
@@ -269,7 +296,8 @@ impl<'a> Call<'a> {
                 biased;
                 event = events.next() => match event {
                     Event::Sip(incoming) => self.on_sip(*incoming),
-                    Event::Push(at) => self.on_push(at),
+                    Event::Push(pushed) => self.on_push(*pushed),
+                    Event::AppReplied(replied) => self.on_app_replied(*replied),
                 },
                 turn = released(&mut release), if !was_released => {
                     was_released = true;
@@ -280,7 +308,10 @@ impl<'a> Call<'a> {
             }
             if !self.done && self.wake_at.is_some_and(|at| at <= Instant::now()) {
                 self.wake_at = None;
-                Box::pin(self.wake()).await;
+                match self.ctx.answer_from_push {
+                    Some(answer) => self.answer_from_push(answer),
+                    None => Box::pin(self.wake()).await,
+                }
             }
         }
         self.outcome.final_code = self.final_code;
@@ -316,6 +347,28 @@ impl<'a> Call<'a> {
     /// The call ended as expected (unless a failure was noted on the way).
     fn succeed(&mut self) {
         self.done = true;
+    }
+
+    /// The caller has the final response the device's behaviour asked for: the call is
+    /// over, once the app API took the answer from the push when the device answers so.
+    fn expected_final(&mut self, code: u16) {
+        match (self.ctx.answer_from_push.is_some(), self.app_answer) {
+            (false, _) | (true, AppAnswer::Taken) => self.succeed(),
+            (true, AppAnswer::Pending) => {} // ends on the app API's reply
+            (true, AppAnswer::NotSent) => {
+                self.fail(format!("final {code} before the answer from the push"));
+            }
+        }
+    }
+
+    /// The caller got its (first) final response at `at`: how long after the push.
+    fn note_final(&mut self, code: u16, at: Instant) {
+        self.final_code = Some(code);
+        if self.ctx.mode == Mode::Park {
+            if let Some(pushed) = self.pushed_at {
+                self.outcome.push_to_final = Some(at.saturating_duration_since(pushed));
+            }
+        }
     }
 
     /// The call failed for `cause` (the first cause noted wins) and ends.
@@ -405,7 +458,7 @@ impl<'a> Call<'a> {
         if self.final_code.is_some() {
             return; // a retransmission, ACKed again
         }
-        self.final_code = Some(code);
+        self.note_final(code, incoming.at);
         if self.ctx.mode == Mode::Hold {
             if self.cancel.is_none() || code != 487 {
                 self.fail(format!("final {code} while held"));
@@ -413,7 +466,7 @@ impl<'a> Call<'a> {
                 self.succeed();
             }
         } else if code == self.behaviour.code() {
-            self.succeed();
+            self.expected_final(code);
         } else {
             self.fail(format!("final {code}"));
         }
@@ -428,7 +481,7 @@ impl<'a> Call<'a> {
             return;
         }
         let code = incoming.message.status().unwrap_or(200);
-        self.final_code = Some(code);
+        self.note_final(code, incoming.at);
         self.outcome.latency = Some(incoming.at.saturating_duration_since(self.start));
         if self.ctx.mode == Mode::Hold {
             self.note_failure(format!("final {code} while held"));
@@ -509,6 +562,11 @@ impl<'a> Call<'a> {
             incoming.link.send(&reply, incoming.from);
             return self.fail("INVITE for another device".to_owned());
         }
+        if self.ctx.answer_from_push.is_some() {
+            // It answers all the same (below), but the answer from the push was to spare
+            // it the INVITE: the server must not send one.
+            self.note_failure("INVITE at a device that answers from its push".to_owned());
+        }
         if self.uas.is_none() {
             if let Some(sent) = self.register_sent {
                 self.outcome.wake_overhead = Some(incoming.at.saturating_duration_since(sent));
@@ -538,17 +596,94 @@ impl<'a> Call<'a> {
         });
     }
 
-    fn on_push(&mut self, at: Instant) {
+    fn on_push(&mut self, pushed: Pushed) {
+        let at = pushed.at;
         self.pushes += 1;
         if self.pushes > 1 {
             return;
         }
+        self.pushed_at = Some(at);
+        self.answer = pushed.answer;
         self.outcome.push_overhead = Some(at.saturating_duration_since(self.start));
         self.ctx.stats.pushed.fetch_add(1, Ordering::Relaxed);
         self.check_parked();
         if self.ctx.mode == Mode::Park {
             // Woken by the loop in `play` when due (at once without a delay).
             self.wake_at = Some(at + self.ctx.wake_delay);
+        }
+    }
+
+    /// The app answers from its push: posts the push's answer token with `answer` to the
+    /// push's answer URL, from a task of its own (the call goes on meanwhile: the caller's
+    /// final response may come before the HTTP reply).
+    fn answer_from_push(&mut self, answer: AnswerFromPush) {
+        let Some((token, url)) = self.answer.take() else {
+            return self.fail(
+                "push without answer_token and answer_url (is the server's [app_api] on?)"
+                    .to_owned(),
+            );
+        };
+        let body = serde_json::json!({ "token": token, "answer": answer.as_str() }).to_string();
+        let request = self
+            .ctx
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .timeout(self.ctx.call_timeout);
+        let router = Arc::clone(&self.ctx.router);
+        let idx = self.idx;
+        self.app_answer = AppAnswer::Pending;
+        self.app_sent = Some(Instant::now());
+        self.outcome.answered_from_push = true;
+        tokio::spawn(async move {
+            let replied = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    // Read to the end, so the connection goes back to the pool.
+                    let body = response.text().await.unwrap_or_default();
+                    AppReplied {
+                        status: Ok(status),
+                        body,
+                        at: Instant::now(),
+                    }
+                }
+                Err(e) => AppReplied {
+                    status: Err(error_chain(&e)),
+                    body: String::new(),
+                    at: Instant::now(),
+                },
+            };
+            router.app_replied(idx, replied);
+        });
+    }
+
+    /// The app API replied to the answer from the push.
+    fn on_app_replied(&mut self, replied: AppReplied) {
+        if self.app_answer != AppAnswer::Pending {
+            return;
+        }
+        if let Some(sent) = self.app_sent {
+            self.outcome.app_round_trip = Some(replied.at.saturating_duration_since(sent));
+        }
+        let said = |key: &str| {
+            serde_json::from_str::<serde_json::Value>(&replied.body)
+                .ok()
+                .and_then(|v| v.get(key)?.as_str().map(str::to_owned))
+        };
+        match replied.status {
+            Ok(200) if said("result").as_deref() == Some("taken") => {
+                self.app_answer = AppAnswer::Taken;
+                if self.final_code == Some(self.behaviour.code()) {
+                    self.succeed();
+                }
+            }
+            Ok(status) => {
+                let error = said("error").or_else(|| said("result"));
+                let error = error.map_or_else(String::new, |e| format!(" {e}"));
+                self.fail(format!("app API answered {status}{error}"));
+            }
+            Err(e) => self.fail(format!("app API request failed: {e}")),
         }
     }
 
@@ -577,6 +712,7 @@ impl<'a> Call<'a> {
         );
         let now = Instant::now();
         self.register_sent = Some(now);
+        self.outcome.woke = true;
         if !link.send(&bytes, self.ctx.server) {
             self.note_failure("cannot send to the server".to_owned());
         }
@@ -649,10 +785,14 @@ impl<'a> Call<'a> {
             "timeout: BYE unanswered"
         } else if self.cancel.is_some() {
             "timeout: CANCEL or INVITE unanswered"
+        } else if self.app_answer == AppAnswer::Pending {
+            "timeout: the app API did not reply to the answer from the push"
         } else if self.final_code.is_some() {
             "timeout"
         } else if park && self.pushes == 0 {
             "timeout: never pushed"
+        } else if self.app_answer == AppAnswer::Taken {
+            "timeout: no final response after the answer from the push"
         } else if park && self.uas.is_none() {
             "timeout: no INVITE after the wake-up"
         } else if !self.provisional {
@@ -662,4 +802,16 @@ impl<'a> Call<'a> {
         };
         cause.to_owned()
     }
+}
+
+/// An error and its causes, `: `-separated (reqwest's own message names only the URL).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

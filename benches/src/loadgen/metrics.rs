@@ -24,6 +24,8 @@ pub const CORE_CALLS: &str = "pushpark_core_calls";
 pub const TRANSACTIONS: &str = "pushpark_transactions";
 /// From a push to the woken device's REGISTER, as the server saw it (histogram).
 pub const WAKEUP_DELAY: &str = "pushpark_wakeup_delay_seconds";
+/// Answers from the push the app API got, by `answer` and `result`.
+pub const APP_ANSWERS_TOTAL: &str = "pushpark_app_answers_total";
 
 /// One sample: a metric name, its label set as written (without braces), its value.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,6 +7,10 @@
 //! busy, or declines, at set ratios); ACK and BYE end each call. Three modes:
 //!
 //! * [`Mode::Park`]: every call is parked, pushed, woken and delivered (the push path).
+//!   With [`Options::answer_from_push`] the devices never wake their SIP stack: each app
+//!   answers `busy` or `decline` from its push over the server's app API (specs/parking.md
+//!   §9), posting the push's `answer_token` to its `answer_url`, and the caller gets the
+//!   server's 486 or 603.
 //! * [`Mode::Hold`]: N calls are kept parked at once (devices never wake) to measure the
 //!   server's memory per parked call, then released by CANCEL.
 //! * [`Mode::Relay`]: devices register without push parameters and stay reachable, so
@@ -14,14 +18,18 @@
 //!
 //! It stays cheap: a few sockets shared by all devices and callers (`link.rs`), one task per
 //! call in flight playing both of its ends (`call.rs`), and messages routed to calls by
-//! identifiers written into their Call-IDs and branches (`router.rs`). It reports completed
-//! calls per second, outcomes, failures by cause, the INVITE → 200 latency at the caller and
-//! the server's parking overhead (INVITE → push, wake-up REGISTER → INVITE), see
-//! [`Report`].
+//! identifiers written into their Call-IDs and branches (`router.rs`). Answers from the
+//! push go over one HTTP client with keep-alive (a pool of connections reused call after
+//! call). It reports completed calls per second, outcomes, failures by cause, the INVITE →
+//! 200 latency at the caller, the server's parking overhead (INVITE → push, wake-up
+//! REGISTER → INVITE), and, park mode, the time from the push at the webhook to the caller's
+//! final response, which compares a busy answered from the push with a busy answered over
+//! SIP (`--answer-from-push busy` against `--busy-ratio 1`), see [`Report`].
 //!
 //! Library use (what the tests do with an in-process server): bind a [`Webhook`] first, give
 //! its address to [`server::config_text`], start the server on that configuration, then
-//! [`run`] against a [`Target`].
+//! [`run`] against a [`Target`]. With [`Options::answer_from_push`], give the configuration
+//! a free port for the app API too (not port 0: the pushes carry the URL as configured).
 
 pub mod metrics;
 pub mod server;
@@ -60,6 +68,43 @@ const HOLD_SETTLE: Duration = Duration::from_secs(30);
 const DRAIN_WAIT: Duration = Duration::from_secs(15);
 /// How much longer than the park timeout a call may take before it is a time-out.
 const CALL_GRACE: Duration = Duration::from_secs(5);
+
+/// How every app answers from its push, instead of waking its SIP stack (park mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AnswerFromPush {
+    /// `busy`: the caller gets the server's 486.
+    Busy,
+    /// `decline`: the caller gets the server's 603.
+    Decline,
+}
+
+impl AnswerFromPush {
+    /// The answer as the app API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerFromPush::Busy => "busy",
+            AnswerFromPush::Decline => "decline",
+        }
+    }
+}
+
+impl fmt::Display for AnswerFromPush {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AnswerFromPush {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<AnswerFromPush, String> {
+        match s {
+            "busy" => Ok(AnswerFromPush::Busy),
+            "decline" => Ok(AnswerFromPush::Decline),
+            other => Err(format!("unknown answer {other:?} (busy or decline)")),
+        }
+    }
+}
 
 /// What the load generator does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -111,12 +156,16 @@ pub struct Options {
     /// Devices registered; `None` picks a number from the others (see
     /// [`Options::device_count`]).
     pub devices: Option<usize>,
-    /// Park: from a device's push to its wake-up REGISTER.
+    /// Park: from a device's push to its wake-up REGISTER (or its answer from the push).
     pub wake_delay: Duration,
     /// Share of calls the device answers 486 Busy Here.
     pub busy_ratio: f64,
     /// Share of calls the device answers 603 Decline.
     pub decline_ratio: f64,
+    /// Park: every app answers this from its push over the server's app API (which the
+    /// generated configuration then turns on) instead of waking and registering; the caller
+    /// expects the server's 486 or 603. After [`Options::wake_delay`], as a wake-up would.
+    pub answer_from_push: Option<AnswerFromPush>,
     /// Sockets (UDP) or connections (TCP) the callers, and the devices, each spread over.
     pub sockets: usize,
     /// The server's park timeout (also in the generated configuration); a call that has
@@ -140,6 +189,7 @@ impl Options {
             wake_delay: Duration::ZERO,
             busy_ratio: 0.0,
             decline_ratio: 0.0,
+            answer_from_push: None,
             sockets: 4,
             park_timeout: match mode {
                 Mode::Hold => Duration::from_secs(600),
@@ -190,6 +240,16 @@ impl Options {
             return usage(
                 "--busy-ratio and --decline-ratio must be in 0..1 and add up to 1 at most",
             );
+        }
+        if self.answer_from_push.is_some() {
+            if self.mode != Mode::Park {
+                return usage("--answer-from-push is for park mode");
+            }
+            if self.busy_ratio > 0.0 || self.decline_ratio > 0.0 {
+                return usage(
+                    "--answer-from-push answers every call: no --busy-ratio or --decline-ratio",
+                );
+            }
         }
         if self.park_timeout.is_zero() {
             return usage("--park-timeout must not be zero");
@@ -266,6 +326,10 @@ pub(crate) struct Ctx {
     pub call_timeout: Duration,
     pub busy_ratio: f64,
     pub decline_ratio: f64,
+    pub answer_from_push: Option<AnswerFromPush>,
+    /// The HTTP client of the metrics scrapes and of every answer from the push: one pool
+    /// of kept-alive connections, reused call after call.
+    pub http: reqwest::Client,
 }
 
 /// An identifier for this run, so messages of an earlier run are told apart.
@@ -279,6 +343,11 @@ fn run_id() -> u32 {
 /// Runs the load described by `options` against `target` and reports what happened.
 pub async fn run(options: &Options, target: &Target) -> Result<Report, LoadgenError> {
     options.validate()?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| LoadgenError::Server(format!("HTTP client: {e}")))?;
     let router = Arc::clone(target.webhook.router());
     let run = run_id();
     router.start_run(run);
@@ -316,6 +385,8 @@ pub async fn run(options: &Options, target: &Target) -> Result<Report, LoadgenEr
         call_timeout: options.call_timeout(),
         busy_ratio: options.busy_ratio,
         decline_ratio: options.decline_ratio,
+        answer_from_push: options.answer_from_push,
+        http,
     });
     let result = drive(&ctx, options, target, &mut pool).await;
     ctx.devices.shutdown();
@@ -331,10 +402,7 @@ async fn drive(
     target: &Target,
     pool: &mut mpsc::UnboundedReceiver<u32>,
 ) -> Result<Report, LoadgenError> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .map_err(|e| LoadgenError::Server(format!("HTTP client: {e}")))?;
+    let client = &ctx.http;
     let devices = ctx.devices.count();
     if options.progress {
         eprintln!(
@@ -365,7 +433,7 @@ async fn drive(
         );
     }
     let counters = ctx.router.counters();
-    let before = scrape(&client, target.admin).await;
+    let before = scrape(client, target.admin).await;
     let rss_before = server_rss(before.as_ref(), target.server_pid);
     let cpu_before = (
         cpu_time("self"),
@@ -380,7 +448,7 @@ async fn drive(
     });
     let (duration, hold) = match options.mode {
         Mode::Hold => {
-            let (duration, hold) = hold(ctx, options, target, &client, rss_before).await;
+            let (duration, hold) = hold(ctx, options, target, client, rss_before).await;
             (duration, Some(hold))
         }
         Mode::Park | Mode::Relay => (load(ctx, options, pool).await, None),
@@ -397,7 +465,7 @@ async fn drive(
     let dropped = |before: Option<u64>, now: Option<u64>| Some(now?.saturating_sub(before?));
     let server_drops = dropped(drops_before.0, udp_drops(&server_ports));
     let loadgen_udp_drops = dropped(drops_before.1, udp_drops(&own_ports));
-    let after = scrape(&client, target.admin).await;
+    let after = scrape(client, target.admin).await;
     let counters = ctx.router.counters().since(&counters);
     for (cause, n) in [
         ("unparsable message from the server", counters.unparsable),
@@ -432,6 +500,11 @@ async fn drive(
         latency: tallied.latency,
         push_overhead: tallied.push_overhead,
         wake_overhead: tallied.wake_overhead,
+        push_to_final: tallied.push_to_final,
+        app_round_trip: tallied.app_round_trip,
+        wake_ups: tallied.wake_ups,
+        answers_from_push: tallied.answers_from_push,
+        answer_from_push: options.answer_from_push,
         pushes: tallied.pushes + counters.unknown_pushes,
         pushed_twice: tallied.pushed_twice,
         not_pushed: tallied.not_pushed,
@@ -700,16 +773,20 @@ fn server_figures(
         let now = after.sum(name)?;
         Some(now - before.and_then(|b| b.sum(name)).unwrap_or(0.0))
     };
-    let mut outcomes = std::collections::BTreeMap::new();
-    for (code, n) in after.by_label(metrics::OUTCOMES_TOTAL, "code") {
-        let earlier = before
-            .map(|b| b.by_label(metrics::OUTCOMES_TOTAL, "code"))
-            .and_then(|v| v.into_iter().find(|(c, _)| *c == code))
-            .map_or(0.0, |(_, n)| n);
-        if n - earlier > 0.0 {
-            outcomes.insert(code, n - earlier);
+    // Over the run, by the value of one label (summed over the others).
+    let by_label = |name: &str, label: &str| {
+        let mut counts = std::collections::BTreeMap::new();
+        for (value, n) in after.by_label(name, label) {
+            *counts.entry(value).or_insert(0.0) += n;
         }
-    }
+        for (value, n) in before.map(|b| b.by_label(name, label)).unwrap_or_default() {
+            *counts.entry(value).or_insert(0.0) -= n;
+        }
+        counts.retain(|_, n| *n > 0.0);
+        counts
+    };
+    let outcomes = by_label(metrics::OUTCOMES_TOTAL, "code");
+    let app_answers = by_label(metrics::APP_ANSWERS_TOTAL, "result");
     let sum = delta(&format!("{}_sum", metrics::WAKEUP_DELAY));
     let count = delta(&format!("{}_count", metrics::WAKEUP_DELAY));
     let wakeup_delay_mean = match (sum, count) {
@@ -725,6 +802,7 @@ fn server_figures(
         calls_parked: delta(metrics::CALLS_PARKED_TOTAL),
         pushes: delta(metrics::PUSHES_TOTAL),
         outcomes,
+        app_answers,
         wakeup_delay_mean,
         core_calls_after: after.get(metrics::CORE_CALLS),
         transactions_after: after.get(metrics::TRANSACTIONS),

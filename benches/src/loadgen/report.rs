@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use pushpark::config::Transport;
 use serde_json::{json, Value};
 
-use super::Mode;
+use super::{AnswerFromPush, Mode};
 
 /// How one call ended, as its task saw it.
 #[derive(Debug, Default)]
@@ -26,6 +26,14 @@ pub(crate) struct Outcome {
     pub push_overhead: Option<Duration>,
     /// Wake-up REGISTER sent → the parked INVITE at the device.
     pub wake_overhead: Option<Duration>,
+    /// Park: the (first) push at the webhook → the caller's final response, whatever it is.
+    pub push_to_final: Option<Duration>,
+    /// The answer from the push posted → the app API's reply.
+    pub app_round_trip: Option<Duration>,
+    /// The device sent a wake-up REGISTER.
+    pub woke: bool,
+    /// The device answered from its push over the app API.
+    pub answered_from_push: bool,
     /// Pushes the call got.
     pub pushes: u32,
     /// The device was told to answer with this code instead of 200 (486, 603).
@@ -51,6 +59,10 @@ struct Tallies {
     latency: Histogram<u64>,
     push: Histogram<u64>,
     wake: Histogram<u64>,
+    push_final: Histogram<u64>,
+    app: Histogram<u64>,
+    wake_ups: u64,
+    answers_from_push: u64,
     outcomes: BTreeMap<u16, u64>,
     failures: BTreeMap<String, u64>,
     pushes: u64,
@@ -80,6 +92,10 @@ impl Stats {
                 latency: histogram(),
                 push: histogram(),
                 wake: histogram(),
+                push_final: histogram(),
+                app: histogram(),
+                wake_ups: 0,
+                answers_from_push: 0,
                 outcomes: BTreeMap::new(),
                 failures: BTreeMap::new(),
                 pushes: 0,
@@ -111,6 +127,14 @@ impl Stats {
         if let Some(d) = outcome.wake_overhead {
             t.wake.saturating_record(micros(d));
         }
+        if let Some(d) = outcome.push_to_final {
+            t.push_final.saturating_record(micros(d));
+        }
+        if let Some(d) = outcome.app_round_trip {
+            t.app.saturating_record(micros(d));
+        }
+        t.wake_ups += u64::from(outcome.woke);
+        t.answers_from_push += u64::from(outcome.answered_from_push);
         if let Some(code) = outcome.final_code {
             *t.outcomes.entry(code).or_default() += 1;
         }
@@ -292,6 +316,8 @@ pub struct ServerFigures {
     pub pushes: Option<f64>,
     /// `pushpark_call_outcomes_total` by code over the run.
     pub outcomes: BTreeMap<String, f64>,
+    /// `pushpark_app_answers_total` by result (`taken`, `conflict`, …) over the run.
+    pub app_answers: BTreeMap<String, f64>,
     /// Mean of `pushpark_wakeup_delay_seconds` over the run.
     pub wakeup_delay_mean: Option<Duration>,
     /// `pushpark_core_calls` at the end.
@@ -336,6 +362,19 @@ pub struct Report {
     pub push_overhead: Option<Percentiles>,
     /// Wake-up REGISTER sent → parked INVITE at the device (loopback round trips included).
     pub wake_overhead: Option<Percentiles>,
+    /// Park: push at the webhook → the caller's final response (whatever it is: 200, or
+    /// the 486 / 603 of a device, or of the server for an answer from the push). With
+    /// `--busy-ratio 1` it is the busy of the SIP path (wake-up REGISTER, INVITE, the
+    /// device's 486, relayed); with `--answer-from-push busy` the busy of the app API.
+    pub push_to_final: Option<Percentiles>,
+    /// The answer from the push posted → the app API's reply (HTTP over loopback).
+    pub app_round_trip: Option<Percentiles>,
+    /// Calls whose device sent a wake-up REGISTER.
+    pub wake_ups: u64,
+    /// Calls whose device answered from its push over the app API.
+    pub answers_from_push: u64,
+    /// What every device answered from its push, if it did.
+    pub answer_from_push: Option<AnswerFromPush>,
     /// Pushes for calls that reached the webhook.
     pub pushes: u64,
     /// Calls pushed more than once.
@@ -366,6 +405,10 @@ pub(crate) struct Tallied {
     pub latency: Option<Percentiles>,
     pub push_overhead: Option<Percentiles>,
     pub wake_overhead: Option<Percentiles>,
+    pub push_to_final: Option<Percentiles>,
+    pub app_round_trip: Option<Percentiles>,
+    pub wake_ups: u64,
+    pub answers_from_push: u64,
     pub pushes: u64,
     pub pushed_twice: u64,
     pub not_pushed: u64,
@@ -382,6 +425,10 @@ impl Stats {
             latency: Percentiles::of(&t.latency),
             push_overhead: Percentiles::of(&t.push),
             wake_overhead: Percentiles::of(&t.wake),
+            push_to_final: Percentiles::of(&t.push_final),
+            app_round_trip: Percentiles::of(&t.app),
+            wake_ups: t.wake_ups,
+            answers_from_push: t.answers_from_push,
             pushes: t.pushes,
             pushed_twice: t.pushed_twice,
             not_pushed: t.not_pushed,
@@ -439,6 +486,11 @@ impl Report {
             "latency_invite_to_200": percentiles(self.latency),
             "overhead_invite_to_push": percentiles(self.push_overhead),
             "overhead_register_to_invite": percentiles(self.wake_overhead),
+            "latency_push_to_final_response": percentiles(self.push_to_final),
+            "app_api_round_trip": percentiles(self.app_round_trip),
+            "answer_from_push": self.answer_from_push.map(|a| a.as_str()),
+            "wake_up_registers": self.wake_ups,
+            "answers_from_push": self.answers_from_push,
             "pushes": self.pushes,
             "calls_pushed_twice": self.pushed_twice,
             "calls_not_pushed": self.not_pushed,
@@ -454,6 +506,7 @@ impl Report {
                 "calls_parked": s.calls_parked,
                 "pushes": s.pushes,
                 "outcomes": s.outcomes,
+                "app_answers": s.app_answers,
                 "wakeup_delay_mean_s": s.wakeup_delay_mean.map(|d| d.as_secs_f64()),
                 "core_calls_after": s.core_calls_after,
                 "transactions_after": s.transactions_after,
@@ -477,7 +530,7 @@ fn counts<K: fmt::Display, V: fmt::Display>(map: &BTreeMap<K, V>) -> String {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let line = |f: &mut fmt::Formatter<'_>, what: &str, value: String| {
-            writeln!(f, "  {what:<36} {value}")
+            writeln!(f, "  {what:<40} {value}")
         };
         writeln!(
             f,
@@ -521,6 +574,20 @@ impl fmt::Display for Report {
                 self.latency.map_or_else(none, |p| p.to_string()),
             )?;
         }
+        if self.mode == Mode::Park {
+            line(
+                f,
+                "latency push → caller's final response",
+                self.push_to_final.map_or_else(none, |p| p.to_string()),
+            )?;
+            if self.answer_from_push.is_some() || self.answers_from_push > 0 {
+                line(
+                    f,
+                    "app API answer → reply (app)",
+                    self.app_round_trip.map_or_else(none, |p| p.to_string()),
+                )?;
+            }
+        }
         if self.mode != Mode::Relay {
             line(
                 f,
@@ -536,7 +603,7 @@ impl fmt::Display for Report {
             )?;
             writeln!(
                 f,
-                "  {:<36} (parking overheads include the loopback round trips and the load \
+                "  {:<40} (parking overheads include the loopback round trips and the load \
                  generator's own scheduling)",
                 ""
             )?;
@@ -550,6 +617,16 @@ impl fmt::Display for Report {
             )
         };
         line(f, "pushes", pushes)?;
+        if self.mode == Mode::Park {
+            let answered = match self.answer_from_push {
+                Some(answer) => format!(
+                    "{} wake-up REGISTERs, {} answers from the push ({answer})",
+                    self.wake_ups, self.answers_from_push
+                ),
+                None => format!("{} wake-up REGISTERs", self.wake_ups),
+            };
+            line(f, "devices", answered)?;
+        }
         if self.stray > 0 {
             line(f, "stray messages", self.stray.to_string())?;
         }
@@ -649,6 +726,9 @@ impl fmt::Display for Report {
         }
         if !s.outcomes.is_empty() {
             figures.push(format!("outcomes {}", counts(&s.outcomes)));
+        }
+        if !s.app_answers.is_empty() {
+            figures.push(format!("app answers {}", counts(&s.app_answers)));
         }
         if !figures.is_empty() {
             line(f, "server metrics", figures.join(", "))?;

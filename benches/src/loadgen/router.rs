@@ -62,12 +62,32 @@ pub(crate) struct Incoming {
     pub from: SocketAddr,
 }
 
+/// A push for a call, as the webhook got it.
+pub(crate) struct Pushed {
+    /// When it reached the webhook.
+    pub at: Instant,
+    /// The app API's answer token and URL it carried (with an app API).
+    pub answer: Option<(String, String)>,
+}
+
+/// What the app API replied to a device's answer from the push.
+pub(crate) struct AppReplied {
+    /// The HTTP status, or why there was none.
+    pub status: Result<u16, String>,
+    /// The reply's body (what it says, for a failure's cause).
+    pub body: String,
+    /// When the reply was in.
+    pub at: Instant,
+}
+
 /// What a call's task is told.
 pub(crate) enum Event {
     /// A SIP message for the call.
     Sip(Box<Incoming>),
-    /// A push for the call reached the webhook at this instant.
-    Push(Instant),
+    /// A push for the call reached the webhook.
+    Push(Box<Pushed>),
+    /// The app API replied to the device's answer from the push.
+    AppReplied(Box<AppReplied>),
 }
 
 /// What the router counted beside the calls' own messages.
@@ -167,7 +187,7 @@ impl Router {
             Some(Key::Call(idx)) => match self.deliver(idx, Event::Sip(Box::new(incoming))) {
                 Ok(()) => return,
                 Err(Event::Sip(incoming)) => *incoming,
-                Err(Event::Push(_)) => return,
+                Err(_) => return,
             },
             Some(Key::Registration(dev)) => {
                 if let Some(code) = incoming.message.status().filter(|&c| c >= 200) {
@@ -191,7 +211,7 @@ impl Router {
     }
 
     /// A push reached the webhook at `at`.
-    pub fn push(&self, push: &PushRequest, at: Instant) {
+    pub fn push(&self, push: PushRequest, at: Instant) {
         self.counters.pushes.fetch_add(1, Ordering::Relaxed);
         if push.kind != PushKind::IncomingCall {
             self.counters.refresh_pushes.fetch_add(1, Ordering::Relaxed);
@@ -199,12 +219,21 @@ impl Router {
         }
         let run = self.run.load(Ordering::Relaxed);
         let delivered = match sip::key_of_call_id(&push.call_id, run) {
-            Some(Key::Call(idx)) => self.deliver(idx, Event::Push(at)).is_ok(),
+            Some(Key::Call(idx)) => {
+                let answer = push.answer_token.zip(push.answer_url);
+                let pushed = Pushed { at, answer };
+                self.deliver(idx, Event::Push(Box::new(pushed))).is_ok()
+            }
             _ => false,
         };
         if !delivered {
             self.counters.unknown_pushes.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The app API replied to call `idx`'s answer from the push (dropped if the call is over).
+    pub fn app_replied(&self, idx: u64, replied: AppReplied) {
+        let _ = self.deliver(idx, Event::AppReplied(Box::new(replied)));
     }
 
     /// The webhook got a request that is not a push.

@@ -28,6 +28,10 @@ pub struct ServerAddrs {
     pub admin: SocketAddr,
     /// The load generator's webhook.
     pub webhook: SocketAddr,
+    /// The app API's listener (plain HTTP on loopback), on with
+    /// [`Options::answer_from_push`] only. Its port must be a real one, not 0: call pushes
+    /// carry the answer URL built from it.
+    pub app_api: SocketAddr,
 }
 
 /// TOML has one string escape we may meet in a path: backslash, and quotes.
@@ -55,7 +59,8 @@ fn duration(d: Duration) -> String {
 /// mode a call's record lingers only 2 s after its CANCEL, so the server drains quickly.
 /// The simulated phones keep their sockets open while they "sleep", which no real sleeping
 /// app does, and are called seconds after registering: `awake_window = "0s"` keeps the server
-/// from taking them to be awake, so park and hold runs measure the park path.
+/// from taking them to be awake, so park and hold runs measure the park path. With
+/// `--answer-from-push` the app API listens on `addrs.app_api` over plain HTTP (loopback).
 pub fn config_text(options: &Options, addrs: &ServerAddrs, store: &Path) -> String {
     let devices = options.device_count().max(1) as u64;
     let per_callee = match options.mode {
@@ -97,6 +102,15 @@ pub fn config_text(options: &Options, addrs: &ServerAddrs, store: &Path) -> Stri
         super::sip::PN_PROVIDER,
         addrs.admin,
     );
+    // The app API only when the devices answer from the push. Always on, it would change
+    // what every other run measures: each call push would carry an answer token (an
+    // HMAC-SHA256 the server computes per push) and its URL (some 200 bytes more of JSON
+    // to send and parse), so park figures would no longer compare with those of earlier
+    // builds or of a server deployed without the API. A `--busy-ratio 1` run, the SIP
+    // path it is compared with, pays neither, as a server without the app API would.
+    if options.answer_from_push.is_some() {
+        let _ = writeln!(text, "\n[app_api]\nlisten = \"{}\"", addrs.app_api);
+    }
     text
 }
 
@@ -152,15 +166,18 @@ impl SpawnedServer {
             .prefix("pushpark-loadgen-")
             .tempdir()
             .map_err(io("creating a temporary directory"))?;
-        let port = free_port().map_err(io("finding a free port"))?;
-        let admin_port = free_port().map_err(io("finding a free port"))?;
-        let sip = SocketAddr::from(([127, 0, 0, 1], port));
-        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let free = || {
+            free_port()
+                .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+                .map_err(io("finding a free port"))
+        };
+        let (sip, admin, app_api) = (free()?, free()?, free()?);
         let addrs = ServerAddrs {
             udp: sip,
             tcp: sip,
             admin,
             webhook,
+            app_api,
         };
         let config = dir.path().join("pushpark.toml");
         let text = config_text(options, &addrs, &dir.path().join("bindings.db"));

@@ -1,8 +1,10 @@
 //! The push receiver: the HTTP endpoint the server's `webhook` push provider POSTs to.
 //!
 //! Each POST to `/push` carries one [`PushRequest`] as JSON (format `pushpark`). The
-//! receiver notes when it arrived, hands it to the call it names (by Call-ID) and answers
-//! 200 at once, so the push counts as accepted; the device wakes later, on its own time.
+//! receiver notes when it arrived, hands it to the call it names (by Call-ID), with the
+//! answer token and URL of the server's app API when it carries them, and answers 200 at
+//! once, so the push counts as accepted; the device wakes (or answers from the push) later,
+//! on its own time.
 
 use std::convert::Infallible;
 use std::io;
@@ -83,7 +85,7 @@ async fn handle(
         match request.into_body().collect().await {
             Ok(body) => match serde_json::from_slice::<PushRequest>(&body.to_bytes()) {
                 Ok(push) => {
-                    router.push(&push, at);
+                    router.push(push, at);
                     StatusCode::OK
                 }
                 Err(_) => {
