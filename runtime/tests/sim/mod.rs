@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `net.rs` | the clock, the queue of happenings, UDP and TCP with their faults |
 //! | `phone.rs` | an RFC 8599 app that sleeps: single-line or call waiting, UDP or TCP |
+//! | | asleep, it may answer a call's push over the app API instead of waking |
 //! | `caller.rs` | a UA that calls, may cancel, ACKs, talks and hangs up |
 //! | `push.rs` | the push service: accepts, refuses, loses, delays |
 //! | `check.rs` | the properties every run must keep, on what callers and phones saw |
@@ -27,16 +28,16 @@ use bytes::Bytes;
 use pushpark::auth::Secret;
 use pushpark::config::{Config, Transport};
 use pushpark::metrics::{Gauges, Metrics};
-use pushpark::node::{Destination, Node, NodeOptions, StoreJob};
+use pushpark::node::{AppAnswer, Destination, Node, NodeOptions, StoreJob};
 use pushpark::store::{Store, StoreOptions};
 use pushpark::transport::Inbound;
-use pushpark_model::Fault;
+use pushpark_model::{Fault, PushAnswer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use self::caller::{CallSpec, Caller};
 use self::net::{server, Actor, Happening, Ms, Net, NetFaults, Tick};
-use self::phone::{Answer, Phone, PhoneSpec};
+use self::phone::{Answer, AppPost, FromPush, OnPush, Phone, PhoneSpec};
 use self::push::{PushFaults, PushService};
 
 /// Everything a run is made of.
@@ -77,7 +78,37 @@ impl Scenario {
                     wake_after: (200, rng.random_range(300..4_000)),
                     dies: if rng.random_bool(0.3) { 0.5 } else { 0.0 },
                     talk: (1_000, rng.random_range(1_000..20_000)),
+                    from_push: FromPush::NEVER,
                 });
+            }
+        }
+        // What the apps do with their pushes, drawn apart so that the rest of a seed's
+        // scenario stays what it was before the app API.
+        let apps = &mut StdRng::seed_from_u64(seed ^ 0x0a99_a915_0a99_a915);
+        for phone in &mut phones {
+            let never = apps.random_bool(0.3);
+            let from_push = FromPush {
+                choices: [
+                    (OnPush::Wake, apps.random_range(0..4)),
+                    (OnPush::Busy, apps.random_range(0..4)),
+                    (OnPush::Decline, apps.random_range(0..3)),
+                    (OnPush::Ringing, apps.random_range(0..3)),
+                ],
+                registers_anyway: if apps.random_bool(0.5) {
+                    apps.random_range(0.0..1.0)
+                } else {
+                    0.0
+                },
+                think: (50, apps.random_range(100..6_000)),
+                latency: (20, apps.random_range(30..2_000)),
+                loss: if apps.random_bool(0.3) {
+                    apps.random_range(0.0..0.3)
+                } else {
+                    0.0
+                },
+            };
+            if !never {
+                phone.from_push = from_push;
             }
         }
         let calls = (0..rng.random_range(1..=4))
@@ -120,9 +151,46 @@ impl Scenario {
             net,
             push,
             store_latency: (1, rng.random_range(2..50)),
-            config: Config::default(),
+            config: with_app_api(),
         }
     }
+}
+
+/// The node's configuration with the app API on: call pushes carry answer tokens. The node
+/// binds nothing (the simulation calls `handle_app_answer` itself) and reads neither file.
+pub fn with_app_api() -> Config {
+    let mut config = Config::default();
+    let listen = "192.0.2.1:5443".parse().expect("an address");
+    config.app_api.listen = Some(toml::Spanned::new(0..0, listen));
+    config.app_api.certificate = Some("/sim/app-api.pem".into());
+    config.app_api.private_key = Some("/sim/app-api.key".into());
+    config
+}
+
+/// An answer from the push as the node's app API took it.
+#[derive(Clone, Debug)]
+pub struct AppAnswered {
+    pub phone: usize,
+    pub call_id: String,
+    pub answer: PushAnswer,
+    pub reply: AppAnswer,
+    pub at: Ms,
+    /// The app's attempt: 0, or 1 for its retry after no reply.
+    pub attempt: u32,
+    /// How many INVITEs the node had sent to phones before (`World::invites_to_phones`).
+    pub invites_before: usize,
+    /// How many pushes the node had sent before (`PushService::sent`).
+    pub pushes_before: usize,
+    /// How many final responses the node had sent callers before (`World::finals_sent`).
+    pub finals_before: usize,
+    /// How many 180s the node had sent callers before (`World::rings_sent`).
+    pub rings_before: usize,
+    /// How many phones' 180s the node had received before (`World::rings_heard`).
+    pub heard_before: usize,
+    /// The 180s of the node's own it sent its caller on this answer.
+    pub ringbacks: usize,
+    /// The messages and pushes the node sent on this answer (nothing else was waiting).
+    pub sent: usize,
 }
 
 /// One run: the node and its world.
@@ -150,6 +218,18 @@ pub struct World {
     pub invites_arrived: Vec<(String, Ms)>,
     /// When the node first sent each phone the INVITE of each call: phone, Call-ID, when.
     pub invites_sent: Vec<(usize, String, Ms)>,
+    /// Every INVITE the node sent a phone, retransmissions and reroutes too: phone,
+    /// Call-ID, when.
+    pub invites_to_phones: Vec<(usize, String, Ms)>,
+    /// The apps' answers from their pushes, as the node took them, in order.
+    pub app_answers: Vec<AppAnswered>,
+    /// Each 180 the node sent a caller: Call-ID, when, whether it is the node's own (no
+    /// Contact: a ringback for an app that answered ringing from its push) or a phone's.
+    pub rings_sent: Vec<(String, Ms, bool)>,
+    /// Each 180 the node received from a phone: phone, Call-ID, when.
+    pub rings_heard: Vec<(usize, String, Ms)>,
+    /// How many messages the node has sent.
+    transmits: usize,
 }
 
 impl World {
@@ -178,7 +258,7 @@ impl World {
             .phones
             .iter()
             .enumerate()
-            .map(|(i, spec)| Phone::new(i, spec.clone()))
+            .map(|(i, spec)| Phone::new(i, spec.clone(), seed))
             .collect();
         let callers: Vec<Caller> = scenario
             .calls
@@ -206,6 +286,11 @@ impl World {
             cancels_arrived: Vec::new(),
             invites_arrived: Vec::new(),
             invites_sent: Vec::new(),
+            invites_to_phones: Vec::new(),
+            app_answers: Vec::new(),
+            rings_sent: Vec::new(),
+            rings_heard: Vec::new(),
+            transmits: 0,
             net,
         };
         for phone in &mut world.phones {
@@ -276,7 +361,13 @@ impl World {
             Happening::Tick(Tick::Caller(i, tick)) => {
                 self.callers[i].on_tick(&mut self.net, tick);
             }
-            Happening::PushArrives(i, call_id) => self.phones[i].on_push(&mut self.net, call_id),
+            Happening::PushArrives(i, call_id, token) => {
+                self.phones[i].on_push(&mut self.net, call_id, token);
+            }
+            Happening::AppPost(post) => self.app_post(post),
+            Happening::AppReply(i, call_id, reply) => {
+                self.phones[i].on_app_reply(&mut self.net, call_id, reply);
+            }
             Happening::PushReport(report) => self.node.handle_push_report(now, report),
             Happening::StoreRun => {
                 self.store_run = false;
@@ -292,12 +383,59 @@ impl World {
         }
     }
 
+    /// An app's answer from its push reaches the node's app API, from the phone's address:
+    /// the node's reply is recorded, what the answer made the node send goes out, and the
+    /// reply goes back to the app.
+    fn app_post(&mut self, post: AppPost) {
+        let now = self.instant(self.net.now);
+        let (invites_before, pushes_before) = (self.invites_to_phones.len(), self.push.sent.len());
+        let rings_before = self.rings_sent.len();
+        let heard_before = self.rings_heard.len();
+        let sent_before = self.transmits;
+        let finals_before = self.finals_sent.len();
+        let peer = self.phones[post.phone].addr().ip();
+        let reply = self
+            .node
+            .handle_app_answer(now, peer, &post.token, post.answer);
+        self.net.note(format!(
+            "node <- app of phone {}: {:?} for {} (attempt {}): {reply:?}",
+            post.phone, post.answer, post.call_id, post.attempt
+        ));
+        self.carry_out();
+        let ringbacks = self.rings_sent[rings_before..]
+            .iter()
+            .filter(|(_, _, own)| *own)
+            .count();
+        self.app_answers.push(AppAnswered {
+            phone: post.phone,
+            call_id: post.call_id.clone(),
+            answer: post.answer,
+            reply,
+            at: self.net.now,
+            attempt: post.attempt,
+            invites_before,
+            pushes_before,
+            finals_before,
+            rings_before,
+            heard_before,
+            ringbacks,
+            sent: self.transmits - sent_before + self.push.sent.len() - pushes_before,
+        });
+        if let Some(back) = post.back {
+            self.net
+                .after(back, Happening::AppReply(post.phone, post.call_id, reply));
+        }
+    }
+
     /// What the node received from whom: the properties need to know when the node last
     /// heard from each phone, and when each CANCEL reached it.
     fn observe_inbound(&mut self, from: &SocketAddr, msg: &sip::Msg) {
         let now = self.net.now;
         if let Some(phone) = self.phone_at(from) {
             self.heard[phone].push((now, *from));
+            if msg.status() == Some(180) && msg.cseq_method() == "INVITE" {
+                self.rings_heard.push((phone, msg.call_id(), now));
+            }
         }
         if msg.method() == Some("INVITE")
             && !self
@@ -326,6 +464,7 @@ impl World {
     /// service, store jobs to the store's thread.
     fn carry_out(&mut self) {
         while let Some(transmit) = self.node.poll_transmit() {
+            self.transmits += 1;
             self.observe_outbound(&transmit.destination, &transmit.bytes);
             match transmit.destination {
                 Destination::Flow(flow) if flow.transport.is_stream() => {
@@ -383,6 +522,8 @@ impl World {
             .note(format!("node -> {peer}: {what} {}", msg.call_id()));
         if let (Some(phone), Some("INVITE")) = (self.phone_at(&peer), msg.method()) {
             let call_id = msg.call_id();
+            self.invites_to_phones
+                .push((phone, call_id.clone(), self.net.now));
             if self.invite_sent(phone, &call_id).is_none() {
                 self.invites_sent.push((phone, call_id, self.net.now));
             }
@@ -390,6 +531,11 @@ impl World {
         let to_caller = self.callers.iter().any(|c| c.addr() == peer);
         if let (Some(code), true) = (msg.status(), to_caller) {
             let call_id = msg.call_id();
+            if code == 180 && msg.cseq_method() == "INVITE" {
+                // The node's own 180 has no Contact (§9); a phone's, relayed, has the phone's.
+                let own = msg.header("Contact").is_empty();
+                self.rings_sent.push((call_id.clone(), self.net.now, own));
+            }
             if code >= 200
                 && msg.cseq_method() == "INVITE"
                 && !self.finals_sent.iter().any(|(c, _, _)| *c == call_id)

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use pushpark::config::Transport;
-use pushpark::node::PushTag;
+use pushpark::node::{AppAnswer, PushTag};
 use pushpark::push::PushReport;
 use pushpark::transport::{Flow, FlowId};
 use rand::rngs::StdRng;
@@ -89,8 +89,13 @@ pub enum Happening {
     CutNow(FlowId),
     /// A timer of an actor's.
     Tick(Tick),
-    /// A push reaches a phone: the Call-ID it is about ("" for a refresh).
-    PushArrives(usize, String),
+    /// A push reaches a phone: the Call-ID it is about ("" for a refresh), and its answer
+    /// token (a call's push, with the app API on).
+    PushArrives(usize, String, Option<String>),
+    /// An app's answer from its push reaches the node's app API.
+    AppPost(super::phone::AppPost),
+    /// The app API's reply reaches the app of a phone: the Call-ID, the reply.
+    AppReply(usize, String, AppAnswer),
     /// The push service's answer reaches the node.
     PushReport(PushReport<PushTag>),
     /// The store's thread runs the jobs waiting.

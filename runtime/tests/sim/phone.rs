@@ -3,15 +3,20 @@
 //! rings or talks is answered 486), over UDP or TCP, asleep (no socket; over TCP its
 //! connection closes) or awake, woken by a push into a REGISTER over a new flow; awake, it
 //! ignores pushes (it is registered already). Every delivered INVITE is answered 100 at
-//! once; the user then answers, refuses or lets it ring.
+//! once; the user then answers, refuses or lets it ring. Asleep, an app may answer a call's
+//! push over the app API (specs/parking.md §9) instead of, or beside, waking.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use bytes::Bytes;
+use pushpark::node::AppAnswer;
 use pushpark::transport::FlowId;
+use pushpark_model::{AppReply, PushAnswer};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
-use super::net::{server, Actor, Link, Ms, Net, Tick as NetTick};
+use super::net::{server, Actor, Happening, Link, Ms, Net, Tick as NetTick};
 use super::sip::{self, Msg};
 
 /// What the phone's user does with a call that rings.
@@ -22,6 +27,91 @@ pub enum Answer {
     Decline,
     /// Lets it ring until the phone gives up (its ring time-out answers 480).
     Ignore,
+}
+
+/// What an app asleep does when a call's push reaches it (specs/parking.md §9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnPush {
+    /// Wakes its SIP stack and registers (as an app without the app API does).
+    Wake,
+    /// Posts busy (do-not-disturb, a call on another app) and stays asleep.
+    Busy,
+    /// Posts decline (its user declines on the lock screen) and stays asleep.
+    Decline,
+    /// Posts ringing (it shows the call) and wakes as usual to take it over SIP.
+    Ringing,
+}
+
+/// How an app answers from its pushes, for one run.
+#[derive(Clone, Debug)]
+pub struct FromPush {
+    /// What it does with a call's push while asleep, with weights (all 0: it wakes).
+    pub choices: [(OnPush, u32); 4],
+    /// After a busy or a decline, the chance that it registers all the same (its answer
+    /// and its REGISTER race).
+    pub registers_anyway: f64,
+    /// How long until a busy or a decline is posted: at once for do-not-disturb, a
+    /// user's swipe for a decline.
+    pub think: (Ms, Ms),
+    /// The HTTPS request's time each way, between these.
+    pub latency: (Ms, Ms),
+    /// The chance that the request, or its reply, is lost (a mobile network): the app
+    /// tries once more, then gives up.
+    pub loss: f64,
+}
+
+impl FromPush {
+    /// An app that only ever wakes.
+    pub const NEVER: FromPush = FromPush {
+        choices: [
+            (OnPush::Wake, 1),
+            (OnPush::Busy, 0),
+            (OnPush::Decline, 0),
+            (OnPush::Ringing, 0),
+        ],
+        registers_anyway: 0.0,
+        think: (0, 0),
+        latency: (50, 50),
+        loss: 0.0,
+    };
+
+    /// An app that always answers `answer` from the push after `think` ms, its request
+    /// taking `latency` ms each way, never lost.
+    pub fn always(answer: OnPush, think: Ms, latency: Ms) -> FromPush {
+        let mut choices = FromPush::NEVER.choices;
+        for (choice, weight) in &mut choices {
+            *weight = u32::from(*choice == answer);
+        }
+        FromPush {
+            choices,
+            registers_anyway: 0.0,
+            think: (think, think),
+            latency: (latency, latency),
+            loss: 0.0,
+        }
+    }
+}
+
+/// An answer from the push on its way to the node over HTTPS.
+#[derive(Clone, Debug)]
+pub struct AppPost {
+    pub phone: usize,
+    pub call_id: String,
+    /// The push's answer token.
+    pub token: String,
+    pub answer: PushAnswer,
+    /// The app's attempt (0, or 1 for its retry).
+    pub attempt: u32,
+    /// When the reply is back at the app after the node's answer; `None`: it is lost.
+    pub back: Option<Ms>,
+}
+
+/// The answer the app posted (or will post) for a call, and how it stands.
+struct Post {
+    token: String,
+    answer: PushAnswer,
+    attempt: u32,
+    replied: bool,
 }
 
 /// How a phone behaves, for one run.
@@ -47,6 +137,8 @@ pub struct PhoneSpec {
     pub dies: f64,
     /// How long its user talks before hanging up, between these.
     pub talk: (Ms, Ms),
+    /// What it does with a call's push that finds it asleep.
+    pub from_push: FromPush,
 }
 
 /// The phone's timers.
@@ -67,6 +159,10 @@ pub enum Tick {
     HangUp(String),
     /// The app is killed.
     Die,
+    /// Post the answer from the push for this call.
+    Post(String),
+    /// The post's attempt had no reply in time: retry once, then give up.
+    PostTimeout(String, u32),
 }
 
 /// Where an INVITE the phone received stands.
@@ -123,6 +219,12 @@ pub struct Seen {
     pub killed_with: Vec<(Ms, String)>,
     /// Calls it answered 200 that were never acknowledged.
     pub unacknowledged: Vec<String>,
+    /// Its app's answers from the push: when decided, Call-ID, answer.
+    pub answered_from_push: Vec<(Ms, String, PushAnswer)>,
+    /// Replies of the app API that reached the app: when, Call-ID, reply.
+    pub app_replies: Vec<(Ms, String, AppAnswer)>,
+    /// CANCELs received for an INVITE it held: when, Call-ID, Reason header.
+    pub cancelled: Vec<(Ms, String, String)>,
 }
 
 pub struct Phone {
@@ -145,10 +247,18 @@ pub struct Phone {
     died: bool,
     pub seen: Seen,
     next: u64,
+    /// The app's own randomness for its answers from the push, apart from the network's,
+    /// so that a run of an app that only wakes draws what it drew before the app API.
+    app_rng: StdRng,
+    /// Calls its app refused from the push, with the SIP code an INVITE of theirs gets.
+    refusing: HashMap<String, u16>,
+    /// Its answers from the push, by Call-ID.
+    posts: HashMap<String, Post>,
 }
 
 impl Phone {
-    pub fn new(index: usize, spec: PhoneSpec) -> Self {
+    pub fn new(index: usize, spec: PhoneSpec, seed: u64) -> Self {
+        let app_seed = seed ^ 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(index as u64 + 1);
         Phone {
             index,
             spec,
@@ -165,6 +275,9 @@ impl Phone {
             died: false,
             seen: Seen::default(),
             next: 0,
+            app_rng: StdRng::seed_from_u64(app_seed),
+            refusing: HashMap::new(),
+            posts: HashMap::new(),
         }
     }
 
@@ -276,23 +389,157 @@ impl Phone {
         }
     }
 
-    /// A push arrives for `call_id` ("" for a binding refresh).
-    pub fn on_push(&mut self, net: &mut Net, call_id: String) {
+    /// A push arrives for `call_id` ("" for a binding refresh), with its answer token when
+    /// the node has an app API.
+    pub fn on_push(&mut self, net: &mut Net, call_id: String, token: Option<String>) {
         net.note(format!(
             "push reaches phone {} ({}) for {call_id:?}",
             self.index,
             if self.awake { "awake" } else { "asleep" }
         ));
-        self.seen.pushes.push((net.now, call_id, !self.awake));
+        self.seen
+            .pushes
+            .push((net.now, call_id.clone(), !self.awake));
         if self.awake {
             // Registered already: an awake app has nothing to do for a push.
             return;
         }
+        let token = token.filter(|_| !call_id.is_empty());
+        let choice = if token.is_some() {
+            self.choose()
+        } else {
+            OnPush::Wake
+        };
+        let answer = match choice {
+            OnPush::Wake => return self.wake_up(net),
+            OnPush::Busy => PushAnswer::Busy,
+            OnPush::Decline => PushAnswer::Decline,
+            OnPush::Ringing => PushAnswer::Ringing,
+        };
+        net.note(format!(
+            "phone {}'s app answers {answer:?} from the push for {call_id}",
+            self.index
+        ));
+        self.seen
+            .answered_from_push
+            .push((net.now, call_id.clone(), answer));
+        let think = match answer.code() {
+            Some(code) => {
+                // An INVITE of the call that reaches it after all (its answer lost, or too
+                // late) is refused the same.
+                self.refusing.insert(call_id.clone(), code);
+                let (low, high) = self.spec.from_push.think;
+                self.app_rng.random_range(low..=high.max(low))
+            }
+            // Showing the call, it says so at once.
+            None => self.app_rng.random_range(0..=200),
+        };
+        self.posts.insert(
+            call_id.clone(),
+            Post {
+                token: token.unwrap_or_default(),
+                answer,
+                attempt: 0,
+                replied: false,
+            },
+        );
+        self.tick(net, think, Tick::Post(call_id));
+        let registers = answer == PushAnswer::Ringing || {
+            let p = self.spec.from_push.registers_anyway;
+            p > 0.0 && self.app_rng.random_bool(p.min(1.0))
+        };
+        if registers {
+            self.wake_up(net);
+        }
+    }
+
+    /// What the app does with a call's push, drawn from its weights.
+    fn choose(&mut self) -> OnPush {
+        let choices = self.spec.from_push.choices;
+        let total: u32 = choices.iter().map(|(_, w)| w).sum();
+        if total == choices[0].1 {
+            // Nothing but waking: nothing drawn.
+            return OnPush::Wake;
+        }
+        let mut pick = self.app_rng.random_range(0..total);
+        for (choice, weight) in choices {
+            if pick < weight {
+                return choice;
+            }
+            pick -= weight;
+        }
+        OnPush::Wake
+    }
+
+    /// Woken by a push, the app starts its SIP stack and registers a while later.
+    fn wake_up(&mut self, net: &mut Net) {
         let (low, high) = self.spec.wake_after;
         let delay = net.between(low, high);
         self.tick(net, delay, Tick::Register);
         // Waking: a second push finds it busy waking up.
         self.awake = true;
+    }
+
+    /// Posts the app's answer for `call_id` over HTTPS (this attempt of it).
+    fn post(&mut self, net: &mut Net, call_id: String) {
+        let FromPush { latency, loss, .. } = self.spec.from_push;
+        let Some(post) = self.posts.get(&call_id) else {
+            return;
+        };
+        let (low, high) = latency;
+        let up = self.app_rng.random_range(low..=high.max(low));
+        let down = self.app_rng.random_range(low..=high.max(low));
+        let lost = |rng: &mut StdRng| loss > 0.0 && rng.random_bool(loss.min(1.0));
+        let (lost_up, lost_down) = (lost(&mut self.app_rng), lost(&mut self.app_rng));
+        net.note(format!(
+            "phone {}'s app posts {:?} for {call_id} (attempt {}){}",
+            self.index,
+            post.answer,
+            post.attempt,
+            if lost_up { ", lost on the way" } else { "" }
+        ));
+        let attempt = post.attempt;
+        if !lost_up {
+            let request = AppPost {
+                phone: self.index,
+                call_id: call_id.clone(),
+                token: post.token.clone(),
+                answer: post.answer,
+                attempt,
+                back: (!lost_down).then_some(down),
+            };
+            net.after(up, Happening::AppPost(request));
+        }
+        // The HTTP client's time-out: well past a round trip.
+        self.tick(
+            net,
+            2 * high.max(low) + 1_000,
+            Tick::PostTimeout(call_id, attempt),
+        );
+    }
+
+    /// The app API's reply to the app's post for `call_id` arrives.
+    pub fn on_app_reply(&mut self, net: &mut Net, call_id: String, reply: AppAnswer) {
+        net.note(format!(
+            "phone {}'s app is told {reply:?} for {call_id}",
+            self.index
+        ));
+        self.seen
+            .app_replies
+            .push((net.now, call_id.clone(), reply));
+        let Some(post) = self.posts.get_mut(&call_id) else {
+            return;
+        };
+        if post.replied {
+            return;
+        }
+        post.replied = true;
+        let refused = post.answer != PushAnswer::Ringing;
+        if reply == AppAnswer::Reply(AppReply::Conflict) && refused && !self.awake {
+            // The device has the call's INVITE over SIP already (it was taken to be awake):
+            // the app answers there, so it wakes, registers, and refuses the INVITE it gets.
+            self.wake_up(net);
+        }
     }
 
     /// The network cut the phone's connection: an awake app reconnects and registers, and
@@ -456,6 +703,15 @@ impl Phone {
             tag,
             refused_for: None,
         };
+        if let Some(&code) = self.refusing.get(&call_id) {
+            // Its app refused the call from the push: the INVITE gets the same answer.
+            net.note(format!(
+                "phone {} refused {call_id} from its push: {code}",
+                self.index
+            ));
+            self.incoming.insert(branch.clone(), incoming);
+            return self.final_response(net, &branch, code);
+        }
         if let (Some(holder), false) = (holder, self.spec.call_waiting) {
             net.note(format!(
                 "phone {} is busy with {holder}: 486 to {call_id}",
@@ -490,6 +746,9 @@ impl Phone {
         };
         let ringing = matches!(incoming.state, State::Trying | State::Ringing);
         let call_id = incoming.call_id.clone();
+        self.seen
+            .cancelled
+            .push((net.now, call_id.clone(), msg.header("Reason")));
         let answer = sip::response(msg, 200, None, &[]);
         self.reply(net, link, answer);
         if ringing {
@@ -629,6 +888,24 @@ impl Phone {
                 self.tick(net, interval, Tick::FinalAgain(branch, n + 1));
             }
             Tick::HangUp(call_id) => self.hang_up(net, &call_id),
+            Tick::Post(call_id) => self.post(net, call_id),
+            Tick::PostTimeout(call_id, attempt) => {
+                let Some(post) = self.posts.get_mut(&call_id) else {
+                    return;
+                };
+                if post.replied || post.attempt != attempt {
+                    return;
+                }
+                if attempt == 0 {
+                    post.attempt = 1;
+                    self.post(net, call_id);
+                } else {
+                    net.note(format!(
+                        "phone {}'s app gives up its answer for {call_id}",
+                        self.index
+                    ));
+                }
+            }
             Tick::Die => {
                 if self.awake && self.conn.is_some() || net.listening(self.addr(), self.me()) {
                     net.note(format!("phone {}: the app is killed", self.index));

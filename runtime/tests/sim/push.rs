@@ -1,5 +1,6 @@
 //! The simulated push service (APNs, FCM): it accepts a push, or refuses it for now, or
-//! says the token is dead; an accepted push reaches the phone a while later, or never.
+//! says the token is dead; an accepted push reaches the phone a while later, or never, with
+//! the answer token of a call's push (the app may answer from it, specs/parking.md §9).
 
 use pushpark::node::PushTag;
 use pushpark::push::{PushKind, PushOutcome, PushReport, PushRequest};
@@ -99,12 +100,12 @@ impl PushService {
         if let (Outcome::Delivered, Some(i)) = (outcome, phone) {
             let (low, high) = self.faults.delivery;
             let delivery = net.between(low, high);
-            let call_id = if request.kind == PushKind::IncomingCall {
-                request.call_id.clone()
+            let (call_id, token) = if request.kind == PushKind::IncomingCall {
+                (request.call_id.clone(), request.answer_token.clone())
             } else {
-                String::new()
+                (String::new(), None)
             };
-            net.after(delivery, Happening::PushArrives(i, call_id));
+            net.after(delivery, Happening::PushArrives(i, call_id, token));
         }
         self.sent.push(Sent {
             at: net.now,
