@@ -32,8 +32,10 @@ struct Call {
     phase: Phase,
     /// Armed only while the call has ended and devices pushed for it have not registered.
     linger: bool,
-    /// The caller was sent a 180 of the server's own, for an app ringing from its push.
-    ringback: bool,
+    /// The caller was sent a ringing provisional: a device's, relayed, or the server's own
+    /// for an app ringing from its push. Kept when that device's branch fails later (its leg
+    /// forgets it rang): the caller heard it.
+    ringing: bool,
     legs: Vec<Leg>,
 }
 
@@ -393,7 +395,10 @@ impl Core {
             return out.push(reply(AppReply::CallOver));
         };
         let pending = c.is_pending() || fault == Some(Fault::StaleAnswerTaken);
-        let rang = c.ringback || c.legs.iter().any(|l| l.rang);
+        let rang = match fault {
+            Some(Fault::RingbackAfterRelayedRing) => c.legs.iter().any(|l| l.rang),
+            _ => c.ringing,
+        };
         let Some(leg) = c.leg(device).filter(|_| pending) else {
             return out.push(reply(AppReply::CallOver));
         };
@@ -415,7 +420,7 @@ impl Core {
             }
             out.push(reply(AppReply::Taken));
             if !rang {
-                c.ringback = true;
+                c.ringing = true;
                 out.push(Effect::Ringback { call });
             }
             return;
@@ -493,8 +498,12 @@ impl Core {
     /// out to hold the INVITE of a call already over (dropped, or sent before it woke again)
     /// is sent the CANCEL now that one may go.
     fn heard(&mut self, call: CallId, device: DeviceId, rang: bool, out: &mut Vec<Effect>) {
-        let live = self.calls.get(&call).is_some_and(Call::is_pending);
-        let Some((_, _, leg)) = leg_of(&mut self.calls, call, device) else {
+        let Some(c) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let live = c.is_pending();
+        let mut relayed = false;
+        let Some(leg) = c.leg(device) else {
             return;
         };
         match leg.state {
@@ -503,6 +512,7 @@ impl Core {
                 leg.held = true;
                 leg.rang |= rang;
                 if rang && live && leg.state == LegState::Forwarded {
+                    relayed = true;
                     out.push(Effect::RelayProvisional { call, device });
                 }
             }
@@ -514,6 +524,7 @@ impl Core {
             }
             _ => {}
         }
+        c.ringing |= relayed;
     }
 
     fn calls_of(&self, aor: AorId) -> Vec<CallId> {
@@ -687,7 +698,7 @@ impl Core {
                 deadline,
                 phase: Phase::Parking,
                 linger: false,
-                ringback: false,
+                ringing: false,
                 legs,
             },
         );

@@ -49,11 +49,15 @@ pub enum Fault {
     /// An answer from the push for a call that has ended is taken (the app is told it
     /// counted, and the device's leg closed) instead of changing nothing.
     StaleAnswerTaken,
+    /// Whether the caller heard ringing is judged from the legs that rang, which forget it
+    /// when their branch fails: an app ringing from its push then gets the caller a 180 of
+    /// ours after a device's own (found by the whole-node simulation).
+    RingbackAfterRelayedRing,
 }
 
 impl Fault {
     /// Every fault, for tests that go through them all.
-    pub const ALL: [Fault; 17] = [
+    pub const ALL: [Fault; 18] = [
         Fault::KeepDeadlineOnAnswer,
         Fault::ForwardAfterCancel,
         Fault::PushTwice,
@@ -71,5 +75,6 @@ impl Fault {
         Fault::ShutdownLeavesCalls,
         Fault::RegisterAfterBusyDelivers,
         Fault::StaleAnswerTaken,
+        Fault::RingbackAfterRelayedRing,
     ];
 }

@@ -108,7 +108,7 @@ const SPECIAL: [&str; 10] = [
 
 /// The configurations: their unique states, the common paths they do not reach, and the
 /// special paths (of [`SPECIAL`]) they do.
-const PINNED: [(&str, usize, &[&str], &[&str]); 17] = [
+const PINNED: [(&str, usize, &[&str], &[&str]); 18] = [
     ("1x1", 537, &[OTHER_DEVICE, SECOND_CALL], &[]),
     ("1x2", 28_723, &[SECOND_CALL], &[]),
     ("2x1", 34_527, &[OTHER_DEVICE], &[]),
@@ -151,6 +151,22 @@ const PINNED: [(&str, usize, &[&str], &[&str]); 17] = [
             FROM_PUSH[2],
             FROM_PUSH[3],
             UNHEARD,
+        ],
+    ),
+    (
+        "1x2-flow-answer",
+        113_066,
+        &[
+            OTHER_DEVICE,
+            SECOND_CALL,
+            "push_retried_after_transient_failure",
+        ],
+        &[
+            AWAKE_OR_DEAD_FLOW[1],
+            FROM_PUSH[0],
+            FROM_PUSH[1],
+            FROM_PUSH[2],
+            FROM_PUSH[3],
         ],
     ),
     ("2x1-udp", 98_844, &[OTHER_DEVICE], &AWAKE_OR_DEAD_FLOW),
@@ -271,6 +287,7 @@ fn an_app_may_answer_from_its_push() {
     check_pinned("1x2-answer");
     check_pinned("2x1-answer");
     check_pinned("1x2-udp-answer");
+    check_pinned("1x2-flow-answer");
 }
 
 #[test]

@@ -30,6 +30,7 @@ fn caught_by(fault: Fault) -> (&'static str, &'static str) {
             ("1x2-answer", "device_refused_from_push_gets_no_invite")
         }
         Fault::StaleAnswerTaken => ("2x1-answer", "answer_for_an_ended_call_changes_nothing"),
+        Fault::RingbackAfterRelayedRing => ("1x2-flow-answer", "one_ringback_per_call"),
     }
 }
 
@@ -144,6 +145,11 @@ fn an_answer_from_the_push_taken_for_an_ended_call_is_caught() {
 }
 
 #[test]
+fn a_ringback_after_a_device_rang_is_caught() {
+    assert_caught(Fault::RingbackAfterRelayedRing);
+}
+
+#[test]
 fn every_fault_has_a_test() {
     // `caught_by` is exhaustive over `Fault`; this keeps `Fault::ALL` honest too.
     let configurations: BTreeSet<_> = Fault::ALL.iter().map(|&f| caught_by(f).0).collect();
@@ -152,7 +158,7 @@ fn every_fault_has_a_test() {
         .all(|c| ParkModel::configuration(c).is_some()));
     assert_eq!(
         Fault::ALL.iter().collect::<BTreeSet<_>>().len(),
-        17,
+        18,
         "a fault is listed twice or missing"
     );
 }

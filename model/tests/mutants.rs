@@ -567,6 +567,51 @@ fn stale_answer_taken_closes_the_leg_of_an_ended_call_and_says_taken() {
     );
 }
 
+#[test]
+fn ringback_after_relayed_ring_rings_back_once_the_ringing_branch_failed() {
+    let d2 = DeviceId(2);
+    let ringing = |f: &mut Faulty, device| {
+        f.send(Event::PushAnswered {
+            call: C1,
+            device,
+            answer: PushAnswer::Ringing,
+        })
+    };
+    let mut f = Faulty::new(Fault::RingbackAfterRelayedRing);
+    f.send(Event::CallArrived {
+        call: C1,
+        aor: U1,
+        waking_limit: None,
+        callee: Callee::Devices(vec![
+            target(Flow::Connected, true),
+            Target {
+                device: d2,
+                ..target(Flow::Closed, true)
+            },
+        ]),
+    });
+    f.send(Event::BranchRang {
+        call: C1,
+        device: D1,
+    });
+    assert_eq!(
+        ringing(&mut f, d2),
+        [reply(C1, d2, AppReply::Taken)],
+        "as without the fault while D1's branch rings"
+    );
+    f.send(Event::BranchUnreachable {
+        call: C1,
+        device: D1,
+    });
+    assert_eq!(
+        ringing(&mut f, d2),
+        [
+            reply(C1, d2, AppReply::Taken),
+            Effect::Ringback { call: C1 }
+        ]
+    );
+}
+
 /// The test above that pins `fault`: a new fault fails to compile here until it has one.
 fn pinned_by(fault: Fault) -> fn() {
     match fault {
@@ -602,6 +647,9 @@ fn pinned_by(fault: Fault) -> fn() {
         }
         Fault::StaleAnswerTaken => {
             stale_answer_taken_closes_the_leg_of_an_ended_call_and_says_taken
+        }
+        Fault::RingbackAfterRelayedRing => {
+            ringback_after_relayed_ring_rings_back_once_the_ringing_branch_failed
         }
     }
 }

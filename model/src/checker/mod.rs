@@ -260,6 +260,17 @@ impl ParkModel {
                 },
                 ..Self::new(1, 2)
             },
+            "1x2-flow-answer" => Self {
+                awake: 1,
+                push_answers: true,
+                ringing: true,
+                extra_registers: 0,
+                budget: Budget {
+                    flow_failures: 1,
+                    ..Budget::default()
+                },
+                ..Self::new(1, 2)
+            },
             "2x1-udp" => Self::awake_on_udp(false),
             "2x1-udp-waiting" => Self::awake_on_udp(true),
             _ => return None,
@@ -288,7 +299,7 @@ impl ParkModel {
 }
 
 /// The bounded configurations CI checks exhaustively, with what each is for.
-pub const CONFIGURATIONS: [(&str, &str); 17] = [
+pub const CONFIGURATIONS: [(&str, &str); 18] = [
     (
         "1x1",
         "one call, one sleeping device; it may ring, answer, be busy, decline or not answer",
@@ -347,6 +358,11 @@ pub const CONFIGURATIONS: [(&str, &str); 17] = [
          sleeping one; apps answer from the push, also while their INVITE is on its way",
     ),
     (
+        "1x2-flow-answer",
+        "one call, one device awake on TCP that may ring and then lose its flow, one sleeping; \
+         apps answer from the push",
+    ),
+    (
         "2x1-udp",
         "two calls, one single-line device awake on UDP that may fall asleep unseen",
     ),
@@ -374,6 +390,8 @@ pub struct Caller {
     pub first_rejection: Option<u16>,
     /// 180s of the server's own it received.
     pub ringbacks: u8,
+    /// A device's provisional was relayed to it.
+    pub heard_ringing: bool,
 }
 
 /// A device and what it went through.
@@ -470,7 +488,8 @@ pub struct History {
     pub reply_missing: bool,
     /// An answer from the push was refused because the device had the call over SIP.
     pub answer_conflicted: bool,
-    /// A 180 of the server's own reached a caller that had its final response.
+    /// A 180 of the server's own reached a caller that had its final response, or had
+    /// heard a device ring.
     pub ringback_after_final: bool,
     /// A busy or decline from the push was taken while the INVITE sent to the device had
     /// had no answer, and that INVITE was stopped (`DropBranch`).
@@ -766,11 +785,13 @@ impl ParkModel {
                     s.history.hung_up.insert((call, device));
                     s.devices[device.0 as usize].in_call.remove(&call);
                 }
-                Effect::RelayProvisional { .. } => {}
+                Effect::RelayProvisional { call, .. } => {
+                    s.callers[call.0 as usize].heard_ringing = true;
+                }
                 Effect::Ringback { call } => {
                     let caller = &mut s.callers[call.0 as usize];
                     caller.ringbacks = caller.ringbacks.saturating_add(1);
-                    if caller.response.is_some() {
+                    if caller.response.is_some() || caller.heard_ringing {
                         s.history.ringback_after_final = true;
                     }
                 }

@@ -181,6 +181,7 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
         Property::<ParkModel>::always("answer_for_an_ended_call_changes_nothing", |_, s| {
             !s.history.stale_answer_acted
         }),
+        // A ringback after a device's relayed ring counts as after the final (see `apply`).
         Property::<ParkModel>::always("one_ringback_per_call", |_, s| {
             !s.history.ringback_after_final && s.callers.iter().all(|c| c.ringbacks <= 1)
         }),

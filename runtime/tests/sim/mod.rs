@@ -185,8 +185,6 @@ pub struct AppAnswered {
     pub finals_before: usize,
     /// How many 180s the node had sent callers before (`World::rings_sent`).
     pub rings_before: usize,
-    /// How many phones' 180s the node had received before (`World::rings_heard`).
-    pub heard_before: usize,
     /// The 180s of the node's own it sent its caller on this answer.
     pub ringbacks: usize,
     /// The messages and pushes the node sent on this answer (nothing else was waiting).
@@ -223,11 +221,9 @@ pub struct World {
     pub invites_to_phones: Vec<(usize, String, Ms)>,
     /// The apps' answers from their pushes, as the node took them, in order.
     pub app_answers: Vec<AppAnswered>,
-    /// Each 180 the node sent a caller: Call-ID, when, whether it is the node's own (no
-    /// Contact: a ringback for an app that answered ringing from its push) or a phone's.
+    /// Each 180 the node sent a caller: Call-ID, when, whether it is the node's own (a
+    /// ringback for an app that answered ringing from its push) or a phone's, relayed.
     pub rings_sent: Vec<(String, Ms, bool)>,
-    /// Each 180 the node received from a phone: phone, Call-ID, when.
-    pub rings_heard: Vec<(usize, String, Ms)>,
     /// How many messages the node has sent.
     transmits: usize,
 }
@@ -289,7 +285,6 @@ impl World {
             invites_to_phones: Vec::new(),
             app_answers: Vec::new(),
             rings_sent: Vec::new(),
-            rings_heard: Vec::new(),
             transmits: 0,
             net,
         };
@@ -390,7 +385,6 @@ impl World {
         let now = self.instant(self.net.now);
         let (invites_before, pushes_before) = (self.invites_to_phones.len(), self.push.sent.len());
         let rings_before = self.rings_sent.len();
-        let heard_before = self.rings_heard.len();
         let sent_before = self.transmits;
         let finals_before = self.finals_sent.len();
         let peer = self.phones[post.phone].addr().ip();
@@ -417,7 +411,6 @@ impl World {
             pushes_before,
             finals_before,
             rings_before,
-            heard_before,
             ringbacks,
             sent: self.transmits - sent_before + self.push.sent.len() - pushes_before,
         });
@@ -433,9 +426,6 @@ impl World {
         let now = self.net.now;
         if let Some(phone) = self.phone_at(from) {
             self.heard[phone].push((now, *from));
-            if msg.status() == Some(180) && msg.cseq_method() == "INVITE" {
-                self.rings_heard.push((phone, msg.call_id(), now));
-            }
         }
         if msg.method() == Some("INVITE")
             && !self
@@ -532,8 +522,9 @@ impl World {
         if let (Some(code), true) = (msg.status(), to_caller) {
             let call_id = msg.call_id();
             if code == 180 && msg.cseq_method() == "INVITE" {
-                // The node's own 180 has no Contact (§9); a phone's, relayed, has the phone's.
-                let own = msg.header("Contact").is_empty();
+                // The node's own 180 names the node as Contact, with no user part (§9); a
+                // phone's, relayed, has the phone's (`sip:u0@…`).
+                let own = !msg.header("Contact").contains('@');
                 self.rings_sent.push((call_id.clone(), self.net.now, own));
             }
             if code >= 200
