@@ -31,6 +31,20 @@ pub struct Config {
     pub connections: Connections,
     pub rate_limit: RateLimit,
     pub app_api: AppApi,
+    pub cluster: Cluster,
+}
+
+/// What the nodes of a cluster share.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// A file holding the node secret, at least 32 bytes as hex digits (`openssl rand -hex
+    /// 32`): the key of the digest nonces, the route tokens of our Record-Routes, stateless
+    /// branches and the app API's answer tokens. Give every node of a cluster the same file,
+    /// so that a challenge one node issued is answered on another and a route token one
+    /// node wrote verifies on all. Without it each node keeps a random secret of its own in
+    /// its store.
+    pub secret_file: Option<PathBuf>,
 }
 
 /// The app API (specs/parking.md §9): an HTTPS listener where an app woken by a call's push
@@ -457,6 +471,7 @@ impl Default for Config {
             connections: Connections::default(),
             rate_limit: RateLimit::default(),
             app_api: AppApi::default(),
+            cluster: Cluster::default(),
         }
     }
 }

@@ -37,6 +37,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("users file: {0}")]
     Users(#[from] UsersError),
+    #[error("cluster.secret_file: {0}")]
+    Secret(String),
     #[error(transparent)]
     Push(#[from] SetupError),
     #[error(transparent)]
@@ -93,8 +95,12 @@ impl Server {
         let unix_time = unix_now();
         let mut store = Store::open(&config.store.path, &StoreOptions::default())?;
         let bindings = store.expiring_between(unix_time + 1, i64::MAX as u64)?;
-        // Kept in the store: the route tokens of dialogs up across a restart still verify.
-        let secret = Secret::from_bytes(&store.secret("node")?).unwrap_or_else(Secret::generate);
+        // From the cluster's file, or kept in the store: either way the route tokens of
+        // dialogs up across a restart still verify.
+        let secret = match &config.cluster.secret_file {
+            Some(path) => Secret::from_file(path).map_err(StartError::Secret)?,
+            None => Secret::from_bytes(&store.secret("node")?).unwrap_or_else(Secret::generate),
+        };
         let (done_tx, store_done) = mpsc::unbounded_channel();
         let writer = Writer::start(store, move |done| {
             let _ = done_tx.send(done);

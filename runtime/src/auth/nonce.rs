@@ -44,6 +44,35 @@ impl Secret {
         (key.len() >= 16).then(|| Secret(key.to_vec()))
     }
 
+    /// The secret of a cluster's nodes, read from `path`: at least 32 bytes as hex digits
+    /// (whitespace around them ignored). An error says what is wrong, naming the file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let named = |why: String| format!("{}: {why}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| named(e.to_string()))?;
+        let key = hex::decode(text.trim())
+            .map_err(|_| named("not hex digits (make one with `openssl rand -hex 32`)".into()))?;
+        if key.len() < 32 {
+            return Err(named(format!(
+                "{} bytes; a secret needs at least 32 (64 hex digits)",
+                key.len()
+            )));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "{}: readable by others than its owner (mode {:o}): whoever reads it can \
+                     forge route and answer tokens",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+        }
+        Ok(Secret(key))
+    }
+
     /// A key for another use, derived from this one with `label` (HMAC-SHA256): keys for
     /// different purposes never coincide, and none reveals the secret.
     pub(crate) fn derive(&self, label: &[u8]) -> Vec<u8> {

@@ -1,0 +1,124 @@
+//! Several nodes of one deployment (issue 11, part 4): nodes given the same
+//! `[cluster] secret_file` accept each other's digest challenges, each with its own store;
+//! a node with another secret does not. Real servers on loopback, one users file, and a
+//! phone's REGISTER in raw SIP over UDP, its credentials computed by the test's own digest
+//! code (tests/ua/digest.rs).
+
+mod common;
+mod ua;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use pushpark::config::Transport;
+use pushpark::server::Server;
+use ua::Credentials;
+
+/// A node on its own store in `dir/<name>`, with the users file and the secret file given.
+async fn node(dir: &Path, name: &str, users: &Path, secret: &Path) -> (Server, SocketAddr) {
+    let store = dir.join(name);
+    std::fs::create_dir_all(&store).expect("a store dir");
+    let mut config = common::loopback_config(&store, &[Transport::Udp], false);
+    config.auth.users_file = Some(users.to_owned());
+    config.cluster.secret_file = Some(secret.to_owned());
+    common::start_udp(config).await
+}
+
+/// A secret file of 32 random bytes, as hex.
+fn secret_file(dir: &Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let key: [u8; 32] = rand::random();
+    std::fs::write(&path, format!("{}\n", hex::encode(key))).expect("secret written");
+    path
+}
+
+fn register(n: u32, authorization: Option<&str>) -> String {
+    let authorization = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    format!(
+        "REGISTER sip:localhost SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKcluster{n};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:bob@localhost>;tag=c{n}\r\n\
+         To: <sip:bob@localhost>\r\n\
+         Call-ID: cluster-register@127.0.0.1\r\n\
+         CSeq: {n} REGISTER\r\n\
+         Contact: <sip:bob@127.0.0.1:5999>\r\n\
+         Expires: 600\r\n\
+         {authorization}Content-Length: 0\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_of_one_node_is_answered_on_another_that_shares_its_secret() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let users = dir.path().join("users");
+    pushpark::auth::add_user(&users, "bob", "localhost", "secret").expect("a users file");
+    let shared = secret_file(dir.path(), "shared.secret");
+    let other = secret_file(dir.path(), "other.secret");
+    let (a, at_a) = node(dir.path(), "a", &users, &shared).await;
+    let (b, at_b) = node(dir.path(), "b", &users, &shared).await;
+    let (c, at_c) = node(dir.path(), "c", &users, &other).await;
+
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("a socket");
+    let challenge = common::final_response(&socket, at_a, &register(1, None)).await;
+    assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+    let offered: Vec<String> = challenge
+        .lines()
+        .filter_map(|l| l.strip_prefix("WWW-Authenticate: "))
+        .map(str::to_owned)
+        .collect();
+    let chosen = ua::digest::choose(&offered, None).expect("a digest challenge");
+    let credentials = Credentials::new("bob", "secret");
+    let answer = |n| {
+        let value =
+            ua::digest::authorization(&chosen, &credentials, "REGISTER", "sip:localhost", n);
+        register(n + 1, Some(&value))
+    };
+    let on_b = common::final_response(&socket, at_b, &answer(1)).await;
+    assert!(
+        on_b.starts_with("SIP/2.0 200"),
+        "node b takes node a's nonce:\n{on_b}"
+    );
+    let on_c = common::final_response(&socket, at_c, &answer(2)).await;
+    assert!(
+        on_c.starts_with("SIP/2.0 401"),
+        "a node with another secret does not:\n{on_c}"
+    );
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_file_that_is_no_secret_stops_the_start_naming_the_file() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for (name, text, problem) in [
+        ("short.secret", "00112233", "at least 32"),
+        (
+            "text.secret",
+            "correct horse battery staple",
+            "not hex digits",
+        ),
+        ("missing.secret", "", "No such file"),
+    ] {
+        let path = dir.path().join(name);
+        if !text.is_empty() {
+            std::fs::write(&path, text).expect("written");
+        }
+        let mut config = common::loopback_config(dir.path(), &[Transport::Udp], false);
+        config.cluster.secret_file = Some(path.clone());
+        let error = Server::start(config)
+            .await
+            .err()
+            .expect("the start fails")
+            .to_string();
+        assert!(
+            error.starts_with("cluster.secret_file: ")
+                && error.contains(&path.display().to_string())
+                && error.contains(problem),
+            "{error}"
+        );
+    }
+}
