@@ -1003,12 +1003,12 @@ impl Core {
             }
             // The 2xx won the race against our CANCEL, the user answered a notice, or a
             // dropped INVITE reached the device after all: the caller already has its final
-            // response (or the app refused this call from its push), so the device's dialog
-            // must be closed.
+            // response (or the app refused this call from its push: the leg keeps its
+            // `refusal`, which is what `best_response` reads), so the device's dialog must
+            // be closed.
             LegState::Cancelling | LegState::Telling | LegState::Dropped | LegState::NoticeDue => {
-                leg.state = LegState::Done(match (leg.state, leg.refusal) {
-                    (LegState::Telling | LegState::NoticeDue, _) => Outcome::Told,
-                    (_, Some(code)) => Outcome::Refused(code),
+                leg.state = LegState::Done(match leg.state {
+                    LegState::Telling | LegState::NoticeDue => Outcome::Told,
                     _ => Outcome::Answered,
                 });
                 out.push(Effect::HangUpBranch { call, device });

@@ -2588,3 +2588,39 @@ fn a_device_that_refused_from_its_push_and_answers_its_invite_anyway_is_hung_up(
     );
     d.assert_idle();
 }
+
+#[test]
+fn the_cancel_of_an_invite_refused_from_the_push_follows_the_device_to_its_new_flow() {
+    let heard = Target {
+        device: D1,
+        flow: Flow::Datagram {
+            heard_at: 0,
+            in_dialog: false,
+        },
+        pushable: true,
+    };
+    let mut d = Driver::new();
+    d.send(arrival(C1, U1, &[heard, sleeping(D2)]));
+    d.send(from_push(C1, D1, PushAnswer::Busy));
+    assert_eq!(
+        d.send(Event::BranchTrying {
+            call: C1,
+            device: D1
+        }),
+        [cancel_branch(C1, D1)]
+    );
+    assert_eq!(
+        d.send(registered(U1, D1)),
+        [reroute(C1, D1)],
+        "the CANCEL goes again over the new flow; no INVITE for D1"
+    );
+    assert_eq!(
+        d.send(answered(C1, D1)),
+        [Effect::HangUpBranch {
+            call: C1,
+            device: D1
+        }],
+        "answered after all: hung up, D2 may still answer"
+    );
+    assert_eq!(d.send(registered(U1, D2)), [forward(C1, D2)]);
+}
