@@ -60,6 +60,8 @@ struct Connection {
     /// Octets handed to the writer and not yet written.
     queued: Arc<AtomicUsize>,
     close: Arc<Notify>,
+    /// Its queue went over the limit: it is closing, and takes nothing more.
+    over: std::sync::atomic::AtomicBool,
 }
 
 impl Streams {
@@ -95,14 +97,18 @@ impl Streams {
         let table = lock(&self.table);
         let connection = table.open.get(&id).ok_or(SendError::FlowClosed(id))?;
         let max = self.limits.max_write_queue;
+        if connection.over.load(Ordering::Relaxed) {
+            return Err(SendError::FlowClosed(id));
+        }
         let before = connection.queued.fetch_add(bytes.len(), Ordering::Relaxed);
         if before + bytes.len() > max {
-            // Counted once, when the queue first goes over; the connection is closing.
-            if before <= max {
-                connection.close.notify_one();
-                drop(table);
-                self.metrics.limit_hit("write_queue");
-            }
+            // Counted once, when the queue first goes over (what the writer drains later
+            // does not let it take more); the connection is closing.
+            connection.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+            connection.over.store(true, Ordering::Relaxed);
+            connection.close.notify_one();
+            drop(table);
+            self.metrics.limit_hit("write_queue");
             return Err(SendError::FlowClosed(id));
         }
         connection
@@ -217,6 +223,7 @@ impl Streams {
                 tx,
                 queued: Arc::clone(&queued),
                 close: Arc::clone(&close),
+                over: std::sync::atomic::AtomicBool::new(false),
             },
         );
         let _ = ready.send(());
