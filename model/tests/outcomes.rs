@@ -178,6 +178,19 @@ fn online_pushable(device: DeviceId) -> Target {
     }
 }
 
+/// A device with a push token heard from on UDP at time 0: probably awake, so forwarded the
+/// call at once and pushed beside it.
+fn heard_on_udp(device: DeviceId) -> Target {
+    Target {
+        device,
+        flow: Flow::Datagram {
+            heard_at: 0,
+            in_dialog: false,
+        },
+        pushable: true,
+    }
+}
+
 /// A sleeping device with a push token.
 fn sleeping(device: DeviceId) -> Target {
     Target {
@@ -2496,14 +2509,7 @@ fn an_answer_from_the_push_for_an_ended_call_changes_nothing_and_the_device_is_s
 fn busy_from_the_push_of_a_device_that_never_answered_its_invite_stops_that_invite() {
     // D1 is awake on UDP as far as the server knows: forwarded at once and pushed. It slept
     // after all; its app, woken by the push, answers busy without its SIP stack.
-    let heard = Target {
-        device: D1,
-        flow: Flow::Datagram {
-            heard_at: 0,
-            in_dialog: false,
-        },
-        pushable: true,
-    };
+    let heard = heard_on_udp(D1);
     let mut d = Driver::new();
     assert_eq!(
         d.send(arrival(C1, U1, &[heard, sleeping(D2)])),
@@ -2556,14 +2562,7 @@ fn busy_from_the_push_of_a_device_that_never_answered_its_invite_stops_that_invi
 
 #[test]
 fn a_device_that_refused_from_its_push_and_answers_its_invite_anyway_is_hung_up() {
-    let heard = Target {
-        device: D1,
-        flow: Flow::Datagram {
-            heard_at: 0,
-            in_dialog: false,
-        },
-        pushable: true,
-    };
+    let heard = heard_on_udp(D1);
     let mut d = Driver::new();
     d.send(arrival(C1, U1, &[heard]));
     assert_eq!(
@@ -2591,14 +2590,7 @@ fn a_device_that_refused_from_its_push_and_answers_its_invite_anyway_is_hung_up(
 
 #[test]
 fn the_cancel_of_an_invite_refused_from_the_push_follows_the_device_to_its_new_flow() {
-    let heard = Target {
-        device: D1,
-        flow: Flow::Datagram {
-            heard_at: 0,
-            in_dialog: false,
-        },
-        pushable: true,
-    };
+    let heard = heard_on_udp(D1);
     let mut d = Driver::new();
     d.send(arrival(C1, U1, &[heard, sleeping(D2)]));
     d.send(from_push(C1, D1, PushAnswer::Busy));
