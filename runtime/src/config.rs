@@ -333,8 +333,38 @@ pub struct Auth {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Store {
+    /// SQLite (one node) or Redis (the nodes of a cluster).
+    pub backend: Backend,
     /// The SQLite database file; created if missing.
     pub path: PathBuf,
+    /// Redis: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS, or
+    /// `redis+unix:///path/to/socket`.
+    pub url: Option<Spanned<String>>,
+    /// Redis: what every key pushpark writes starts with.
+    pub prefix: String,
+    /// Redis: for connecting, and for each reply; past it a REGISTER gets 503.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Redis: refuse a server that does not fsync its append-only file before it answers
+    /// (`appendonly yes`, `appendfsync always`), so that a 200 OK to a REGISTER is never a
+    /// lie. Off only where the operator knows persistence is safe otherwise.
+    pub require_fsync: bool,
+}
+
+/// The binding store's backend.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// An embedded SQLite file ([`Store::path`]).
+    #[default]
+    Sqlite,
+    /// A Redis server shared by the nodes ([`Store::url`]).
+    Redis,
+}
+
+impl Store {
+    /// The longest key prefix.
+    pub const MAX_PREFIX_LEN: usize = 64;
 }
 
 /// SIP transaction timers and message limits.
@@ -509,7 +539,12 @@ impl Default for Registrar {
 impl Default for Store {
     fn default() -> Self {
         Self {
+            backend: Backend::Sqlite,
             path: PathBuf::from("pushpark.db"),
+            url: None,
+            prefix: "pushpark:".to_owned(),
+            timeout: Duration::from_secs(1),
+            require_fsync: true,
         }
     }
 }
@@ -672,6 +707,34 @@ impl Config {
                 "app_api",
                 "certificate, private_key and public_url need listen".into(),
             ));
+        }
+        let store = &self.store;
+        let url = store.url.as_ref();
+        let url_span = url.map(|u| u.span()).filter(|s| !s.is_empty());
+        let problem = match (store.backend, url.map(|u| u.get_ref().as_str())) {
+            (Backend::Redis, None) => Some(("store.backend", "the redis backend needs url")),
+            (Backend::Sqlite, Some(_)) => Some((
+                "store.url",
+                "url is for backend = \"redis\" (the sqlite backend uses path)",
+            )),
+            (Backend::Redis, Some(u))
+                if !["redis://", "rediss://", "redis+unix://", "unix://"]
+                    .iter()
+                    .any(|scheme| u.starts_with(scheme)) =>
+            {
+                Some((
+                    "store.url",
+                    "url must start with redis://, rediss:// or redis+unix://",
+                ))
+            }
+            _ if store.prefix.len() > Store::MAX_PREFIX_LEN => {
+                Some(("store.prefix", "prefix may have 64 bytes at most"))
+            }
+            _ if store.timeout.is_zero() => Some(("store.timeout", "must not be zero")),
+            _ => None,
+        };
+        if let Some((key, problem)) = problem {
+            return Err(invalid(url_span, key, problem.into()));
         }
         let c = &self.connections;
         for (key, zero) in [
@@ -1016,6 +1079,38 @@ mod tests {
         )
         .expect_err("a key on TCP");
         assert!(err.starts_with("pushpark.toml:1: `listen[0]`: "), "{err}");
+    }
+
+    #[test]
+    fn the_redis_store_needs_a_redis_url_and_errors_name_its_line() {
+        let config = parse(
+            "[store]\nbackend = \"redis\"\nurl = \"redis://10.0.0.5:6379/2\"\nprefix = \"pp:\"\n",
+        )
+        .expect("valid");
+        assert_eq!(config.store.backend, Backend::Redis);
+        assert_eq!(config.store.prefix, "pp:");
+        assert!(config.store.require_fsync, "durable unless told otherwise");
+        let err = parse("[store]\nbackend = \"redis\"\n").expect_err("no url");
+        assert_eq!(
+            err,
+            "pushpark.toml: `store.backend`: the redis backend needs url"
+        );
+        let err = parse("[store]\nbackend = \"redis\"\n\nurl = \"http://10.0.0.5\"\n")
+            .expect_err("not a Redis URL");
+        assert!(err.starts_with("pushpark.toml:4: `store.url`: "), "{err}");
+        let err = parse("[store]\nurl = \"redis://10.0.0.5\"\n").expect_err("url on sqlite");
+        assert!(err.starts_with("pushpark.toml:2: `store.url`: "), "{err}");
+        let err = parse("[store]\nbackend = \"mysql\"\n").expect_err("no such backend");
+        assert!(
+            err.contains("pushpark.toml") && err.contains("mysql"),
+            "{err}"
+        );
+        let long = "x".repeat(65);
+        let err = parse(&format!(
+            "[store]\nbackend = \"redis\"\nurl = \"redis://h\"\nprefix = \"{long}\"\n"
+        ))
+        .expect_err("a long prefix");
+        assert!(err.contains("`store.prefix`"), "{err}");
     }
 
     #[test]

@@ -15,12 +15,12 @@ use tracing::{debug, info};
 
 use crate::app_api::{self, AppApi, AppApiError, AppRequest};
 use crate::auth::{Secret, UserDb, UsersError};
-use crate::config::{Config, Transport};
+use crate::config::{Backend, Config, Transport};
 use crate::metrics::{Gauges, Metrics};
 use crate::node::{Destination, Node, NodeOptions, PushTag, StoreDone};
 use crate::push::setup::{self, SetupError};
 use crate::push::{Dispatcher, PushProvider, PushReports};
-use crate::store::{Store, StoreError, StoreOptions, Writer};
+use crate::store::{RedisOptions, Store, StoreError, StoreOptions, Writer};
 use crate::transport::{BindError, Inbound, TransportOptions, Transports};
 
 /// How many datagrams the loop reads from a socket before it looks at its other work.
@@ -93,7 +93,7 @@ impl Server {
             None => None,
         };
         let unix_time = unix_now();
-        let mut store = Store::open(&config.store.path, &StoreOptions::default())?;
+        let mut store = open_store(&config.store)?;
         let bindings = store.expiring_between(unix_time + 1, i64::MAX as u64)?;
         // From the cluster's file, or kept in the store: either way the route tokens of
         // dialogs up across a restart still verify.
@@ -218,6 +218,20 @@ impl Server {
     /// Runs until the task ends (it ends only on shutdown).
     pub async fn wait(self) {
         let _ = self.task.await;
+    }
+}
+
+/// The binding store `[store]` names.
+fn open_store(config: &crate::config::Store) -> Result<Store, StoreError> {
+    match (config.backend, &config.url) {
+        (Backend::Redis, Some(url)) => Store::open_redis(&RedisOptions {
+            url: url.get_ref().clone(),
+            prefix: config.prefix.clone(),
+            timeout: config.timeout,
+            require_fsync: config.require_fsync,
+        }),
+        // The configuration's checks leave no Redis without a URL.
+        _ => Store::open(&config.path, &StoreOptions::default()),
     }
 }
 

@@ -1,18 +1,25 @@
-//! Several nodes of one deployment (issue 11, part 4): nodes given the same
-//! `[cluster] secret_file` accept each other's digest challenges, each with its own store;
-//! a node with another secret does not. Real servers on loopback, one users file, and a
-//! phone's REGISTER in raw SIP over UDP, its credentials computed by the test's own digest
-//! code (tests/ua/digest.rs).
+//! Several nodes of one deployment:
+//! - nodes given the same `[cluster] secret_file` accept each other's digest challenges,
+//!   each with its own store; a node with another secret does not (a phone's REGISTER in
+//!   raw SIP over UDP, its credentials computed by the test's own digest code,
+//!   tests/ua/digest.rs);
+//! - nodes on one real `redis-server` share bindings: what one stored survives Redis being
+//!   killed and started again, and the other finds it; while Redis is down a REGISTER gets
+//!   503 with Retry-After, never a 200, and a call to a phone already known still gets
+//!   the phone's answer.
 
 mod common;
 mod ua;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
+use common::redis::RedisServer;
 use pushpark::config::Transport;
 use pushpark::server::Server;
-use ua::Credentials;
+use ua::sip::status;
+use ua::{Behaviour, Caller, Credentials, Device, MessageExt};
 
 /// A node on its own store in `dir/<name>`, with the users file and the secret file given.
 async fn node(dir: &Path, name: &str, users: &Path, secret: &Path) -> (Server, SocketAddr) {
@@ -121,4 +128,98 @@ async fn a_secret_file_that_is_no_secret_stops_the_start_naming_the_file() {
             "{error}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_on_redis_outlive_a_redis_crash_and_no_register_is_acknowledged_unstored() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let on_redis = |name: &str| {
+        let dir = dir.path().join(name);
+        std::fs::create_dir_all(&dir).expect("a dir");
+        common::redis_config(&dir, &[Transport::Udp], &url)
+    };
+    let (a, at_a) = common::start_udp(on_redis("a")).await;
+    let phone = Device::builder("sip:bob@localhost", at_a)
+        .behaviour(Behaviour::Busy)
+        .start_registered()
+        .await;
+
+    // Killed as in a crash: the binding was fsynced before its 200 OK.
+    redis.kill();
+    let refused = phone.register(600).await.expect("an answer");
+    assert_eq!(status(&refused), 503, "{refused}");
+    assert!(refused.header("Retry-After").is_some(), "{refused}");
+    // Node a still knows the phone: a call to it gets the phone's own answer.
+    let alice = Caller::new("sip:alice@localhost", ua::Transport::Udp)
+        .await
+        .expect("a caller");
+    alice.invite("sip:bob@localhost", at_a).await.expect("sent");
+    let busy = alice
+        .expect_final(Duration::from_secs(5))
+        .await
+        .expect("a final answer");
+    assert_eq!(status(&busy), 486, "{busy}");
+
+    // Back with its append-only file: a node started now finds the binding (a query: a
+    // REGISTER without Contact, RFC 3261 §10.2.3).
+    redis.restart();
+    let (b, at_b) = common::start_udp(on_redis("b")).await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("a socket");
+    let query = register(1, None).replace("Contact: <sip:bob@127.0.0.1:5999>\r\n", "");
+    let listed = common::final_response(&socket, at_b, &query).await;
+    let contact = phone.local_addr().await.expect("awake").to_string();
+    assert!(
+        listed.starts_with("SIP/2.0 200") && listed.contains(&format!("<sip:bob@{contact}")),
+        "node b lists the binding node a stored before the crash:\n{listed}"
+    );
+    let stored = phone.register(600).await.expect("an answer");
+    assert_eq!(status(&stored), 200, "{stored}");
+    for node in [a, b] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_may_lose_acknowledged_writes_stops_the_start() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).expect("a URL");
+    let mut con = client.get_connection().expect("connected");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendfsync")
+        .arg("everysec")
+        .query(&mut con)
+        .expect("set");
+    let config = common::redis_config(dir.path(), &[Transport::Udp], &redis.url());
+    let error = Server::start(config.clone())
+        .await
+        .err()
+        .expect("the start fails")
+        .to_string();
+    assert!(
+        error.contains(&redis.url()) && error.contains("appendfsync everysec"),
+        "{error}"
+    );
+    // The operator who knows better says so.
+    let mut relaxed = config;
+    relaxed.store.require_fsync = false;
+    Server::start(relaxed)
+        .await
+        .expect("starts")
+        .shutdown()
+        .await;
+    // No Redis there at all: the start fails naming it.
+    drop(redis);
+    let gone = common::redis_config(dir.path(), &[Transport::Udp], "redis://127.0.0.1:1");
+    let error = Server::start(gone)
+        .await
+        .err()
+        .expect("no Redis")
+        .to_string();
+    assert!(error.contains("redis://127.0.0.1:1"), "{error}");
 }

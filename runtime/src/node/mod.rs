@@ -103,7 +103,16 @@ pub enum PushTag {
 }
 
 /// A store job's answer, handed back with [`Node::handle_store_done`].
-pub struct StoreDone(Option<Box<RegisterDone>>);
+pub struct StoreDone(Option<Box<Stored>>);
+
+/// What a store job found that the node acts on.
+enum Stored {
+    /// A REGISTER, applied or not: it is answered.
+    Registered(RegisterDone),
+    /// This node is the cluster's one to send a refresh push (see
+    /// [`Node::refresh_push`]).
+    RefreshClaimed(DeviceId, PushRequest),
+}
 
 /// Work for the bindings store, to run on the store's own thread in the order given; the
 /// node does not run it. [`Store::run_batch`] does, inside one transaction, and gives back
@@ -397,9 +406,13 @@ impl Node {
     /// A store job has finished and its transaction committed (or failed to).
     pub fn handle_store_done(&mut self, now: Instant, done: StoreDone) {
         self.advance(now);
-        if let StoreDone(Some(registered)) = done {
-            self.on_registered(*registered);
-            self.drain_transactions();
+        match done.0.map(|b| *b) {
+            Some(Stored::Registered(registered)) => {
+                self.on_registered(registered);
+                self.drain_transactions();
+            }
+            Some(Stored::RefreshClaimed(id, request)) => self.send_refresh_push(id, request),
+            None => {}
         }
     }
 

@@ -10,13 +10,19 @@ use std::time::Instant;
 use pushpark_model::{AorId, DeviceId, Event, Flow as CoreFlow, Target, TokenUse};
 
 use super::pike::{log_block, Block, Pike};
-use super::{log_failure, Node, Outgoing, PushTag, StoreDone};
+use super::{log_failure, Node, Outgoing, PushTag, StoreDone, Stored};
 use crate::auth::{parse_authorization, ChallengeKind, ParseError as AuthParseError, Verdict};
+use crate::config::Backend;
 use crate::metrics::Metrics;
 use crate::push::{PushKind, PushRequest};
 use crate::sip::{Contact, Message, SipUri, Uri};
 use crate::store::{Applied, Binding, BindingId, Change, ContactSpec, Register, Store, StoreError};
 use crate::transaction::Key;
+
+/// The Retry-After, in seconds, of the 503 a REGISTER gets while the bindings store cannot
+/// be reached: long enough for a Redis restart or failover, short enough that a woken phone
+/// still gets its parked call.
+const STORE_RETRY_AFTER: u32 = 2;
 use crate::transport::{Flow, FlowId};
 use crate::Map;
 
@@ -441,7 +447,7 @@ impl Node {
                 let result = committed
                     .map_err(|e| StoreError::NotCommitted(e.to_string()))
                     .and(result);
-                StoreDone(Some(Box::new(RegisterDone {
+                StoreDone(Some(Box::new(Stored::Registered(RegisterDone {
                     flow,
                     key,
                     request,
@@ -450,7 +456,7 @@ impl Node {
                     feature_caps,
                     outbound,
                     result,
-                })))
+                }))))
             },
         );
     }
@@ -490,6 +496,13 @@ impl Node {
             Err(StoreError::OutOfOrder { .. }) => (500, "Out-of-order REGISTER", Vec::new(), None),
             Err(StoreError::TooManyBindings { .. }) => {
                 (403, "Too many registered contacts", Vec::new(), None)
+            }
+            // RFC 3261 §21.5.4: nothing was stored; the phone tries again, here or on
+            // another node.
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!("store: {e}");
+                let retry = ("Retry-After", STORE_RETRY_AFTER.to_string());
+                (503, "Bindings store unavailable", vec![retry], None)
             }
             Err(e) => {
                 tracing::error!("store: {e}");
@@ -583,7 +596,7 @@ impl Node {
     }
 
     /// Carries out `Effect::RefreshPush`: one binding-refresh push per expiry of the
-    /// binding, counted against the device's push budget (beyond it, none for this expiry).
+    /// binding (and in a cluster, per expiry by one node alone).
     pub(crate) fn refresh_push(&mut self, id: DeviceId) {
         let now = self.unix_now();
         let Some(binding) = self.bindings.get(id).filter(|b| b.expires_at > now) else {
@@ -600,10 +613,6 @@ impl Node {
         if self.bindings.refreshed.insert(id, expires_at) == Some(expires_at) {
             return;
         }
-        let token = self.budget_key(&[&push.provider, &push.prid]);
-        if !self.push_budget.allow(token, self.instant()) {
-            return;
-        }
         let request = PushRequest {
             id: format!("refresh-{id}-{}", self.next_id()),
             kind: PushKind::BindingRefresh,
@@ -618,6 +627,33 @@ impl Node {
             answer_token: None,
             answer_url: None,
         };
+        if self.config.store.backend == Backend::Sqlite {
+            self.send_refresh_push(id, request);
+            return;
+        }
+        // Every node of a cluster knows the binding, and each one's core asks for this
+        // push: the first node to claim it in the shared store sends it (specs §8).
+        let ttl = std::time::Duration::from_secs(expires_at.saturating_sub(now) + 60);
+        self.with_store(
+            move |store| store.claim_refresh(BindingId(id.0), expires_at, ttl),
+            move |claimed, _| match claimed {
+                Ok(true) => StoreDone(Some(Box::new(Stored::RefreshClaimed(id, request)))),
+                Ok(false) => StoreDone(None),
+                Err(e) => {
+                    tracing::warn!("store: no refresh push for binding {id}: {e}");
+                    StoreDone(None)
+                }
+            },
+        );
+    }
+
+    /// Sends a binding-refresh push, counted against the device's push budget (beyond it,
+    /// none for this expiry).
+    pub(crate) fn send_refresh_push(&mut self, id: DeviceId, request: PushRequest) {
+        let token = self.budget_key(&[&request.pn_provider, &request.pn_prid]);
+        if !self.push_budget.allow(token, self.instant()) {
+            return;
+        }
         self.submit_push(request, PushTag::Refresh(id));
     }
 }

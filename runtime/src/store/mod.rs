@@ -1,5 +1,7 @@
-//! The binding store: the registrar's bindings (RFC 3261 §10, RFC 5626, RFC 8599), kept in an
-//! embedded SQLite database so that registrations survive a restart.
+//! The binding store: the registrar's bindings (RFC 3261 §10, RFC 5626, RFC 8599), kept so
+//! that registrations survive a restart: in an embedded SQLite database ([`Sqlite`], the
+//! default for one node) or in Redis ([`Redis`], shared by the nodes of a cluster). Both
+//! run the same replacement rules ([`plan`]); [`Store`] is either.
 //!
 //! # What is stored
 //!
@@ -10,12 +12,12 @@
 //! came on) is deliberately **not** stored: after a restart every binding is push-only until the
 //! phone registers again.
 //!
-//! A binding's [`BindingId`] is the SQLite rowid (declared `AUTOINCREMENT`). It stays the same
-//! across restarts and across re-registrations that replace the binding, and is never reused
-//! after the binding is removed, so it can serve as the call-parking core's device id
-//! (`DeviceId(id.0)`).
+//! A binding's [`BindingId`] is the SQLite rowid (declared `AUTOINCREMENT`), or on Redis a
+//! counter every node shares. It stays the same across restarts and across re-registrations
+//! that replace the binding, and is never reused after the binding is removed, so it can
+//! serve as the call-parking core's device id (`DeviceId(id.0)`).
 //!
-//! # Durability: `synchronous=FULL` by default
+//! # Durability: `synchronous=FULL` by default (Redis: see [`Redis`])
 //!
 //! The database runs in WAL mode. [`Synchronous::Full`] (the default) fsyncs the WAL on every
 //! commit: once [`Store::apply`] has returned `Ok`, the binding survives a process crash, an OS
@@ -48,24 +50,30 @@
 //! Every time is unix seconds, passed in by the caller (`now`); the store never reads the
 //! clock except to stamp when a schema migration ran.
 
+mod plan;
+mod redis;
 mod schema;
+mod sqlite;
 mod uri;
 mod writer;
 
+pub use self::redis::{Redis, RedisOptions};
+pub use self::sqlite::Sqlite;
 pub use self::writer::{Done, Job, Writer};
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
 
-/// A binding's id: the SQLite rowid. Stable across restarts and replacements, never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// A binding's id: the SQLite rowid, or the Redis counter's number. Stable across restarts
+/// and replacements, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct BindingId(pub u64);
 
 impl fmt::Display for BindingId {
@@ -75,7 +83,7 @@ impl fmt::Display for BindingId {
 }
 
 /// RFC 8599 push parameters of a Contact.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PushParams {
     /// `pn-provider`, e.g. `apns` or `fcm`.
     pub provider: String,
@@ -86,7 +94,7 @@ pub struct PushParams {
 }
 
 /// A stored registration: one device of one address-of-record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binding {
     /// The id the call-parking core uses for this device.
     pub id: BindingId,
@@ -322,152 +330,95 @@ pub enum StoreError {
     /// Any other SQLite failure. The transaction was rolled back.
     #[error("binding store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Redis could not be used at start (a bad URL, unreachable, refused the password…).
+    #[error("cannot use Redis {url} as the binding store: {problem}")]
+    OpenRedis {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        problem: String,
+    },
+    /// Redis would not make what it acknowledges durable (see [`Redis`]).
+    #[error("Redis {url} cannot be the binding store: {problem}")]
+    NotDurable {
+        /// The URL, without its password.
+        url: String,
+        /// What it lacks.
+        problem: String,
+    },
+    /// The store cannot serve now (Redis unreachable, timed out, loading…): nothing was
+    /// changed; the same request may succeed later.
+    #[error("binding store unavailable: {0}")]
+    Unavailable(String),
+    /// Redis refused a command for another reason. Nothing was changed.
+    #[error("binding store: Redis: {0}")]
+    Redis(String),
+    /// Something stored is not what pushpark wrote there.
+    #[error("binding store: {0}")]
+    Corrupt(String),
 }
 
-/// `SELECT` of the columns of a [`Binding`], in the order [`binding_from_row`] reads them,
-/// followed by the rest of the statement: a literal, so no statement text is built per call.
-macro_rules! select_bindings {
-    ($rest:literal) => {
-        concat!(
-            "SELECT id, aor, contact, instance, reg_id, pn_provider, pn_prid, pn_param, \
-             pnsreg, q, call_id, cseq, expires_at, updated_at FROM bindings ",
-            $rest
-        )
+/// The binding store, on either backend. See the module docs for durability and for how to
+/// call it from async code.
+#[derive(Debug)]
+pub enum Store {
+    /// One SQLite file: the default, for one node.
+    Sqlite(Sqlite),
+    /// Redis, shared by the nodes of a cluster.
+    Redis(Box<Redis>),
+}
+
+/// Calls the same method on whichever backend `$store` is.
+macro_rules! either {
+    ($store:expr, $s:ident => $call:expr) => {
+        match $store {
+            Store::Sqlite($s) => $call,
+            Store::Redis($s) => $call,
+        }
     };
 }
 
-/// The binding store: one SQLite connection. See the module docs for durability and for how
-/// to call it from async code.
-#[derive(Debug)]
-pub struct Store {
-    conn: Connection,
-    path: Option<PathBuf>,
-}
-
 impl Store {
-    /// Opens (creating if needed, with its parent directories) the database at `path`, turns on
-    /// WAL mode and the chosen durability, and applies any missing schema migrations.
-    ///
-    /// Errors name `path`: [`StoreError::CreateDir`], [`StoreError::Open`] (unwritable, not a
-    /// database, locked…), [`StoreError::NoWal`], [`StoreError::SchemaTooNew`].
+    /// A SQLite store: see [`Sqlite::open`].
     pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Store, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        // Push tokens and contacts are nobody else's business: a new database is readable by
-        // its owner only, and SQLite gives its WAL and shared-memory files the same mode.
-        create_private(&path).map_err(|source| StoreError::CreateDir {
-            path: path.clone(),
-            source,
-        })?;
-        let open_err = |source| StoreError::Open {
-            path: path.clone(),
-            source,
-        };
-        let conn = Connection::open(&path).map_err(open_err)?;
-        conn.busy_timeout(options.busy_timeout).map_err(open_err)?;
-        // The first statement that reads the file: a non-database file fails here.
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(open_err)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::NoWal { path, mode });
-        }
-        conn.pragma_update(None, "synchronous", options.synchronous.pragma_value())
-            .map_err(open_err)?;
-        Store::finish_open(conn, Some(path))
+        Sqlite::open(path, options).map(Store::Sqlite)
     }
 
-    /// Opens a fresh database that lives in memory only (for tests). `options` are accepted for
-    /// symmetry; durability and WAL do not apply.
+    /// A SQLite store in memory only (for tests): see [`Sqlite::open_in_memory`].
     pub fn open_in_memory(options: &StoreOptions) -> Result<Store, StoreError> {
-        let memory = PathBuf::from(":memory:");
-        let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
-            path: memory.clone(),
-            source,
-        })?;
-        conn.busy_timeout(options.busy_timeout)?;
-        Store::finish_open(conn, None)
+        Sqlite::open_in_memory(options).map(Store::Sqlite)
     }
 
-    fn finish_open(mut conn: Connection, path: Option<PathBuf>) -> Result<Store, StoreError> {
-        let shown = path.clone().unwrap_or_else(|| PathBuf::from(":memory:"));
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        match schema::migrate(&mut conn, now) {
-            Ok(_) => Ok(Store { conn, path }),
-            Err(schema::MigrateError::TooNew { found }) => Err(StoreError::SchemaTooNew {
-                path: shown,
-                found,
-                supported: schema::latest(),
-            }),
-            Err(schema::MigrateError::Sqlite(source)) => Err(StoreError::Open {
-                path: shown,
-                source,
-            }),
+    /// A Redis store: see [`Redis::open`].
+    pub fn open_redis(options: &RedisOptions) -> Result<Store, StoreError> {
+        Redis::open(options).map(|r| Store::Redis(Box::new(r)))
+    }
+
+    /// The SQLite database file; `None` for one in memory, or on Redis.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Store::Sqlite(s) => s.path(),
+            Store::Redis(_) => None,
         }
     }
 
-    /// The database file, or `None` for an in-memory store.
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-
-    /// The schema version of the open database.
-    pub fn schema_version(&self) -> Result<u32, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT max(version) FROM schema_version", [], |r| {
-                r.get::<_, Option<u32>>(0)
-            })?
-            .unwrap_or(0))
-    }
-
-    /// The secret called `name`: 32 random bytes made the first time it is asked for, kept
-    /// since (two processes asking at once get the same one).
+    /// The secret called `name`: 32 random bytes made the first time it is asked for (by
+    /// any node sharing the store), kept since.
     pub fn secret(&mut self, name: &str) -> Result<Vec<u8>, StoreError> {
-        let mut fresh = vec![0u8; 32];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut fresh);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT OR IGNORE INTO secrets (name, value) VALUES (?1, ?2)",
-            params![name, fresh],
-        )?;
-        let value: Vec<u8> =
-            tx.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })?;
-        tx.commit()?;
-        Ok(value)
+        either!(self, s => s.secret(name))
     }
 
     /// The unexpired bindings (`expires_at > now`) of `aor`, ordered by id.
     pub fn bindings(&self, aor: &str, now: u64) -> Result<Vec<Binding>, StoreError> {
-        bindings_of(&self.conn, aor, now)
+        either!(self, s => s.bindings(aor, now))
     }
 
     /// The binding with this id, expired or not, if it is still stored.
     pub fn binding(&self, id: BindingId) -> Result<Option<Binding>, StoreError> {
-        let Some(id) = sql_id(id) else {
-            return Ok(None);
-        };
-        let sql = select_bindings!("WHERE id = ?1");
-        Ok(self
-            .conn
-            .prepare_cached(sql)?
-            .query_row([id], binding_from_row)
-            .optional()?)
+        either!(self, s => s.binding(id))
     }
 
-    /// Applies a whole REGISTER for `aor` in one transaction: all of it or (on any error)
-    /// nothing.
+    /// Applies a whole REGISTER for `aor` atomically: all of it or (on any error) nothing.
     ///
     /// Each Contact is matched to at most one existing binding of the AOR, by the first rule
     /// that finds one:
@@ -489,427 +440,49 @@ impl Store {
         register: &Register,
         now: u64,
     ) -> Result<Applied, StoreError> {
-        validate(aor, register)?;
-        // A savepoint: its own transaction when called alone, or one part of the writer's
-        // batch (see `writer`), rolled back alone if this REGISTER fails. Its statements
-        // are prepared once, like every other: parsing SQL per REGISTER shows in profiles.
-        run_cached(&self.conn, "SAVEPOINT apply")?;
-        match apply_changes(&self.conn, aor, register, now) {
-            Ok(applied) => {
-                run_cached(&self.conn, "RELEASE apply")?;
-                Ok(applied)
-            }
-            Err(e) => {
-                // What failed is the error to report; SQLite may have rolled back already.
-                let _ = run_cached(&self.conn, "ROLLBACK TO apply");
-                let _ = run_cached(&self.conn, "RELEASE apply");
-                Err(e)
-            }
-        }
+        either!(self, s => s.apply(aor, register, now))
     }
 
     /// Removes the binding with this id. Returns whether there was one.
     pub fn remove(&mut self, id: BindingId) -> Result<bool, StoreError> {
-        let Some(id) = sql_id(id) else {
-            return Ok(false);
-        };
-        Ok(delete(&self.conn, id)? > 0)
+        either!(self, s => s.remove(id))
     }
 
     /// Clears the push parameters of binding `id`, but only if its `pn-prid` is still `prid`:
     /// the push service rejected that token, and the phone may have registered a new one
     /// meanwhile, which must be kept. Returns whether anything was cleared.
     pub fn forget_push_token(&mut self, id: BindingId, prid: &str) -> Result<bool, StoreError> {
-        let Some(id) = sql_id(id) else {
-            return Ok(false);
-        };
-        let n = self
-            .conn
-            .prepare_cached(
-                "UPDATE bindings SET pn_provider = NULL, pn_prid = NULL, pn_param = NULL \
-             WHERE id = ?1 AND pn_prid = ?2",
-            )?
-            .execute(params![id, prid])?;
-        Ok(n > 0)
+        either!(self, s => s.forget_push_token(id, prid))
     }
 
     /// Deletes every binding that has expired (`expires_at <= now`). Returns how many.
     pub fn sweep_expired(&mut self, now: u64) -> Result<usize, StoreError> {
-        let now = to_sql_u64(now, "now")?;
-        Ok(self
-            .conn
-            .prepare_cached("DELETE FROM bindings WHERE expires_at <= ?1")?
-            .execute([now])?)
+        either!(self, s => s.sweep_expired(now))
     }
 
     /// Bindings with `from <= expires_at < to`, ordered by expiry then id: candidates for an
     /// RFC 8599 §5.5 binding-refresh push. The caller filters on `pnsreg` / `push`.
     pub fn expiring_between(&self, from: u64, to: u64) -> Result<Vec<Binding>, StoreError> {
-        let from = to_sql_u64(from, "from")?;
-        let to = to_sql_u64(to, "to")?;
-        let sql =
-            select_bindings!("WHERE expires_at >= ?1 AND expires_at < ?2 ORDER BY expires_at, id");
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        let rows = stmt.query_map([from, to], binding_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        either!(self, s => s.expiring_between(from, to))
     }
 
     /// How many bindings are stored, including expired ones not swept yet.
     pub fn count(&self) -> Result<usize, StoreError> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM bindings", [], |r| r.get(0))?;
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+        either!(self, s => s.count())
     }
-}
 
-/// Checks a REGISTER before touching the database.
-fn validate(aor: &str, register: &Register) -> Result<(), StoreError> {
-    let invalid = |m: &str| Err(StoreError::Invalid(m.to_owned()));
-    if aor.is_empty() {
-        return invalid("empty AOR");
-    }
-    if register.call_id.is_empty() {
-        return invalid("empty Call-ID");
-    }
-    if register.changes.len() > 1 && register.changes.contains(&Change::RemoveAll) {
-        return invalid("Contact: * must be the only Contact (RFC 3261 §10.3 step 6)");
-    }
-    for change in &register.changes {
-        let spec = match change {
-            Change::Upsert { contact, .. } | Change::Remove(contact) => contact,
-            Change::RemoveAll => continue,
-        };
-        if spec.contact.is_empty() {
-            return invalid("empty Contact URI");
-        }
-        if spec.q.is_some_and(|q| q > 1000) {
-            return invalid("q above 1000 thousandths");
-        }
-        if spec
-            .push
-            .as_ref()
-            .is_some_and(|p| p.prid.is_empty() || p.provider.is_empty())
-        {
-            return invalid("empty pn-provider or pn-prid");
+    /// Whether this node is the one to send the refresh push of binding `id` for its expiry
+    /// `expires_at`: on Redis the first node of the cluster to ask is, until `ttl` has
+    /// passed; a SQLite file has one node.
+    pub fn claim_refresh(
+        &mut self,
+        id: BindingId,
+        expires_at: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(true),
+            Store::Redis(s) => s.claim_refresh(id, expires_at, ttl),
         }
     }
-    Ok(())
-}
-
-/// What matching needs of an existing binding.
-struct MatchRow {
-    id: i64,
-    call_id: String,
-    cseq: u32,
-    expires_at: i64,
-}
-
-impl MatchRow {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<MatchRow> {
-        Ok(MatchRow {
-            id: r.get(0)?,
-            call_id: r.get(1)?,
-            cseq: r.get(2)?,
-            expires_at: r.get(3)?,
-        })
-    }
-
-    fn binding_id(&self) -> Result<BindingId, StoreError> {
-        to_binding_id(self.id)
-    }
-
-    /// RFC 3261 §10.3 step 7. An expired binding no longer exists as far as the RFC is
-    /// concerned, and one this request already wrote is not out of order with it.
-    fn check_order(
-        &self,
-        register: &Register,
-        now: i64,
-        touched: &HashSet<i64>,
-    ) -> Result<(), StoreError> {
-        if self.expires_at > now
-            && !touched.contains(&self.id)
-            && self.call_id == register.call_id
-            && self.cseq >= register.cseq
-        {
-            return Err(StoreError::OutOfOrder {
-                id: self.binding_id()?,
-                call_id: self.call_id.clone(),
-                stored_cseq: self.cseq,
-                cseq: register.cseq,
-            });
-        }
-        Ok(())
-    }
-}
-
-/// What [`Store::apply`] does inside its savepoint.
-fn apply_changes(
-    tx: &Connection,
-    aor: &str,
-    register: &Register,
-    now: u64,
-) -> Result<Applied, StoreError> {
-    let now_sql = to_sql_u64(now, "now")?;
-    let mut removed = Vec::new();
-    // Bindings this request already wrote: its own Call-ID/CSeq on them is not "out of order".
-    let mut touched = HashSet::new();
-    for change in &register.changes {
-        match change {
-            Change::RemoveAll => {
-                let rows = {
-                    let mut stmt = tx.prepare_cached(
-                        "SELECT id, call_id, cseq, expires_at FROM bindings WHERE aor = ?1",
-                    )?;
-                    let rows = stmt
-                        .query_map([aor], MatchRow::from_row)?
-                        .collect::<Result<Vec<_>, _>>()?;
-                    rows
-                };
-                for row in rows {
-                    row.check_order(register, now_sql, &touched)?;
-                    delete(tx, row.id)?;
-                    removed.push(row.binding_id()?);
-                }
-            }
-            Change::Remove(spec) => {
-                if let Some(row) = find_match(tx, aor, spec)? {
-                    row.check_order(register, now_sql, &touched)?;
-                    delete(tx, row.id)?;
-                    removed.push(row.binding_id()?);
-                }
-            }
-            Change::Upsert {
-                contact,
-                expires_at,
-            } => {
-                let expires_sql = to_sql_u64(*expires_at, "expires_at")?;
-                let found = find_match(tx, aor, contact)?;
-                if let Some(row) = &found {
-                    row.check_order(register, now_sql, &touched)?;
-                }
-                if expires_sql <= now_sql {
-                    if let Some(row) = found {
-                        delete(tx, row.id)?;
-                        removed.push(row.binding_id()?);
-                    }
-                    continue;
-                }
-                let keep = found.as_ref().map(|r| r.id);
-                for dup in push_duplicates(tx, aor, contact, keep)? {
-                    delete(tx, dup)?;
-                    removed.push(to_binding_id(dup)?);
-                }
-                let id = write_binding(tx, keep, aor, contact, register, expires_sql, now_sql)?;
-                touched.insert(id);
-            }
-        }
-    }
-    let bindings = bindings_of(tx, aor, now)?;
-    if bindings.len() > register.max_bindings {
-        return Err(StoreError::TooManyBindings {
-            aor: aor.to_owned(),
-            max: register.max_bindings,
-        });
-    }
-    Ok(Applied { bindings, removed })
-}
-
-/// Creates `path` empty with mode 0600 if it does not exist; leaves an existing file alone.
-fn create_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Runs a statement without parameters, prepared once per connection.
-fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
-    conn.prepare_cached(sql)?.execute([])
-}
-
-/// The existing binding of `aor` that `spec` replaces, by the rules of [`Store::apply`].
-fn find_match(
-    tx: &Connection,
-    aor: &str,
-    spec: &ContactSpec,
-) -> Result<Option<MatchRow>, StoreError> {
-    const SELECT: &str = "SELECT id, call_id, cseq, expires_at FROM bindings WHERE aor = ?1 AND ";
-    if let Some(instance) = &spec.instance {
-        let sql = format!("{SELECT} instance = ?2 AND reg_id IS ?3");
-        let row = tx
-            .prepare_cached(&sql)?
-            .query_row(params![aor, instance, spec.reg_id], MatchRow::from_row)
-            .optional()?;
-        if row.is_some() {
-            return Ok(row);
-        }
-    }
-    if let Some(push) = &spec.push {
-        let sql = format!("{SELECT} pn_provider = ?2 AND pn_prid = ?3 AND pn_param IS ?4");
-        let row = tx
-            .prepare_cached(&sql)?
-            .query_row(
-                params![aor, push.provider, push.prid, push.param],
-                MatchRow::from_row,
-            )
-            .optional()?;
-        if row.is_some() {
-            return Ok(row);
-        }
-    }
-    let sql = format!(
-        "{SELECT} contact_key = ?2 AND (instance IS NULL OR ?3 IS NULL OR instance = ?3) \
-         ORDER BY id LIMIT 1"
-    );
-    Ok(tx
-        .prepare_cached(&sql)?
-        .query_row(
-            params![aor, uri::contact_key(&spec.contact), spec.instance],
-            MatchRow::from_row,
-        )
-        .optional()?)
-}
-
-/// Other bindings of `aor` (not `keep`) holding the same push token as `spec`.
-fn push_duplicates(
-    tx: &Connection,
-    aor: &str,
-    spec: &ContactSpec,
-    keep: Option<i64>,
-) -> Result<Vec<i64>, StoreError> {
-    let Some(push) = &spec.push else {
-        return Ok(Vec::new());
-    };
-    let mut stmt = tx.prepare_cached(
-        "SELECT id FROM bindings WHERE aor = ?1 AND pn_provider = ?2 AND pn_prid = ?3 \
-         AND pn_param IS ?4 AND id IS NOT ?5",
-    )?;
-    let ids = stmt
-        .query_map(
-            params![aor, push.provider, push.prid, push.param, keep],
-            |r| r.get(0),
-        )?
-        .collect::<Result<_, _>>()?;
-    Ok(ids)
-}
-
-/// Inserts a binding, or overwrites binding `id` keeping its id. Returns the id.
-fn write_binding(
-    tx: &Connection,
-    id: Option<i64>,
-    aor: &str,
-    spec: &ContactSpec,
-    register: &Register,
-    expires_at: i64,
-    now: i64,
-) -> Result<i64, StoreError> {
-    let push = spec.push.as_ref();
-    let values = params![
-        id,
-        aor,
-        spec.contact,
-        uri::contact_key(&spec.contact),
-        spec.instance,
-        spec.reg_id,
-        push.map(|p| &p.provider),
-        push.map(|p| &p.prid),
-        push.and_then(|p| p.param.as_ref()),
-        spec.pnsreg,
-        spec.q,
-        register.call_id,
-        register.cseq,
-        expires_at,
-        now,
-    ];
-    let sql = "INSERT INTO bindings (id, aor, contact, contact_key, instance, reg_id, \
-               pn_provider, pn_prid, pn_param, pnsreg, q, call_id, cseq, expires_at, updated_at) \
-               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
-               ON CONFLICT (id) DO UPDATE SET contact = excluded.contact, \
-               contact_key = excluded.contact_key, instance = excluded.instance, \
-               reg_id = excluded.reg_id, pn_provider = excluded.pn_provider, \
-               pn_prid = excluded.pn_prid, pn_param = excluded.pn_param, \
-               pnsreg = excluded.pnsreg, q = excluded.q, call_id = excluded.call_id, \
-               cseq = excluded.cseq, expires_at = excluded.expires_at, \
-               updated_at = excluded.updated_at \
-               RETURNING id";
-    Ok(tx.prepare_cached(sql)?.query_row(values, |r| r.get(0))?)
-}
-
-fn delete(conn: &Connection, id: i64) -> Result<usize, StoreError> {
-    Ok(conn
-        .prepare_cached("DELETE FROM bindings WHERE id = ?1")?
-        .execute([id])?)
-}
-
-fn bindings_of(conn: &Connection, aor: &str, now: u64) -> Result<Vec<Binding>, StoreError> {
-    // Expiry is filtered here, not in SQL: with the range in the statement, SQLite's STAT4
-    // planner re-prepares it on every call.
-    let mut stmt = conn.prepare_cached(select_bindings!("WHERE aor = ?1 ORDER BY id"))?;
-    let rows = stmt.query_map([aor], binding_from_row)?;
-    let mut bindings = Vec::new();
-    for binding in rows {
-        let binding = binding?;
-        if binding.expires_at > now {
-            bindings.push(binding);
-        }
-    }
-    Ok(bindings)
-}
-
-/// Reads a [`Binding`] from a row selected with [`select_bindings`]. Values outside the Rust types'
-/// ranges come back as SQLite conversion errors rather than panics.
-fn binding_from_row(r: &Row<'_>) -> rusqlite::Result<Binding> {
-    let provider: Option<String> = r.get(5)?;
-    let prid: Option<String> = r.get(6)?;
-    let push = match (provider, prid) {
-        (Some(provider), Some(prid)) => Some(PushParams {
-            provider,
-            prid,
-            param: r.get(7)?,
-        }),
-        _ => None,
-    };
-    Ok(Binding {
-        id: BindingId(get_u64(r, 0)?),
-        aor: r.get(1)?,
-        contact: r.get(2)?,
-        instance: r.get(3)?,
-        reg_id: r.get(4)?,
-        push,
-        pnsreg: r.get(8)?,
-        q: r.get(9)?,
-        call_id: r.get(10)?,
-        cseq: r.get(11)?,
-        expires_at: get_u64(r, 12)?,
-        updated_at: get_u64(r, 13)?,
-    })
-}
-
-fn get_u64(r: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
-    let v: i64 = r.get(idx)?;
-    u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
-}
-
-fn to_sql_u64(v: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(v)
-        .map_err(|_| StoreError::Invalid(format!("{what} = {v} does not fit in SQLite")))
-}
-
-fn to_binding_id(id: i64) -> Result<BindingId, StoreError> {
-    u64::try_from(id)
-        .map(BindingId)
-        .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, id).into())
-}
-
-/// The rowid for `id`; `None` when no row can have it.
-fn sql_id(id: BindingId) -> Option<i64> {
-    i64::try_from(id.0).ok()
 }

@@ -1,5 +1,9 @@
 //! Tests of the binding store, on real SQLite files in a temp dir and in memory.
 
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
 use super::*;
 
 const AOR: &str = "sip:alice@example.com";
@@ -7,6 +11,146 @@ const T0: u64 = 1_700_000_000;
 
 fn mem() -> Store {
     Store::open_in_memory(&StoreOptions::default()).expect("in-memory store")
+}
+
+impl Store {
+    /// The SQLite backend, for the tests of what only it does.
+    fn sqlite(&mut self) -> &mut Sqlite {
+        match self {
+            Store::Sqlite(s) => s,
+            Store::Redis(_) => panic!("a SQLite store was expected"),
+        }
+    }
+}
+
+/// The tests' `redis-server` (Debian package `redis-server`): one per test process, on a
+/// free loopback port, with an append-only file fsynced on every write (what the store
+/// requires) in a directory of its own. It ends with the test process: its shell reads its
+/// stdin, which closes when the process ends, and then stops it.
+fn redis_url() -> &'static str {
+    static SERVER: OnceLock<(String, Child, tempfile::TempDir)> = OnceLock::new();
+    let (url, _, _) = SERVER.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        // It is never waited for: it outlives every test, and ends with the process.
+        #[expect(clippy::zombie_processes, reason = "the server ends with the process")]
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(
+                "redis-server --port \"$1\" --bind 127.0.0.1 --dir \"$2\" --save '' \
+                 --appendonly yes --appendfsync always >/dev/null & pid=$!; \
+                 read _ignored; kill $pid",
+            )
+            .args(["sh", &port.to_string(), &dir.path().display().to_string()])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("sh starts");
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = ::redis::Client::open(url.as_str()).expect("a URL");
+        for _ in 0..200 {
+            if let Ok(mut con) = client.get_connection() {
+                if ::redis::cmd("PING").query::<String>(&mut con).is_ok() {
+                    return (url, child, dir);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not start on port {port}: is it installed (apt-get install redis-server)?");
+    });
+    url
+}
+
+/// A key prefix no other test uses.
+fn fresh_prefix() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("test{}:", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A Redis store whose keys start with `prefix`: what one node of a cluster opens.
+fn redis_node(prefix: &str) -> Store {
+    let options = RedisOptions {
+        url: redis_url().to_owned(),
+        prefix: prefix.to_owned(),
+        timeout: Duration::from_secs(5),
+        require_fsync: true,
+    };
+    Store::open_redis(&options).expect("the Redis store opens")
+}
+
+/// A Redis store of its own.
+fn redis_store() -> Store {
+    redis_node(&fresh_prefix())
+}
+
+#[test]
+fn nodes_on_one_redis_share_bindings_and_one_claims_each_refresh_push() {
+    let prefix = fresh_prefix();
+    let (mut a, mut b) = (redis_node(&prefix), redis_node(&prefix));
+    let written = add(&mut a, "c1", apns("tok1", "h1"));
+    assert_eq!(
+        b.bindings(AOR, T0).expect("bindings"),
+        vec![written.clone()]
+    );
+    // The phone's next REGISTER lands on the other node: the same binding, refreshed.
+    let refreshed = add(&mut b, "c1b", apns("tok1", "h2"));
+    assert_eq!(refreshed.id, written.id);
+    assert_eq!(
+        a.binding(written.id).expect("binding"),
+        Some(refreshed.clone())
+    );
+    let ttl = Duration::from_secs(60);
+    let expiry = refreshed.expires_at;
+    assert!(a.claim_refresh(written.id, expiry, ttl).expect("claim"));
+    assert!(!b.claim_refresh(written.id, expiry, ttl).expect("claim"));
+    assert!(
+        !a.claim_refresh(written.id, expiry, ttl).expect("claim"),
+        "claimed once"
+    );
+    assert!(b
+        .claim_refresh(written.id, expiry + 3600, ttl)
+        .expect("the next expiry's"));
+    // Another deployment on the same Redis sees none of it.
+    assert_eq!(redis_store().bindings(AOR, T0).expect("bindings"), vec![]);
+}
+
+#[test]
+fn registers_of_one_aor_on_two_nodes_at_once_all_land() {
+    let prefix = fresh_prefix();
+    let threads: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|node| {
+            let mut store = redis_node(&prefix);
+            std::thread::spawn(move || {
+                for n in 0..40 {
+                    add(
+                        &mut store,
+                        &format!("{node}{n}"),
+                        ContactSpec::new(format!("sip:alice@{node}{n}")),
+                    );
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("the node's REGISTERs all succeed");
+    }
+    let store = redis_node(&prefix);
+    let all = store.bindings(AOR, T0).expect("bindings");
+    assert_eq!(all.len(), 80, "none lost to the other node's writes");
+    let mut ids: Vec<_> = all.iter().map(|b| b.id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 80, "ids are unique and ordered");
+    assert_eq!(store.count().expect("count"), 80);
+    assert_eq!(
+        store
+            .expiring_between(T0, T0 + 3601)
+            .expect("expiring")
+            .len(),
+        80
+    );
 }
 
 fn register(call_id: &str, cseq: u32, changes: Vec<Change>) -> Register {
@@ -100,12 +244,14 @@ fn file_store_runs_in_wal_mode_with_the_chosen_synchronous() {
             synchronous: sync,
             ..StoreOptions::default()
         };
-        let store = Store::open(dir.path().join("b.sqlite"), &options).expect("open");
+        let mut store = Store::open(dir.path().join("b.sqlite"), &options).expect("open");
         let mode: String = store
+            .sqlite()
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .expect("journal_mode");
         let level: i64 = store
+            .sqlite()
             .conn
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .expect("synchronous");
@@ -143,82 +289,6 @@ fn ids_stay_stable_across_reopen_and_are_not_reused_after_removal() {
 }
 
 #[test]
-fn same_instance_replaces_binding_even_with_new_address_and_token() {
-    let mut store = mem();
-    let inst = "<urn:uuid:11111111-1111-1111-1111-111111111111>";
-    let old = add(
-        &mut store,
-        "c1",
-        apns("tok1", "10.0.0.1:5060").instance(inst).reg_id(1),
-    );
-    let new = add(
-        &mut store,
-        "c2",
-        apns("tok2", "10.9.9.9:6000").instance(inst).reg_id(1),
-    );
-    assert_eq!(new.id, old.id);
-    let all = store.bindings(AOR, T0).expect("bindings");
-    assert_eq!(all.len(), 1);
-    assert_eq!(all[0].push.as_ref().map(|p| p.prid.as_str()), Some("tok2"));
-    assert_eq!(all[0].call_id, "c2");
-}
-
-#[test]
-fn same_instance_with_different_reg_id_and_token_is_a_separate_binding() {
-    let mut store = mem();
-    let inst = "<urn:uuid:11111111-1111-1111-1111-111111111111>";
-    let a = add(
-        &mut store,
-        "c1",
-        ContactSpec::new("sip:alice@h1").instance(inst).reg_id(1),
-    );
-    let b = add(
-        &mut store,
-        "c2",
-        ContactSpec::new("sip:alice@h2").instance(inst).reg_id(2),
-    );
-    assert_ne!(a.id, b.id);
-    assert_eq!(store.bindings(AOR, T0).expect("bindings").len(), 2);
-}
-
-#[test]
-fn same_push_token_replaces_binding_when_phone_wakes_on_new_address() {
-    let mut store = mem();
-    let old = add(&mut store, "c1", apns("tok1", "10.0.0.1:5060"));
-    // New address, new Call-ID (the app was restarted by the push), same token.
-    let new = add(&mut store, "c2", apns("tok1", "192.0.2.7:41234"));
-    assert_eq!(new.id, old.id);
-    let all = store.bindings(AOR, T0).expect("bindings");
-    assert_eq!(all.len(), 1, "no stale duplicate: {all:?}");
-    assert!(all[0].contact.contains("192.0.2.7:41234"));
-}
-
-#[test]
-fn different_push_token_on_a_different_address_is_a_second_device() {
-    let mut store = mem();
-    let a = add(&mut store, "c1", apns("tok1", "10.0.0.1:5060"));
-    let b = add(&mut store, "c2", apns("tok2", "10.0.0.2:5060"));
-    assert_ne!(a.id, b.id);
-    assert_eq!(store.count().expect("count"), 2);
-}
-
-#[test]
-fn same_contact_uri_replaces_binding_even_with_a_new_push_token() {
-    let mut store = mem();
-    let old = add(&mut store, "c1", apns("tok1", "10.0.0.1:5060"));
-    let new = add(&mut store, "c2", apns("tok2", "10.0.0.1:5060"));
-    assert_eq!(new.id, old.id);
-    let all = store.bindings(AOR, T0).expect("bindings");
-    assert_eq!(all.len(), 1);
-    assert_eq!(all[0].push.as_ref().map(|p| p.prid.as_str()), Some("tok2"));
-    // And without any push parameters at all.
-    let plain = add(&mut store, "c3", ContactSpec::new("sip:alice@198.51.100.1"));
-    let again = add(&mut store, "c4", ContactSpec::new("sip:alice@198.51.100.1"));
-    assert_eq!(plain.id, again.id);
-    assert_eq!(store.count().expect("count"), 2);
-}
-
-#[test]
 fn same_contact_uri_with_different_instances_stays_two_devices() {
     // Two phones behind different NATs can both claim sip:alice@192.168.1.5:5060.
     let mut store = mem();
@@ -239,257 +309,12 @@ fn same_contact_uri_with_different_instances_stays_two_devices() {
 }
 
 #[test]
-fn instance_match_removes_a_stale_duplicate_holding_the_same_token() {
-    let mut store = mem();
-    let inst = "<urn:uuid:22222222-2222-2222-2222-222222222222>";
-    let keeper = add(
-        &mut store,
-        "c1",
-        apns("tok1", "10.0.0.1:5060").instance(inst),
-    );
-    let stale = add(&mut store, "c2", apns("tok2", "10.0.0.2:5060"));
-    // The phone registers again under its instance, now with the token the stale binding holds.
-    let applied = store
-        .apply(
-            AOR,
-            &register(
-                "c3",
-                1,
-                vec![upsert(
-                    apns("tok2", "10.0.0.3:5060").instance(inst),
-                    T0 + 60,
-                )],
-            ),
-            T0,
-        )
-        .expect("apply");
-    assert_eq!(applied.removed, vec![stale.id]);
-    assert_eq!(
-        applied.bindings.iter().map(|b| b.id).collect::<Vec<_>>(),
-        vec![keeper.id]
-    );
-}
-
-#[test]
-fn star_removes_all_bindings_of_the_aor_only() {
-    let mut store = mem();
-    let a = add(&mut store, "c1", apns("tok1", "h1"));
-    let b = add(&mut store, "c2", ContactSpec::new("sip:alice@h2"));
-    let other = store
-        .apply(
-            "sip:bob@example.com",
-            &register(
-                "c3",
-                1,
-                vec![upsert(ContactSpec::new("sip:bob@h3"), T0 + 60)],
-            ),
-            T0,
-        )
-        .expect("bob");
-    let applied = store
-        .apply(AOR, &register("c9", 1, vec![Change::RemoveAll]), T0)
-        .expect("star");
-    assert!(applied.bindings.is_empty());
-    assert_eq!(applied.removed, vec![a.id, b.id]);
-    assert!(store.bindings(AOR, T0).expect("bindings").is_empty());
-    assert_eq!(
-        store.bindings("sip:bob@example.com", T0).expect("bob"),
-        other.bindings
-    );
-}
-
-#[test]
-fn star_mixed_with_other_contacts_is_rejected_and_changes_nothing() {
-    let mut store = mem();
-    add(&mut store, "c1", ContactSpec::new("sip:alice@h1"));
-    let err = store
-        .apply(
-            AOR,
-            &register(
-                "c2",
-                1,
-                vec![
-                    Change::RemoveAll,
-                    upsert(ContactSpec::new("sip:alice@h2"), T0 + 60),
-                ],
-            ),
-            T0,
-        )
-        .expect_err("must be rejected");
-    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
-    assert_eq!(store.count().expect("count"), 1);
-}
-
-#[test]
-fn remove_change_and_zero_expiry_delete_the_matching_binding() {
-    let mut store = mem();
-    let a = add(&mut store, "c1", apns("tok1", "h1"));
-    let b = add(&mut store, "c2", ContactSpec::new("sip:alice@h2"));
-    let applied = store
-        .apply(
-            AOR,
-            &register("c1", 2, vec![Change::Remove(apns("tok1", "h1"))]),
-            T0,
-        )
-        .expect("remove");
-    assert_eq!(applied.removed, vec![a.id]);
-    // An upsert whose expiry is not in the future is an expires=0.
-    let applied = store
-        .apply(
-            AOR,
-            &register("c2", 2, vec![upsert(ContactSpec::new("sip:alice@h2"), T0)]),
-            T0,
-        )
-        .expect("expire");
-    assert_eq!(applied.removed, vec![b.id]);
-    assert_eq!(store.count().expect("count"), 0);
-}
-
-#[test]
-fn register_with_same_call_id_and_old_cseq_is_rejected_atomically() {
-    let mut store = mem();
-    let contact = ContactSpec::new("sip:alice@h1");
-    store
-        .apply(
-            AOR,
-            &register("c1", 5, vec![upsert(contact.clone(), T0 + 60)]),
-            T0,
-        )
-        .expect("first");
-    // A second Contact that would be new, then the stale one: the whole request must fail.
-    let err = store
-        .apply(
-            AOR,
-            &register(
-                "c1",
-                5,
-                vec![
-                    upsert(ContactSpec::new("sip:alice@h9"), T0 + 60),
-                    upsert(contact.clone(), T0 + 999),
-                ],
-            ),
-            T0,
-        )
-        .expect_err("out of order");
-    assert!(
-        matches!(
-            err,
-            StoreError::OutOfOrder {
-                stored_cseq: 5,
-                cseq: 5,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    let all = store.bindings(AOR, T0).expect("bindings");
-    assert_eq!(all.len(), 1, "nothing of the failed REGISTER applied");
-    assert_eq!(all[0].expires_at, T0 + 60);
-    // A higher CSeq, or another Call-ID, is fine.
-    store
-        .apply(
-            AOR,
-            &register("c1", 6, vec![upsert(contact.clone(), T0 + 120)]),
-            T0,
-        )
-        .expect("higher cseq");
-    store
-        .apply(
-            AOR,
-            &register("other", 1, vec![upsert(contact, T0 + 180)]),
-            T0,
-        )
-        .expect("other call-id");
-}
-
-#[test]
-fn expired_bindings_are_hidden_then_swept() {
-    let mut store = mem();
-    let short = store
-        .apply(
-            AOR,
-            &register(
-                "c1",
-                1,
-                vec![upsert(ContactSpec::new("sip:alice@h1"), T0 + 10)],
-            ),
-            T0,
-        )
-        .expect("short");
-    let long = add(&mut store, "c2", ContactSpec::new("sip:alice@h2"));
-    let short_id = short.bindings[0].id;
-    assert_eq!(store.bindings(AOR, T0 + 9).expect("b").len(), 2);
-    let visible: Vec<_> = store
-        .bindings(AOR, T0 + 10)
-        .expect("b")
-        .into_iter()
-        .map(|b| b.id)
-        .collect();
-    assert_eq!(visible, vec![long.id], "expires_at == now is expired");
-    assert!(
-        store.binding(short_id).expect("binding").is_some(),
-        "still stored until swept"
-    );
-    assert_eq!(store.sweep_expired(T0 + 10).expect("sweep"), 1);
-    assert_eq!(store.binding(short_id).expect("binding"), None);
-    assert_eq!(store.count().expect("count"), 1);
-    assert_eq!(store.sweep_expired(T0 + 10).expect("sweep"), 0);
-}
-
-#[test]
-fn expiring_between_is_half_open_and_ordered_by_expiry() {
-    let mut store = mem();
-    for (host, exp) in [("h1", 100), ("h2", 50), ("h3", 200), ("h4", 150)] {
-        store
-            .apply(
-                AOR,
-                &register(
-                    host,
-                    1,
-                    vec![upsert(
-                        ContactSpec::new(format!("sip:alice@{host}")),
-                        T0 + exp,
-                    )],
-                ),
-                T0,
-            )
-            .expect("apply");
-    }
-    let got: Vec<_> = store
-        .expiring_between(T0 + 50, T0 + 200)
-        .expect("expiring")
-        .into_iter()
-        .map(|b| b.expires_at - T0)
-        .collect();
-    assert_eq!(got, vec![50, 100, 150]);
-}
-
-#[test]
-fn forget_push_token_clears_only_the_token_still_stored() {
-    let mut store = mem();
-    let b = add(&mut store, "c1", apns("tok1", "h1"));
-    // The phone registered a new token before the push service's rejection of tok1 came back.
-    add(&mut store, "c2", apns("tok2", "h1"));
-    assert!(!store.forget_push_token(b.id, "tok1").expect("forget old"));
-    let kept = store.binding(b.id).expect("binding").expect("present");
-    assert_eq!(kept.push.as_ref().map(|p| p.prid.as_str()), Some("tok2"));
-    assert!(store
-        .forget_push_token(b.id, "tok2")
-        .expect("forget current"));
-    let cleared = store.binding(b.id).expect("binding").expect("present");
-    assert_eq!(cleared.push, None);
-    assert_eq!(cleared.contact, kept.contact, "the binding itself stays");
-    assert!(!store
-        .forget_push_token(BindingId(9999), "tok2")
-        .expect("unknown id"));
-}
-
-#[test]
 fn migrations_run_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("b.sqlite");
-    let versions = |store: &Store| -> Vec<(u32, i64)> {
+    let versions = |store: &mut Store| -> Vec<(u32, i64)> {
         let mut stmt = store
+            .sqlite()
             .conn
             .prepare("SELECT version, applied_at FROM schema_version ORDER BY version")
             .expect("prepare");
@@ -501,20 +326,23 @@ fn migrations_run_once() {
     let first = {
         let mut store = Store::open(&path, &StoreOptions::default()).expect("open");
         add(&mut store, "c1", ContactSpec::new("sip:alice@h1"));
-        assert_eq!(store.schema_version().expect("version"), schema::latest());
-        versions(&store)
+        assert_eq!(
+            store.sqlite().schema_version().expect("version"),
+            schema::latest()
+        );
+        versions(&mut store)
     };
     assert_eq!(first.iter().map(|v| v.0).collect::<Vec<_>>(), vec![1, 2]);
     std::thread::sleep(Duration::from_millis(1100)); // a rerun would stamp a later applied_at
-    let store = Store::open(&path, &StoreOptions::default()).expect("reopen");
-    assert_eq!(versions(&store), first);
+    let mut store = Store::open(&path, &StoreOptions::default()).expect("reopen");
+    assert_eq!(versions(&mut store), first);
     assert_eq!(
         store.count().expect("count"),
         1,
         "reopening did not recreate the table"
     );
     let mut again = store;
-    assert_eq!(schema::migrate(&mut again.conn, T0).ok(), Some(0));
+    assert_eq!(schema::migrate(&mut again.sqlite().conn, T0).ok(), Some(0));
 }
 
 #[test]
@@ -522,7 +350,7 @@ fn newer_schema_is_refused_naming_the_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("b.sqlite");
     drop(Store::open(&path, &StoreOptions::default()).expect("open"));
-    Connection::open(&path)
+    rusqlite::Connection::open(&path)
         .and_then(|c| c.execute("INSERT INTO schema_version VALUES (99, 0)", []))
         .expect("bump version");
     let err = Store::open(&path, &StoreOptions::default()).expect_err("too new");
@@ -584,57 +412,6 @@ fn in_memory_stores_are_independent_and_empty() {
     let b = mem();
     assert_eq!((a.count().expect("a"), b.count().expect("b")), (1, 0));
     assert_eq!(b.path(), None);
-}
-
-#[test]
-fn invalid_input_is_rejected_before_touching_the_database() {
-    let mut store = mem();
-    let cases = [
-        ("", register("c", 1, vec![])),
-        (AOR, register("", 1, vec![])),
-        (
-            AOR,
-            register(
-                "c",
-                1,
-                vec![upsert(ContactSpec::new("sip:a@h").q(1001), T0 + 1)],
-            ),
-        ),
-        (
-            AOR,
-            register("c", 1, vec![upsert(ContactSpec::new("sip:a@h"), u64::MAX)]),
-        ),
-    ];
-    for (aor, reg) in cases {
-        let err = store.apply(aor, &reg, T0).expect_err("invalid");
-        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
-    }
-    assert_eq!(store.count().expect("count"), 0);
-}
-
-#[test]
-fn contacts_of_one_register_matching_the_same_binding_are_not_out_of_order() {
-    let mut store = mem();
-    let first = add(&mut store, "c1", apns("tok1", "h1"));
-    // CSeq 2 of the same Call-ID: its second Contact matches the binding its first one just
-    // rewrote (same token), which now carries this very Call-ID and CSeq.
-    let applied = store
-        .apply(
-            AOR,
-            &register(
-                "c1",
-                2,
-                vec![
-                    upsert(apns("tok1", "h2"), T0 + 60),
-                    upsert(apns("tok1", "h3"), T0 + 90),
-                ],
-            ),
-            T0,
-        )
-        .expect("one request may touch a binding twice");
-    assert_eq!(applied.bindings.len(), 1);
-    assert_eq!(applied.bindings[0].id, first.id);
-    assert!(applied.bindings[0].contact.contains("@h3;"));
 }
 
 #[test]
@@ -702,4 +479,364 @@ fn a_register_beyond_the_bindings_an_aor_may_hold_fails_and_changes_nothing() {
             .len(),
         1
     );
+}
+
+/// Tests of what every backend must do alike: each runs on SQLite (in memory) and on Redis
+/// (a real `redis-server`, with a key prefix of the test's own).
+macro_rules! on_every_backend {
+    ($(fn $name:ident($store:ident) $body:block)*) => {
+        mod on_sqlite {
+            use super::*;
+            $(#[test] fn $name() { let mut $store = mem(); $body })*
+        }
+        mod on_redis {
+            use super::*;
+            $(#[test] fn $name() { let mut $store = redis_store(); $body })*
+        }
+    };
+}
+
+on_every_backend! {
+fn same_instance_replaces_binding_even_with_new_address_and_token(store) {
+    let inst = "<urn:uuid:11111111-1111-1111-1111-111111111111>";
+    let old = add(
+        &mut store,
+        "c1",
+        apns("tok1", "10.0.0.1:5060").instance(inst).reg_id(1),
+    );
+    let new = add(
+        &mut store,
+        "c2",
+        apns("tok2", "10.9.9.9:6000").instance(inst).reg_id(1),
+    );
+    assert_eq!(new.id, old.id);
+    let all = store.bindings(AOR, T0).expect("bindings");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].push.as_ref().map(|p| p.prid.as_str()), Some("tok2"));
+    assert_eq!(all[0].call_id, "c2");
+}
+
+fn same_instance_with_different_reg_id_and_token_is_a_separate_binding(store) {
+    let inst = "<urn:uuid:11111111-1111-1111-1111-111111111111>";
+    let a = add(
+        &mut store,
+        "c1",
+        ContactSpec::new("sip:alice@h1").instance(inst).reg_id(1),
+    );
+    let b = add(
+        &mut store,
+        "c2",
+        ContactSpec::new("sip:alice@h2").instance(inst).reg_id(2),
+    );
+    assert_ne!(a.id, b.id);
+    assert_eq!(store.bindings(AOR, T0).expect("bindings").len(), 2);
+}
+
+fn same_push_token_replaces_binding_when_phone_wakes_on_new_address(store) {
+    let old = add(&mut store, "c1", apns("tok1", "10.0.0.1:5060"));
+    // New address, new Call-ID (the app was restarted by the push), same token.
+    let new = add(&mut store, "c2", apns("tok1", "192.0.2.7:41234"));
+    assert_eq!(new.id, old.id);
+    let all = store.bindings(AOR, T0).expect("bindings");
+    assert_eq!(all.len(), 1, "no stale duplicate: {all:?}");
+    assert!(all[0].contact.contains("192.0.2.7:41234"));
+}
+
+fn different_push_token_on_a_different_address_is_a_second_device(store) {
+    let a = add(&mut store, "c1", apns("tok1", "10.0.0.1:5060"));
+    let b = add(&mut store, "c2", apns("tok2", "10.0.0.2:5060"));
+    assert_ne!(a.id, b.id);
+    assert_eq!(store.count().expect("count"), 2);
+}
+
+fn same_contact_uri_replaces_binding_even_with_a_new_push_token(store) {
+    let old = add(&mut store, "c1", apns("tok1", "10.0.0.1:5060"));
+    let new = add(&mut store, "c2", apns("tok2", "10.0.0.1:5060"));
+    assert_eq!(new.id, old.id);
+    let all = store.bindings(AOR, T0).expect("bindings");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].push.as_ref().map(|p| p.prid.as_str()), Some("tok2"));
+    // And without any push parameters at all.
+    let plain = add(&mut store, "c3", ContactSpec::new("sip:alice@198.51.100.1"));
+    let again = add(&mut store, "c4", ContactSpec::new("sip:alice@198.51.100.1"));
+    assert_eq!(plain.id, again.id);
+    assert_eq!(store.count().expect("count"), 2);
+}
+
+fn instance_match_removes_a_stale_duplicate_holding_the_same_token(store) {
+    let inst = "<urn:uuid:22222222-2222-2222-2222-222222222222>";
+    let keeper = add(
+        &mut store,
+        "c1",
+        apns("tok1", "10.0.0.1:5060").instance(inst),
+    );
+    let stale = add(&mut store, "c2", apns("tok2", "10.0.0.2:5060"));
+    // The phone registers again under its instance, now with the token the stale binding holds.
+    let applied = store
+        .apply(
+            AOR,
+            &register(
+                "c3",
+                1,
+                vec![upsert(
+                    apns("tok2", "10.0.0.3:5060").instance(inst),
+                    T0 + 60,
+                )],
+            ),
+            T0,
+        )
+        .expect("apply");
+    assert_eq!(applied.removed, vec![stale.id]);
+    assert_eq!(
+        applied.bindings.iter().map(|b| b.id).collect::<Vec<_>>(),
+        vec![keeper.id]
+    );
+}
+
+fn star_removes_all_bindings_of_the_aor_only(store) {
+    let a = add(&mut store, "c1", apns("tok1", "h1"));
+    let b = add(&mut store, "c2", ContactSpec::new("sip:alice@h2"));
+    let other = store
+        .apply(
+            "sip:bob@example.com",
+            &register(
+                "c3",
+                1,
+                vec![upsert(ContactSpec::new("sip:bob@h3"), T0 + 60)],
+            ),
+            T0,
+        )
+        .expect("bob");
+    let applied = store
+        .apply(AOR, &register("c9", 1, vec![Change::RemoveAll]), T0)
+        .expect("star");
+    assert!(applied.bindings.is_empty());
+    assert_eq!(applied.removed, vec![a.id, b.id]);
+    assert!(store.bindings(AOR, T0).expect("bindings").is_empty());
+    assert_eq!(
+        store.bindings("sip:bob@example.com", T0).expect("bob"),
+        other.bindings
+    );
+}
+
+fn star_mixed_with_other_contacts_is_rejected_and_changes_nothing(store) {
+    add(&mut store, "c1", ContactSpec::new("sip:alice@h1"));
+    let err = store
+        .apply(
+            AOR,
+            &register(
+                "c2",
+                1,
+                vec![
+                    Change::RemoveAll,
+                    upsert(ContactSpec::new("sip:alice@h2"), T0 + 60),
+                ],
+            ),
+            T0,
+        )
+        .expect_err("must be rejected");
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    assert_eq!(store.count().expect("count"), 1);
+}
+
+fn remove_change_and_zero_expiry_delete_the_matching_binding(store) {
+    let a = add(&mut store, "c1", apns("tok1", "h1"));
+    let b = add(&mut store, "c2", ContactSpec::new("sip:alice@h2"));
+    let applied = store
+        .apply(
+            AOR,
+            &register("c1", 2, vec![Change::Remove(apns("tok1", "h1"))]),
+            T0,
+        )
+        .expect("remove");
+    assert_eq!(applied.removed, vec![a.id]);
+    // An upsert whose expiry is not in the future is an expires=0.
+    let applied = store
+        .apply(
+            AOR,
+            &register("c2", 2, vec![upsert(ContactSpec::new("sip:alice@h2"), T0)]),
+            T0,
+        )
+        .expect("expire");
+    assert_eq!(applied.removed, vec![b.id]);
+    assert_eq!(store.count().expect("count"), 0);
+}
+
+fn register_with_same_call_id_and_old_cseq_is_rejected_atomically(store) {
+    let contact = ContactSpec::new("sip:alice@h1");
+    store
+        .apply(
+            AOR,
+            &register("c1", 5, vec![upsert(contact.clone(), T0 + 60)]),
+            T0,
+        )
+        .expect("first");
+    // A second Contact that would be new, then the stale one: the whole request must fail.
+    let err = store
+        .apply(
+            AOR,
+            &register(
+                "c1",
+                5,
+                vec![
+                    upsert(ContactSpec::new("sip:alice@h9"), T0 + 60),
+                    upsert(contact.clone(), T0 + 999),
+                ],
+            ),
+            T0,
+        )
+        .expect_err("out of order");
+    assert!(
+        matches!(
+            err,
+            StoreError::OutOfOrder {
+                stored_cseq: 5,
+                cseq: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let all = store.bindings(AOR, T0).expect("bindings");
+    assert_eq!(all.len(), 1, "nothing of the failed REGISTER applied");
+    assert_eq!(all[0].expires_at, T0 + 60);
+    // A higher CSeq, or another Call-ID, is fine.
+    store
+        .apply(
+            AOR,
+            &register("c1", 6, vec![upsert(contact.clone(), T0 + 120)]),
+            T0,
+        )
+        .expect("higher cseq");
+    store
+        .apply(
+            AOR,
+            &register("other", 1, vec![upsert(contact, T0 + 180)]),
+            T0,
+        )
+        .expect("other call-id");
+}
+
+fn expired_bindings_are_hidden_then_swept(store) {
+    let short = store
+        .apply(
+            AOR,
+            &register(
+                "c1",
+                1,
+                vec![upsert(ContactSpec::new("sip:alice@h1"), T0 + 10)],
+            ),
+            T0,
+        )
+        .expect("short");
+    let long = add(&mut store, "c2", ContactSpec::new("sip:alice@h2"));
+    let short_id = short.bindings[0].id;
+    assert_eq!(store.bindings(AOR, T0 + 9).expect("b").len(), 2);
+    let visible: Vec<_> = store
+        .bindings(AOR, T0 + 10)
+        .expect("b")
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(visible, vec![long.id], "expires_at == now is expired");
+    assert!(
+        store.binding(short_id).expect("binding").is_some(),
+        "still stored until swept"
+    );
+    assert_eq!(store.sweep_expired(T0 + 10).expect("sweep"), 1);
+    assert_eq!(store.binding(short_id).expect("binding"), None);
+    assert_eq!(store.count().expect("count"), 1);
+    assert_eq!(store.sweep_expired(T0 + 10).expect("sweep"), 0);
+}
+
+fn expiring_between_is_half_open_and_ordered_by_expiry(store) {
+    for (host, exp) in [("h1", 100), ("h2", 50), ("h3", 200), ("h4", 150)] {
+        store
+            .apply(
+                AOR,
+                &register(
+                    host,
+                    1,
+                    vec![upsert(
+                        ContactSpec::new(format!("sip:alice@{host}")),
+                        T0 + exp,
+                    )],
+                ),
+                T0,
+            )
+            .expect("apply");
+    }
+    let got: Vec<_> = store
+        .expiring_between(T0 + 50, T0 + 200)
+        .expect("expiring")
+        .into_iter()
+        .map(|b| b.expires_at - T0)
+        .collect();
+    assert_eq!(got, vec![50, 100, 150]);
+}
+
+fn forget_push_token_clears_only_the_token_still_stored(store) {
+    let b = add(&mut store, "c1", apns("tok1", "h1"));
+    // The phone registered a new token before the push service's rejection of tok1 came back.
+    add(&mut store, "c2", apns("tok2", "h1"));
+    assert!(!store.forget_push_token(b.id, "tok1").expect("forget old"));
+    let kept = store.binding(b.id).expect("binding").expect("present");
+    assert_eq!(kept.push.as_ref().map(|p| p.prid.as_str()), Some("tok2"));
+    assert!(store
+        .forget_push_token(b.id, "tok2")
+        .expect("forget current"));
+    let cleared = store.binding(b.id).expect("binding").expect("present");
+    assert_eq!(cleared.push, None);
+    assert_eq!(cleared.contact, kept.contact, "the binding itself stays");
+    assert!(!store
+        .forget_push_token(BindingId(9999), "tok2")
+        .expect("unknown id"));
+}
+
+fn invalid_input_is_rejected_before_touching_the_database(store) {
+    let cases = [
+        ("", register("c", 1, vec![])),
+        (AOR, register("", 1, vec![])),
+        (
+            AOR,
+            register(
+                "c",
+                1,
+                vec![upsert(ContactSpec::new("sip:a@h").q(1001), T0 + 1)],
+            ),
+        ),
+        (
+            AOR,
+            register("c", 1, vec![upsert(ContactSpec::new("sip:a@h"), u64::MAX)]),
+        ),
+    ];
+    for (aor, reg) in cases {
+        let err = store.apply(aor, &reg, T0).expect_err("invalid");
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    }
+    assert_eq!(store.count().expect("count"), 0);
+}
+
+fn contacts_of_one_register_matching_the_same_binding_are_not_out_of_order(store) {
+    let first = add(&mut store, "c1", apns("tok1", "h1"));
+    // CSeq 2 of the same Call-ID: its second Contact matches the binding its first one just
+    // rewrote (same token), which now carries this very Call-ID and CSeq.
+    let applied = store
+        .apply(
+            AOR,
+            &register(
+                "c1",
+                2,
+                vec![
+                    upsert(apns("tok1", "h2"), T0 + 60),
+                    upsert(apns("tok1", "h3"), T0 + 90),
+                ],
+            ),
+            T0,
+        )
+        .expect("one request may touch a binding twice");
+    assert_eq!(applied.bindings.len(), 1);
+    assert_eq!(applied.bindings[0].id, first.id);
+    assert!(applied.bindings[0].contact.contains("@h3;"));
+}
 }

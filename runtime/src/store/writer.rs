@@ -13,7 +13,7 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use super::{run_cached, Store, StoreError};
+use super::{Store, StoreError};
 
 /// The most jobs one commit carries, so one batch never delays the next for long.
 const MAX_BATCH: usize = 512;
@@ -87,17 +87,17 @@ impl Store {
     /// what the store's thread does with each batch, and what a caller without that thread
     /// (the benches, the simulation) does itself.
     pub fn run_batch<O>(&mut self, batch: Vec<Job<O>>) -> Vec<O> {
-        // If the transaction cannot even begin (the file locked by another process past the
-        // busy timeout), each job runs on its own and its own result tells how it went.
-        let began = run_cached(&self.conn, "BEGIN IMMEDIATE").is_ok();
+        // On SQLite, one transaction; if it cannot even begin (the file locked by another
+        // process past the busy timeout), each job runs on its own and its own result tells
+        // how it went. On Redis, each job's writes are one transaction of their own already.
+        let began = match self {
+            Store::Sqlite(s) => s.begin(),
+            Store::Redis(_) => false,
+        };
         let dones: Vec<Done<O>> = batch.into_iter().map(|job| job(self)).collect();
-        let committed = if began {
-            run_cached(&self.conn, "COMMIT").map(drop).map_err(|e| {
-                let _ = run_cached(&self.conn, "ROLLBACK");
-                StoreError::NotCommitted(e.to_string())
-            })
-        } else {
-            Ok(())
+        let committed = match self {
+            Store::Sqlite(s) if began => s.commit(),
+            _ => Ok(()),
         };
         dones
             .into_iter()

@@ -3,6 +3,8 @@
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -23,6 +25,14 @@ pub fn loopback_config(dir: &Path, transports: &[Transport], v6: bool) -> Config
         ..Config::default()
     };
     config.store.path = dir.join("bindings.db");
+    config
+}
+
+/// [`loopback_config`] with its bindings in the Redis at `url` (the cluster's store).
+pub fn redis_config(dir: &Path, transports: &[Transport], url: &str) -> Config {
+    let mut config = loopback_config(dir, transports, false);
+    config.store.backend = pushpark::config::Backend::Redis;
+    config.store.url = Some(toml::Spanned::new(0..0, url.to_owned()));
     config
 }
 
