@@ -20,7 +20,7 @@ use crate::metrics::{Gauges, Metrics};
 use crate::node::{Destination, Node, NodeOptions, PushTag, StoreDone};
 use crate::push::setup::{self, SetupError};
 use crate::push::{Dispatcher, PushProvider, PushReports};
-use crate::store::{RedisOptions, Store, StoreError, StoreOptions, Writer};
+use crate::store::{Follower, Notice, RedisOptions, Store, StoreError, StoreOptions, Writer};
 use crate::transport::{BindError, Inbound, TransportOptions, Transports};
 
 /// How many datagrams the loop reads from a socket before it looks at its other work.
@@ -93,13 +93,31 @@ impl Server {
             None => None,
         };
         let unix_time = unix_now();
-        let mut store = open_store(&config.store)?;
+        let boot: u64 = rand::random();
+        let redis = redis_options(&config.store, boot);
+        let mut store = match &redis {
+            Some(options) => Store::open_redis(options)?,
+            None => Store::open(&config.store.path, &StoreOptions::default())?,
+        };
+        // Where the other nodes' registration notices are read from: taken before the
+        // bindings are loaded, so that none falls between the two (store/notice.rs).
+        let notices_from = store.notices_end()?;
         let bindings = store.expiring_between(unix_time + 1, i64::MAX as u64)?;
         // From the cluster's file, or kept in the store: either way the route tokens of
         // dialogs up across a restart still verify.
         let secret = match &config.cluster.secret_file {
             Some(path) => Secret::from_file(path).map_err(StartError::Secret)?,
             None => Secret::from_bytes(&store.secret("node")?).unwrap_or_else(Secret::generate),
+        };
+        let (notice_tx, notices) = mpsc::unbounded_channel();
+        let follower = match (&redis, notices_from) {
+            (Some(options), Some(from)) => Some(
+                Follower::start(options, from, move |notice| {
+                    let _ = notice_tx.send(notice);
+                })
+                .map_err(StartError::Io)?,
+            ),
+            _ => None,
         };
         let (done_tx, store_done) = mpsc::unbounded_channel();
         let writer = Writer::start(store, move |done| {
@@ -131,7 +149,7 @@ impl Server {
                 bindings,
                 users,
                 secret,
-                boot: rand::random(),
+                boot,
                 unix_time,
                 metrics: Arc::clone(&metrics),
             },
@@ -141,11 +159,20 @@ impl Server {
             node,
             transports: transports.clone(),
             writer,
+            _follower: follower,
             dispatcher,
             metrics: Arc::clone(&metrics),
         };
         let (control, commands) = mpsc::channel(2);
-        let task = tokio::spawn(shell.run(inbound, store_done, reports, app_requests, commands));
+        let inputs = Inputs {
+            inbound,
+            store_done,
+            notices,
+            reports,
+            app_requests,
+            control: commands,
+        };
+        let task = tokio::spawn(shell.run(inputs));
         for (transport, addr) in &addrs {
             info!("listening on {transport} {addr}");
         }
@@ -221,17 +248,19 @@ impl Server {
     }
 }
 
-/// The binding store `[store]` names.
-fn open_store(config: &crate::config::Store) -> Result<Store, StoreError> {
+/// How to reach the Redis `[store]` names, for the run `boot` of this node; `None` for
+/// SQLite.
+fn redis_options(config: &crate::config::Store, boot: u64) -> Option<RedisOptions> {
     match (config.backend, &config.url) {
-        (Backend::Redis, Some(url)) => Store::open_redis(&RedisOptions {
+        (Backend::Redis, Some(url)) => Some(RedisOptions {
             url: url.get_ref().clone(),
             prefix: config.prefix.clone(),
             timeout: config.timeout,
             require_fsync: config.require_fsync,
+            node: boot,
         }),
         // The configuration's checks leave no Redis without a URL.
-        _ => Store::open(&config.path, &StoreOptions::default()),
+        _ => None,
     }
 }
 
@@ -242,6 +271,16 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What the loop waits for.
+struct Inputs {
+    inbound: mpsc::Receiver<Inbound>,
+    store_done: mpsc::UnboundedReceiver<StoreDone>,
+    notices: mpsc::UnboundedReceiver<Notice>,
+    reports: PushReports<PushTag>,
+    app_requests: mpsc::Receiver<AppRequest>,
+    control: mpsc::Receiver<Control>,
+}
+
 /// What the loop owns: the node, and the I/O it asks for.
 struct Shell {
     /// How long a drain may take (`sip.shutdown_grace`).
@@ -250,19 +289,22 @@ struct Shell {
     transports: Transports,
     /// The store's own thread (group commit).
     writer: Writer<StoreDone>,
+    /// On Redis, the thread that reads the other nodes' registration notices.
+    _follower: Option<Follower>,
     dispatcher: Dispatcher<PushTag>,
     metrics: Arc<Metrics>,
 }
 
 impl Shell {
-    async fn run(
-        mut self,
-        mut inbound: mpsc::Receiver<Inbound>,
-        mut store_done: mpsc::UnboundedReceiver<StoreDone>,
-        mut reports: PushReports<PushTag>,
-        mut app_requests: mpsc::Receiver<AppRequest>,
-        mut control: mpsc::Receiver<Control>,
-    ) {
+    async fn run(mut self, inputs: Inputs) {
+        let Inputs {
+            mut inbound,
+            mut store_done,
+            mut notices,
+            mut reports,
+            mut app_requests,
+            mut control,
+        } = inputs;
         let transports = self.transports.clone();
         let mut datagram = vec![0; 65_536];
         // Set once draining: when to stop at the latest.
@@ -295,6 +337,7 @@ impl Shell {
                 Some(done) = store_done.recv() => {
                     self.node.handle_store_done(Instant::now(), done);
                 }
+                Some(notice) = notices.recv() => self.node.handle_notice(Instant::now(), notice),
                 Some(report) = reports.recv() => {
                     self.node.handle_push_report(Instant::now(), report);
                 }

@@ -6,7 +6,11 @@
 //! - nodes on one real `redis-server` share bindings: what one stored survives Redis being
 //!   killed and started again, and the other finds it; while Redis is down a REGISTER gets
 //!   503 with Retry-After, never a 200, and a call to a phone already known still gets
-//!   the phone's answer.
+//!   the phone's answer;
+//! - a call parked on one node reaches the phone whose wake-up REGISTER went to another:
+//!   the registration notice through Redis, the INVITE through the other node by the
+//!   binding's Path, the answer and the hang-up back the same way; with that node gone,
+//!   the phone registers on a third and the next call reaches it there.
 
 mod common;
 mod ua;
@@ -19,7 +23,7 @@ use common::redis::RedisServer;
 use pushpark::config::Transport;
 use pushpark::server::Server;
 use ua::sip::status;
-use ua::{Behaviour, Caller, Credentials, Device, MessageExt};
+use ua::{Behaviour, Caller, Credentials, Device, MessageExt, PushGateway};
 
 /// A node on its own store in `dir/<name>`, with the users file and the secret file given.
 async fn node(dir: &Path, name: &str, users: &Path, secret: &Path) -> (Server, SocketAddr) {
@@ -222,4 +226,121 @@ async fn a_redis_that_may_lose_acknowledged_writes_stops_the_start() {
         .expect("no Redis")
         .to_string();
     assert!(error.contains("redis://127.0.0.1:1"), "{error}");
+}
+
+/// A node of a cluster on the Redis at `url`, with the cluster's secret file, pushing to
+/// `gateway`, on UDP and TCP (127.0.0.1, the other nodes among them, trusted).
+async fn cluster_node(dir: &Path, name: &str, url: &str, secret: &Path, gateway: &str) -> Server {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).expect("a dir");
+    let mut config = common::pushing_config(&dir, gateway.to_owned());
+    config.store.backend = pushpark::config::Backend::Redis;
+    config.store.url = Some(toml::Spanned::new(0..0, url.to_owned()));
+    config.cluster.secret_file = Some(secret.to_owned());
+    Server::start(config).await.expect("the node starts")
+}
+
+/// A call from `alice` to bob through `node`, answered 200, acknowledged and hung up.
+async fn answered_call(alice: &Caller, node: SocketAddr) -> rsip::Response {
+    alice.invite("sip:bob@localhost", node).await.expect("sent");
+    let ok = alice
+        .expect_response(200, Duration::from_secs(10))
+        .await
+        .expect("answered");
+    alice.ack_and_hang_up(&ok).await;
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_parked_on_one_node_reaches_the_phone_that_wakes_on_another() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let redis = RedisServer::start();
+    let gateway = PushGateway::start().await.expect("the push gateway");
+    let secret = secret_file(dir.path(), "cluster.secret");
+    let one = cluster_node(dir.path(), "one", &redis.url(), &secret, &gateway.url()).await;
+    let two = cluster_node(dir.path(), "two", &redis.url(), &secret, &gateway.url()).await;
+    let via_two = two.local_addr(Transport::Tcp).expect("TCP");
+    let bob = Device::builder("sip:bob@localhost", via_two)
+        .transport(ua::Transport::Tcp)
+        .voip_app("bob-cluster")
+        .start_registered()
+        .await;
+    bob.sleep().await;
+    gateway.wake_on_push(&bob, Duration::from_millis(300));
+
+    let alice = Caller::new("sip:alice@localhost", ua::Transport::Udp)
+        .await
+        .expect("a caller");
+    let at_one = one.local_addr(Transport::Udp).expect("UDP");
+    let ok = answered_call(&alice, at_one).await;
+    assert_eq!(gateway.pushes_for("bob-cluster").len(), 1, "one push");
+    assert_eq!(bob.count(rsip::Method::Invite), 1, "delivered once");
+    let route_set: Vec<String> = ok.header_values("Record-Route");
+    assert_eq!(
+        route_set.len(),
+        2,
+        "both nodes stay in the dialog: {route_set:?}"
+    );
+    bob.expect_request(rsip::Method::Bye, Duration::from_secs(5))
+        .await
+        .expect("the hang-up reaches the phone through both nodes");
+    for node in [one, two] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_phones_node_is_gone_it_registers_on_a_third_and_the_next_call_finds_it() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let redis = RedisServer::start();
+    let gateway = PushGateway::start().await.expect("the push gateway");
+    let secret = secret_file(dir.path(), "cluster.secret");
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for name in ["one", "two", "three"] {
+        nodes.push(cluster_node(dir.path(), name, &url, &secret, &gateway.url()).await);
+    }
+    let tcp: Vec<SocketAddr> = (nodes.iter())
+        .map(|n| n.local_addr(Transport::Tcp).expect("TCP"))
+        .collect();
+    let at_one = nodes[0].local_addr(Transport::Udp).expect("UDP");
+    let alice = Caller::new("sip:alice@localhost", ua::Transport::Udp)
+        .await
+        .expect("a caller");
+    // The same phone (one instance, one token), as it reaches the cluster through one node
+    // or another.
+    let phone_via = |node: SocketAddr| {
+        Device::builder("sip:bob@localhost", node)
+            .transport(ua::Transport::Tcp)
+            .voip_app("bob-moves")
+            .start_registered()
+    };
+    let call = || answered_call(&alice, at_one);
+
+    let via_two = phone_via(tcp[1]).await;
+    via_two.sleep().await;
+    gateway.wake_on_push(&via_two, Duration::from_millis(200));
+    call().await;
+    assert_eq!(via_two.count(rsip::Method::Invite), 1, "through node two");
+
+    // Node two goes; the phone's next REGISTER goes to node three.
+    let two = nodes.remove(1);
+    two.shutdown().await;
+    let via_three = phone_via(tcp[2]).await;
+    via_three.sleep().await;
+    gateway.wake_on_push(&via_three, Duration::from_millis(200));
+    call().await;
+    assert_eq!(
+        via_three.count(rsip::Method::Invite),
+        1,
+        "through node three"
+    );
+    assert_eq!(
+        gateway.pushes_for("bob-moves").len(),
+        2,
+        "one push per call"
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
 }

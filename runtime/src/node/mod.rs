@@ -22,8 +22,10 @@
 //! | [`proxy`] | requests and responses: dispatch, calls and their branches, dialogs |
 //! | [`pike`] | requests per source address: floods and password guessing blocked |
 //! | [`app`] | answers from the push over the app API: the token checked, the core decides |
+//! | [`cluster`] | other nodes' REGISTERs (notices), the peers their devices are reached through, Path |
 
 mod app;
+mod cluster;
 mod pike;
 pub(crate) mod proxy;
 pub(crate) mod registrar;
@@ -196,6 +198,10 @@ pub struct Node {
     /// The key of the answer tokens call pushes carry, and where apps post them: only with
     /// the app API on (`[app_api]`).
     answer_key: AnswerKey,
+    /// This run of the node: path tokens name flows of this run only.
+    boot: u64,
+    /// The connections to the other nodes of a cluster.
+    peers: cluster::Peers,
     answer_url: Option<String>,
     /// The core's reply to the answer from the push being handled.
     app_reply: Option<AppReply>,
@@ -268,6 +274,8 @@ impl Node {
             auth,
             route_key,
             answer_key,
+            boot: options.boot,
+            peers: cluster::Peers::default(),
             answer_url: config.app_api.answer_url(),
             app_reply: None,
             targets,
@@ -338,6 +346,7 @@ impl Node {
                     self.respond_stateless(&flow, &message, 513, "Message Too Large");
                 }
             }
+            Inbound::Connected(flow) => self.on_connected(flow),
             Inbound::Closed(id) => {
                 self.flows.remove(&id);
                 self.bindings.flow_closed(id);
@@ -809,6 +818,7 @@ mod tests {
                 cseq: 1,
                 expires_at: UNIX + 3600,
                 updated_at: UNIX,
+                path: None,
             })
             .collect();
         Node::new(

@@ -18,13 +18,13 @@ use crate::push::{PushKind, PushRequest};
 use crate::sip::{Contact, Message, SipUri, Uri};
 use crate::store::{Applied, Binding, BindingId, Change, ContactSpec, Register, Store, StoreError};
 use crate::transaction::Key;
+use crate::transport::{Flow, FlowId};
+use crate::Map;
 
 /// The Retry-After, in seconds, of the 503 a REGISTER gets while the bindings store cannot
 /// be reached: long enough for a Redis restart or failover, short enough that a woken phone
 /// still gets its parked call.
 const STORE_RETRY_AFTER: u32 = 2;
-use crate::transport::{Flow, FlowId};
-use crate::Map;
 
 /// The bindings of every callee, as in the store, plus what only lives in memory: the
 /// flow each device last registered over, and the ids the core knows callees by.
@@ -33,6 +33,9 @@ pub(crate) struct Bindings {
     by_aor: Map<String, Vec<Binding>>,
     aor_of: Map<DeviceId, String>,
     flows: Map<DeviceId, Flow>,
+    /// Devices registered on another node of the cluster, reached over the connection to
+    /// it (their entry in `flows`), with when that node's notice came.
+    remote: Map<DeviceId, Instant>,
     aor_ids: Map<String, AorId>,
     /// The expiry each binding last got a refresh push for: one push per expiry.
     refreshed: Map<DeviceId, u64>,
@@ -92,6 +95,29 @@ impl Bindings {
         self.flows.get(&id)
     }
 
+    /// When the notice came that `id` registered on another node, if it did.
+    pub fn remote_since(&self, id: DeviceId) -> Option<Instant> {
+        self.remote.get(&id).copied()
+    }
+
+    /// `id` registered over `flow`, one of ours.
+    pub fn bind_flow(&mut self, id: DeviceId, flow: Flow) {
+        self.remote.remove(&id);
+        self.flows.insert(id, flow);
+    }
+
+    /// `id` registered on another node, reached over `flow` to it; the notice came `at`.
+    pub fn bind_remote(&mut self, id: DeviceId, flow: Flow, at: Instant) {
+        self.remote.insert(id, at);
+        self.flows.insert(id, flow);
+    }
+
+    /// `id` no longer registers over a flow this node knows.
+    pub fn unbind_flow(&mut self, id: DeviceId) {
+        self.remote.remove(&id);
+        self.flows.remove(&id);
+    }
+
     /// The core's view of `aor`'s devices: each one's push token, and what `facts` knows
     /// of the flow of its last REGISTER (`Closed` when it has none). Whether the device is
     /// awake is the core's judgement, not ours.
@@ -123,7 +149,7 @@ impl Bindings {
             }
         }
         for id in &applied.removed {
-            self.flows.remove(&device(*id));
+            self.unbind_flow(device(*id));
         }
         let mut bindings = applied.bindings.clone();
         for b in &mut bindings {
@@ -169,7 +195,7 @@ impl Bindings {
         self.by_aor.retain(|_, bindings| !bindings.is_empty());
         for (_, id) in &gone {
             self.aor_of.remove(id);
-            self.flows.remove(id);
+            self.unbind_flow(*id);
             self.refreshed.remove(id);
         }
         self.dead_tokens
@@ -190,6 +216,8 @@ impl Bindings {
     /// A TCP connection closed: the devices on it can only be pushed now.
     pub fn flow_closed(&mut self, flow: FlowId) {
         self.flows.retain(|_, f| f.id != flow);
+        let flows = &self.flows;
+        self.remote.retain(|id, _| flows.contains_key(id));
     }
 }
 
@@ -384,6 +412,10 @@ impl Node {
                 spec = spec.reg_id(reg_id);
             }
             spec = spec.pnsreg(addr.params.get("+sip.pnsreg").is_some());
+            // In a cluster: how the other nodes reach the device, through us.
+            if let Some(path) = self.path_for(&flow) {
+                spec = spec.path(path);
+            }
             // RFC 8599 §5.6.1: a push provider we do not serve gets 555; a pn-provider
             // without a token asks which providers we serve.
             if let Some(provider) = uri.pn_provider() {
@@ -522,14 +554,7 @@ impl Node {
         };
         let _ = self.transactions.send_response(self.now(), &key, code, out);
         let Some(applied) = applied else { return };
-        self.bindings.replace(&aor, &applied);
-        let aor_id = self.bindings.aor_id(&aor);
-        for id in &applied.removed {
-            self.feed(Event::DeviceUnavailable {
-                aor: aor_id,
-                device: device(*id),
-            });
-        }
+        let aor_id = self.take_bindings(&aor, &applied);
         // Only now, after the 200 OK: the devices that registered get their parked calls.
         for spec in &upserted {
             let found = applied.bindings.iter().find(|b| {
@@ -538,7 +563,7 @@ impl Node {
             });
             if let Some(binding) = found {
                 let id = device(binding.id);
-                self.bindings.flows.insert(id, flow.clone());
+                self.bindings.bind_flow(id, flow.clone());
                 self.feed(Event::DeviceRegistered {
                     aor: aor_id,
                     device: id,
@@ -549,6 +574,20 @@ impl Node {
 }
 
 impl Node {
+    /// `aor`'s bindings are now `applied`'s (a REGISTER stored here or on another node of
+    /// the cluster): the core hears of the devices it removed. Returns the AOR's id.
+    pub(crate) fn take_bindings(&mut self, aor: &str, applied: &Applied) -> AorId {
+        self.bindings.replace(aor, applied);
+        let aor_id = self.bindings.aor_id(aor);
+        for id in &applied.removed {
+            self.feed(Event::DeviceUnavailable {
+                aor: aor_id,
+                device: device(*id),
+            });
+        }
+        aor_id
+    }
+
     /// Forgets expired bindings, in memory and in the store, and tells the core; reports the
     /// bindings due a refresh push to the core, which decides which get one.
     pub(crate) fn sweep_bindings(&mut self) {
@@ -755,6 +794,7 @@ mod tests {
             cseq: 1,
             expires_at: UNIX + expires_in,
             updated_at: UNIX,
+            path: None,
         }
     }
 

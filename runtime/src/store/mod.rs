@@ -50,6 +50,7 @@
 //! Every time is unix seconds, passed in by the caller (`now`); the store never reads the
 //! clock except to stamp when a schema migration ran.
 
+mod notice;
 mod plan;
 mod redis;
 mod schema;
@@ -57,6 +58,7 @@ mod sqlite;
 mod uri;
 mod writer;
 
+pub use self::notice::{Follower, Notice};
 pub use self::redis::{Redis, RedisOptions};
 pub use self::sqlite::Sqlite;
 pub use self::writer::{Done, Job, Writer};
@@ -120,6 +122,11 @@ pub struct Binding {
     pub expires_at: u64,
     /// When the binding was last written, unix seconds.
     pub updated_at: u64,
+    /// RFC 3327 Path: in a cluster, the node that holds the device's flow, as a route to
+    /// that flow (`<sip:pp-…@node;transport=tcp;lr>`); other nodes send the device's
+    /// INVITEs through it. `None` on a single node.
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 /// One Contact of a REGISTER, as the SIP layer parsed it.
@@ -138,6 +145,9 @@ pub struct ContactSpec {
     pub pnsreg: bool,
     /// q in thousandths, 0..=1000.
     pub q: Option<u16>,
+    /// The route to the device's flow through the node that took the REGISTER (see
+    /// [`Binding::path`]).
+    pub path: Option<String>,
 }
 
 impl ContactSpec {
@@ -153,6 +163,7 @@ impl ContactSpec {
             push,
             pnsreg: false,
             q: None,
+            path: None,
         }
     }
 
@@ -171,6 +182,12 @@ impl ContactSpec {
     /// Sets whether `+sip.pnsreg` was present.
     pub fn pnsreg(mut self, pnsreg: bool) -> Self {
         self.pnsreg = pnsreg;
+        self
+    }
+
+    /// Sets the route to the device's flow (RFC 3327 Path).
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
         self
     }
 
@@ -392,6 +409,15 @@ impl Store {
     /// A Redis store: see [`Redis::open`].
     pub fn open_redis(options: &RedisOptions) -> Result<Store, StoreError> {
         Redis::open(options).map(|r| Store::Redis(Box::new(r)))
+    }
+
+    /// Where the stream of registration notices ends now, on Redis: see
+    /// [`Redis::notices_end`]. A SQLite store has none.
+    pub fn notices_end(&self) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Redis(r) => r.notices_end().map(Some),
+        }
     }
 
     /// The SQLite database file; `None` for one in memory, or on Redis.

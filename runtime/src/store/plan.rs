@@ -157,6 +157,7 @@ pub(super) fn plan(
                     cseq: register.cseq,
                     expires_at: *expires_at,
                     updated_at: now,
+                    path: contact.path.clone(),
                 };
                 match slot.and_then(|s| entries.iter_mut().find(|e| e.slot == s)) {
                     Some(entry) => {

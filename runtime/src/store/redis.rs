@@ -14,6 +14,7 @@
 //! | `P` `next_id` | counter | the last binding id handed out ([`super::BindingId`]s are never reused) |
 //! | `P` `secret:` *name* | string | the node secret, made by the first node that asks |
 //! | `P` `refresh:` *id* `:` *expiry* | string | which node sends that refresh push (expires) |
+//! | `P` `registered` | stream | registration notices ([`super::notice`]), about 100,000 kept |
 //!
 //! # Atomicity
 //!
@@ -46,6 +47,7 @@ use std::time::Duration;
 
 use redis::{Commands, Connection, Pipeline, RedisError};
 
+use super::notice::{self, Notice};
 use super::plan::{self, Slot};
 use super::{Applied, Binding, BindingId, Register, StoreError};
 
@@ -65,6 +67,9 @@ pub struct RedisOptions {
     pub timeout: Duration,
     /// Refuse a Redis that does not fsync its append-only file before it answers.
     pub require_fsync: bool,
+    /// This run of this node: what its registration notices are signed with, so that it
+    /// skips its own.
+    pub node: u64,
 }
 
 /// The binding store on Redis. See the module documentation.
@@ -73,6 +78,7 @@ pub struct Redis {
     /// Made when first needed, and again after a failure.
     con: RefCell<Option<Connection>>,
     keys: Keys,
+    node: u64,
     timeout: Duration,
     require_fsync: bool,
     /// The URL without its password, for messages.
@@ -105,6 +111,7 @@ impl Redis {
             client,
             con: RefCell::new(None),
             keys: Keys(options.prefix.clone()),
+            node: options.node,
             timeout: options.timeout,
             require_fsync: options.require_fsync,
             shown: shown.clone(),
@@ -119,6 +126,17 @@ impl Redis {
     /// The URL, without its password.
     pub fn url(&self) -> &str {
         &self.shown
+    }
+
+    /// Where the stream of registration notices ends now: a node takes it before it loads
+    /// the bindings, and reads the notices from there, so that every REGISTER stored on
+    /// another node is in what it loaded or in a notice it reads (at worst both).
+    pub fn notices_end(&self) -> Result<String, StoreError> {
+        self.run(|con, keys| {
+            let newest =
+                notice::edge(con, &keys.notices(), notice::Edge::Newest).map_err(failed)?;
+            Ok(newest.unwrap_or_else(|| "0-0".to_owned()))
+        })
     }
 
     /// A new connection, checked.
@@ -210,6 +228,7 @@ impl Redis {
                 for id in &plan.removed {
                     unlink(pipe, keys, &key, *id);
                 }
+                let mut written = Vec::new();
                 for entry in plan.entries.iter_mut().filter(|e| e.written) {
                     if let Slot::New(_) = entry.slot {
                         // Handed out before the transaction: one lost to a conflict is
@@ -218,11 +237,23 @@ impl Redis {
                         entry.binding.id = BindingId(id);
                     }
                     link(pipe, keys, &key, &entry.binding)?;
+                    written.push(entry.binding.id);
                 }
-                Ok(Applied {
+                let applied = Applied {
                     bindings: plan.bindings(now),
                     removed: plan.removed,
-                })
+                };
+                // The other nodes learn of it in the same transaction: never a binding
+                // without its notice, nor a notice of a binding not stored.
+                let notice = Notice {
+                    origin: self.node,
+                    aor: aor.to_owned(),
+                    bindings: applied.bindings.clone(),
+                    removed: applied.removed.clone(),
+                    written,
+                };
+                notice.append(pipe, &keys.notices())?;
+                Ok(applied)
             })
         })
     }
@@ -358,7 +389,7 @@ impl Redis {
 }
 
 /// The keys, with their prefix.
-struct Keys(String);
+pub(super) struct Keys(pub(super) String);
 
 impl Keys {
     fn aor(&self, aor: &str) -> String {
@@ -378,6 +409,9 @@ impl Keys {
     }
     fn refresh(&self, id: BindingId, expires_at: u64) -> String {
         format!("{}refresh:{}:{expires_at}", self.0, id.0)
+    }
+    pub(super) fn notices(&self) -> String {
+        format!("{}registered", self.0)
     }
 }
 

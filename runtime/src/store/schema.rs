@@ -51,6 +51,11 @@ pub(super) const MIGRATIONS: &[(u32, &str)] = &[
         value BLOB NOT NULL CHECK (length(value) >= 32)
     ) STRICT;",
     ),
+    (
+        3,
+        // RFC 3327 Path: the node of a cluster that holds the device's flow.
+        "ALTER TABLE bindings ADD COLUMN path TEXT;",
+    ),
 ];
 
 /// The schema version this build writes.

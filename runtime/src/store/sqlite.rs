@@ -16,7 +16,7 @@ macro_rules! select_bindings {
     ($rest:literal) => {
         concat!(
             "SELECT id, aor, contact, instance, reg_id, pn_provider, pn_prid, pn_param, \
-             pnsreg, q, call_id, cseq, expires_at, updated_at FROM bindings ",
+             pnsreg, q, call_id, cseq, expires_at, updated_at, path FROM bindings ",
             $rest
         )
     };
@@ -318,17 +318,19 @@ fn write_binding(conn: &Connection, id: Option<i64>, binding: &Binding) -> Resul
         binding.cseq,
         to_sql_u64(binding.expires_at, "expires_at")?,
         to_sql_u64(binding.updated_at, "now")?,
+        binding.path,
     ];
     let sql = "INSERT INTO bindings (id, aor, contact, contact_key, instance, reg_id, \
-               pn_provider, pn_prid, pn_param, pnsreg, q, call_id, cseq, expires_at, updated_at) \
-               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+               pn_provider, pn_prid, pn_param, pnsreg, q, call_id, cseq, expires_at, updated_at, \
+               path) \
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
                ON CONFLICT (id) DO UPDATE SET contact = excluded.contact, \
                contact_key = excluded.contact_key, instance = excluded.instance, \
                reg_id = excluded.reg_id, pn_provider = excluded.pn_provider, \
                pn_prid = excluded.pn_prid, pn_param = excluded.pn_param, \
                pnsreg = excluded.pnsreg, q = excluded.q, call_id = excluded.call_id, \
                cseq = excluded.cseq, expires_at = excluded.expires_at, \
-               updated_at = excluded.updated_at \
+               updated_at = excluded.updated_at, path = excluded.path \
                RETURNING id";
     Ok(conn.prepare_cached(sql)?.query_row(values, |r| r.get(0))?)
 }
@@ -380,6 +382,7 @@ fn binding_from_row(r: &Row<'_>) -> rusqlite::Result<Binding> {
         cseq: r.get(11)?,
         expires_at: get_u64(r, 12)?,
         updated_at: get_u64(r, 13)?,
+        path: r.get(14)?,
     })
 }
 

@@ -76,6 +76,7 @@ fn redis_node(prefix: &str) -> Store {
         prefix: prefix.to_owned(),
         timeout: Duration::from_secs(5),
         require_fsync: true,
+        node: rand::random(),
     };
     Store::open_redis(&options).expect("the Redis store opens")
 }
@@ -114,6 +115,53 @@ fn nodes_on_one_redis_share_bindings_and_one_claims_each_refresh_push() {
         .expect("the next expiry's"));
     // Another deployment on the same Redis sees none of it.
     assert_eq!(redis_store().bindings(AOR, T0).expect("bindings"), vec![]);
+}
+
+#[test]
+fn a_register_stored_after_a_node_took_the_streams_end_reaches_it_as_a_notice() {
+    let prefix = fresh_prefix();
+    let options = |node| RedisOptions {
+        url: redis_url().to_owned(),
+        prefix: prefix.clone(),
+        timeout: Duration::from_secs(5),
+        require_fsync: true,
+        node,
+    };
+    let (mut a, b) = (
+        Store::open_redis(&options(1)).expect("node a"),
+        Store::open_redis(&options(2)).expect("node b"),
+    );
+    let before = add(&mut a, "c0", ContactSpec::new("sip:alice@h0"));
+    // Node b starts: the stream's end first, then the bindings (which hold `before`).
+    let from = b.notices_end().expect("the end").expect("a stream");
+    assert_eq!(b.bindings(AOR, T0).expect("loaded"), vec![before.clone()]);
+    // Node a stores a REGISTER before b reads a single notice: b still learns of it.
+    let written = add(
+        &mut a,
+        "c1",
+        apns("tok1", "h1").path("<sip:pp-f1.a-x@10.0.0.1;lr>"),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _follower = Follower::start(&options(2), from, move |n| {
+        let _ = tx.send(n);
+    })
+    .expect("the follower starts");
+    let notice = rx.recv_timeout(Duration::from_secs(5)).expect("a notice");
+    assert_eq!(notice.origin, 1);
+    assert_eq!(notice.aor, AOR);
+    assert_eq!(notice.written, vec![written.id]);
+    assert_eq!(notice.bindings, vec![before, written.clone()]);
+    assert_eq!(
+        notice.bindings[1].path.as_deref(),
+        Some("<sip:pp-f1.a-x@10.0.0.1;lr>")
+    );
+    // Its own notices a node skips.
+    let mut b = b;
+    add(&mut b, "c2", ContactSpec::new("sip:alice@h2"));
+    assert!(
+        rx.recv_timeout(Duration::from_millis(1500)).is_err(),
+        "b's own"
+    );
 }
 
 #[test]
@@ -332,7 +380,7 @@ fn migrations_run_once() {
         );
         versions(&mut store)
     };
-    assert_eq!(first.iter().map(|v| v.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(first.iter().map(|v| v.0).collect::<Vec<_>>(), vec![1, 2, 3]);
     std::thread::sleep(Duration::from_millis(1100)); // a rerun would stamp a later applied_at
     let mut store = Store::open(&path, &StoreOptions::default()).expect("reopen");
     assert_eq!(versions(&mut store), first);
@@ -343,6 +391,39 @@ fn migrations_run_once() {
     );
     let mut again = store;
     assert_eq!(schema::migrate(&mut again.sqlite().conn, T0).ok(), Some(0));
+}
+
+#[test]
+fn a_database_of_an_earlier_version_is_migrated_keeping_its_bindings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("b.sqlite");
+    {
+        // What the build before RFC 3327 Path wrote: schema 2.
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
+        )
+        .expect("versions");
+        for (version, sql) in &schema::MIGRATIONS[..2] {
+            conn.execute_batch(sql).expect("a migration");
+            conn.execute("INSERT INTO schema_version VALUES (?1, 0)", [version])
+                .expect("stamped");
+        }
+        conn.execute(
+            "INSERT INTO bindings (aor, contact, contact_key, pnsreg, call_id, cseq, expires_at, \
+             updated_at) VALUES (?1, 'sip:alice@h1', 'sip:alice@h1', 0, 'c1', 1, ?2, ?3)",
+            rusqlite::params![AOR, (T0 + 60) as i64, T0 as i64],
+        )
+        .expect("a binding");
+    }
+    let mut store = Store::open(&path, &StoreOptions::default()).expect("migrated");
+    assert_eq!(store.sqlite().schema_version().expect("version"), 3);
+    let kept = store.bindings(AOR, T0).expect("bindings");
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        (kept[0].contact.as_str(), kept[0].path.as_deref()),
+        ("sip:alice@h1", None)
+    );
 }
 
 #[test]
@@ -359,7 +440,7 @@ fn newer_schema_is_refused_naming_the_path() {
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 2,
+                supported: 3,
                 ..
             }
         ),

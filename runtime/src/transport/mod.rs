@@ -77,6 +77,9 @@ pub enum Inbound {
     TooLarge { flow: Flow, message: Message },
     /// A connection closed: its flow is gone.
     Closed(FlowId),
+    /// A connection this server opened (to a node of its cluster, or to send a response
+    /// whose connection had closed) is up: its flow may carry messages.
+    Connected(Flow),
 }
 
 /// Why a message could not be sent.

@@ -133,6 +133,8 @@ impl Streams {
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
         tokio::spawn(Arc::clone(self).serve(stream, flow.clone(), slot, None, ready_tx));
         let _ = ready.await;
+        // Before anything comes back over it: the node may send over it at once.
+        let _ = self.inbound.send(Inbound::Connected(flow.clone())).await;
         self.send(flow.id, bytes)?;
         Ok(flow)
     }

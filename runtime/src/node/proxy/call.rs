@@ -509,6 +509,13 @@ impl Node {
         if !self.is_open(flow) {
             return CoreFlow::Closed;
         }
+        // Registered on another node: heard of when its notice came (node/cluster.rs).
+        if let Some(since) = self.bindings.remote_since(device) {
+            return CoreFlow::Datagram {
+                heard_at: self.millis_at(since),
+                in_dialog: self.dialogs.with(device),
+            };
+        }
         match flow.transport {
             Transport::Tcp | Transport::Tls => CoreFlow::Connected,
             Transport::Udp => CoreFlow::Datagram {
@@ -589,61 +596,96 @@ impl Node {
         self.submit_push(request, PushTag::Call(call, device));
     }
 
-    /// The caller's INVITE as the branch with `branch` sends it to `contact` over `flow`:
+    /// Our Record-Route with the dialog's `token`, for a request going out over `out` that
+    /// came in over `back`. Where they use other transports or addresses of ours, we
+    /// record-route twice (RFC 5658 §4): each side's route set then leads it back over its
+    /// own flow.
+    pub(super) fn record_route(&self, token: &str, out: &Flow, back: &Flow) -> String {
+        let local = self.sent_by(out.transport, out.local);
+        let record_route = format!("<sip:{token}@{local}{};lr>", out.transport.uri_param());
+        if (back.transport, back.local) == (out.transport, out.local) {
+            return record_route;
+        }
+        format!(
+            "{record_route}, <sip:{token}@{}{};lr>",
+            self.sent_by(back.transport, back.local),
+            back.transport.uri_param()
+        )
+    }
+
+    /// The caller's INVITE as the branch with `branch` sends it to `contact` over `flow`
+    /// (through the node of the cluster that `path` leads through, when it is given):
     /// our Via, one hop less, and a Record-Route whose flow token names both flows. Where
     /// the caller reached us over another transport or address than the device's flow
     /// leaves from, we record-route twice (RFC 5658 §4): the device's route set then leads
     /// it back over its own flow, the caller's over its own.
-    fn branch_invite(&self, ctx: &CallContext, contact: &str, flow: &Flow, branch: &str) -> Bytes {
+    fn branch_invite(
+        &self,
+        ctx: &CallContext,
+        contact: &str,
+        flow: &Flow,
+        path: Option<&str>,
+        branch: &str,
+    ) -> Bytes {
         let local = self.sent_by(flow.transport, flow.local);
         let via = format!("SIP/2.0/{} {local};branch={branch}", flow.transport);
         let call_id = raw(&ctx.invite, HeaderName::CallId).unwrap_or_default();
         let token = self.route_key.token(ctx.flow.id, flow.id, call_id);
-        let mut record_route = format!("<sip:{token}@{local}{};lr>", flow.transport.uri_param());
-        let caller = &ctx.flow;
-        if (caller.transport, caller.local) != (flow.transport, flow.local) {
-            record_route = format!(
-                "{record_route}, <sip:{token}@{}{};lr>",
-                self.sent_by(caller.transport, caller.local),
-                caller.transport.uri_param()
-            );
-        }
+        let record_route = self.record_route(&token, flow, &ctx.flow);
         let max_forwards = ctx
             .invite
             .max_forwards_or_default()
             .unwrap_or(70)
             .saturating_sub(1);
-        ctx.invite
+        let mut forward = ctx
+            .invite
             .forward()
             .request_uri(contact)
             .push_via(&via)
             .max_forwards(max_forwards)
             .record_route(&record_route)
-            .pop_routes(self.own_routes(&ctx.invite))
-            .to_bytes()
-            .into()
+            .pop_routes(self.own_routes(&ctx.invite));
+        if let Some(path) = path {
+            forward = forward.add_header("Route", path);
+        }
+        forward.to_bytes().into()
     }
 
-    /// The open flow of `device`'s last REGISTER and its Contact without pn-* parameters.
-    fn device_flow(&self, device: DeviceId) -> Option<(Flow, String)> {
+    /// The open flow of `device`'s last REGISTER, its Contact without pn-* parameters, and
+    /// for a device registered on another node of the cluster, the Path that leads to it
+    /// from the far end of the flow.
+    fn device_flow(&self, device: DeviceId) -> Option<DeviceFlow> {
         let flow = self
             .bindings
             .flow(device)
             .filter(|f| self.is_open(f))?
             .clone();
-        let contact = without_pn_params(&self.bindings.get(device)?.contact);
-        Some((flow, contact))
+        let binding = self.bindings.get(device)?;
+        let path = (self.bindings.remote_since(device).is_some())
+            .then(|| binding.path.clone())
+            .flatten();
+        let contact = without_pn_params(&binding.contact);
+        Some(DeviceFlow {
+            flow,
+            contact,
+            path,
+        })
     }
 
     /// Sends the caller's INVITE to the device over the flow of its last REGISTER, as a
     /// live call's branch or, with `notice`, as the notice of an ended call: its CANCEL with
     /// that reason is due as soon as the device rings.
     fn forward(&mut self, call: CallId, device: DeviceId, notice: Option<EndReason>) {
-        let Some((flow, contact)) = self.device_flow(device) else {
+        let Some(to) = self.device_flow(device) else {
             return self
                 .feedback
                 .push(Event::BranchUnreachable { call, device });
         };
+        let DeviceFlow {
+            flow,
+            contact,
+            path,
+        } = to;
         // One INVITE per call and device: every one sent for them carries the same branch,
         // so a device takes a later one (a notice after a dropped INVITE, a forward after
         // its flow failed) for a retransmission of what it may hold already, and answers
@@ -663,7 +705,7 @@ impl Node {
         let Some(ctx) = self.calls.by_id.get(&call) else {
             return;
         };
-        let bytes = self.branch_invite(ctx, &contact, &flow, &branch);
+        let bytes = self.branch_invite(ctx, &contact, &flow, path.as_deref(), &branch);
         let Ok(invite) = parse_datagram_bytes(bytes.clone()) else {
             return;
         };
@@ -711,7 +753,12 @@ impl Node {
     /// provisional is sent once more (an app started afresh has lost it); one being
     /// cancelled is not, but its CANCEL is.
     fn reroute(&mut self, call: CallId, device: DeviceId) {
-        let Some((flow, contact)) = self.device_flow(device) else {
+        let Some(DeviceFlow {
+            flow,
+            contact,
+            path,
+        }) = self.device_flow(device)
+        else {
             return;
         };
         let Some(ctx) = self.calls.by_id.get(&call) else {
@@ -724,7 +771,8 @@ impl Node {
         // A branch being cancelled that the device answered: only its CANCEL follows it,
         // never the INVITE of a call that is over.
         let cancelling = branch.cancel_sent;
-        let bytes = self.branch_invite(ctx, &contact, &flow, &self.invite_branch(call, device));
+        let branch = self.invite_branch(call, device);
+        let bytes = self.branch_invite(ctx, &contact, &flow, path.as_deref(), &branch);
         let Ok(invite) = parse_datagram_bytes(bytes.clone()) else {
             return;
         };
@@ -929,6 +977,13 @@ impl Node {
 /// A device's response as the caller gets it: our Via off, and the RFC 8599 pn-* parameters
 /// off its Contact URIs (many apps put them in every Contact), so that no push token reaches
 /// another user (RFC 8599 §13).
+/// Where a device's INVITE goes: see [`Node::device_flow`].
+struct DeviceFlow {
+    flow: Flow,
+    contact: String,
+    path: Option<String>,
+}
+
 fn toward_caller(response: &Message) -> Vec<u8> {
     let forward = response.forward().pop_via();
     let mut cleaned = Vec::new();

@@ -131,16 +131,37 @@ impl Node {
             _ => String::new(),
         };
         let call_id = request.call_id().and_then(Result::ok).unwrap_or_default();
-        let Some((a, b)) = self.route_key.verify(&token, call_id) else {
-            return refuse(self, "Invalid route token");
+        let open_flow = |node: &Node, id| {
+            node.flows
+                .get(&id)
+                .map(|(flow, _)| flow.clone())
+                .filter(|f| node.is_open(f))
         };
-        let other = if arrived.id == a { b } else { a };
-        let out_flow = self
-            .flows
-            .get(&other)
-            .map(|(flow, _)| flow.clone())
-            .filter(|f| self.is_open(f))
-            .or_else(|| self.device_in_dialog_flow(arrived, &request));
+        // A dialog's token, or the Path of a binding another node of the cluster sends the
+        // device's INVITE (and its CANCEL and ACK) by.
+        let (out_flow, initial) = match self.route_key.verify(&token, call_id) {
+            Some((a, b)) => {
+                let other = if arrived.id == a { b } else { a };
+                let out = open_flow(self, other)
+                    .or_else(|| self.device_in_dialog_flow(arrived, &request));
+                (out, false)
+            }
+            None => {
+                let Some(device_flow) = self.route_key.verify_path(&token, self.boot) else {
+                    return refuse(self, "Invalid route token");
+                };
+                let Some(out) = open_flow(self, device_flow) else {
+                    // RFC 5626 §5.3: the node that sent it falls back to a push.
+                    if !is_ack {
+                        self.respond_stateless(arrived, &request, 430, "Flow Failed");
+                    }
+                    return;
+                };
+                let tagged = matches!(request.to_header(), Some(Ok(to)) if to.tag().is_some());
+                let invite = request.method().is_some_and(|m| m.as_str() == "INVITE");
+                (Some(out), invite && !tagged)
+            }
+        };
         if request.method().is_some_and(|m| m.as_str() == "BYE") {
             if let Some(Ok(call_id)) = request.call_id() {
                 self.dialogs.close(call_id);
@@ -195,13 +216,20 @@ impl Node {
             "SIP/2.0/{transport} {};branch={branch}",
             self.sent_by(transport, via_local)
         );
-        let bytes: Bytes = request
+        let mut forward = request
             .forward()
             .pop_routes(own_routes)
             .push_via(&via)
-            .max_forwards(max_forwards - 1)
-            .to_bytes()
-            .into();
+            .max_forwards(max_forwards - 1);
+        // An INVITE that starts a dialog through the cluster: in-dialog requests come back
+        // through us to the device's flow, and to the node that sent it.
+        let record_route;
+        if initial {
+            let token = self.route_key.token(arrived.id, flow.id, call_id);
+            record_route = self.record_route(&token, &flow, arrived);
+            forward = forward.record_route(&record_route);
+        }
+        let bytes: Bytes = forward.to_bytes().into();
         match direct {
             None => self.send(&flow, bytes),
             Some((transport, addr)) => self.send_to(transport, addr, bytes),

@@ -74,8 +74,13 @@ pub(crate) fn ack_for_non_2xx(invite: &Outgoing, response: &Outgoing) -> Outgoin
 /// non-2xx, RFC 3261 §9.1, §17.1.1.3): its Request-URI, top Via, From and Call-ID, and CSeq
 /// `seq` with `method`; the caller adds To (and Route, Reason).
 fn in_transaction(invite: &Message, method: &str, seq: u32) -> RequestBuilder {
-    RequestBuilder::new(method, invite.request_uri_str().unwrap_or_default())
-        .header("Via", raw(invite, HeaderName::Via).unwrap_or_default())
+    let mut request = RequestBuilder::new(method, invite.request_uri_str().unwrap_or_default())
+        .header("Via", raw(invite, HeaderName::Via).unwrap_or_default());
+    // RFC 3261 §9.1, §17.1.1.3: the INVITE's Route (a Path through a node of the cluster).
+    if let Some(route) = raw(invite, HeaderName::Route) {
+        request = request.header("Route", route);
+    }
+    request
         .header("Max-Forwards", "70")
         .header("From", raw(invite, HeaderName::From).unwrap_or_default())
         .header(
@@ -102,6 +107,18 @@ impl Node {
     /// How our Via and Record-Route name the listener a message leaves from over
     /// `transport` at `local`: its `advertised_address` if it has one, else the address.
     pub(crate) fn sent_by(&self, transport: Transport, local: SocketAddr) -> String {
+        // A connection this node opened (to a node of its cluster) leaves from an ephemeral
+        // port: what is named is our listener, where the peer reaches us.
+        let listening =
+            (self.addrs.iter()).any(|&(t, a)| t == transport && a.port() == local.port());
+        let local = match self
+            .addrs
+            .iter()
+            .find(|&&(t, a)| t == transport && a.is_ipv4() == local.is_ipv4())
+        {
+            Some(&(_, listener)) if transport.is_stream() && !listening => listener,
+            _ => local,
+        };
         self.config
             .listen
             .iter()
@@ -285,10 +302,25 @@ impl Node {
                 }) => {
                     uri.user.is_some_and(|u| u.starts_with("pp-"))
                         && self.is_local_host(uri.host_raw)
+                        && uri.port.is_none_or(|port| self.listens_on(port))
                 }
                 _ => false,
             })
             .count()
+    }
+
+    /// Whether `port` is one of our listeners', as bound or as advertised: another node
+    /// of a cluster may share our host.
+    fn listens_on(&self, port: u16) -> bool {
+        self.addrs.iter().any(|(_, a)| a.port() == port)
+            || (self.config.listen.iter()).any(|l| {
+                let l = l.as_ref();
+                let advertised = l
+                    .advertised_address
+                    .as_deref()
+                    .and_then(|a| a.rsplit_once(':'));
+                advertised.is_some_and(|(_, p)| p.parse() == Ok(port))
+            })
     }
 
     /// A response from a peer: a branch of ours, or one we forwarded statelessly.

@@ -6,6 +6,11 @@
 //!   the dialog's Call-ID. A request routed through us must carry one that verifies for its
 //!   own Call-ID: a forged token, or one lifted from another dialog, gets 403, and nothing is
 //!   sent anywhere.
+//! - A **path token**, the user part of the RFC 3327 Path a node of a cluster stores with a
+//!   binding (`pp-f<flow>.<boot>-<mac>`), names the device's flow on that node in this run
+//!   of it, MACed with the key every node of the cluster shares. Another node sends the
+//!   device's INVITE with it as its Route; the node that holds the flow relays it there.
+//!   A token of an earlier run names no flow, since flow ids start again.
 //! - A **stateless branch**, our Via branch on a request forwarded without a transaction,
 //!   is MACed over the branch it answers and the address the response goes back to, so a
 //!   response is relayed only where the request came from.
@@ -80,6 +85,29 @@ impl RouteKey {
         let expected = self.mac(&[b"token", a.as_bytes(), b.as_bytes(), call_id.as_bytes()]);
         let good: bool = expected.as_bytes().ct_eq(mac.as_bytes()).into();
         good.then_some((FlowId(flow_a), FlowId(flow_b)))
+    }
+
+    /// The path token of `flow` in the run `boot` of this node.
+    pub(crate) fn path_token(&self, flow: FlowId, boot: u64) -> String {
+        let (f, b) = (flow.0.to_string(), format!("{boot:x}"));
+        let mac = self.mac(&[b"path", f.as_bytes(), b.as_bytes()]);
+        format!("{TOKEN}f{f}.{b}-{mac}")
+    }
+
+    /// The flow a path token names, if a node sharing our key made it in the run `boot`.
+    pub(crate) fn verify_path(&self, token: &str, boot: u64) -> Option<FlowId> {
+        let (named, mac) = token
+            .strip_prefix(TOKEN)?
+            .strip_prefix('f')?
+            .split_once('-')?;
+        let (f, b) = named.split_once('.')?;
+        let flow: u64 = f.parse().ok()?;
+        if f != flow.to_string() || b != format!("{boot:x}") {
+            return None;
+        }
+        let expected = self.mac(&[b"path", f.as_bytes(), b.as_bytes()]);
+        let good: bool = expected.as_bytes().ct_eq(mac.as_bytes()).into();
+        good.then_some(FlowId(flow))
     }
 
     /// Our branch for a request forwarded without a transaction: `prefix` and a MAC over the
@@ -232,6 +260,25 @@ mod tests {
         assert_eq!(key.verify(&format!("{token}-x"), "abc@host"), None);
         let other = RouteKey::new(&Secret::from_bytes(&[8; 32]).expect("a key"));
         assert_eq!(other.verify(&token, "abc@host"), None, "another node's key");
+    }
+
+    #[test]
+    fn a_path_token_verifies_only_for_its_flow_and_run() {
+        let key = key();
+        let token = key.path_token(FlowId(42), 0xbeef);
+        assert!(token.starts_with("pp-f42.beef-"), "{token}");
+        assert_eq!(key.verify_path(&token, 0xbeef), Some(FlowId(42)));
+        assert_eq!(key.verify_path(&token, 0xbeee), None, "another run");
+        let forged = token.replace("pp-f42.", "pp-f43.");
+        assert_eq!(key.verify_path(&forged, 0xbeef), None, "another flow");
+        assert_eq!(key.verify_path("pp-f42.beef", 0xbeef), None, "no MAC");
+        assert_eq!(key.verify(&token, "abc@host"), None, "no dialog token");
+        let other = RouteKey::new(&Secret::from_bytes(&[8; 32]).expect("a key"));
+        assert_eq!(
+            other.verify_path(&token, 0xbeef),
+            None,
+            "another cluster's key"
+        );
     }
 
     #[test]
