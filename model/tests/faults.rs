@@ -41,6 +41,7 @@ fn cluster_fault_caught_by(fault: ClusterFault) -> (&'static str, &'static str) 
         ClusterFault::SubscribeAfterLoad => {
             ("1x1-cluster", "every_registration_reaches_the_parking_node")
         }
+        ClusterFault::PubSub => ("1x1-cluster", "every_registration_reaches_the_parking_node"),
     }
 }
 
@@ -206,6 +207,15 @@ fn a_reader_that_subscribes_after_loading_leaves_the_woken_device_without_its_ca
         "1x2-cluster",
         "woken_device_learns_outcome",
     );
+}
+
+/// Notices over pub/sub instead of a stream: a reader that reconnects misses what was
+/// published while it was away.
+#[test]
+fn notices_lost_to_a_pub_sub_reconnect_are_caught() {
+    let length = assert_cluster_fault_caught(ClusterFault::PubSub);
+    // REGISTER on the other node, reconnect before the notice is read.
+    assert_eq!(length, 2);
 }
 
 #[test]

@@ -92,11 +92,14 @@ pub enum ClusterFault {
     /// woke (Flexisip's bug: the push is sent, the device registers, the call is never
     /// delivered).
     SubscribeAfterLoad,
+    /// The notices go over pub/sub instead of a stream: a reader that reconnects gets what
+    /// is published from then on, and what was published while it was away is lost.
+    PubSub,
 }
 
 impl ClusterFault {
     /// Every cluster fault, for tests that go through them all.
-    pub const ALL: [ClusterFault; 1] = [ClusterFault::SubscribeAfterLoad];
+    pub const ALL: [ClusterFault; 2] = [ClusterFault::SubscribeAfterLoad, ClusterFault::PubSub];
 }
 
 /// A bounded configuration of the environment around the core.
@@ -1260,8 +1263,13 @@ impl Model for ParkModel {
                     actions.push(Action::ReadNotice);
                 }
                 if s.budget.reader_reconnects > 0 {
-                    for i in reader.floor..reader.next {
-                        actions.push(Action::ReaderReconnect(i));
+                    if self.cluster_fault == Some(ClusterFault::PubSub) {
+                        // Nothing to read again: it hears what is published from now on.
+                        actions.push(Action::ReaderReconnect(s.stream.len() as u8));
+                    } else {
+                        for i in reader.floor..reader.next {
+                            actions.push(Action::ReaderReconnect(i));
+                        }
                     }
                 }
                 if s.budget.reader_restarts > 0 {
@@ -1442,8 +1450,9 @@ impl Model for ParkModel {
             Action::ReaderRestart => {
                 s.budget.reader_restarts -= 1;
                 match self.cluster_fault {
-                    // The design: record the stream's last id, then load.
-                    None => {
+                    // The design: record the stream's last id, then load (with pub/sub:
+                    // subscribe, then load).
+                    None | Some(ClusterFault::PubSub) => {
                         s.reader.next = s.stream.len() as u8;
                         s.reader.floor = s.reader.next;
                         s.reader.restart = Some(Restart::Recorded);
@@ -1634,8 +1643,12 @@ impl Model for ParkModel {
     }
 
     fn format_action(&self, action: &Action) -> String {
-        let first = self.cluster_fault.is_none();
+        let fault = self.cluster_fault;
+        let first = fault != Some(ClusterFault::SubscribeAfterLoad);
         match action {
+            Action::ReaderReconnect(_) if fault == Some(ClusterFault::PubSub) => {
+                "server's reader: reconnects, subscribes again (pub/sub)".into()
+            }
             Action::ReaderRestart if first => {
                 "server's reader: starts again, records the stream's last id".into()
             }
