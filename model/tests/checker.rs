@@ -92,8 +92,11 @@ const FROM_PUSH: [&str; 4] = [
 /// Needs an INVITE that a device awake on UDP slept through, and an app answering its push.
 const UNHEARD: &str = "refusal_from_push_stops_an_unanswered_invite";
 
+/// Needs a device that registers on another node of a cluster.
+const CLUSTER: &str = "delivered_after_register_on_another_node";
+
 /// What only the configurations made for them reach.
-const SPECIAL: [&str; 10] = [
+const SPECIAL: [&str; 11] = [
     AWAKE_OR_DEAD_FLOW[0],
     AWAKE_OR_DEAD_FLOW[1],
     AWAKE_OR_DEAD_FLOW[2],
@@ -104,11 +107,12 @@ const SPECIAL: [&str; 10] = [
     FROM_PUSH[2],
     FROM_PUSH[3],
     UNHEARD,
+    CLUSTER,
 ];
 
 /// The configurations: their unique states, the common paths they do not reach, and the
 /// special paths (of [`SPECIAL`]) they do.
-const PINNED: [(&str, usize, &[&str], &[&str]); 18] = [
+const PINNED: [(&str, usize, &[&str], &[&str]); 21] = [
     ("1x1", 537, &[OTHER_DEVICE, SECOND_CALL], &[]),
     ("1x2", 28_723, &[SECOND_CALL], &[]),
     ("2x1", 34_527, &[OTHER_DEVICE], &[]),
@@ -176,6 +180,14 @@ const PINNED: [(&str, usize, &[&str], &[&str]); 18] = [
         &[OTHER_DEVICE],
         &AWAKE_OR_DEAD_FLOW,
     ),
+    (
+        "1x1-cluster",
+        45_061,
+        &[OTHER_DEVICE, SECOND_CALL],
+        &[AWAKE_OR_DEAD_FLOW[1], AWAKE_OR_DEAD_FLOW[2], CLUSTER],
+    ),
+    ("1x2-cluster", 45_626, &[SECOND_CALL], &[CLUSTER]),
+    ("2x1-cluster", 207_091, &[OTHER_DEVICE], &[CLUSTER]),
 ];
 
 /// The reachability properties configuration `name` reaches.
@@ -288,6 +300,28 @@ fn an_app_may_answer_from_its_push() {
     check_pinned("2x1-answer");
     check_pinned("1x2-udp-answer");
     check_pinned("1x2-flow-answer");
+}
+
+/// Issue 11: on a node of a cluster, a woken device may register on another node; its
+/// notice reaches the parking node late, twice, or through a restart of the node's reader,
+/// and every property still holds. The call reaches the device through the other node, and
+/// a dead flow there (430) falls back to a push.
+#[test]
+fn a_device_may_register_on_another_node_of_a_cluster() {
+    let checker = check_pinned("1x1-cluster");
+    // Delivered after a REGISTER on the other node, the notice read late.
+    checker.assert_discovery(
+        CLUSTER,
+        vec![
+            Action::Invite,
+            Action::PushDelivered(CallId(0), DeviceId(0)),
+            Action::RegisterElsewhere(DeviceId(0)),
+            Action::ReadNotice,
+            Action::Respond(CallId(0), DeviceId(0), 200),
+        ],
+    );
+    check_pinned("1x2-cluster");
+    check_pinned("2x1-cluster");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use pushpark_model::checker::ParkModel;
+use pushpark_model::checker::{ClusterFault, ParkModel};
 use pushpark_model::Fault;
 use stateright::{Checker, HasDiscoveries, Model};
 
@@ -34,12 +34,47 @@ fn caught_by(fault: Fault) -> (&'static str, &'static str) {
     }
 }
 
+/// The configuration that exposes a defect of the runtime's design around the core in a
+/// cluster, and the property that must catch it.
+fn cluster_fault_caught_by(fault: ClusterFault) -> (&'static str, &'static str) {
+    match fault {
+        ClusterFault::SubscribeAfterLoad => {
+            ("1x1-cluster", "every_registration_reaches_the_parking_node")
+        }
+        ClusterFault::PubSub => ("1x1-cluster", "every_registration_reaches_the_parking_node"),
+    }
+}
+
 fn assert_caught(fault: Fault) {
     let (configuration, property) = caught_by(fault);
     let model = ParkModel {
         fault: Some(fault),
         ..ParkModel::configuration(configuration).expect("a known configuration")
     };
+    shortest_counterexample(&model, &format!("{fault:?}"), configuration, property);
+}
+
+fn assert_cluster_fault_caught(fault: ClusterFault) -> usize {
+    let (configuration, property) = cluster_fault_caught_by(fault);
+    assert_caught_in(fault, configuration, property)
+}
+
+fn assert_caught_in(fault: ClusterFault, configuration: &str, property: &'static str) -> usize {
+    let model = ParkModel {
+        cluster_fault: Some(fault),
+        ..ParkModel::configuration(configuration).expect("a known configuration")
+    };
+    shortest_counterexample(&model, &format!("{fault:?}"), configuration, property)
+}
+
+/// Finds the shortest counterexample to `property` in `model`, prints it, and returns its
+/// number of actions.
+fn shortest_counterexample(
+    model: &ParkModel,
+    fault: &str,
+    configuration: &str,
+    property: &'static str,
+) -> usize {
     // Iterative deepening: the shortest counterexample is the easiest to read.
     let path = (3..=40)
         .find_map(|depth| {
@@ -52,11 +87,16 @@ fn assert_caught(fault: Fault) {
                 .join()
                 .discovery(property)
         })
-        .unwrap_or_else(|| panic!("{fault:?} in {configuration}: `{property}` caught nothing"));
-    println!("{fault:?} caught by `{property}`:");
-    for action in path.into_actions() {
-        println!("  {action}");
+        .unwrap_or_else(|| panic!("{fault} in {configuration}: `{property}` caught nothing"));
+    let actions = path.into_actions();
+    println!(
+        "{fault} caught by `{property}` in {configuration}, {} actions:",
+        actions.len()
+    );
+    for action in &actions {
+        println!("  {}", model.format_action(action));
     }
+    actions.len()
 }
 
 #[test]
@@ -149,12 +189,46 @@ fn a_ringback_after_a_device_rang_is_caught() {
     assert_caught(Fault::RingbackAfterRelayedRing);
 }
 
+/// Issue 11, the SUBSCRIBE race: a reader that loads the bindings and only then subscribes
+/// from "now" never sees a REGISTER stored on another node in between.
+#[test]
+fn a_reader_that_subscribes_after_loading_is_caught() {
+    let length = assert_cluster_fault_caught(ClusterFault::SubscribeAfterLoad);
+    // Start the reader (load), REGISTER on the other node, subscribe.
+    assert_eq!(length, 3);
+}
+
+/// The same race as the runtime's users met it: the push is sent, the woken device
+/// registers on the other node, and the parked call never reaches it.
+#[test]
+fn a_reader_that_subscribes_after_loading_leaves_the_woken_device_without_its_call() {
+    assert_caught_in(
+        ClusterFault::SubscribeAfterLoad,
+        "1x2-cluster",
+        "woken_device_learns_outcome",
+    );
+}
+
+/// Notices over pub/sub instead of a stream: a reader that reconnects misses what was
+/// published while it was away.
+#[test]
+fn notices_lost_to_a_pub_sub_reconnect_are_caught() {
+    let length = assert_cluster_fault_caught(ClusterFault::PubSub);
+    // REGISTER on the other node, reconnect before the notice is read.
+    assert_eq!(length, 2);
+}
+
 #[test]
 fn every_fault_has_a_test() {
     // `caught_by` is exhaustive over `Fault`; this keeps `Fault::ALL` honest too.
     let configurations: BTreeSet<_> = Fault::ALL.iter().map(|&f| caught_by(f).0).collect();
     assert!(configurations
         .iter()
+        .chain(
+            ClusterFault::ALL
+                .map(|f| cluster_fault_caught_by(f).0)
+                .iter()
+        )
         .all(|c| ParkModel::configuration(c).is_some()));
     assert_eq!(
         Fault::ALL.iter().collect::<BTreeSet<_>>().len(),

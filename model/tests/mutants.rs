@@ -60,7 +60,7 @@ use pushpark_model::{
 use stateright::{Checker, HasDiscoveries, Model};
 
 /// The configurations each checked in under two seconds.
-const SMALL: [&str; 11] = [
+const SMALL: [&str; 12] = [
     "1x1",
     "1x2",
     "2x1",
@@ -72,6 +72,7 @@ const SMALL: [&str; 11] = [
     "1x2-flight",
     "1x2-answer",
     "1x2-udp-answer",
+    "1x1-cluster",
 ];
 
 /// Checks `name` exhaustively; panics with the counterexample of a broken property, and

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use pushpark_model::checker::{ParkModel, CONFIGURATIONS};
+use pushpark_model::checker::{ClusterFault, ParkModel, CONFIGURATIONS};
 use pushpark_model::Fault;
 use stateright::Model;
 
@@ -50,6 +50,13 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Options, String> {
             "--no-cancel" => model.callers_cancel = false,
             "--fault" => {
                 let name = value()?;
+                if let Some(fault) = ClusterFault::ALL
+                    .into_iter()
+                    .find(|f| format!("{f:?}") == name)
+                {
+                    model.cluster_fault = Some(fault);
+                    continue;
+                }
                 let fault = Fault::ALL
                     .into_iter()
                     .find(|f| format!("{f:?}") == name)
@@ -76,6 +83,11 @@ fn main() -> ExitCode {
             }
             let faults: Vec<String> = Fault::ALL.iter().map(|f| format!("{f:?}")).collect();
             eprintln!("\nfaults: {}", faults.join(", "));
+            let faults: Vec<String> = ClusterFault::ALL.iter().map(|f| format!("{f:?}")).collect();
+            eprintln!(
+                "faults of the runtime in a cluster (with a -cluster configuration): {}",
+                faults.join(", ")
+            );
             return ExitCode::from(2);
         }
     };
@@ -88,6 +100,10 @@ fn main() -> ExitCode {
             .model
             .fault
             .map(|f| format!(", fault {f:?}"))
+            .or(options
+                .model
+                .cluster_fault
+                .map(|f| format!(", fault {f:?}")))
             .unwrap_or_default(),
         options.addr
     );

@@ -5,7 +5,9 @@
 //! (sometimes twice), and answer, ring, refuse or lose their flow; a push service that
 //! accepts, fails (transiently or for good) or silently loses a push; a registrar that finds
 //! bindings about to expire (where the configuration lets them); timers that fire in any
-//! order. Each [`Action`] is one such move. Applying it feeds the matching [`Event`] to
+//! order; in a cluster (where the configuration has one), a device that registers on
+//! another node, whose registration notice the parking node reads late, twice, or through a
+//! restart of its reader. Each [`Action`] is one such move. Applying it feeds the matching [`Event`] to
 //! [`Core::step`] — the function the server runs — and folds the [`Effect`]s back into the
 //! environment. Properties ([`properties`]) are named as in specs/parking.md.
 //!
@@ -72,6 +74,32 @@ pub struct Budget {
     /// Times an awake device on UDP falls asleep without a word: the server still takes it
     /// to be awake (it was heard from lately), and what it sends there is lost.
     pub silent_sleeps: u8,
+    /// Times the parking node's reader of the registration notices reconnects and reads
+    /// again from the last id it acknowledged: the notices after it are read twice.
+    pub reader_reconnects: u8,
+    /// Times the parking node's reader loses its position and starts again: it must load
+    /// the bindings and read the notices from a new position (as when a node starts).
+    pub reader_restarts: u8,
+}
+
+/// A defect of the runtime's design around the core, in a cluster: the core is the same, the
+/// environment the runtime makes of the cluster is not. For the fault tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClusterFault {
+    /// A reader that starts loads the bindings first and then subscribes from "now" (`$`,
+    /// or pub/sub): a REGISTER stored on another node between the two is neither in what it
+    /// loaded nor in a notice it reads, and the parked call never learns that the device
+    /// woke (Flexisip's bug: the push is sent, the device registers, the call is never
+    /// delivered).
+    SubscribeAfterLoad,
+    /// The notices go over pub/sub instead of a stream: a reader that reconnects gets what
+    /// is published from then on, and what was published while it was away is lost.
+    PubSub,
+}
+
+impl ClusterFault {
+    /// Every cluster fault, for tests that go through them all.
+    pub const ALL: [ClusterFault; 2] = [ClusterFault::SubscribeAfterLoad, ClusterFault::PubSub];
 }
 
 /// A bounded configuration of the environment around the core.
@@ -114,6 +142,14 @@ pub struct ParkModel {
     /// after its REGISTER, before or after the call ended): ringing, then busy or decline
     /// (`Event::PushAnswered`).
     pub push_answers: bool,
+    /// The calls are parked on one node of a cluster (the server, whose core the model
+    /// runs), and a device that wakes may register on another node: its REGISTER is stored
+    /// there and a registration notice appended to the stream that the parking node reads
+    /// (at any later moment: notices are delayed). A device awake on the other node is
+    /// reached through it.
+    pub cluster: bool,
+    /// A deliberate defect of the runtime's design around the core (cluster only).
+    pub cluster_fault: Option<ClusterFault>,
     /// The environment's misbehaviour.
     pub budget: Budget,
     /// The core's policy.
@@ -141,12 +177,16 @@ impl ParkModel {
             bindings_expire: false,
             shutdown: false,
             push_answers: false,
+            cluster: false,
+            cluster_fault: None,
             budget: Budget {
                 transient_failures: 1,
                 permanent_failures: 1,
                 lost_pushes: 1,
                 flow_failures: 0,
                 silent_sleeps: 0,
+                reader_reconnects: 0,
+                reader_restarts: 0,
             },
             config: Config {
                 push_attempts: 2,
@@ -273,6 +313,21 @@ impl ParkModel {
             },
             "2x1-udp" => Self::awake_on_udp(false),
             "2x1-udp-waiting" => Self::awake_on_udp(true),
+            "1x1-cluster" => Self::in_a_cluster(Self {
+                budget: Budget {
+                    flow_failures: 1,
+                    ..Self::new(1, 1).budget
+                },
+                ..full(1, 1)
+            }),
+            "1x2-cluster" => Self::in_a_cluster(Self {
+                extra_registers: 0,
+                ..Self::new(1, 2)
+            }),
+            "2x1-cluster" => Self::in_a_cluster(Self {
+                extra_registers: 0,
+                ..Self::new(2, 1)
+            }),
             _ => return None,
         })
     }
@@ -296,10 +351,24 @@ impl ParkModel {
             ..Self::new(2, 1)
         }
     }
+
+    /// `model` on a node of a cluster: devices may register on the other node, the
+    /// parking node's reader may read notices twice (one reconnect) and start again once.
+    fn in_a_cluster(model: Self) -> Self {
+        Self {
+            cluster: true,
+            budget: Budget {
+                reader_reconnects: 1,
+                reader_restarts: 1,
+                ..model.budget
+            },
+            ..model
+        }
+    }
 }
 
 /// The bounded configurations CI checks exhaustively, with what each is for.
-pub const CONFIGURATIONS: [(&str, &str); 18] = [
+pub const CONFIGURATIONS: [(&str, &str); 21] = [
     (
         "1x1",
         "one call, one sleeping device; it may ring, answer, be busy, decline or not answer",
@@ -370,6 +439,20 @@ pub const CONFIGURATIONS: [(&str, &str); 18] = [
         "2x1-udp-waiting",
         "as 2x1-udp, with a device that takes a second call while in one (call waiting)",
     ),
+    (
+        "1x1-cluster",
+        "as 1x1 with one flow failure, on a node of a cluster: the device may register on the \
+         other node, whose notice the parking node reads late, twice, or through a restart of \
+         its reader",
+    ),
+    (
+        "1x2-cluster",
+        "as 1x2, on a node of a cluster (see 1x1-cluster)",
+    ),
+    (
+        "2x1-cluster",
+        "as 2x1, on a node of a cluster (see 1x1-cluster)",
+    ),
 ];
 
 /// A caller and what it has received.
@@ -418,6 +501,17 @@ pub struct Device {
     pub token_dead: bool,
     /// The registrar reported that its binding nears expiry.
     pub expiry_reported: bool,
+    /// Its last REGISTER went to the other node of the cluster: its flow, if it is awake,
+    /// ends there.
+    pub on_other: bool,
+    /// Its REGISTERs stored in the shared store (cluster only): the last one's number.
+    pub stored: u8,
+    /// The number of its last REGISTER the parking node knows of: one it took itself,
+    /// loaded, or read in a notice (cluster only).
+    pub known: u8,
+    /// The parking node's binding index: the device's last REGISTER it knows of went to the
+    /// other node, so it reaches the device through that node.
+    pub known_on_other: bool,
 }
 
 /// What happened so far, for the properties. Grows only.
@@ -494,6 +588,11 @@ pub struct History {
     /// A busy or decline from the push was taken while the INVITE sent to the device had
     /// had no answer, and that INVITE was stopped (`DropBranch`).
     pub refusal_dropped_invite: bool,
+    /// Devices that registered on the other node after being woken for the call, whose
+    /// notice the parking node has not read yet (they join `registered_after_wake` then).
+    pub registered_elsewhere: BTreeSet<Pair>,
+    /// Live INVITEs delivered through the other node, to a device registered there.
+    pub reached_via_other: BTreeSet<Pair>,
 }
 
 /// The whole system: the core and its environment.
@@ -533,7 +632,33 @@ pub struct State {
     pub shut_down: bool,
     /// Answers apps sent from their pushes.
     pub push_answers: BTreeSet<(CallId, DeviceId, PushAnswer)>,
+    /// The registration notices of the other node, in the order the shared store appended
+    /// them: the device and the number of its REGISTER (cluster only).
+    pub stream: Vec<(DeviceId, u8)>,
+    /// The parking node's reader of the notices.
+    pub reader: Reader,
     pub history: History,
+}
+
+/// The parking node's reader of the registration notices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Reader {
+    /// The index in the stream of the next notice it reads.
+    pub next: u8,
+    /// The earliest index a reconnect may go back to: it re-reads from the last id it
+    /// acknowledged, which is never before where it (re)started.
+    pub floor: u8,
+    /// A start of the reader is half done: it recorded where to read from and has yet to
+    /// load the bindings (`Recorded`, the design), or it loaded the bindings and has yet
+    /// to subscribe (`Loaded`, [`ClusterFault::SubscribeAfterLoad`]).
+    pub restart: Option<Restart>,
+}
+
+/// The first half of a start of the reader (see [`Reader::restart`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Restart {
+    Recorded,
+    Loaded,
 }
 
 impl State {
@@ -583,6 +708,18 @@ pub enum Action {
     Shutdown,
     /// The app answers from the push for the call, over the app API.
     PushAnswer(CallId, DeviceId, PushAnswer),
+    /// The device's REGISTER is accepted by the other node of the cluster, which stores it
+    /// and appends a registration notice to the stream, in one transaction.
+    RegisterElsewhere(DeviceId),
+    /// The parking node's reader reads the next notice.
+    ReadNotice,
+    /// The reader reconnects and reads again from the notice at this index (the last it
+    /// acknowledged).
+    ReaderReconnect(u8),
+    /// The reader starts again (it lost its position): the first half of its start.
+    ReaderRestart,
+    /// The second half of the reader's start.
+    ReaderResume,
 }
 
 impl fmt::Display for Action {
@@ -617,6 +754,18 @@ impl fmt::Display for Action {
             Action::Shutdown => write!(f, "operator → server: SIGTERM"),
             Action::PushAnswer(c, d, a) => write!(f, "{d} app → server: {a:?} from the push ({c})"),
             Action::Fire(t) => write!(f, "timer {t:?} fires"),
+            Action::RegisterElsewhere(d) => {
+                write!(f, "{d} → other node: REGISTER (stored, notice appended)")
+            }
+            Action::ReadNotice => write!(f, "server's reader: reads the next notice"),
+            Action::ReaderReconnect(i) => {
+                write!(
+                    f,
+                    "server's reader: reconnects, reads again from notice {i}"
+                )
+            }
+            Action::ReaderRestart => write!(f, "server's reader: starts again (first half)"),
+            Action::ReaderResume => write!(f, "server's reader: starts again (second half)"),
         }
     }
 }
@@ -638,7 +787,16 @@ impl ParkModel {
     /// What the server knows of `device`'s flow: the facts the runtime reports in a
     /// [`Target`].
     fn flow(device: &Device) -> Flow {
-        match (device.udp, device.awake) {
+        if device.known_on_other {
+            // Registered on another node: reported as a UDP flow heard when the notice was
+            // read (the parking node cannot see the device's flow on the other node).
+            return Flow::Datagram {
+                heard_at: Self::NOW,
+                in_dialog: false,
+            };
+        }
+        // Its connection to this node, if any: one to the other node is not seen here.
+        match (device.udp, device.awake && !device.on_other) {
             (false, true) => Flow::Connected,
             (false, false) => Flow::Closed,
             (true, _) => Flow::Datagram {
@@ -654,6 +812,9 @@ impl ParkModel {
         trying.push(pair);
         let (call, device) = pair;
         let d = &mut s.devices[device.0 as usize];
+        if d.known_on_other && !notice {
+            s.history.reached_via_other.insert(pair);
+        }
         let taken = !d.line.is_empty() || !d.in_call.is_empty();
         if taken && !self.call_waiting {
             s.busy.insert(pair);
@@ -672,12 +833,87 @@ impl ParkModel {
         if s.silenced.remove(&pair) {
             s.lost.remove(&pair);
         }
-        if !s.devices[pair.1 .0 as usize].awake {
+        if !Self::reachable(&s.devices[pair.1 .0 as usize]) {
             s.lost.insert(pair);
         } else if self.in_flight {
             s.flight.insert(pair);
         } else {
             self.deliver(s, pair, notice, trying);
+        }
+    }
+
+    /// What the server sends to the device reaches it: it is awake, and the server sends
+    /// it through the node its flow ends on (in a cluster, the node of its last REGISTER
+    /// the server knows of: through the other node, which relays it over the device's
+    /// flow or answers 430 if that flow is gone).
+    fn reachable(device: &Device) -> bool {
+        device.awake && device.on_other == device.known_on_other
+    }
+
+    /// The parking node learns that `device` registered (its own REGISTER, a notice, a
+    /// load): for the calls in progress it is awake, and the calls whose push woke it
+    /// before it registered elsewhere now count as registered after the wake, as long as
+    /// their notice window is open.
+    fn learn(s: &mut State, device: DeviceId) {
+        for (i, caller) in s.callers.iter().enumerate().take(usize::from(s.invited)) {
+            if caller.response.is_none() {
+                s.history
+                    .registered_during
+                    .insert((CallId(i as u64), device));
+            }
+        }
+        let elsewhere: Vec<Pair> = (s.history.registered_elsewhere.iter())
+            .filter(|&&(_, d)| d == device)
+            .copied()
+            .collect();
+        for pair in elsewhere {
+            s.history.registered_elsewhere.remove(&pair);
+            if !s.history.lingered.contains(&pair.0) {
+                s.history.registered_after_wake.insert(pair);
+            }
+        }
+    }
+
+    /// The reader loads the bindings from the shared store: every device whose last
+    /// REGISTER it did not know of is registered on the other node, and its core is told.
+    fn load(&self, s: &mut State) {
+        for d in self.device_ids() {
+            let device = &mut s.devices[d.0 as usize];
+            if device.stored <= device.known {
+                continue;
+            }
+            device.known = device.stored;
+            device.known_on_other = device.on_other;
+            Self::learn(s, d);
+            self.feed(
+                s,
+                Event::DeviceRegistered {
+                    aor: CALLEE,
+                    device: d,
+                },
+            );
+        }
+    }
+
+    /// Feeds `event` to the core and applies its effects, and the 100 Trying of every
+    /// INVITE that arrives.
+    fn feed(&self, s: &mut State, event: Event) {
+        let mut effects = Vec::new();
+        s.core.step(Self::NOW, event, &mut effects);
+        let trying = self.apply(s, effects);
+        self.settle(s, trying);
+    }
+
+    /// Every INVITE that arrived is answered 100 Trying, which may send more.
+    fn settle(&self, s: &mut State, mut trying: Vec<Pair>) {
+        while let Some((call, device)) = trying.pop() {
+            let mut effects = Vec::new();
+            s.core.step(
+                Self::NOW,
+                Event::BranchTrying { call, device },
+                &mut effects,
+            );
+            trying.extend(self.apply(s, effects));
         }
     }
 
@@ -761,7 +997,7 @@ impl ParkModel {
                     if !notice {
                         Self::check_line(s, pair);
                     }
-                    if s.devices[device.0 as usize].awake && s.lost.remove(&pair) {
+                    if Self::reachable(&s.devices[device.0 as usize]) && s.lost.remove(&pair) {
                         s.history.rerouted.insert(pair);
                         self.deliver(s, pair, notice, &mut trying);
                     }
@@ -924,6 +1160,8 @@ impl Model for ParkModel {
             timers: BTreeSet::new(),
             shut_down: false,
             push_answers: BTreeSet::new(),
+            stream: Vec::new(),
+            reader: Reader::default(),
             history: History::default(),
         }]
     }
@@ -961,7 +1199,13 @@ impl Model for ParkModel {
         for d in self.device_ids() {
             let device = &s.devices[d.0 as usize];
             if !device.woken_for.is_empty() || device.registers_left > 0 {
-                actions.push(Action::Register(d));
+                // A device awake refreshes over its flow; one that wakes may pick any node.
+                if !self.cluster || !device.awake || !device.on_other {
+                    actions.push(Action::Register(d));
+                }
+                if self.cluster && (!device.awake || device.on_other) {
+                    actions.push(Action::RegisterElsewhere(d));
+                }
             }
             if self.bindings_expire && !device.expiry_reported && !device.token_forgotten {
                 actions.push(Action::BindingExpiring(d));
@@ -1009,6 +1253,29 @@ impl Model for ParkModel {
         }
         for &timer in &s.timers {
             actions.push(Action::Fire(timer));
+        }
+        if self.cluster {
+            let reader = s.reader;
+            if reader.restart.is_some() {
+                actions.push(Action::ReaderResume);
+            } else {
+                if usize::from(reader.next) < s.stream.len() {
+                    actions.push(Action::ReadNotice);
+                }
+                if s.budget.reader_reconnects > 0 {
+                    if self.cluster_fault == Some(ClusterFault::PubSub) {
+                        // Nothing to read again: it hears what is published from now on.
+                        actions.push(Action::ReaderReconnect(s.stream.len() as u8));
+                    } else {
+                        for i in reader.floor..reader.next {
+                            actions.push(Action::ReaderReconnect(i));
+                        }
+                    }
+                }
+                if s.budget.reader_restarts > 0 {
+                    actions.push(Action::ReaderRestart);
+                }
+            }
         }
         if self.push_answers {
             for &(c, d) in &s.history.woken {
@@ -1124,14 +1391,95 @@ impl Model for ParkModel {
                         s.history.registered_after_wake.insert((call, device));
                     }
                 }
+                if self.cluster {
+                    // Stored, and known to this node at once: its own REGISTER.
+                    let dev = &mut s.devices[device.0 as usize];
+                    dev.on_other = false;
+                    dev.stored += 1;
+                    dev.known = dev.stored;
+                    dev.known_on_other = false;
+                    Self::learn(&mut s, device);
+                }
                 Event::DeviceRegistered {
                     aor: CALLEE,
                     device,
                 }
             }
+            Action::RegisterElsewhere(device) => {
+                let dev = &mut s.devices[device.0 as usize];
+                if dev.woken_for.is_empty() {
+                    dev.registers_left -= 1;
+                }
+                dev.awake = true;
+                dev.on_other = true;
+                dev.stored += 1;
+                let number = dev.stored;
+                for call in std::mem::take(&mut dev.woken_for) {
+                    if !s.history.lingered.contains(&call) {
+                        s.history.registered_elsewhere.insert((call, device));
+                    }
+                }
+                // The binding and its notice, in one transaction: nothing reaches the core
+                // until the parking node reads the notice (or loads the bindings).
+                s.stream.push((device, number));
+                return Some(s);
+            }
+            Action::ReadNotice => {
+                let (device, number) = s.stream[usize::from(s.reader.next)];
+                s.reader.next += 1;
+                let dev = &mut s.devices[device.0 as usize];
+                if number < dev.known {
+                    // A later REGISTER of the device is known: the notice is stale.
+                    return Some(s);
+                }
+                // The last REGISTER it knows of, or again (a notice read twice).
+                dev.known = number;
+                dev.known_on_other = true;
+                Self::learn(&mut s, device);
+                Event::DeviceRegistered {
+                    aor: CALLEE,
+                    device,
+                }
+            }
+            Action::ReaderReconnect(index) => {
+                s.budget.reader_reconnects -= 1;
+                s.reader.next = index;
+                s.reader.floor = index;
+                return Some(s);
+            }
+            Action::ReaderRestart => {
+                s.budget.reader_restarts -= 1;
+                match self.cluster_fault {
+                    // The design: record the stream's last id, then load (with pub/sub:
+                    // subscribe, then load).
+                    None | Some(ClusterFault::PubSub) => {
+                        s.reader.next = s.stream.len() as u8;
+                        s.reader.floor = s.reader.next;
+                        s.reader.restart = Some(Restart::Recorded);
+                    }
+                    // Load, then subscribe from "now".
+                    Some(ClusterFault::SubscribeAfterLoad) => {
+                        self.load(&mut s);
+                        s.reader.restart = Some(Restart::Loaded);
+                    }
+                }
+                return Some(s);
+            }
+            Action::ReaderResume => {
+                match s.reader.restart.take() {
+                    Some(Restart::Recorded) => self.load(&mut s),
+                    Some(Restart::Loaded) => {
+                        s.reader.next = s.stream.len() as u8;
+                        s.reader.floor = s.reader.next;
+                    }
+                    None => return None,
+                }
+                return Some(s);
+            }
             Action::Sleep(device) => {
                 s.budget.silent_sleeps -= 1;
                 s.devices[device.0 as usize].awake = false;
+                s.history.registered_elsewhere.retain(|&(_, d)| d != device);
                 // Asleep, it can no longer learn anything until it registers again.
                 s.history
                     .registered_after_wake
@@ -1196,6 +1544,7 @@ impl Model for ParkModel {
                 s.history
                     .registered_after_wake
                     .retain(|&(_, d)| d != device);
+                s.history.registered_elsewhere.retain(|&(_, d)| d != device);
                 Self::close_branch(&mut s, (call, device));
                 s.budget.flow_failures -= 1;
                 s.devices[device.0 as usize].awake = false;
@@ -1279,16 +1628,8 @@ impl Model for ParkModel {
                 }
             }
         }
-        let mut trying = self.apply(&mut s, effects);
-        while let Some((call, device)) = trying.pop() {
-            let mut effects = Vec::new();
-            s.core.step(
-                Self::NOW,
-                Event::BranchTrying { call, device },
-                &mut effects,
-            );
-            trying.extend(self.apply(&mut s, effects));
-        }
+        let trying = self.apply(&mut s, effects);
+        self.settle(&mut s, trying);
         if let Some(pair) = fallback_due {
             if !s.pushes.contains(&pair) && !s.history.push_accepted.contains(&pair) {
                 s.history.dead_flow_not_pushed = true;
@@ -1302,6 +1643,19 @@ impl Model for ParkModel {
     }
 
     fn format_action(&self, action: &Action) -> String {
-        action.to_string()
+        let fault = self.cluster_fault;
+        let first = fault != Some(ClusterFault::SubscribeAfterLoad);
+        match action {
+            Action::ReaderReconnect(_) if fault == Some(ClusterFault::PubSub) => {
+                "server's reader: reconnects, subscribes again (pub/sub)".into()
+            }
+            Action::ReaderRestart if first => {
+                "server's reader: starts again, records the stream's last id".into()
+            }
+            Action::ReaderRestart => "server's reader: starts again, loads the bindings".into(),
+            Action::ReaderResume if first => "server's reader: loads the bindings".into(),
+            Action::ReaderResume => "server's reader: subscribes from now ($)".into(),
+            _ => action.to_string(),
+        }
     }
 }

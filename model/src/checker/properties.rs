@@ -6,7 +6,7 @@ use super::{ParkModel, State};
 use crate::{CallId, EndReason};
 
 /// Invariants: no reachable state may break them.
-pub const SAFETY: [&str; 23] = [
+pub const SAFETY: [&str; 24] = [
     "one_final_response_per_call",
     "nothing_forwarded_after_final",
     "no_device_gets_a_call_twice",
@@ -30,13 +30,14 @@ pub const SAFETY: [&str; 23] = [
     "decline_from_push_ends_the_call",
     "answer_for_an_ended_call_changes_nothing",
     "one_ringback_per_call",
+    "every_registration_reaches_the_parking_node",
 ];
 
 /// Liveness: on every path.
 pub const LIVENESS: [&str; 1] = ["every_call_gets_a_final_response"];
 
 /// Reachability: proof that the interesting paths exist, so no invariant holds vacuously.
-pub const SOMETIMES: [&str; 19] = [
+pub const SOMETIMES: [&str; 20] = [
     "call_delivered_after_push",
     "call_timed_out",
     "busy_reaches_caller",
@@ -56,6 +57,7 @@ pub const SOMETIMES: [&str; 19] = [
     "ringback_from_push",
     "push_answer_races_register",
     "refusal_from_push_stops_an_unanswered_invite",
+    "delivered_after_register_on_another_node",
 ];
 
 fn calls(s: &State) -> impl Iterator<Item = CallId> {
@@ -142,13 +144,19 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
                     && s.branches.is_empty()
                     && s.pushes.is_empty())
         }),
+        // A device that registered on another node counts once the parking node learns it
+        // (a notice read after the call's notice window closed does not count); at rest every
+        // notice has been read, so one still in `registered_elsewhere` is a REGISTER the
+        // parking node never learned, and counts.
         Property::<ParkModel>::always("woken_device_learns_outcome", |m, s| {
             !quiescent(m, s)
-                || s.history.registered_after_wake.iter().all(|&(c, d)| {
-                    s.history.forwarded.contains(&(c, d))
-                        || s.history.refused_from_push.contains(&(c, d))
-                        || s.history.told.iter().any(|&(tc, td, _)| (tc, td) == (c, d))
-                })
+                || (s.history.registered_after_wake.iter())
+                    .chain(&s.history.registered_elsewhere)
+                    .all(|&(c, d)| {
+                        s.history.forwarded.contains(&(c, d))
+                            || s.history.refused_from_push.contains(&(c, d))
+                            || s.history.told.iter().any(|&(tc, td, _)| (tc, td) == (c, d))
+                    })
         }),
         Property::<ParkModel>::always("live_call_never_sent_beside_an_ended_call", |_, s| {
             !s.history.sent_beside_ended
@@ -184,6 +192,15 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
         // A ringback after a device's relayed ring counts as after the final (see `apply`).
         Property::<ParkModel>::always("one_ringback_per_call", |_, s| {
             !s.history.ringback_after_final && s.callers.iter().all(|c| c.ringbacks <= 1)
+        }),
+        // Judged while the reader reads: halfway through a start, it has yet to load or to
+        // subscribe.
+        Property::<ParkModel>::always("every_registration_reaches_the_parking_node", |_, s| {
+            s.reader.restart.is_some()
+                || s.devices.iter().enumerate().all(|(i, d)| {
+                    let unread = &s.stream[usize::from(s.reader.next)..];
+                    d.stored <= d.known || unread.contains(&(crate::DeviceId(i as u64), d.stored))
+                })
         }),
         // Liveness.
         Property::<ParkModel>::eventually("every_call_gets_a_final_response", all_answered),
@@ -263,6 +280,11 @@ pub(super) fn all() -> Vec<Property<ParkModel>> {
         }),
         Property::<ParkModel>::sometimes("refusal_from_push_stops_an_unanswered_invite", |_, s| {
             s.history.refusal_dropped_invite
+        }),
+        Property::<ParkModel>::sometimes("delivered_after_register_on_another_node", |_, s| {
+            some_response(s, |c, code, relay| {
+                code == 200 && relay.is_some_and(|d| s.history.reached_via_other.contains(&(c, d)))
+            })
         }),
     ]
 }
