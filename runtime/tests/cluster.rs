@@ -9,8 +9,10 @@
 //!   the phone's answer;
 //! - a call parked on one node reaches the phone whose wake-up REGISTER went to another:
 //!   the registration notice through Redis, the INVITE through the other node by the
-//!   binding's Path, the answer and the hang-up back the same way; with that node gone,
-//!   the phone registers on a third and the next call reaches it there.
+//!   binding's Path, the answer and the hang-up back the same way; busy, decline, a CANCEL
+//!   of the ringing phone and the notice of a call that ended before the phone woke, across
+//!   nodes as on one; with the phone's node gone, it registers on a third and the next call
+//!   reaches it there.
 
 mod common;
 mod ua;
@@ -228,52 +230,112 @@ async fn a_redis_that_may_lose_acknowledged_writes_stops_the_start() {
     assert!(error.contains("redis://127.0.0.1:1"), "{error}");
 }
 
-/// A node of a cluster on the Redis at `url`, with the cluster's secret file, pushing to
-/// `gateway`, on UDP and TCP (127.0.0.1, the other nodes among them, trusted).
-async fn cluster_node(dir: &Path, name: &str, url: &str, secret: &Path, gateway: &str) -> Server {
-    let dir = dir.join(name);
-    std::fs::create_dir_all(&dir).expect("a dir");
-    let mut config = common::pushing_config(&dir, gateway.to_owned());
-    config.store.backend = pushpark::config::Backend::Redis;
-    config.store.url = Some(toml::Spanned::new(0..0, url.to_owned()));
-    config.cluster.secret_file = Some(secret.to_owned());
-    Server::start(config).await.expect("the node starts")
+/// Nodes of one cluster on a real Redis, pushing to one gateway.
+struct Cluster {
+    nodes: Vec<Server>,
+    gateway: PushGateway,
+    _redis: RedisServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `n` nodes on UDP and TCP (127.0.0.1, the other nodes among them, trusted), one
+    /// secret file, one Redis.
+    async fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let redis = RedisServer::start();
+        let gateway = PushGateway::start().await.expect("the push gateway");
+        let secret = secret_file(dir.path(), "cluster.secret");
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let store = dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&store).expect("a dir");
+            let mut config = common::pushing_config(&store, gateway.url());
+            config.store.backend = pushpark::config::Backend::Redis;
+            config.store.url = Some(toml::Spanned::new(0..0, redis.url()));
+            config.cluster.secret_file = Some(secret.clone());
+            nodes.push(Server::start(config).await.expect("the node starts"));
+        }
+        Cluster {
+            nodes,
+            gateway,
+            _redis: redis,
+            _dir: dir,
+        }
+    }
+
+    fn udp(&self, node: usize) -> SocketAddr {
+        self.nodes[node].local_addr(Transport::Udp).expect("UDP")
+    }
+
+    fn tcp(&self, node: usize) -> SocketAddr {
+        self.nodes[node].local_addr(Transport::Tcp).expect("TCP")
+    }
+
+    /// A phone app of `aor` with push token `token` that registered on `node` over TCP and
+    /// fell asleep; a push wakes it, and it registers on `node` again.
+    async fn sleeping_phone(
+        &self,
+        aor: &str,
+        token: &str,
+        node: usize,
+        behaviour: Behaviour,
+    ) -> Device {
+        let phone = Device::builder(aor, self.tcp(node))
+            .transport(ua::Transport::Tcp)
+            .voip_app(token)
+            .behaviour(behaviour)
+            .start_registered()
+            .await;
+        phone.sleep().await;
+        self.gateway
+            .wake_on_push(&phone, Duration::from_millis(200));
+        phone
+    }
+
+    async fn stop(self) {
+        for node in self.nodes {
+            node.shutdown().await;
+        }
+    }
+}
+
+async fn alice() -> Caller {
+    Caller::new("sip:alice@localhost", ua::Transport::Udp)
+        .await
+        .expect("a caller")
 }
 
 /// A call from `alice` to bob through `node`, answered 200, acknowledged and hung up.
 async fn answered_call(alice: &Caller, node: SocketAddr) -> rsip::Response {
     alice.invite("sip:bob@localhost", node).await.expect("sent");
-    let ok = alice
-        .expect_response(200, Duration::from_secs(10))
-        .await
-        .expect("answered");
+    let ok = alice.expect_response(200, STEP).await.expect("answered");
     alice.ack_and_hang_up(&ok).await;
     ok
 }
 
+const STEP: Duration = Duration::from_secs(10);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_parked_on_one_node_reaches_the_phone_that_wakes_on_another() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let redis = RedisServer::start();
-    let gateway = PushGateway::start().await.expect("the push gateway");
-    let secret = secret_file(dir.path(), "cluster.secret");
-    let one = cluster_node(dir.path(), "one", &redis.url(), &secret, &gateway.url()).await;
-    let two = cluster_node(dir.path(), "two", &redis.url(), &secret, &gateway.url()).await;
-    let via_two = two.local_addr(Transport::Tcp).expect("TCP");
-    let bob = Device::builder("sip:bob@localhost", via_two)
-        .transport(ua::Transport::Tcp)
-        .voip_app("bob-cluster")
-        .start_registered()
+    let cluster = Cluster::start(2).await;
+    let bob = cluster
+        .sleeping_phone(
+            "sip:bob@localhost",
+            "bob-cluster",
+            1,
+            Behaviour::Answer {
+                ring_for: Duration::from_millis(100),
+            },
+        )
         .await;
-    bob.sleep().await;
-    gateway.wake_on_push(&bob, Duration::from_millis(300));
-
-    let alice = Caller::new("sip:alice@localhost", ua::Transport::Udp)
-        .await
-        .expect("a caller");
-    let at_one = one.local_addr(Transport::Udp).expect("UDP");
-    let ok = answered_call(&alice, at_one).await;
-    assert_eq!(gateway.pushes_for("bob-cluster").len(), 1, "one push");
+    let alice = alice().await;
+    let ok = answered_call(&alice, cluster.udp(0)).await;
+    assert_eq!(
+        cluster.gateway.pushes_for("bob-cluster").len(),
+        1,
+        "one push"
+    );
     assert_eq!(bob.count(rsip::Method::Invite), 1, "delivered once");
     let route_set: Vec<String> = ok.header_values("Record-Route");
     assert_eq!(
@@ -284,63 +346,124 @@ async fn a_call_parked_on_one_node_reaches_the_phone_that_wakes_on_another() {
     bob.expect_request(rsip::Method::Bye, Duration::from_secs(5))
         .await
         .expect("the hang-up reaches the phone through both nodes");
-    for node in [one, two] {
-        node.shutdown().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_and_decline_from_a_phone_on_another_node_reach_the_caller() {
+    let cluster = Cluster::start(2).await;
+    cluster
+        .sleeping_phone("sip:bob@localhost", "bob-busy", 1, Behaviour::Busy)
+        .await;
+    cluster
+        .sleeping_phone(
+            "sip:carol@localhost",
+            "carol-decline",
+            1,
+            Behaviour::Decline,
+        )
+        .await;
+    let alice = alice().await;
+    for (callee, code) in [("sip:bob@localhost", 486), ("sip:carol@localhost", 603)] {
+        alice.invite(callee, cluster.udp(0)).await.expect("sent");
+        let answer = alice.expect_final(STEP).await.expect("a final response");
+        assert_eq!(answer.status_code.code(), code, "{answer}");
     }
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_the_phone_ringing_through_another_node() {
+    let cluster = Cluster::start(2).await;
+    let bob = cluster
+        .sleeping_phone("sip:bob@localhost", "bob-rings", 1, Behaviour::RingOnly)
+        .await;
+    let alice = alice().await;
+    alice
+        .invite("sip:bob@localhost", cluster.udp(0))
+        .await
+        .expect("sent");
+    alice
+        .expect_response(180, STEP)
+        .await
+        .expect("ringing, relayed through both nodes");
+    alice.cancel().await.expect("CANCEL sent");
+    let terminated = alice.expect_final(STEP).await.expect("a final response");
+    assert_eq!(terminated.status_code.code(), 487, "{terminated}");
+    bob.expect_request(rsip::Method::Cancel, STEP)
+        .await
+        .expect("the CANCEL follows the INVITE's Route to the phone");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_that_wakes_on_another_node_after_the_caller_gave_up_learns_the_call_ended() {
+    let cluster = Cluster::start(2).await;
+    let bob = cluster
+        .sleeping_phone("sip:bob@localhost", "bob-late", 1, Behaviour::RingOnly)
+        .await;
+    cluster
+        .gateway
+        .wake_on_push(&bob, Duration::from_millis(600));
+    let alice = alice().await;
+    let call_id = alice
+        .invite("sip:bob@localhost", cluster.udp(0))
+        .await
+        .expect("sent");
+    cluster
+        .gateway
+        .wait_for_push(STEP)
+        .await
+        .expect("the push went out");
+    alice.cancel().await.expect("CANCEL sent");
+    let terminated = alice.expect_final(STEP).await.expect("a final response");
+    assert_eq!(terminated.status_code.code(), 487, "{terminated}");
+    // Woken on node two, it gets the INVITE and at once a CANCEL saying why (specs §6).
+    let cancel = bob
+        .expect_request(rsip::Method::Cancel, STEP)
+        .await
+        .expect("a CANCEL");
+    assert_eq!(cancel.call_id, call_id);
+    assert_eq!(cancel.reason_cause(), Some(487), "{:?}", cancel.reason);
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_phones_node_is_gone_it_registers_on_a_third_and_the_next_call_finds_it() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let redis = RedisServer::start();
-    let gateway = PushGateway::start().await.expect("the push gateway");
-    let secret = secret_file(dir.path(), "cluster.secret");
-    let url = redis.url();
-    let mut nodes = Vec::new();
-    for name in ["one", "two", "three"] {
-        nodes.push(cluster_node(dir.path(), name, &url, &secret, &gateway.url()).await);
-    }
-    let tcp: Vec<SocketAddr> = (nodes.iter())
-        .map(|n| n.local_addr(Transport::Tcp).expect("TCP"))
-        .collect();
-    let at_one = nodes[0].local_addr(Transport::Udp).expect("UDP");
-    let alice = Caller::new("sip:alice@localhost", ua::Transport::Udp)
-        .await
-        .expect("a caller");
-    // The same phone (one instance, one token), as it reaches the cluster through one node
-    // or another.
-    let phone_via = |node: SocketAddr| {
-        Device::builder("sip:bob@localhost", node)
-            .transport(ua::Transport::Tcp)
-            .voip_app("bob-moves")
-            .start_registered()
+    let mut cluster = Cluster::start(3).await;
+    let alice = alice().await;
+    let (at_one, via_three) = (cluster.udp(0), cluster.tcp(2));
+    let answer = Behaviour::Answer {
+        ring_for: Duration::from_millis(100),
     };
-    let call = || answered_call(&alice, at_one);
-
-    let via_two = phone_via(tcp[1]).await;
-    via_two.sleep().await;
-    gateway.wake_on_push(&via_two, Duration::from_millis(200));
-    call().await;
+    // The same phone (one instance, one token) reaches the cluster through node two, then
+    // through node three.
+    let via_two = cluster
+        .sleeping_phone("sip:bob@localhost", "bob-moves", 1, answer)
+        .await;
+    answered_call(&alice, at_one).await;
     assert_eq!(via_two.count(rsip::Method::Invite), 1, "through node two");
 
-    // Node two goes; the phone's next REGISTER goes to node three.
-    let two = nodes.remove(1);
-    two.shutdown().await;
-    let via_three = phone_via(tcp[2]).await;
+    cluster.nodes.remove(1).shutdown().await;
+    let via_three = Device::builder("sip:bob@localhost", via_three)
+        .transport(ua::Transport::Tcp)
+        .voip_app("bob-moves")
+        .start_registered()
+        .await;
     via_three.sleep().await;
-    gateway.wake_on_push(&via_three, Duration::from_millis(200));
-    call().await;
+    cluster
+        .gateway
+        .wake_on_push(&via_three, Duration::from_millis(200));
+    answered_call(&alice, at_one).await;
     assert_eq!(
         via_three.count(rsip::Method::Invite),
         1,
         "through node three"
     );
     assert_eq!(
-        gateway.pushes_for("bob-moves").len(),
+        cluster.gateway.pushes_for("bob-moves").len(),
         2,
         "one push per call"
     );
-    for node in nodes {
-        node.shutdown().await;
-    }
+    cluster.stop().await;
 }
