@@ -290,6 +290,19 @@ impl Cluster {
         phone.sleep().await;
         self.gateway
             .wake_on_push(&phone, Duration::from_millis(200));
+        // Every node has read the REGISTER's notice (a call a few milliseconds sooner would
+        // find the callee without this binding, as on one node before its REGISTER).
+        let known = self.nodes[node].gauges().bindings;
+        for other in &self.nodes {
+            let deadline = std::time::Instant::now() + STEP;
+            while other.gauges().bindings < known {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the notice never came"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         phone
     }
 

@@ -78,7 +78,7 @@ impl Baresip {
         let auth = password.map_or(String::new(), |p| format!(";auth_pass={p}"));
         let account = format!(
             "\"{user}\" <sip:{user}@localhost>{auth};regint=0;outbound=\"sip:{}\"\n",
-            h.udp
+            h.caller_udp
         );
         std::fs::write(config.join("accounts"), account).expect("write baresip's accounts");
         std::fs::write(config.join("contacts"), "").expect("write baresip's contacts");
@@ -100,7 +100,7 @@ impl Baresip {
         Self {
             process,
             ctrl,
-            proxy: h.udp,
+            proxy: h.caller_udp,
             calls: Vec::new(),
             dir,
             user: user.to_owned(),

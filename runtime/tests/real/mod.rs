@@ -5,7 +5,8 @@
 //! * [`Baresip`]: baresip (package `baresip`) as the caller.
 //!
 //! Here: the [`Harness`] (the server with its default configuration, its pushes going to a
-//! local [`PushGateway`]; [`Harness::start_with_tls`] adds a TLS listener), a [`Process`]
+//! local [`PushGateway`]; [`Harness::start_with_tls`] adds a TLS listener;
+//! [`Harness::start_cluster`] makes it two nodes on a real Redis), a [`Process`]
 //! wrapper that kills the child on drop (panics included), and [`Traced`], one SIP message
 //! out of a client's printed trace. Every wait has a timeout. When a test fails (or with
 //! `REAL_PHONES_KEEP_LOGS` set), the clients' logs are kept on disk and their path is
@@ -31,6 +32,7 @@ pub use baresip::Baresip;
 pub use linphone::Linphone;
 
 use crate::common;
+use crate::common::redis::RedisServer;
 use crate::ua::{self, MessageExt, PushGateway};
 
 /// A step a real client takes (start, register, ring, answer) on a loaded 2-core machine.
@@ -54,8 +56,12 @@ pub struct Harness {
     server: Option<Server>,
     /// The push service stand-in.
     pub gateway: PushGateway,
-    /// The server's UDP listener.
+    /// The server's UDP listener: where the phone registers.
     pub udp: SocketAddr,
+    /// Where callers send their calls: the same server, or in a cluster the other node.
+    pub caller_udp: SocketAddr,
+    /// In a cluster, the callers' node and the Redis both nodes share.
+    cluster: Option<(Server, RedisServer)>,
     /// Its TLS listener, when started with [`Self::start_with_tls`].
     pub tls: Option<SocketAddr>,
     /// How long the server parks a call (its default).
@@ -130,10 +136,39 @@ impl Harness {
             server: Some(server),
             gateway,
             udp,
+            caller_udp: udp,
+            cluster: None,
             tls,
             park_timeout,
             dir: Some(dir),
         }
+    }
+
+    /// As [`start`](Self::start), as two nodes of a cluster on a real `redis-server`: the
+    /// phone registers on one (`udp`), callers send their calls to the other
+    /// (`caller_udp`), which reaches the phone through the first (specs/parking.md §10).
+    pub async fn start_cluster() -> Self {
+        let redis = RedisServer::start();
+        let url = redis.url();
+        let secrets = tempfile::tempdir().expect("a temp dir");
+        let secret = secrets.path().join("cluster.secret");
+        let key: [u8; 32] = rand::random();
+        std::fs::write(&secret, hex::encode(key)).expect("the cluster's secret");
+        let to_cluster = |config: &mut pushpark::config::Config| {
+            config.store.backend = pushpark::config::Backend::Redis;
+            config.store.url = Some(toml::Spanned::new(0..0, url.clone()));
+            config.cluster.secret_file = Some(secret.clone());
+            config.auth.trusted_peers = vec!["127.0.0.1/32".parse().expect("a network")];
+        };
+        let mut h = Self::launch_with(&[], false, to_cluster).await;
+        let mut config =
+            common::loopback_config(secrets.path(), &[Listen::Udp, Listen::Tcp], false);
+        common::route_pushes_to(&mut config, h.gateway.url());
+        to_cluster(&mut config);
+        let (callers_node, caller_udp) = common::start_udp(config).await;
+        h.caller_udp = caller_udp;
+        h.cluster = Some((callers_node, redis));
+        h
     }
 
     /// Where a client keeps its home, config and log: `name` under the harness's temp dir.
@@ -149,9 +184,12 @@ impl Harness {
         ua::tls::authority_pem(self.dir.as_ref().expect("the temp dir").path())
     }
 
-    /// Shuts the server down.
+    /// Shuts the server (each node) down.
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        if let Some((server, _redis)) = self.cluster.take() {
             server.shutdown().await;
         }
     }

@@ -644,7 +644,7 @@ impl Node {
             .push_via(&via)
             .max_forwards(max_forwards)
             .record_route(&record_route)
-            .pop_routes(self.own_routes(&ctx.invite));
+            .pop_routes(self.routes_naming_us(&ctx.invite, false));
         if let Some(path) = path {
             forward = forward.add_header("Route", path);
         }
@@ -716,7 +716,7 @@ impl Node {
         let now = self.now();
         if self
             .transactions
-            .start_proxied_invite(now, key.clone(), tx_transport(&flow), out)
+            .start_proxied_invite(now, key.clone(), branch_transport(&flow, &path), out)
             .is_err()
         {
             return;
@@ -783,7 +783,7 @@ impl Node {
         if !cancelling
             && self
                 .transactions
-                .reroute(self.now(), &key, tx_transport(&flow), out)
+                .reroute(self.now(), &key, branch_transport(&flow, &path), out)
                 .is_err()
         {
             return;
@@ -825,7 +825,9 @@ impl Node {
             flow: branch.flow.clone(),
             bytes: Bytes::from(cancel.to_bytes()),
         };
-        let transport = tx_transport(&branch.flow);
+        // Through another node of the cluster (the INVITE's Route is its Path) as the INVITE.
+        let path = raw(invite, HeaderName::Route).map(str::to_owned);
+        let transport = branch_transport(&branch.flow, &path);
         let invite_key = branch.key.clone();
         // A CANCEL of an earlier INVITE of this call and device (same branch) is done with.
         self.transactions.discard(&cancel_key);
@@ -977,6 +979,18 @@ impl Node {
 /// A device's response as the caller gets it: our Via off, and the RFC 8599 pn-* parameters
 /// off its Contact URIs (many apps put them in every Contact), so that no push token reaches
 /// another user (RFC 8599 §13).
+/// How a branch's transaction sends over `flow`. Through another node of the cluster
+/// (`path`) it retransmits as over UDP, whatever the connection to that node: the node
+/// relays it statelessly, possibly over UDP to the device, where only our retransmissions
+/// make up for a datagram lost (the device absorbs a duplicate).
+fn branch_transport(flow: &Flow, path: &Option<String>) -> transaction::Transport {
+    if path.is_some() {
+        transaction::Transport::Unreliable
+    } else {
+        tx_transport(flow)
+    }
+}
+
 /// Where a device's INVITE goes: see [`Node::device_flow`].
 struct DeviceFlow {
     flow: Flow,

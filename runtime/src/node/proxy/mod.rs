@@ -294,13 +294,19 @@ impl Node {
     /// record-routed twice because the dialog's two sides reach us over different
     /// transports or addresses (RFC 5658).
     fn own_routes(&self, request: &Message) -> usize {
+        self.routes_naming_us(request, true)
+    }
+
+    /// How many Route values on top name us (RFC 3261 §16.4: a proxy removes them), with a
+    /// flow token (`tokens`) or any: a caller's outbound-proxy route to us has none.
+    pub(super) fn routes_naming_us(&self, request: &Message, tokens: bool) -> usize {
         request
             .routes()
             .take_while(|route| match route {
                 Ok(NameAddr {
                     uri: Uri::Sip(uri), ..
                 }) => {
-                    uri.user.is_some_and(|u| u.starts_with("pp-"))
+                    (!tokens || uri.user.is_some_and(|u| u.starts_with("pp-")))
                         && self.is_local_host(uri.host_raw)
                         && uri.port.is_none_or(|port| self.listens_on(port))
                 }
