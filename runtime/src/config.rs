@@ -45,6 +45,11 @@ pub struct Cluster {
     /// node wrote verifies on all. Without it each node keeps a random secret of its own in
     /// its store.
     pub secret_file: Option<PathBuf>,
+    /// The certificate authority (PEM) of the cluster's nodes: with it, the nodes reach each
+    /// other over TLS (each through its TLS listener, whose certificate this authority
+    /// issued for the address the node is reached at); without it, over TCP, which only a
+    /// private network between the nodes should carry.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The app API (specs/parking.md §9): an HTTPS listener where an app woken by a call's push
@@ -706,6 +711,16 @@ impl Config {
                 None,
                 "app_api",
                 "certificate, private_key and public_url need listen".into(),
+            ));
+        }
+        let has_tls = (self.listen.iter()).any(|l| l.as_ref().transport == Transport::Tls);
+        if self.cluster.ca_file.is_some() && !(has_tls && self.store.backend == Backend::Redis) {
+            return Err(invalid(
+                None,
+                "cluster.ca_file",
+                "nodes reach each other over TLS only in a cluster (store.backend = \"redis\") \
+                 and through a TLS listener: add one"
+                    .into(),
             ));
         }
         let store = &self.store;

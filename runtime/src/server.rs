@@ -21,7 +21,7 @@ use crate::node::{Destination, Node, NodeOptions, PushTag, StoreDone};
 use crate::push::setup::{self, SetupError};
 use crate::push::{Dispatcher, PushProvider, PushReports};
 use crate::store::{Follower, Notice, RedisOptions, Store, StoreError, StoreOptions, Writer};
-use crate::transport::{BindError, Inbound, TransportOptions, Transports};
+use crate::transport::{BindError, ClusterTls, Inbound, TransportOptions, Transports};
 
 /// How many datagrams the loop reads from a socket before it looks at its other work.
 const UDP_BATCH: usize = 64;
@@ -78,11 +78,16 @@ impl Server {
     ) -> Result<Self, StartError> {
         let (inbound_tx, inbound) = mpsc::channel(4096);
         let metrics = Arc::new(Metrics::default());
+        let cluster_tls = match &config.cluster.ca_file {
+            Some(path) => Some(ClusterTls::load(path).map_err(BindError::from)?),
+            None => None,
+        };
         let options = TransportOptions {
             connections: config.connections.clone(),
             trusted: config.auth.trusted_peers.clone(),
             max_message: config.sip.max_message_size,
             metrics: Arc::clone(&metrics),
+            cluster_tls,
         };
         let listeners: Vec<_> = config.listen.iter().map(|l| l.as_ref().clone()).collect();
         let transports = Transports::bind(&listeners, options, inbound_tx).await?;

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use pushpark::config::Transport;
+use pushpark::config::{Config, Listener, Transport};
 use pushpark::server::Server;
 use ua::sip::status;
 use ua::{Behaviour, Caller, Credentials, Device, MessageExt, PushGateway};
@@ -242,6 +242,12 @@ impl Cluster {
     /// `n` nodes on UDP and TCP (127.0.0.1, the other nodes among them, trusted), one
     /// secret file, one Redis.
     async fn start(n: usize) -> Self {
+        Self::start_with(n, |_, _| {}).await
+    }
+
+    /// [`start`](Self::start), each node's configuration changed by `adjust` (given the
+    /// node's directory).
+    async fn start_with(n: usize, adjust: impl Fn(&mut Config, &Path)) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
         let redis = RedisServer::start();
         let gateway = PushGateway::start().await.expect("the push gateway");
@@ -254,6 +260,7 @@ impl Cluster {
             config.store.backend = pushpark::config::Backend::Redis;
             config.store.url = Some(toml::Spanned::new(0..0, redis.url()));
             config.cluster.secret_file = Some(secret.clone());
+            adjust(&mut config, &store);
             nodes.push(Server::start(config).await.expect("the node starts"));
         }
         Cluster {
@@ -479,4 +486,62 @@ async fn when_the_phones_node_is_gone_it_registers_on_a_third_and_the_next_call_
         "one push per call"
     );
     cluster.stop().await;
+}
+
+/// Each node a TLS listener whose certificate the test authority issued for 127.0.0.1, and
+/// that authority as the cluster's.
+fn over_tls(config: &mut Config, dir: &Path) {
+    let (certificate, key, _) = ua::tls::issue(dir, "node");
+    let mut listener = Listener::new(Transport::Tls, "127.0.0.1:0".parse().expect("an address"));
+    listener.as_mut().certificate = Some(certificate);
+    listener.as_mut().private_key = Some(key);
+    config.listen.push(listener);
+    config.cluster.ca_file = Some(ua::tls::authority_pem(dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_clusters_authority_the_nodes_reach_each_other_over_tls() {
+    let cluster = Cluster::start_with(2, over_tls).await;
+    let bob = cluster
+        .sleeping_phone(
+            "sip:bob@localhost",
+            "bob-tls",
+            1,
+            Behaviour::Answer {
+                ring_for: Duration::from_millis(100),
+            },
+        )
+        .await;
+    let alice = alice().await;
+    let ok = answered_call(&alice, cluster.udp(0)).await;
+    assert_eq!(bob.count(rsip::Method::Invite), 1, "delivered once");
+    let tls_two = cluster.nodes[1].local_addr(Transport::Tls).expect("TLS");
+    let route_set = ok.header_values("Record-Route").join(", ");
+    assert!(
+        route_set.contains(&format!("@{tls_two};transport=tls;lr>")),
+        "node two is in the dialog through its TLS listener: {route_set}"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_authority_that_cannot_be_used_stops_the_start_naming_it() {
+    let text = "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:1\"\n\
+                [cluster]\nca_file = \"/etc/pushpark/cluster-ca.pem\"\n";
+    let error = Config::parse(text, Path::new("node.toml"))
+        .expect_err("no TLS listener")
+        .to_string();
+    assert!(error.contains("`cluster.ca_file`"), "{error}");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut config = common::redis_config(dir.path(), &[Transport::Udp], "redis://127.0.0.1:1");
+    over_tls(&mut config, dir.path());
+    let not_pem = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "correct horse battery staple").expect("written");
+    config.cluster.ca_file = Some(not_pem.clone());
+    let error = Server::start(config)
+        .await
+        .err()
+        .expect("no authority")
+        .to_string();
+    assert!(error.contains(&not_pem.display().to_string()), "{error}");
 }

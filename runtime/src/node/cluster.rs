@@ -2,14 +2,16 @@
 //! the others, how it reaches their devices, and the Path its own bindings carry.
 //!
 //! - **Path** (RFC 3327): a REGISTER this node stores carries, with its binding, a route
-//!   to the flow it came over: `<sip:pp-f<flow>.<boot>-<mac>@<this node>;transport=tcp;lr>`,
-//!   a path token only nodes sharing the cluster's secret can make, for this run only.
+//!   to the flow it came over: `<sip:pp-f<flow>.<boot>-<mac>@<this node>;transport=tcp;lr>`
+//!   (`transport=tls` through its TLS listener when the cluster has an authority,
+//!   `[cluster] ca_file`), a path token only nodes sharing the cluster's secret can make,
+//!   for this run only.
 //! - **Notices** ([`crate::store::Notice`]): a REGISTER stored by another node reaches this
 //!   one through the store's stream. The node takes the AOR's bindings from it, tells its
 //!   core of the devices removed, and of those that registered: the core delivers their
 //!   parked calls as it would for a REGISTER here.
-//! - **Peers**: such a device is reached through the node its Path names, over a TCP
-//!   connection this node opens to it and keeps. Its INVITE carries the Path as its Route;
+//! - **Peers**: such a device is reached through the node its Path names, over a TCP (or
+//!   TLS) connection this node opens to it and keeps. Its INVITE carries the Path as its Route;
 //!   that node relays it over the device's flow (or answers 430 if the flow is gone, and
 //!   the core falls back to a push). Until the connection is up, the devices waiting for
 //!   it are not reported registered.
@@ -34,13 +36,17 @@ use crate::Map;
 /// How long a connection to a peer node may take before another notice tries again.
 const CONNECT_AGAIN_AFTER: Duration = Duration::from_secs(5);
 
+/// Another node of the cluster: how to reach it, and where.
+type Peer = (Transport, SocketAddr);
+
 /// The connections to the other nodes of the cluster, by the address their Paths name.
 #[derive(Default)]
 pub(crate) struct Peers {
-    by_addr: Map<SocketAddr, Peer>,
+    by_addr: Map<SocketAddr, Link>,
 }
 
-enum Peer {
+/// The connection to another node.
+enum Link {
     /// A connection was asked for at `since`; these devices wait for it.
     Connecting {
         since: Instant,
@@ -79,16 +85,16 @@ impl Node {
 
     /// Reports `device` registered once the connection to `peer` is up, asking for one if
     /// there is none.
-    fn reach_through(&mut self, now: Instant, device: DeviceId, peer: SocketAddr) {
+    fn reach_through(&mut self, now: Instant, device: DeviceId, (transport, peer): Peer) {
         let up = match self.peers.by_addr.get(&peer) {
-            Some(Peer::Up(flow)) if self.is_open(flow) => Some(flow.clone()),
+            Some(Link::Up(flow)) if self.is_open(flow) => Some(flow.clone()),
             _ => None,
         };
         if let Some(flow) = up {
             return self.registered_through(device, flow);
         }
         let connect = match self.peers.by_addr.get_mut(&peer) {
-            Some(Peer::Connecting { since, waiting }) => {
+            Some(Link::Connecting { since, waiting }) => {
                 if !waiting.contains(&device) {
                     waiting.push(device);
                 }
@@ -101,7 +107,7 @@ impl Node {
             _ => {
                 self.peers.by_addr.insert(
                     peer,
-                    Peer::Connecting {
+                    Link::Connecting {
                         since: now,
                         waiting: vec![device],
                     },
@@ -112,7 +118,7 @@ impl Node {
         if connect {
             // A keep-alive (RFC 5626 §4.4.1) is all it carries: the flow is what matters.
             self.transmits.push_back(Transmit {
-                destination: Destination::Address(Transport::Tcp, peer),
+                destination: Destination::Address(transport, peer),
                 bytes: Bytes::from_static(b"\r\n\r\n"),
                 key: None,
             });
@@ -122,16 +128,16 @@ impl Node {
     /// A connection this node opened is up: a peer's, devices waiting for it are reached.
     pub(crate) fn on_connected(&mut self, flow: Flow) {
         self.flows.insert(flow.id, (flow.clone(), self.instant()));
-        let Some(Peer::Connecting { waiting, .. }) = self.peers.by_addr.remove(&flow.peer) else {
+        let Some(Link::Connecting { waiting, .. }) = self.peers.by_addr.remove(&flow.peer) else {
             return;
         };
-        self.peers.by_addr.insert(flow.peer, Peer::Up(flow.clone()));
+        self.peers.by_addr.insert(flow.peer, Link::Up(flow.clone()));
         for device in waiting {
             // Still bound through that peer: the notice that sent it there is the last.
             let through = (self.bindings.get(device))
                 .and_then(|b| b.path.as_deref())
                 .and_then(|path| self.peer_of(path));
-            if through == Some(flow.peer) {
+            if through == Some((flow.transport, flow.peer)) {
                 self.registered_through(device, flow.clone());
             }
         }
@@ -146,17 +152,23 @@ impl Node {
         self.feed(Event::DeviceRegistered { aor, device });
     }
 
-    /// The address of the node a Path names, unless it is this node (a Path of its own
-    /// from an earlier run names no flow any more).
-    fn peer_of(&self, path: &str) -> Option<SocketAddr> {
+    /// The node a Path names and how to reach it, unless it is this node (a Path of its
+    /// own from an earlier run names no flow any more).
+    fn peer_of(&self, path: &str) -> Option<Peer> {
         let uri = path.trim().strip_prefix("<sip:")?.split('>').next()?;
-        let host_port = uri.split_once('@')?.1.split(';').next()?;
-        let ours = (self.addrs.iter().filter(|(t, _)| *t == Transport::Tcp))
+        let mut parts = uri.split_once('@')?.1.split(';');
+        let host_port = parts.next()?;
+        let transport = match parts.find_map(|p| p.strip_prefix("transport="))? {
+            "tls" => Transport::Tls,
+            "tcp" => Transport::Tcp,
+            _ => return None,
+        };
+        let ours = (self.addrs.iter().filter(|(t, _)| t.is_stream()))
             .any(|&(t, local)| self.sent_by(t, local) == host_port);
         if ours {
             return None;
         }
-        host_port.parse().ok()
+        Some((transport, host_port.parse().ok()?))
     }
 
     /// The Path of a binding registered over `flow`, in a cluster: a route to that flow
@@ -166,11 +178,16 @@ impl Node {
         if self.config.store.backend != Backend::Redis {
             return None;
         }
-        let &(_, local) = self.addrs.iter().find(|(t, _)| *t == Transport::Tcp)?;
+        let over = match self.config.cluster.ca_file {
+            Some(_) => Transport::Tls,
+            None => Transport::Tcp,
+        };
+        let &(_, local) = self.addrs.iter().find(|(t, _)| *t == over)?;
         let token = self.route_key.path_token(flow.id, self.boot);
         Some(format!(
-            "<sip:{token}@{};transport=tcp;lr>",
-            self.sent_by(Transport::Tcp, local)
+            "<sip:{token}@{}{};lr>",
+            self.sent_by(over, local),
+            over.uri_param()
         ))
     }
 }

@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 pub(crate) use self::admission::Admission;
 use self::stream::Streams;
-pub use self::tls::{TlsError, TlsFiles};
+pub use self::tls::{ClusterTls, TlsError, TlsFiles};
 use crate::config::{Connections, Listener, Transport};
 use crate::metrics::Metrics;
 use crate::sip::{self, Message, ParseError};
@@ -89,7 +89,7 @@ pub enum SendError {
     FlowClosed(FlowId),
     #[error("no {0} listener to send from")]
     NoListener(Transport),
-    #[error("no TLS connection to the peer (pushpark opens none itself)")]
+    #[error("no TLS connection to the peer (pushpark opens one only to its cluster's nodes)")]
     NoTlsConnection,
     #[error("connection limit reached")]
     LimitReached,
@@ -105,6 +105,8 @@ pub struct TransportOptions {
     /// The largest message accepted; larger ones get 513.
     pub max_message: usize,
     pub metrics: Arc<Metrics>,
+    /// How to open TLS connections to the other nodes of a cluster (`[cluster] ca_file`).
+    pub cluster_tls: Option<tls::ClusterTls>,
 }
 
 /// The bound listeners and the open connections.
@@ -120,6 +122,8 @@ struct Inner {
     streams_local: Vec<(Transport, SocketAddr, Option<Arc<TlsFiles>>)>,
     streams: Arc<Streams>,
     max_message: usize,
+    /// How TLS connections to the other nodes of a cluster are opened.
+    cluster_tls: Option<tls::ClusterTls>,
 }
 
 /// What can stop the listeners from starting.
@@ -189,6 +193,7 @@ impl Transports {
                 streams_local,
                 streams,
                 max_message: options.max_message,
+                cluster_tls: options.cluster_tls,
             }),
         })
     }
@@ -293,7 +298,8 @@ impl Transports {
     /// Sends to an address no flow leads to yet: over UDP from our first UDP socket of the
     /// same address family, or over a new TCP connection (RFC 3261 §18.2.2: a response
     /// whose connection closed is sent over a new one to the Via's address). pushpark
-    /// opens no TLS connection itself: a TLS peer is reached over the connection it opened.
+    /// opens a TLS connection only to another node of its cluster (`[cluster] ca_file`): any
+    /// other TLS peer is reached over the connection it opened.
     pub async fn send_to(
         &self,
         transport: Transport,
@@ -311,8 +317,12 @@ impl Transports {
                 socket.send_to(&bytes, peer).await?;
                 Ok(Flow::udp(*local, peer))
             }
-            Transport::Tcp => self.inner.streams.connect(peer, bytes).await,
-            Transport::Tls => Err(SendError::NoTlsConnection),
+            Transport::Tcp => self.inner.streams.connect(peer, None, bytes).await,
+            Transport::Tls => match &self.inner.cluster_tls {
+                // Only to another node of the cluster, with its authority's certificate.
+                Some(tls) => self.inner.streams.connect(peer, Some(tls), bytes).await,
+                None => Err(SendError::NoTlsConnection),
+            },
         }
     }
 }

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::admission::{Admission, Slot};
+use super::tls::ClusterTls;
 use super::tls::TlsFiles;
 use super::{Flow, FlowId, Inbound, SendError};
 use crate::config::{Connections, Transport};
@@ -117,21 +118,43 @@ impl Streams {
             .map_err(|_| SendError::FlowClosed(id))
     }
 
-    /// Opens a connection to `peer` (within `connect_timeout`) and sends `bytes` over it.
+    /// Opens a connection to `peer` (within `connect_timeout`), over TLS with `tls` (the
+    /// handshake within the same time), and sends `bytes` over it.
     pub(super) async fn connect(
         self: &Arc<Self>,
         peer: SocketAddr,
+        tls: Option<&ClusterTls>,
         bytes: Bytes,
     ) -> Result<Flow, SendError> {
         let slot = self
             .admit(peer.ip(), false)
             .ok_or(SendError::LimitReached)?;
-        let stream = tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(peer))
+        let by = Instant::now() + self.limits.connect_timeout;
+        let timed_out = || SendError::from(io::Error::from(io::ErrorKind::TimedOut));
+        let stream = tokio::time::timeout_at(by, TcpStream::connect(peer))
             .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-        let flow = self.flow(Transport::Tcp, &stream)?;
+            .map_err(|_| timed_out())??;
+        let transport = if tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        };
+        let flow = self.flow(transport, &stream)?;
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
-        tokio::spawn(Arc::clone(self).serve(stream, flow.clone(), slot, None, ready_tx));
+        let streams = Arc::clone(self);
+        match tls {
+            None => {
+                tokio::spawn(streams.serve(stream, flow.clone(), slot, None, ready_tx));
+            }
+            Some(tls) => {
+                // The node is named by its address: its certificate must name it so.
+                let name = rustls::pki_types::ServerName::from(peer.ip());
+                let stream = tokio::time::timeout_at(by, tls.connector().connect(name, stream))
+                    .await
+                    .map_err(|_| timed_out())??;
+                tokio::spawn(streams.serve(stream, flow.clone(), slot, None, ready_tx));
+            }
+        }
         let _ = ready.await;
         // Before anything comes back over it: the node may send over it at once.
         let _ = self.inbound.send(Inbound::Connected(flow.clone())).await;

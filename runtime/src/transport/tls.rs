@@ -1,14 +1,17 @@
 //! TLS listeners (RFC 3261 §26.2, RFC 5630): a certificate chain and its private key from
 //! PEM files, read again on [`TlsFiles::reload`] (SIGHUP) so a renewed certificate takes
 //! effect without a restart; connections already open keep theirs.
+//!
+//! And the one kind of TLS connection pushpark opens itself: to another node of its
+//! cluster ([`ClusterTls`]), whose certificate must chain to the cluster's own authority.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
-use tokio_rustls::TlsAcceptor;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// A certificate or key that cannot be used, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +20,8 @@ pub enum TlsError {
     Certificate { path: PathBuf, reason: String },
     #[error("{path}: cannot read a PEM private key: {reason}")]
     Key { path: PathBuf, reason: String },
+    #[error("{path}: cannot use as the cluster's certificate authority: {reason}")]
+    Authority { path: PathBuf, reason: String },
     #[error("{certificate} and {key}: {reason}")]
     Mismatch {
         certificate: PathBuf,
@@ -92,4 +97,45 @@ fn acceptor(certificate: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
             reason: e.to_string(),
         })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How this node opens TLS connections to the other nodes of its cluster: it trusts only
+/// the certificates its authority (`[cluster] ca_file`) issued, and presents none (the
+/// nodes authenticate each other's requests by the cluster's path and route tokens).
+#[derive(Clone)]
+pub struct ClusterTls {
+    connector: TlsConnector,
+}
+
+impl ClusterTls {
+    /// Reads the authority's certificates (PEM) from `ca_file`.
+    pub fn load(ca_file: &Path) -> Result<Self, TlsError> {
+        let error = |reason: String| TlsError::Authority {
+            path: ca_file.to_owned(),
+            reason,
+        };
+        let mut roots = RootCertStore::empty();
+        for certificate in
+            CertificateDer::pem_file_iter(ca_file).map_err(|e| error(e.to_string()))?
+        {
+            let certificate = certificate.map_err(|e| error(e.to_string()))?;
+            roots.add(certificate).map_err(|e| error(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(error("no CERTIFICATE block".to_owned()));
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| error(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    pub(crate) fn connector(&self) -> &TlsConnector {
+        &self.connector
+    }
 }

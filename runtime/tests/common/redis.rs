@@ -67,6 +67,8 @@ impl RedisServer {
                 &self.dir.path().display().to_string(),
             ])
             .stdin(Stdio::piped())
+            // The shell's "Killed" when it ends the server is no news.
+            .stderr(Stdio::null())
             .spawn()
             .expect("sh starts");
         let stdin = child.stdin.take().expect("a piped stdin");
