@@ -61,13 +61,23 @@ impl Node {
     pub fn handle_notice(&mut self, now: Instant, notice: Notice) {
         self.advance(now);
         let Notice {
+            id,
             aor,
             bindings,
             removed,
             written,
             ..
         } = notice;
-        let applied = Applied { bindings, removed };
+        // A REGISTER stored here since (or a later notice read) already brought a newer
+        // state of the AOR: this one is older, and must not undo it.
+        if !self.bindings.newer(&aor, &id) {
+            return debug!("registration notice {id} for {aor}: older than what we know");
+        }
+        let applied = Applied {
+            bindings,
+            removed,
+            version: Some(id),
+        };
         self.take_bindings(&aor, &applied);
         for id in written {
             let device = device(id);

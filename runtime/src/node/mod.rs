@@ -840,6 +840,51 @@ mod tests {
     }
 
     #[test]
+    fn a_registration_notice_older_than_what_the_node_knows_changes_nothing() {
+        let start = Instant::now();
+        let mut node = node(start, 0);
+        let aor = "sip:bob@127.0.0.1";
+        let binding = |id: u64, expires_in: u64| Binding {
+            id: BindingId(id),
+            aor: aor.to_owned(),
+            contact: format!("sip:bob@192.0.2.{id}:5060"),
+            instance: None,
+            reg_id: None,
+            push: None,
+            pnsreg: false,
+            q: None,
+            call_id: format!("reg{id}"),
+            cseq: 1,
+            expires_at: UNIX + expires_in,
+            updated_at: UNIX,
+            path: None,
+        };
+        let notice = |id: &str, bindings: Vec<Binding>| crate::store::Notice {
+            id: id.to_owned(),
+            origin: 7,
+            aor: aor.to_owned(),
+            written: bindings.iter().map(|b| b.id).collect(),
+            bindings,
+            removed: Vec::new(),
+        };
+        node.handle_notice(
+            start,
+            notice("1700000000000-3", vec![binding(1, 600), binding(2, 600)]),
+        );
+        assert_eq!(node.bindings.count(), 2);
+        // Read late, a notice of an earlier write: it would bring binding 2 back if applied.
+        node.handle_notice(start, notice("1700000000000-5", vec![binding(1, 600)]));
+        node.handle_notice(
+            start,
+            notice("1700000000000-4", vec![binding(1, 600), binding(2, 600)]),
+        );
+        assert_eq!(node.bindings.count(), 1, "the older state is not taken");
+        node.handle_notice(start, notice("1700000000001-0", vec![binding(3, 600)]));
+        assert_eq!(node.bindings.count(), 1);
+        assert!(node.bindings.get(DeviceId(3)).is_some(), "a newer one is");
+    }
+
+    #[test]
     fn a_flow_is_remembered_for_a_call_or_a_registration_not_for_any_datagram() {
         let start = Instant::now();
         let mut node = node(start, 1);

@@ -16,7 +16,9 @@ use crate::config::Backend;
 use crate::metrics::Metrics;
 use crate::push::{PushKind, PushRequest};
 use crate::sip::{Contact, Message, SipUri, Uri};
-use crate::store::{Applied, Binding, BindingId, Change, ContactSpec, Register, Store, StoreError};
+use crate::store::{
+    Applied, Binding, BindingId, Change, ContactSpec, Register, Store, StoreError, Version,
+};
 use crate::transaction::Key;
 use crate::transport::{Flow, FlowId};
 use crate::Map;
@@ -41,6 +43,9 @@ pub(crate) struct Bindings {
     refreshed: Map<DeviceId, u64>,
     /// The last callee id handed out.
     last_aor_id: u64,
+    /// In a cluster, each AOR's version: that of the latest write of it this node knows of
+    /// (its own REGISTERs' and the notices it read).
+    versions: Map<String, Version>,
     /// Tokens forgotten as dead, by binding, until a snapshot of the store shows them gone:
     /// a REGISTER's snapshot read before the store forgot one must not bring it back.
     dead_tokens: Map<BindingId, String>,
@@ -75,6 +80,9 @@ impl Bindings {
         let by_aor = &self.by_aor;
         self.aor_ids
             .retain(|aor, id| by_aor.contains_key(aor) || in_use(*id));
+        // A notice is read milliseconds after its write: one older than the write that
+        // left an AOR without bindings is long read by the sweep that forgets it.
+        self.versions.retain(|aor, _| by_aor.contains_key(aor));
     }
 
     /// The unexpired bindings of `aor`.
@@ -142,7 +150,18 @@ impl Bindings {
             .collect()
     }
 
+    /// Whether `version` (a notice's id) is newer than what this node knows of `aor`.
+    pub fn newer(&self, aor: &str, version: &str) -> bool {
+        match (self.versions.get(aor), Version::of(version)) {
+            (Some(known), Some(version)) => version > *known,
+            _ => true,
+        }
+    }
+
     fn replace(&mut self, aor: &str, applied: &Applied) {
+        if let Some(version) = applied.version.as_deref().and_then(Version::of) {
+            self.versions.insert(aor.to_owned(), version);
+        }
         if let Some(old) = self.by_aor.get(aor) {
             for b in old {
                 self.aor_of.remove(&device(b.id));
@@ -867,6 +886,7 @@ Content-Length: 0\r\n\r\n"
         let snapshot = |push: Option<&str>| crate::store::Applied {
             bindings: vec![binding(1, push, 100)],
             removed: Vec::new(),
+            version: None,
         };
         let token = |b: &Bindings| {
             b.by_aor[BOB][0]

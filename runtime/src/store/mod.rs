@@ -58,7 +58,7 @@ mod sqlite;
 mod uri;
 mod writer;
 
-pub use self::notice::{Follower, Notice};
+pub use self::notice::{Follower, Notice, Version};
 pub use self::redis::{Redis, RedisOptions};
 pub use self::sqlite::Sqlite;
 pub use self::writer::{Done, Job, Writer};
@@ -238,6 +238,9 @@ pub struct Applied {
     /// Ids of bindings that this REGISTER removed (explicitly, by `*`, or as stale duplicates of
     /// the same push token). The runtime should tell the core these devices are gone.
     pub removed: Vec<BindingId>,
+    /// On Redis, the id of the registration notice this REGISTER appended: the AOR's
+    /// [`Version`] now. `None` on SQLite.
+    pub version: Option<String>,
 }
 
 /// SQLite's `synchronous` setting for a file database (WAL mode). See the module docs.

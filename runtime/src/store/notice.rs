@@ -55,6 +55,10 @@ const BATCH: usize = 256;
 /// One stored REGISTER, as the other nodes learn of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notice {
+    /// Its id in the stream, as Redis gave it (`<ms>-<seq>`): the version of the AOR it
+    /// brings (see [`Version`]). Not part of what is stored.
+    #[serde(skip)]
+    pub id: String,
     /// The run of the node that stored it.
     pub origin: u64,
     /// The AOR.
@@ -68,7 +72,8 @@ pub struct Notice {
 }
 
 impl Notice {
-    /// Adds to `pipe` the command that appends this notice to the stream `key`.
+    /// Adds to `pipe` the command that appends this notice to the stream `key`; its reply
+    /// is the notice's id.
     pub(super) fn append(&self, pipe: &mut Pipeline, key: &str) -> Result<(), StoreError> {
         let json = serde_json::to_vec(self).map_err(|e| StoreError::Invalid(e.to_string()))?;
         pipe.cmd("XADD")
@@ -78,8 +83,7 @@ impl Notice {
             .arg(KEPT)
             .arg("*")
             .arg("notice")
-            .arg(json)
-            .ignore();
+            .arg(json);
         Ok(())
     }
 }
@@ -130,7 +134,10 @@ impl Follower {
                             for (id, notice) in entries {
                                 last = id;
                                 match notice {
-                                    Some(n) if n.origin != node => deliver(n),
+                                    Some(n) if n.origin != node => deliver(Notice {
+                                        id: last.clone(),
+                                        ..n
+                                    }),
                                     Some(_) => {}
                                     None => warn!("registration notice {last}: not one of ours"),
                                 }
@@ -163,7 +170,7 @@ fn connect(
     con.set_read_timeout(Some(BLOCK + timeout))?;
     con.set_write_timeout(Some(timeout))?;
     if let Some(first) = edge(&mut con, key, Edge::Oldest)? {
-        if stream_id(&first) > stream_id(last).map(|(ms, seq)| (ms, seq + 1)) {
+        if Version::of(&first) > Version::of(last).map(|v| Version(v.0, v.1 + 1)) {
             warn!(
                 "registration notices after {last} were trimmed before this node read them: \
                  devices that registered on other nodes meanwhile are reached by push until \
@@ -193,12 +200,20 @@ pub(super) fn edge(
     Ok(reply.ids.into_iter().next().map(|entry| entry.id))
 }
 
-/// A stream id, `<ms>-<seq>`, as numbers.
-fn stream_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
+/// An AOR's version in the cluster: the stream id of the notice its last write appended
+/// (`<ms>-<seq>`, as numbers). Every write of an AOR appends one in the same transaction, so
+/// versions order an AOR's writes; a notice no newer than the version a node knows brings
+/// an older state than it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(u64, u64);
 
+impl Version {
+    /// The version a stream id names; `None` if it is not one.
+    pub fn of(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Version(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
 /// The notices after `last`, with their ids; `None` for an entry that is not a notice.
 fn read(
     con: &mut redis::Connection,

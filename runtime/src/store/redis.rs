@@ -242,10 +242,12 @@ impl Redis {
                 let applied = Applied {
                     bindings: plan.bindings(now),
                     removed: plan.removed,
+                    version: None,
                 };
                 // The other nodes learn of it in the same transaction: never a binding
                 // without its notice, nor a notice of a binding not stored.
                 let notice = Notice {
+                    id: String::new(),
                     origin: self.node,
                     aor: aor.to_owned(),
                     bindings: applied.bindings.clone(),
@@ -254,6 +256,15 @@ impl Redis {
                 };
                 notice.append(pipe, &keys.notices())?;
                 Ok(applied)
+            })
+            .map(|(mut applied, replies)| {
+                // The notice's id: the AOR's version, which notices older than it lose to.
+                applied.version = match replies.first() {
+                    Some(redis::Value::BulkString(id)) => String::from_utf8(id.clone()).ok(),
+                    Some(redis::Value::SimpleString(id)) => Some(id.clone()),
+                    _ => None,
+                };
+                applied
             })
         })
     }
@@ -384,6 +395,7 @@ impl Redis {
                     }
                 }
             })
+            .map(|(changed, _)| changed)
         })
     }
 }
@@ -415,14 +427,14 @@ impl Keys {
     }
 }
 
-/// Runs `f` between `WATCH key` and the `EXEC` of the pipeline it fills; plans again from
-/// what is stored when another client changed `key` in between. An error of `f` writes
-/// nothing.
+/// Runs `f` between `WATCH key` and the `EXEC` of the pipeline it fills, and returns what
+/// it returned with the replies of the commands it did not ignore; plans again from what is
+/// stored when another client changed `key` in between. An error of `f` writes nothing.
 fn watched<T>(
     con: &mut Connection,
     key: &str,
     mut f: impl FnMut(&mut Connection, &mut Pipeline) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
+) -> Result<(T, Vec<redis::Value>), StoreError> {
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
             // Another node wrote the AOR first: let it finish (a random back-off, doubling,
@@ -440,9 +452,10 @@ fn watched<T>(
                 return Err(e);
             }
         };
-        let done: Option<redis::Value> = pipe.query(con).map_err(failed)?;
-        if done.is_some() {
-            return Ok(value);
+        // The replies of the commands not ignored; none when `key` changed meanwhile.
+        let done: Option<Vec<redis::Value>> = pipe.query(con).map_err(failed)?;
+        if let Some(replies) = done {
+            return Ok((value, replies));
         }
     }
     Err(StoreError::Unavailable(format!(

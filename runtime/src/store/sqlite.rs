@@ -275,6 +275,7 @@ fn apply_plan(
     Ok(Applied {
         bindings: plan.bindings(now),
         removed: plan.removed,
+        version: None,
     })
 }
 

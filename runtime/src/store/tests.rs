@@ -136,18 +136,34 @@ fn a_register_stored_after_a_node_took_the_streams_end_reaches_it_as_a_notice() 
     let from = b.notices_end().expect("the end").expect("a stream");
     assert_eq!(b.bindings(AOR, T0).expect("loaded"), vec![before.clone()]);
     // Node a stores a REGISTER before b reads a single notice: b still learns of it.
-    let written = add(
-        &mut a,
-        "c1",
-        apns("tok1", "h1").path("<sip:pp-f1.a-x@10.0.0.1;lr>"),
-    );
+    let applied = a
+        .apply(
+            AOR,
+            &register(
+                "c1",
+                1,
+                vec![upsert(
+                    apns("tok1", "h1").path("<sip:pp-f1.a-x@10.0.0.1;lr>"),
+                    T0 + 3600,
+                )],
+            ),
+            T0,
+        )
+        .expect("apply");
+    let written = applied.bindings[1].clone();
     let (tx, rx) = std::sync::mpsc::channel();
-    let _follower = Follower::start(&options(2), from, move |n| {
+    let _follower = Follower::start(&options(2), from.clone(), move |n| {
         let _ = tx.send(n);
     })
     .expect("the follower starts");
     let notice = rx.recv_timeout(Duration::from_secs(5)).expect("a notice");
     assert_eq!(notice.origin, 1);
+    assert_eq!(
+        Some(&notice.id),
+        applied.version.as_ref(),
+        "the write's version"
+    );
+    assert!(Version::of(&notice.id) > Version::of(&from));
     assert_eq!(notice.aor, AOR);
     assert_eq!(notice.written, vec![written.id]);
     assert_eq!(notice.bindings, vec![before, written.clone()]);
