@@ -545,3 +545,26 @@ async fn a_cluster_authority_that_cannot_be_used_stops_the_start_naming_it() {
         .to_string();
     assert!(error.contains(&not_pem.display().to_string()), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_with_a_password_takes_the_right_one_and_no_error_shows_it() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let redis = RedisServer::with_password("s3cret-pass");
+    let config = common::redis_config(dir.path(), &[Transport::Udp], &redis.url());
+    Server::start(config)
+        .await
+        .expect("starts")
+        .shutdown()
+        .await;
+    let wrong = redis.url().replace("s3cret-pass", "wrong-pass");
+    let config = common::redis_config(dir.path(), &[Transport::Udp], &wrong);
+    let error = Server::start(config)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains(":***@127.0.0.1") && !error.contains("wrong-pass"),
+        "the URL is named, its password never: {error}"
+    );
+}

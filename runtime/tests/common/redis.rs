@@ -13,12 +13,23 @@ use std::time::Duration;
 pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
+    /// `requirepass`, if it has one.
+    password: Option<String>,
     running: Option<(Child, ChildStdin)>,
 }
 
 impl RedisServer {
     /// Starts one, and waits until it answers.
     pub fn start() -> Self {
+        Self::launch(None)
+    }
+
+    /// Starts one that asks its clients for `password` (`requirepass`).
+    pub fn with_password(password: &str) -> Self {
+        Self::launch(Some(password.to_owned()))
+    }
+
+    fn launch(password: Option<String>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -26,15 +37,19 @@ impl RedisServer {
         let mut server = RedisServer {
             port,
             dir: tempfile::tempdir().expect("a temp dir"),
+            password,
             running: None,
         };
         server.restart();
         server
     }
 
-    /// Where pushpark reaches it.
+    /// Where pushpark reaches it (with its password, if it has one).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Its files (the append-only file is under `appendonlydir`).
@@ -58,13 +73,14 @@ impl RedisServer {
             .arg("-c")
             .arg(
                 "redis-server --port \"$1\" --bind 127.0.0.1 --dir \"$2\" --save '' \
-                 --appendonly yes --appendfsync always >/dev/null & pid=$!; \
-                 read _ignored; kill -9 $pid; wait $pid",
+                 --appendonly yes --appendfsync always ${3:+--requirepass \"$3\"} \
+                 >/dev/null & pid=$!; read _ignored; kill -9 $pid; wait $pid",
             )
             .args([
                 "sh",
                 &self.port.to_string(),
                 &self.dir.path().display().to_string(),
+                self.password.as_deref().unwrap_or(""),
             ])
             .stdin(Stdio::piped())
             // The shell's "Killed" when it ends the server is no news.
