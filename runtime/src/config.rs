@@ -354,6 +354,9 @@ pub struct Store {
     /// (`appendonly yes`, `appendfsync always`), so that a 200 OK to a REGISTER is never a
     /// lie. Off only where the operator knows persistence is safe otherwise.
     pub require_fsync: bool,
+    /// Redis over TLS (`rediss://`): the authority (PEM) its certificate chains to, when it
+    /// is not one the system trusts.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The binding store's backend.
@@ -550,6 +553,7 @@ impl Default for Store {
             prefix: "pushpark:".to_owned(),
             timeout: Duration::from_secs(1),
             require_fsync: true,
+            ca_file: None,
         }
     }
 }
@@ -741,6 +745,15 @@ impl Config {
                     "store.url",
                     "url must start with redis://, rediss:// or redis+unix://",
                 ))
+            }
+            (Backend::Redis, Some(u)) if store.ca_file.is_some() && !u.starts_with("rediss://") => {
+                Some((
+                    "store.ca_file",
+                    "ca_file is for a Redis over TLS (rediss://)",
+                ))
+            }
+            (Backend::Sqlite, None) if store.ca_file.is_some() => {
+                Some(("store.ca_file", "ca_file is for backend = \"redis\""))
             }
             _ if store.prefix.len() > Store::MAX_PREFIX_LEN => {
                 Some(("store.prefix", "prefix may have 64 bytes at most"))
@@ -1120,6 +1133,10 @@ mod tests {
             err.contains("pushpark.toml") && err.contains("mysql"),
             "{err}"
         );
+        let err =
+            parse("[store]\nbackend = \"redis\"\nurl = \"redis://h\"\nca_file = \"/etc/ca.pem\"\n")
+                .expect_err("a CA without TLS");
+        assert!(err.contains("`store.ca_file`"), "{err}");
         let long = "x".repeat(65);
         let err = parse(&format!(
             "[store]\nbackend = \"redis\"\nurl = \"redis://h\"\nprefix = \"{long}\"\n"

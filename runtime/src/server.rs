@@ -263,6 +263,7 @@ fn redis_options(config: &crate::config::Store, boot: u64) -> Option<RedisOption
             timeout: config.timeout,
             require_fsync: config.require_fsync,
             node: boot,
+            ca_file: config.ca_file.clone(),
         }),
         // The configuration's checks leave no Redis without a URL.
         _ => None,

@@ -568,3 +568,28 @@ async fn a_redis_with_a_password_takes_the_right_one_and_no_error_shows_it() {
         "the URL is named, its password never: {error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_over_tls_is_trusted_through_the_authority_given_and_no_other() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (certificate, key, _) = ua::tls::issue(dir.path(), "redis");
+    let authority = ua::tls::authority_pem(dir.path());
+    let redis = RedisServer::with_tls(&certificate, &key, &authority);
+    let mut config = common::redis_config(dir.path(), &[Transport::Udp], &redis.url());
+    assert!(redis.url().starts_with("rediss://"));
+    // The test authority is none the system trusts.
+    let error = Server::start(config.clone())
+        .await
+        .err()
+        .expect("untrusted")
+        .to_string();
+    assert!(error.contains(&redis.url()), "{error}");
+    config.store.ca_file = Some(authority);
+    let (node, at) = common::start_udp(config).await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("a socket");
+    let stored = common::final_response(&socket, at, &register(1, None)).await;
+    assert!(stored.starts_with("SIP/2.0 200"), "{stored}");
+    node.shutdown().await;
+}

@@ -111,7 +111,7 @@ impl Follower {
         from: String,
         mut deliver: impl FnMut(Notice) + Send + 'static,
     ) -> std::io::Result<Self> {
-        let client = redis::Client::open(options.url.as_str()).map_err(std::io::Error::other)?;
+        let client = options.client().map_err(std::io::Error::other)?;
         let key = super::redis::Keys(options.prefix.clone()).notices();
         let (node, timeout) = (options.node, options.timeout);
         let stop = Arc::new(AtomicBool::new(false));

@@ -70,6 +70,31 @@ pub struct RedisOptions {
     /// This run of this node: what its registration notices are signed with, so that it
     /// skips its own.
     pub node: u64,
+    /// For `rediss://`: the authority (PEM) Redis's certificate chains to, instead of the
+    /// system's.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl RedisOptions {
+    /// A client for these options (not connected yet).
+    pub(super) fn client(&self) -> Result<redis::Client, String> {
+        if self.url.starts_with("rediss://") {
+            // rustls needs a process-wide provider when more than one is linked (a2 links
+            // ring): the one the SIP listeners use. Another already installed is kept.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        }
+        let Some(ca_file) = &self.ca_file else {
+            return redis::Client::open(self.url.as_str())
+                .map_err(|e| format!("not a Redis URL: {e}"));
+        };
+        let pem = std::fs::read(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        };
+        redis::Client::build_with_tls(self.url.as_str(), certificates)
+            .map_err(|e| format!("{}: {e}", ca_file.display()))
+    }
 }
 
 /// The binding store on Redis. See the module documentation.
@@ -96,17 +121,11 @@ impl Redis {
     /// `require_fsync` is off). Errors name the URL (without its password).
     pub fn open(options: &RedisOptions) -> Result<Self, StoreError> {
         let shown = without_password(&options.url);
-        if options.url.starts_with("rediss://") {
-            // rustls needs a process-wide provider when more than one is linked (a2 links
-            // ring): the one the SIP listeners use. Another already installed is kept.
-            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        }
         let open_error = |problem: String| StoreError::OpenRedis {
             url: shown.clone(),
             problem,
         };
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|e| open_error(format!("not a Redis URL: {e}")))?;
+        let client = options.client().map_err(open_error)?;
         let redis = Redis {
             client,
             con: RefCell::new(None),

@@ -77,6 +77,7 @@ fn redis_node(prefix: &str) -> Store {
         timeout: Duration::from_secs(5),
         require_fsync: true,
         node: rand::random(),
+        ca_file: None,
     };
     Store::open_redis(&options).expect("the Redis store opens")
 }
@@ -126,6 +127,7 @@ fn a_register_stored_after_a_node_took_the_streams_end_reaches_it_as_a_notice() 
         timeout: Duration::from_secs(5),
         require_fsync: true,
         node,
+        ca_file: None,
     };
     let (mut a, b) = (
         Store::open_redis(&options(1)).expect("node a"),
