@@ -21,9 +21,11 @@ use crate::node::{Destination, Node, NodeOptions, PushTag, StoreDone};
 use crate::push::setup::{self, SetupError};
 use crate::push::{Dispatcher, PushProvider, PushReports};
 use crate::store::{Store, StoreError, StoreOptions, Writer};
-use crate::transport::{BindError, Inbound, TransportOptions, Transports};
+use crate::transaction::Key;
+use crate::transport::{BindError, Inbound, TransportOptions, Transports, UdpBuffers, UdpOutbox};
 
-/// How many datagrams the loop reads from a socket before it looks at its other work.
+/// How many datagrams the loop reads from a socket before it looks at its other work (one
+/// `recvmmsg` on Linux).
 const UDP_BATCH: usize = 64;
 
 /// What can stop the server from starting.
@@ -139,6 +141,7 @@ impl Server {
         let shell = Shell {
             grace,
             node,
+            outbox: UdpOutbox::new(&transports),
             transports: transports.clone(),
             writer,
             dispatcher,
@@ -234,6 +237,8 @@ struct Shell {
     grace: Duration,
     node: Node,
     transports: Transports,
+    /// The turn's outgoing datagrams, and any that wait for room in a socket's buffer.
+    outbox: UdpOutbox<Option<Key>>,
     /// The store's own thread (group commit).
     writer: Writer<StoreDone>,
     dispatcher: Dispatcher<PushTag>,
@@ -250,7 +255,7 @@ impl Shell {
         mut control: mpsc::Receiver<Control>,
     ) {
         let transports = self.transports.clone();
-        let mut datagram = vec![0; 65_536];
+        let mut datagrams = UdpBuffers::new(UDP_BATCH);
         // Set once draining: when to stop at the latest.
         let mut drain_until: Option<Instant> = None;
         // `/health` says ok from the start: an idle server turns next at its first timer.
@@ -273,10 +278,12 @@ impl Shell {
                 index = transports.udp_readable() => {
                     let now = Instant::now();
                     let node = &mut self.node;
-                    transports.read_udp(index, UDP_BATCH, &mut datagram, |item| {
+                    transports.read_udp(index, UDP_BATCH, &mut datagrams, |item| {
                         node.handle_inbound(now, item);
                     });
                 }
+                // A socket's buffer had no room: what waits for it goes in `carry_out`.
+                _ = transports.udp_writable(&self.outbox), if self.outbox.is_waiting() => {}
                 Some(item) = inbound.recv() => self.node.handle_inbound(Instant::now(), item),
                 Some(done) = store_done.recv() => {
                     self.node.handle_store_done(Instant::now(), done);
@@ -299,7 +306,8 @@ impl Shell {
             let now = Instant::now();
             let next = self.node.poll_timeout().saturating_duration_since(now);
             self.metrics.turned(now, next);
-            if drain_until.is_some_and(|until| self.node.is_drained() || now >= until) {
+            let drained = self.node.is_drained() && !self.outbox.is_waiting();
+            if drain_until.is_some_and(|until| drained || now >= until) {
                 break;
             }
         }
@@ -312,26 +320,50 @@ impl Shell {
     }
 
     /// Carries out everything the node asked for, in order: messages, pushes, store jobs.
-    /// A message that cannot be sent is reported back, which may queue more.
+    /// The turn's UDP datagrams are collected and sent together, in as few system calls as
+    /// the platform allows. A message that cannot be sent is reported back, which may queue
+    /// more.
     fn carry_out(&mut self) {
-        while let Some(transmit) = self.node.poll_transmit() {
-            match transmit.destination {
-                Destination::Flow(flow) => {
-                    if let Err(e) = self.transports.send(&flow, transmit.bytes) {
-                        debug!("{flow}: send failed: {e}");
-                        if let Some(key) = transmit.key {
-                            self.node.handle_send_failed(Instant::now(), &key);
+        loop {
+            while let Some(transmit) = self.node.poll_transmit() {
+                match transmit.destination {
+                    Destination::Flow(flow) if flow.transport == Transport::Udp => {
+                        let queued =
+                            self.outbox
+                                .push(&self.transports, &flow, transmit.bytes, transmit.key);
+                        if let Err((key, e)) = queued {
+                            debug!("{flow}: send failed: {e}");
+                            self.send_failed(key);
                         }
                     }
-                }
-                Destination::Address(transport, peer) => {
-                    let transports = self.transports.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = transports.send_to(transport, peer, transmit.bytes).await {
-                            debug!("{transport} {peer}: send failed: {e}");
+                    Destination::Flow(flow) => {
+                        if let Err(e) = self.transports.send_stream(&flow, transmit.bytes) {
+                            debug!("{flow}: send failed: {e}");
+                            self.send_failed(transmit.key);
                         }
-                    });
+                    }
+                    Destination::Address(transport, peer) => {
+                        let transports = self.transports.clone();
+                        tokio::spawn(async move {
+                            let sent = transports.send_to(transport, peer, transmit.bytes).await;
+                            if let Err(e) = sent {
+                                debug!("{transport} {peer}: send failed: {e}");
+                            }
+                        });
+                    }
                 }
+            }
+            let mut failed = false;
+            let node = &mut self.node;
+            self.outbox.flush(&self.transports, |key, _| {
+                if let Some(key) = key {
+                    node.handle_send_failed(Instant::now(), &key);
+                    failed = true;
+                }
+            });
+            // What the node made of a failed send goes out in this turn too.
+            if !failed {
+                break;
             }
         }
         while let Some((request, tag)) = self.node.poll_push() {
@@ -340,6 +372,13 @@ impl Shell {
         }
         while let Some(job) = self.node.poll_store() {
             self.writer.submit_job(job.into_job());
+        }
+    }
+
+    /// Tells the node a message of transaction `key` could not be sent.
+    fn send_failed(&mut self, key: Option<Key>) {
+        if let Some(key) = key {
+            self.node.handle_send_failed(Instant::now(), &key);
         }
     }
 }
