@@ -242,12 +242,12 @@ impl Transports {
         let Some((local, socket)) = self.inner.udp.get(index) else {
             return;
         };
-        let mut left = max;
+        let (mut left, mut ask, mut took) = (max, buffers.first_ask(), 0);
         while left > 0 {
-            let asked = left.min(buffers.slots());
+            let asked = ask.min(left).min(buffers.slots());
             let received = match udp::recv_batch(socket, buffers, asked) {
                 Ok(received) => received,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ICMP port unreachable and the like surface here on some systems.
                 Err(e) => {
                     debug!("UDP {local}: {e}");
@@ -270,12 +270,15 @@ impl Transports {
                     },
                 );
             }
+            took += received;
             // A short batch emptied the socket's queue.
             if received < asked {
-                return;
+                break;
             }
             left -= asked;
+            ask = left;
         }
+        buffers.took(took);
     }
 
     /// The addresses actually bound (port 0 in the configuration picks a free one).
@@ -441,6 +444,32 @@ Content-Length: {}\r\n\r\n{body}",
                     Err((7, SendError::NoListener(Transport::Udp)))
                 ));
             });
+    }
+
+    #[tokio::test]
+    async fn a_burst_after_a_quiet_turn_is_read_whole_and_in_order() {
+        let (transports, local) = udp_listener(65_535).await;
+        let peer = UdpSocket::bind("127.0.0.1:0").await.expect("a peer socket");
+        let mut buffers = UdpBuffers::new(64);
+        for burst in [1, 64] {
+            for n in 0..burst {
+                let request = options(&format!("{burst} {n}"));
+                peer.send_to(request.as_bytes(), local).await.expect("sent");
+            }
+            let mut read = Vec::new();
+            while read.len() < burst {
+                let index =
+                    tokio::time::timeout(Duration::from_secs(10), transports.udp_readable())
+                        .await
+                        .expect("the burst is waiting");
+                transports.read_udp(index, 64, &mut buffers, |item| match item {
+                    Inbound::Message { message, .. } => read.push(body(&message)),
+                    _ => panic!("a request was sent"),
+                });
+            }
+            let expected: Vec<String> = (0..burst).map(|n| format!("{burst} {n}")).collect();
+            assert_eq!(read, expected);
+        }
     }
 
     #[tokio::test]

@@ -60,6 +60,9 @@ pub(super) fn flow_id(local: SocketAddr, peer: SocketAddr) -> FlowId {
 /// 513.
 const DATAGRAM_MAX: usize = 65_536;
 
+/// The fewest datagrams a turn's first read asks for (see [`UdpBuffers::first_ask`]).
+const FIRST_ASK_MIN: usize = 8;
+
 /// The buffers the loop reads datagrams into, kept from turn to turn, and what the last
 /// read put where.
 pub struct UdpBuffers {
@@ -68,6 +71,8 @@ pub struct UdpBuffers {
     data: Vec<u8>,
     /// What the last read received: the buffer, the datagram's length, its source.
     received: Vec<(usize, usize, SocketAddr)>,
+    /// How many datagrams the last turn took.
+    last_turn: usize,
 }
 
 impl UdpBuffers {
@@ -77,12 +82,27 @@ impl UdpBuffers {
         Self {
             data: vec![0; slots * DATAGRAM_MAX],
             received: Vec::with_capacity(slots),
+            last_turn: 0,
         }
     }
 
     /// How many datagrams one read can take.
     pub(super) fn slots(&self) -> usize {
         self.data.len() / DATAGRAM_MAX
+    }
+
+    /// How many datagrams a turn's first read asks for: twice what the last turn took, at
+    /// least [`FIRST_ASK_MIN`]. Each slot offered to `recvmmsg` is prepared first (≈ 50
+    /// instructions), so a quiet socket is not offered a whole batch every turn; a busy one
+    /// still has its batch in one call, and a read that fills what it asked for is followed
+    /// by one asking for the rest.
+    pub(super) fn first_ask(&self) -> usize {
+        (self.last_turn * 2).max(FIRST_ASK_MIN)
+    }
+
+    /// Notes how many datagrams this turn took, for the next turn's [`first_ask`](Self::first_ask).
+    pub(super) fn took(&mut self, datagrams: usize) {
+        self.last_turn = datagrams;
     }
 
     /// The datagrams the last read received, in the order they arrived, with their sources.
@@ -114,7 +134,7 @@ pub(super) fn recv_batch(
     use std::os::fd::AsRawFd;
 
     let slots = max.min(buffers.slots());
-    let UdpBuffers { data, received } = buffers;
+    let UdpBuffers { data, received, .. } = buffers;
     received.clear();
     let mut count = 0;
     let read = socket.try_io(Interest::READABLE, || {
@@ -161,7 +181,7 @@ pub(super) fn recv_batch(
     buffers: &mut UdpBuffers,
     max: usize,
 ) -> io::Result<usize> {
-    let UdpBuffers { data, received } = buffers;
+    let UdpBuffers { data, received, .. } = buffers;
     received.clear();
     for (slot, buf) in data.chunks_exact_mut(DATAGRAM_MAX).take(max).enumerate() {
         match socket.try_recv_from(buf) {
@@ -221,6 +241,18 @@ pub(super) fn send_batch<T>(socket: &UdpSocket, batch: &[Datagram<T>]) -> io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_turn_first_asks_for_twice_what_the_last_one_took() {
+        let mut buffers = UdpBuffers::new(64);
+        assert_eq!(buffers.first_ask(), FIRST_ASK_MIN, "a quiet socket: a few");
+        buffers.took(1);
+        assert_eq!(buffers.first_ask(), FIRST_ASK_MIN);
+        buffers.took(20);
+        assert_eq!(buffers.first_ask(), 40);
+        buffers.took(64);
+        assert_eq!(buffers.first_ask(), 128, "read_udp caps it at the slots");
+    }
 
     #[test]
     fn a_udp_flow_keeps_its_id_and_never_takes_a_stream_one() {
