@@ -19,7 +19,6 @@ use std::io;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use super::FlowId;
@@ -132,6 +131,7 @@ pub(super) fn recv_batch(
     use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
 
     let slots = max.min(buffers.slots());
     let UdpBuffers { data, received, .. } = buffers;
@@ -209,6 +209,7 @@ pub(super) struct Datagram<T> {
 pub(super) fn send_batch<T>(socket: &UdpSocket, batch: &[Datagram<T>]) -> io::Result<usize> {
     use rustix::net::{sendmmsg, MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
     use std::io::IoSlice;
+    use tokio::io::Interest;
 
     let addresses: Vec<SocketAddrAny> = batch.iter().map(|d| d.peer.into()).collect();
     let slices: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|d| [IoSlice::new(&d.bytes)]).collect();
