@@ -306,8 +306,11 @@ impl Shell {
             let now = Instant::now();
             let next = self.node.poll_timeout().saturating_duration_since(now);
             self.metrics.turned(now, next);
-            let drained = self.node.is_drained() && !self.outbox.is_waiting();
-            if drain_until.is_some_and(|until| drained || now >= until) {
+            // Drained once the node has nothing left and no datagram waits for room (asked
+            // only while draining: `is_drained` looks through every transaction).
+            if drain_until.is_some_and(|until| {
+                now >= until || (self.node.is_drained() && !self.outbox.is_waiting())
+            }) {
                 break;
             }
         }
