@@ -2,6 +2,7 @@
 
 pub mod loadgen;
 pub mod pipeline;
+pub mod udp;
 
 use pushpark_model::{AorId, CallId, Callee, Core, DeviceId, Effect, Event, Flow, Millis, Target};
 

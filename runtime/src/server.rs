@@ -21,9 +21,13 @@ use crate::node::{Destination, Node, NodeOptions, PushTag, StoreDone};
 use crate::push::setup::{self, SetupError};
 use crate::push::{Dispatcher, PushProvider, PushReports};
 use crate::store::{Follower, Notice, RedisOptions, Store, StoreError, StoreOptions, Writer};
-use crate::transport::{BindError, ClusterTls, Inbound, TransportOptions, Transports};
+use crate::transaction::Key;
+use crate::transport::{
+    BindError, ClusterTls, Inbound, TransportOptions, Transports, UdpBuffers, UdpOutbox,
+};
 
-/// How many datagrams the loop reads from a socket before it looks at its other work.
+/// How many datagrams the loop reads from a socket before it looks at its other work (one
+/// `recvmmsg` on Linux).
 const UDP_BATCH: usize = 64;
 
 /// What can stop the server from starting.
@@ -162,6 +166,7 @@ impl Server {
         let shell = Shell {
             grace,
             node,
+            outbox: UdpOutbox::new(&transports),
             transports: transports.clone(),
             writer,
             _follower: follower,
@@ -293,6 +298,8 @@ struct Shell {
     grace: Duration,
     node: Node,
     transports: Transports,
+    /// The turn's outgoing datagrams, and any that wait for room in a socket's buffer.
+    outbox: UdpOutbox<Option<Key>>,
     /// The store's own thread (group commit).
     writer: Writer<StoreDone>,
     /// On Redis, the thread that reads the other nodes' registration notices.
@@ -312,7 +319,7 @@ impl Shell {
             mut control,
         } = inputs;
         let transports = self.transports.clone();
-        let mut datagram = vec![0; 65_536];
+        let mut datagrams = UdpBuffers::new(UDP_BATCH);
         // Set once draining: when to stop at the latest.
         let mut drain_until: Option<Instant> = None;
         // `/health` says ok from the start: an idle server turns next at its first timer.
@@ -335,10 +342,12 @@ impl Shell {
                 index = transports.udp_readable() => {
                     let now = Instant::now();
                     let node = &mut self.node;
-                    transports.read_udp(index, UDP_BATCH, &mut datagram, |item| {
+                    transports.read_udp(index, UDP_BATCH, &mut datagrams, |item| {
                         node.handle_inbound(now, item);
                     });
                 }
+                // A socket's buffer had no room: what waits for it goes in `carry_out`.
+                _ = transports.udp_writable(&self.outbox), if self.outbox.is_waiting() => {}
                 Some(item) = inbound.recv() => self.node.handle_inbound(Instant::now(), item),
                 Some(done) = store_done.recv() => {
                     self.node.handle_store_done(Instant::now(), done);
@@ -362,7 +371,11 @@ impl Shell {
             let now = Instant::now();
             let next = self.node.poll_timeout().saturating_duration_since(now);
             self.metrics.turned(now, next);
-            if drain_until.is_some_and(|until| self.node.is_drained() || now >= until) {
+            // Drained once the node has nothing left and no datagram waits for room (asked
+            // only while draining: `is_drained` looks through every transaction).
+            if drain_until.is_some_and(|until| {
+                now >= until || (self.node.is_drained() && !self.outbox.is_waiting())
+            }) {
                 break;
             }
         }
@@ -375,26 +388,50 @@ impl Shell {
     }
 
     /// Carries out everything the node asked for, in order: messages, pushes, store jobs.
-    /// A message that cannot be sent is reported back, which may queue more.
+    /// The turn's UDP datagrams are collected and sent together, in as few system calls as
+    /// the platform allows. A message that cannot be sent is reported back, which may queue
+    /// more.
     fn carry_out(&mut self) {
-        while let Some(transmit) = self.node.poll_transmit() {
-            match transmit.destination {
-                Destination::Flow(flow) => {
-                    if let Err(e) = self.transports.send(&flow, transmit.bytes) {
-                        debug!("{flow}: send failed: {e}");
-                        if let Some(key) = transmit.key {
-                            self.node.handle_send_failed(Instant::now(), &key);
+        loop {
+            while let Some(transmit) = self.node.poll_transmit() {
+                match transmit.destination {
+                    Destination::Flow(flow) if flow.transport == Transport::Udp => {
+                        let queued =
+                            self.outbox
+                                .push(&self.transports, &flow, transmit.bytes, transmit.key);
+                        if let Err((key, e)) = queued {
+                            debug!("{flow}: send failed: {e}");
+                            self.send_failed(key);
                         }
                     }
-                }
-                Destination::Address(transport, peer) => {
-                    let transports = self.transports.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = transports.send_to(transport, peer, transmit.bytes).await {
-                            debug!("{transport} {peer}: send failed: {e}");
+                    Destination::Flow(flow) => {
+                        if let Err(e) = self.transports.send_stream(&flow, transmit.bytes) {
+                            debug!("{flow}: send failed: {e}");
+                            self.send_failed(transmit.key);
                         }
-                    });
+                    }
+                    Destination::Address(transport, peer) => {
+                        let transports = self.transports.clone();
+                        tokio::spawn(async move {
+                            let sent = transports.send_to(transport, peer, transmit.bytes).await;
+                            if let Err(e) = sent {
+                                debug!("{transport} {peer}: send failed: {e}");
+                            }
+                        });
+                    }
                 }
+            }
+            let mut failed = false;
+            let node = &mut self.node;
+            self.outbox.flush(&self.transports, |key, _| {
+                if let Some(key) = key {
+                    node.handle_send_failed(Instant::now(), &key);
+                    failed = true;
+                }
+            });
+            // What the node made of a failed send goes out in this turn too.
+            if !failed {
+                break;
             }
         }
         while let Some((request, tag)) = self.node.poll_push() {
@@ -403,6 +440,13 @@ impl Shell {
         }
         while let Some(job) = self.node.poll_store() {
             self.writer.submit_job(job.into_job());
+        }
+    }
+
+    /// Tells the node a message of transaction `key` could not be sent.
+    fn send_failed(&mut self, key: Option<Key>) {
+        if let Some(key) = key {
+            self.node.handle_send_failed(Instant::now(), &key);
         }
     }
 }

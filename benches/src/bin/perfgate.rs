@@ -9,15 +9,18 @@ use std::process::ExitCode;
 
 use pushpark::sip::parse_datagram;
 use pushpark_benches::pipeline::Fixture;
+use pushpark_benches::udp::UdpFixture;
 use pushpark_benches::{invite_1k, parked_call_life};
 use pushpark_model::{CallId, Config, Core};
 
-const SCENARIOS: [&str; 5] = [
+const SCENARIOS: [&str; 7] = [
     "core_parked_call_life",
     "sip_parse_invite",
     "sip_forward_invite",
     "pipeline_invite_to_push",
     "pipeline_relay_invite",
+    "udp_receive_batch",
+    "udp_send_batch",
 ];
 
 /// Calls one pipeline server takes before a fresh one replaces it.
@@ -42,6 +45,21 @@ fn main() -> ExitCode {
     let mut core = Core::new(Config::default());
     let mut out = Vec::with_capacity(16);
     let mut sink = 0usize;
+    // The UDP scenarios: N datagrams (the INVITE) read, or sent, in batches over loopback.
+    match scenario.as_str() {
+        "udp_receive_batch" => {
+            let mut fixture = UdpFixture::new();
+            black_box(fixture.receive(&invite, usize::try_from(n).expect("a count")));
+            return ExitCode::SUCCESS;
+        }
+        "udp_send_batch" => {
+            let mut fixture = UdpFixture::new();
+            let datagram = bytes::Bytes::from(invite.clone());
+            fixture.send(&datagram, usize::try_from(n).expect("a count"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     if let Some(asleep) = match scenario.as_str() {
         "pipeline_invite_to_push" => Some(true),
         "pipeline_relay_invite" => Some(false),

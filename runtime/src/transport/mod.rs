@@ -7,8 +7,13 @@
 //! forwarded INVITE goes back exactly where the device's REGISTER came from. A connection's
 //! flow lives as long as the connection; when it closes, [`Inbound::Closed`] says so and
 //! its bindings become push-only again.
+//!
+//! UDP moves in batches, many datagrams per system call where the platform allows: the loop
+//! reads into [`UdpBuffers`] and sends a turn's datagrams through an [`UdpOutbox`] (see
+//! [`udp`] and [`outbox`] for how).
 
 mod admission;
+mod outbox;
 mod stream;
 mod tls;
 mod udp;
@@ -24,8 +29,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 pub(crate) use self::admission::Admission;
+pub use self::outbox::UdpOutbox;
 use self::stream::Streams;
 pub use self::tls::{ClusterTls, TlsError, TlsFiles};
+pub use self::udp::UdpBuffers;
 use crate::config::{Connections, Listener, Transport};
 use crate::metrics::Metrics;
 use crate::sip::{self, Message, ParseError};
@@ -214,39 +221,72 @@ impl Transports {
         .await
     }
 
+    /// Waits until a UDP socket whose datagrams wait in `outbox` (its buffer was full) has
+    /// room again, and says which; the loop's next [`UdpOutbox::flush`] sends them.
+    pub async fn udp_writable<T>(&self, outbox: &UdpOutbox<T>) -> usize {
+        std::future::poll_fn(|cx| {
+            for (index, (_, socket)) in self.inner.udp.iter().enumerate() {
+                // An error is "ready" too: the send that follows reports it.
+                if outbox.is_waiting_on(index) && socket.poll_send_ready(cx).is_ready() {
+                    return std::task::Poll::Ready(index);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
     /// Reads up to `max` datagrams waiting on UDP socket `index` (see
-    /// [`udp_readable`](Self::udp_readable)), using `buf` (64 KiB), and hands each to
-    /// `each` as what arrived: a message, or garbage that cannot be answered.
+    /// [`udp_readable`](Self::udp_readable)) into `buffers`, as few system calls as it
+    /// takes, and hands each to `each` as what arrived: a message, or garbage that cannot
+    /// be answered.
     pub fn read_udp(
         &self,
         index: usize,
         max: usize,
-        buf: &mut [u8],
+        buffers: &mut UdpBuffers,
         mut each: impl FnMut(Inbound),
     ) {
         let Some((local, socket)) = self.inner.udp.get(index) else {
             return;
         };
-        for _ in 0..max {
-            let (len, peer) = match socket.try_recv_from(buf) {
+        let (mut left, mut ask, mut took) = (max, buffers.first_ask(), 0);
+        while left > 0 {
+            let asked = ask.min(left).min(buffers.slots());
+            let received = match udp::recv_batch(socket, buffers, asked) {
                 Ok(received) => received,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ICMP port unreachable and the like surface here on some systems.
                 Err(e) => {
                     debug!("UDP {local}: {e}");
+                    left -= 1;
                     continue;
                 }
             };
-            let flow = Flow::udp(*local, peer);
-            let datagram = Bytes::copy_from_slice(&buf[..len]);
-            each(match sip::parse_datagram_bytes(datagram) {
-                // A CRLF keep-alive over UDP needs no answer (RFC 5626 uses STUN there).
-                Err(ParseError::KeepAlive) => continue,
-                Err(error) => Inbound::Garbage { flow, error },
-                Ok(message) if len > self.inner.max_message => Inbound::TooLarge { flow, message },
-                Ok(message) => Inbound::Message { flow, message },
-            });
+            for (datagram, peer) in buffers.received() {
+                let flow = Flow::udp(*local, peer);
+                let len = datagram.len();
+                each(
+                    match sip::parse_datagram_bytes(Bytes::copy_from_slice(datagram)) {
+                        // A CRLF keep-alive over UDP needs no answer (RFC 5626 uses STUN there).
+                        Err(ParseError::KeepAlive) => continue,
+                        Err(error) => Inbound::Garbage { flow, error },
+                        Ok(message) if len > self.inner.max_message => {
+                            Inbound::TooLarge { flow, message }
+                        }
+                        Ok(message) => Inbound::Message { flow, message },
+                    },
+                );
+            }
+            took += received;
+            // A short batch emptied the socket's queue.
+            if received < asked {
+                break;
+            }
+            left -= asked;
+            ask = left;
         }
+        buffers.took(took);
     }
 
     /// The addresses actually bound (port 0 in the configuration picks a free one).
@@ -271,28 +311,10 @@ impl Transports {
         }
     }
 
-    /// Sends `bytes` over `flow` without waiting.
-    pub fn send(&self, flow: &Flow, bytes: Bytes) -> Result<(), SendError> {
-        match flow.transport {
-            Transport::Udp => {
-                let Some((_, socket)) = self.inner.udp.iter().find(|(l, _)| *l == flow.local)
-                else {
-                    return Err(SendError::NoListener(Transport::Udp));
-                };
-                match socket.try_send_to(&bytes, flow.peer) {
-                    Ok(_) => Ok(()),
-                    // The socket buffer is full: let a task wait for room.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        let socket = Arc::clone(socket);
-                        let peer = flow.peer;
-                        tokio::spawn(async move { socket.send_to(&bytes, peer).await });
-                        Ok(())
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            }
-            Transport::Tcp | Transport::Tls => self.inner.streams.send(flow.id, bytes),
-        }
+    /// Sends `bytes` over `flow`, a TCP or TLS connection, without waiting. (UDP datagrams
+    /// go out in batches, through an [`UdpOutbox`].)
+    pub fn send_stream(&self, flow: &Flow, bytes: Bytes) -> Result<(), SendError> {
+        self.inner.streams.send(flow.id, bytes)
     }
 
     /// Sends to an address no flow leads to yet: over UDP from our first UDP socket of the
@@ -324,5 +346,217 @@ impl Transports {
                 None => Err(SendError::NoTlsConnection),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    /// A bound UDP listener on loopback (port chosen by the system), taking messages of up
+    /// to `max_message` octets.
+    async fn udp_listener(max_message: usize) -> (Transports, SocketAddr) {
+        let listener = Listener {
+            transport: Transport::Udp,
+            address: "127.0.0.1:0".parse().expect("an address"),
+            certificate: None,
+            private_key: None,
+            advertised_address: None,
+        };
+        let options = TransportOptions {
+            connections: Connections::default(),
+            trusted: Vec::new(),
+            max_message,
+            metrics: Arc::new(Metrics::default()),
+            cluster_tls: None,
+        };
+        let (inbound, _) = mpsc::channel(1);
+        let transports = Transports::bind(&[listener], options, inbound)
+            .await
+            .expect("bound");
+        let local = transports.local_addrs()[0].1;
+        (transports, local)
+    }
+
+    async fn peers(count: usize) -> Vec<UdpSocket> {
+        let mut peers = Vec::new();
+        for _ in 0..count {
+            peers.push(UdpSocket::bind("127.0.0.1:0").await.expect("a peer socket"));
+        }
+        peers
+    }
+
+    /// An OPTIONS request whose body says who sent it and which it is.
+    fn options(body: &str) -> String {
+        format!(
+            "OPTIONS sip:pushpark@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bKbatch\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:peer@127.0.0.1>;tag=1\r\n\
+To: <sip:pushpark@127.0.0.1>\r\n\
+Call-ID: batch@127.0.0.1\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn body(message: &Message) -> String {
+        String::from_utf8_lossy(message.body()).into_owned()
+    }
+
+    #[tokio::test]
+    async fn datagrams_to_many_peers_go_out_batched_whole_and_in_each_peers_order() {
+        let (transports, local) = udp_listener(65_535).await;
+        let peers = peers(16).await;
+        let mut outbox = UdpOutbox::new(&transports);
+        // 40 rounds of one datagram to each peer: 640, several sendmmsg calls' worth.
+        for n in 0..40 {
+            for (p, peer) in peers.iter().enumerate() {
+                let flow = Flow::udp(local, peer.local_addr().expect("an address"));
+                let bytes = Bytes::from(format!("{p} {n}"));
+                assert!(outbox.push(&transports, &flow, bytes, (p, n)).is_ok());
+            }
+        }
+        loop {
+            outbox.flush(&transports, |tag, e| panic!("{tag:?} not sent: {e}"));
+            if !outbox.is_waiting() {
+                break;
+            }
+            transports.udp_writable(&outbox).await;
+        }
+        let mut buf = [0; 64];
+        for (p, peer) in peers.iter().enumerate() {
+            for n in 0..40 {
+                let (len, from) =
+                    tokio::time::timeout(Duration::from_secs(10), peer.recv_from(&mut buf))
+                        .await
+                        .expect("every datagram arrives")
+                        .expect("received");
+                assert_eq!(from, local);
+                assert_eq!(&buf[..len], format!("{p} {n}").as_bytes(), "in order");
+            }
+        }
+    }
+
+    #[test]
+    fn a_flow_from_no_socket_of_ours_is_refused_with_its_tag() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(async {
+                let (transports, _) = udp_listener(65_535).await;
+                let mut outbox = UdpOutbox::new(&transports);
+                let elsewhere = "127.0.0.2:5060".parse().expect("an address");
+                let flow = Flow::udp(elsewhere, elsewhere);
+                let refused = outbox.push(&transports, &flow, Bytes::from_static(b"x"), 7);
+                assert!(matches!(
+                    refused,
+                    Err((7, SendError::NoListener(Transport::Udp)))
+                ));
+            });
+    }
+
+    #[tokio::test]
+    async fn a_burst_after_a_quiet_turn_is_read_whole_and_in_order() {
+        let (transports, local) = udp_listener(65_535).await;
+        let peer = UdpSocket::bind("127.0.0.1:0").await.expect("a peer socket");
+        let mut buffers = UdpBuffers::new(64);
+        for burst in [1, 64] {
+            for n in 0..burst {
+                let request = options(&format!("{burst} {n}"));
+                peer.send_to(request.as_bytes(), local).await.expect("sent");
+            }
+            let mut read = Vec::new();
+            while read.len() < burst {
+                let index =
+                    tokio::time::timeout(Duration::from_secs(10), transports.udp_readable())
+                        .await
+                        .expect("the burst is waiting");
+                transports.read_udp(index, 64, &mut buffers, |item| match item {
+                    Inbound::Message { message, .. } => read.push(body(&message)),
+                    _ => panic!("a request was sent"),
+                });
+            }
+            let expected: Vec<String> = (0..burst).map(|n| format!("{burst} {n}")).collect();
+            assert_eq!(read, expected);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_takes_a_bounded_batch_and_keeps_the_rules_of_udp() {
+        let (transports, local) = udp_listener(1_000).await;
+        let peers = peers(5).await;
+        // From each peer: 10 requests, with a keep-alive, garbage and one too large among
+        // them: 65 datagrams, 60 that are handed on.
+        for round in 0..10 {
+            for (p, peer) in peers.iter().enumerate() {
+                let request = options(&format!("{p} {round}"));
+                peer.send_to(request.as_bytes(), local).await.expect("sent");
+                match round {
+                    2 => peer.send_to(b"\r\n\r\n", local).await,
+                    5 => peer.send_to(b"no SIP here", local).await,
+                    7 => {
+                        let large = options(&format!("{p} large {}", "x".repeat(1_000)));
+                        peer.send_to(large.as_bytes(), local).await
+                    }
+                    _ => continue,
+                }
+                .expect("sent");
+            }
+        }
+        let mut buffers = UdpBuffers::new(64);
+        let mut messages: BTreeMap<SocketAddr, Vec<String>> = BTreeMap::new();
+        let (mut garbage, mut too_large, mut turns) = (0, 0, 0);
+        while messages.values().map(Vec::len).sum::<usize>() + garbage + too_large < 60 {
+            let index = tokio::time::timeout(Duration::from_secs(10), transports.udp_readable())
+                .await
+                .expect("the rest is waiting");
+            let mut this_turn = 0;
+            transports.read_udp(index, 8, &mut buffers, |item| {
+                this_turn += 1;
+                match item {
+                    Inbound::Message { flow, message } => {
+                        messages.entry(flow.peer).or_default().push(body(&message));
+                    }
+                    Inbound::Garbage { .. } => garbage += 1,
+                    Inbound::TooLarge { message, .. } => {
+                        assert!(body(&message).contains(" large "));
+                        too_large += 1;
+                    }
+                    Inbound::Closed(_) | Inbound::Connected(_) => {
+                        panic!("UDP has no connection")
+                    }
+                }
+            });
+            assert!(this_turn <= 8, "at most the batch asked for");
+            turns += 1;
+        }
+        assert!(turns >= 65 / 8, "read in bounded batches");
+        assert_eq!((garbage, too_large), (5, 5));
+        for (p, peer) in peers.iter().enumerate() {
+            let from = peer.local_addr().expect("an address");
+            let expected: Vec<String> = (0..10).map(|n| format!("{p} {n}")).collect();
+            assert_eq!(
+                messages[&from], expected,
+                "whole, in order, keep-alives ignored"
+            );
+        }
+        // The socket was emptied; the next datagram still wakes the loop.
+        peers[0]
+            .send_to(options("0 late").as_bytes(), local)
+            .await
+            .expect("sent");
+        let index = tokio::time::timeout(Duration::from_secs(10), transports.udp_readable())
+            .await
+            .expect("woken by the next datagram");
+        let mut late = Vec::new();
+        transports.read_udp(index, 8, &mut buffers, |item| late.push(item));
+        assert!(
+            matches!(&late[..], [Inbound::Message { message, .. }] if body(message) == "0 late")
+        );
     }
 }
