@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use pushpark::config::Config;
 use pushpark::server::Server;
-use pushpark_benches::loadgen::server::{config_text, free_port, ServerAddrs};
+use pushpark_benches::loadgen::server::{config_text, free_port, ServerAddrs, Store};
 use pushpark_benches::loadgen::{
-    run, AnswerFromPush, Mode, Options, Report, Target, Transport, Webhook,
+    run, AnswerFromPush, Mode, Node, Options, Report, Target, Transport, Webhook,
 };
 use tempfile::TempDir;
 
@@ -46,21 +46,22 @@ async fn start(
         webhook: webhook.addr(),
         app_api: SocketAddr::from(([127, 0, 0, 1], app_api_port)),
     };
-    let text = edit(config_text(
-        options,
-        &addrs,
-        &dir.path().join("bindings.db"),
-    ));
+    let store = dir.path().join("bindings.db");
+    let text = edit(config_text(options, &addrs, &Store::Sqlite(&store)));
     let config = Config::parse(&text, &dir.path().join("pushpark.toml"))
         .unwrap_or_else(|e| panic!("the generated configuration parses: {e}\n{text}"));
     let server = Server::start(config).await.expect("the server starts");
     let target = Target {
-        sip: server
-            .local_addr(options.transport)
-            .expect("a listener for the transport"),
-        admin: server.admin_addr(),
+        node: Node {
+            sip: server
+                .local_addr(options.transport)
+                .expect("a listener for the transport"),
+            admin: server.admin_addr(),
+            pid: None,
+        },
+        devices_node: None,
+        redis: None,
         webhook,
-        server_pid: None,
     };
     (server, target, dir)
 }
