@@ -2,13 +2,15 @@
 //! `loadgen --print-config` gives: small runs that finish in a few seconds each.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use pushpark::config::Config;
 use pushpark::server::Server;
-use pushpark_benches::loadgen::server::{config_text, free_port, ServerAddrs};
+use pushpark_benches::loadgen::redis::SpawnedRedis;
+use pushpark_benches::loadgen::server::{config_text, free_port, ServerAddrs, Store};
 use pushpark_benches::loadgen::{
-    run, AnswerFromPush, Mode, Options, Report, Target, Transport, Webhook,
+    run, AnswerFromPush, Mode, Node, Options, Report, Target, Transport, Webhook,
 };
 use tempfile::TempDir;
 
@@ -46,21 +48,22 @@ async fn start(
         webhook: webhook.addr(),
         app_api: SocketAddr::from(([127, 0, 0, 1], app_api_port)),
     };
-    let text = edit(config_text(
-        options,
-        &addrs,
-        &dir.path().join("bindings.db"),
-    ));
+    let store = dir.path().join("bindings.db");
+    let text = edit(config_text(options, &addrs, &Store::Sqlite(&store)));
     let config = Config::parse(&text, &dir.path().join("pushpark.toml"))
         .unwrap_or_else(|e| panic!("the generated configuration parses: {e}\n{text}"));
     let server = Server::start(config).await.expect("the server starts");
     let target = Target {
-        sip: server
-            .local_addr(options.transport)
-            .expect("a listener for the transport"),
-        admin: server.admin_addr(),
+        node: Node {
+            sip: server
+                .local_addr(options.transport)
+                .expect("a listener for the transport"),
+            admin: server.admin_addr(),
+            pid: None,
+        },
+        devices_node: None,
+        redis: None,
         webhook,
-        server_pid: None,
     };
     (server, target, dir)
 }
@@ -295,6 +298,79 @@ async fn answers_from_the_push_to_a_server_without_the_app_api_fail_the_run() {
     let cause = "push without answer_token and answer_url (is the server's [app_api] on?)";
     assert_eq!(report.failures.get(cause), Some(&20), "{report}");
     assert_eq!(report.wake_ups, 0, "{report}");
+}
+
+/// A node of a cluster on `redis`, in-process, pushing to `webhook`.
+async fn cluster_node(options: &Options, dir: &Path, url: &str, webhook: SocketAddr) -> Server {
+    let secret_file = dir.join("cluster.secret");
+    let addrs = ServerAddrs {
+        udp: any(),
+        tcp: any(),
+        admin: any(),
+        webhook,
+        app_api: any(),
+    };
+    let store = Store::Redis {
+        url,
+        secret_file: &secret_file,
+    };
+    let text = config_text(options, &addrs, &store);
+    let config = Config::parse(&text, &dir.join("pushpark.toml"))
+        .unwrap_or_else(|e| panic!("the generated configuration parses: {e}\n{text}"));
+    Server::start(config).await.expect("the node starts")
+}
+
+fn node(server: &Server, transport: Transport) -> Node {
+    Node {
+        sip: server.local_addr(transport).expect("a listener"),
+        admin: server.admin_addr(),
+        pid: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn park_across_a_two_node_cluster_delivers_every_call_through_the_devices_node() {
+    let options = options(Mode::Park, Transport::Udp, 100, 0.0);
+    let redis = SpawnedRedis::start().await.expect("redis-server starts");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::write(
+        dir.path().join("cluster.secret"),
+        format!("{}\n", "5a".repeat(32)),
+    )
+    .expect("the secret written");
+    let webhook = Webhook::bind(any()).await.expect("the webhook binds");
+    let a = cluster_node(&options, dir.path(), &redis.url(), webhook.addr()).await;
+    let b = cluster_node(&options, dir.path(), &redis.url(), webhook.addr()).await;
+    let target = Target {
+        node: node(&a, options.transport),
+        devices_node: Some(node(&b, options.transport)),
+        redis: Some(redis.addr()),
+        webhook,
+    };
+    let report = run(&options, &target)
+        .await
+        .expect("the run is carried out");
+    a.shutdown().await;
+    b.shutdown().await;
+    assert!(report.success(), "{report}");
+    assert_eq!(report.outcomes.get(&200), Some(&100), "{report}");
+    // Node A parked and pushed every call; node B, where the devices woke, parked none.
+    assert_parked_once_each(&report, 100);
+    let b = report.devices_node.as_ref().expect("node B's figures");
+    assert_eq!(b.calls_parked, Some(0.0), "{report}");
+    assert_eq!(report.wake_overhead.map(|p| p.count), Some(100), "{report}");
+    // Each wake-up REGISTER is one MULTI/EXEC on Redis, its notice appended in it.
+    let redis = report.redis.as_ref().expect("Redis figures");
+    for command in ["exec", "xadd"] {
+        let calls = redis.commands.get(command).map(|c| c.calls);
+        assert_eq!(calls, Some(100), "{command}: {report}");
+    }
+    assert!(report.redis_commands_per_call().is_some(), "{report}");
+    let text = report.to_string();
+    assert!(
+        text.contains("node B metrics") && text.contains("redis commands"),
+        "{text}"
+    );
 }
 
 #[test]

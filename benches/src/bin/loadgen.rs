@@ -15,9 +15,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use pushpark_benches::loadgen::server::{self, ServerAddrs, SpawnedServer};
+use pushpark_benches::loadgen::cluster::SpawnedCluster;
+use pushpark_benches::loadgen::server::{self, ServerAddrs, SpawnedServer, Store};
 use pushpark_benches::loadgen::{
-    run, AnswerFromPush, LoadgenError, Mode, Options, Report, Target, Transport, Webhook,
+    run, side_by_side, AnswerFromPush, LoadgenError, Mode, Node, Options, Report, Target,
+    Transport, Webhook,
 };
 
 /// Where an external server is assumed to be, and pushes to, when not told.
@@ -126,6 +128,19 @@ struct Cli {
     /// Print the configuration an external server must run with for these options, and exit.
     #[arg(long)]
     print_config: bool,
+    /// Start a two-node cluster sharing bindings on a Redis of its own (`redis-server` from
+    /// PATH, appendfsync always) instead of one node on SQLite: callers send their INVITEs
+    /// to node A, devices register and wake up on node B. Reports both nodes and the Redis
+    /// commands per call.
+    #[arg(long, conflicts_with_all = ["target", "compare_cluster"])]
+    cluster: bool,
+    /// Run one node on SQLite and the two-node cluster (--cluster) in turn, --rounds times
+    /// each, interleaved, each run on servers started afresh, and print them side by side.
+    #[arg(long, conflicts_with = "target")]
+    compare_cluster: bool,
+    /// With --compare-cluster: rounds of one run each.
+    #[arg(long, default_value_t = 2, requires = "compare_cluster")]
+    rounds: u32,
 }
 
 impl Cli {
@@ -171,9 +186,43 @@ async fn interrupted() {
     }
 }
 
-/// Runs the load; `Ok(None)` when interrupted by Ctrl-C (a spawned server is stopped and
-/// its directory removed all the same).
-async fn drive(cli: &Cli, options: &Options) -> Result<Option<Report>, LoadgenError> {
+/// The servers a run starts (boxed: they differ much in size).
+enum Spawned {
+    One(Box<SpawnedServer>),
+    Cluster(Box<SpawnedCluster>),
+}
+
+impl Spawned {
+    fn log_tail(&self) -> String {
+        match self {
+            Spawned::One(server) => server.log_tail(),
+            Spawned::Cluster(cluster) => cluster.log_tail(),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Spawned::One(server) => server.stop().await,
+            Spawned::Cluster(cluster) => cluster.stop().await,
+        }
+    }
+}
+
+fn node(server: &SpawnedServer) -> Node {
+    Node {
+        sip: server.sip(),
+        admin: Some(server.admin()),
+        pid: server.pid(),
+    }
+}
+
+/// Runs the load (on a cluster if `cluster`); `Ok(None)` when interrupted by Ctrl-C
+/// (spawned servers are stopped and their directories removed all the same).
+async fn drive(
+    cli: &Cli,
+    options: &Options,
+    cluster: bool,
+) -> Result<Option<Report>, LoadgenError> {
     let io = |what: &str| {
         let what = what.to_owned();
         move |source| LoadgenError::Io { what, source }
@@ -184,10 +233,14 @@ async fn drive(cli: &Cli, options: &Options) -> Result<Option<Report>, LoadgenEr
             .await
             .map_err(io(&format!("webhook on {listen}")))?;
         let target = Target {
-            sip,
-            admin: cli.admin,
+            node: Node {
+                sip,
+                admin: cli.admin,
+                pid: None,
+            },
+            devices_node: None,
+            redis: None,
             webhook,
-            server_pid: None,
         };
         return tokio::select! {
             result = run(options, &target) => result.map(Some),
@@ -203,25 +256,53 @@ async fn drive(cli: &Cli, options: &Options) -> Result<Option<Report>, LoadgenEr
         .clone()
         .or_else(server::sibling_server_bin)
         .ok_or_else(|| LoadgenError::Server("cannot find the pushpark binary".to_owned()))?;
-    let server = tokio::select! {
-        // Dropped half-started, the server is killed (and its directory removed).
-        server = SpawnedServer::start(&bin, options, webhook.addr()) => server?,
+    let starting = async {
+        if cluster {
+            SpawnedCluster::start(&bin, options, webhook.addr())
+                .await
+                .map(|cluster| Spawned::Cluster(Box::new(cluster)))
+        } else {
+            SpawnedServer::start(&bin, options, webhook.addr(), None)
+                .await
+                .map(|server| Spawned::One(Box::new(server)))
+        }
+    };
+    let spawned = tokio::select! {
+        // Dropped half-started, the servers are killed (and their directories removed).
+        spawned = starting => spawned?,
         () = interrupted() => return Ok(None),
     };
+    let target = match &spawned {
+        Spawned::One(server) => Target {
+            node: node(server),
+            devices_node: None,
+            redis: None,
+            webhook,
+        },
+        Spawned::Cluster(cluster) => Target {
+            node: node(&cluster.callers),
+            devices_node: Some(node(&cluster.devices)),
+            redis: Some(cluster.redis()),
+            webhook,
+        },
+    };
     if options.progress {
-        eprintln!(
+        let pid = |n: &Node| n.pid.map_or("?".to_owned(), |p| p.to_string());
+        let mut started = format!(
             "loadgen: started {} (pid {}) on {}",
             bin.display(),
-            server.pid().map_or("?".to_owned(), |p| p.to_string()),
-            server.sip()
+            pid(&target.node),
+            target.node.sip
         );
+        if let (Some(b), Some(redis)) = (&target.devices_node, target.redis) {
+            started += &format!(
+                " for the callers, (pid {}) on {} for the devices, sharing redis-server on {redis}",
+                pid(b),
+                b.sip
+            );
+        }
+        eprintln!("{started}");
     }
-    let target = Target {
-        sip: server.sip(),
-        admin: Some(server.admin()),
-        webhook,
-        server_pid: server.pid(),
-    };
     let result = tokio::select! {
         result = run(options, &target) => result.map(Some),
         () = interrupted() => Ok(None),
@@ -229,11 +310,35 @@ async fn drive(cli: &Cli, options: &Options) -> Result<Option<Report>, LoadgenEr
     if result.is_err() {
         eprintln!(
             "loadgen: the server's log ends with:\n{}",
-            server.log_tail()
+            spawned.log_tail()
         );
     }
-    server.stop().await;
+    spawned.stop().await;
     result
+}
+
+/// One node on SQLite and the cluster in turn, `rounds` times; each report printed as it
+/// comes, then all side by side. `Ok(None)` when interrupted.
+async fn compare(cli: &Cli, options: &Options) -> Result<Option<Vec<Report>>, LoadgenError> {
+    let mut reports = Vec::new();
+    for round in 1..=cli.rounds {
+        for cluster in [false, true] {
+            if options.progress {
+                let setup = if cluster {
+                    "two nodes on Redis"
+                } else {
+                    "one node on SQLite"
+                };
+                eprintln!("loadgen: round {round} of {}, {setup}", cli.rounds);
+            }
+            let Some(report) = drive(cli, options, cluster).await? else {
+                return Ok(None);
+            };
+            println!("run {}: {report}", reports.len() + 1);
+            reports.push(report);
+        }
+    }
+    Ok(Some(reports))
 }
 
 fn main() -> ExitCode {
@@ -253,7 +358,10 @@ fn main() -> ExitCode {
             app_api: cli.app_api_listen.unwrap_or_else(|| addr(DEFAULT_APP_API)),
         };
         let store = PathBuf::from("pushpark-loadgen.db");
-        print!("{}", server::config_text(&options, &addrs, &store));
+        print!(
+            "{}",
+            server::config_text(&options, &addrs, &Store::Sqlite(&store))
+        );
         return ExitCode::SUCCESS;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -266,13 +374,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(drive(&cli, &options)) {
-        Ok(Some(report)) => {
-            println!("{report}");
-            if cli.json {
-                println!("{}", report.to_json());
+    let reports = if cli.compare_cluster {
+        runtime.block_on(compare(&cli, &options))
+    } else {
+        let report = runtime.block_on(drive(&cli, &options, cli.cluster));
+        report.map(|r| r.map(|r| vec![r]))
+    };
+    match reports {
+        Ok(Some(reports)) => {
+            if cli.compare_cluster {
+                println!(
+                    "side by side (runs in the order they ran):\n{}",
+                    side_by_side(&reports)
+                );
+            } else {
+                reports.iter().for_each(|r| println!("{r}"));
             }
-            if report.success() {
+            if cli.json {
+                reports.iter().for_each(|r| println!("{}", r.to_json()));
+            }
+            if reports.iter().all(Report::success) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

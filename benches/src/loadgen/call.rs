@@ -713,7 +713,7 @@ impl<'a> Call<'a> {
         let now = Instant::now();
         self.register_sent = Some(now);
         self.outcome.woke = true;
-        if !link.send(&bytes, self.ctx.server) {
+        if !link.send(&bytes, devices.server()) {
             self.note_failure("cannot send to the server".to_owned());
         }
         self.register_retx = self.udp.then(|| Retx::capped(now));
@@ -747,7 +747,7 @@ impl<'a> Call<'a> {
         }
         if Retx::due(&self.register_retx, now) {
             if let Some((bytes, link)) = &self.register {
-                link.send(bytes, self.ctx.server);
+                link.send(bytes, self.ctx.devices.server());
             }
             if let Some(r) = &mut self.register_retx {
                 r.fired(now);

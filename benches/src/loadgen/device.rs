@@ -111,6 +111,11 @@ impl Devices {
         self.count
     }
 
+    /// The server the devices register on.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
     fn link(&self, dev: u32) -> Option<Arc<Link>> {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         (!links.is_empty()).then(|| Arc::clone(&links[dev as usize % links.len()]))

@@ -31,7 +31,9 @@
 //! [`run`] against a [`Target`]. With [`Options::answer_from_push`], give the configuration
 //! a free port for the app API too (not port 0: the pushes carry the URL as configured).
 
+pub mod cluster;
 pub mod metrics;
+pub mod redis;
 pub mod server;
 pub mod webhook;
 
@@ -53,12 +55,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 pub use pushpark::config::Transport;
-pub use report::{HoldReport, Percentiles, Report, ServerFigures};
+pub use report::{side_by_side, HoldReport, Percentiles, Report, ServerFigures};
 pub use webhook::Webhook;
 
 use device::Devices;
 use link::{Link, Side};
 use metrics::Scrape;
+use redis::RedisStats;
 use report::Stats;
 use router::Router;
 
@@ -262,16 +265,36 @@ impl Options {
     }
 }
 
-/// The server a run goes against.
-pub struct Target {
+/// A pushpark server (a node of a cluster, or the one node) a run goes against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node {
     /// Its SIP address for the run's transport.
     pub sip: SocketAddr,
     /// Its admin listener (metrics), if it has one.
     pub admin: Option<SocketAddr>,
+    /// Its process id, for its CPU time, and its RSS when it exposes no RSS metric.
+    pub pid: Option<u32>,
+}
+
+/// What a run goes against.
+pub struct Target {
+    /// The server callers send their INVITEs to (node A of a cluster), and devices register
+    /// on unless `devices_node` says otherwise.
+    pub node: Node,
+    /// A cluster's other node, which the devices register and wake up on (node B): every
+    /// call then crosses from one node to the other.
+    pub devices_node: Option<Node>,
+    /// The Redis a cluster's nodes share, for the commands it ran and its CPU time.
+    pub redis: Option<SocketAddr>,
     /// The webhook the server pushes to (bound before the server was configured).
     pub webhook: Webhook,
-    /// Its process id, to read its RSS from /proc when it exposes no RSS metric.
-    pub server_pid: Option<u32>,
+}
+
+impl Target {
+    /// Where the devices register.
+    fn devices_sip(&self) -> SocketAddr {
+        self.devices_node.as_ref().unwrap_or(&self.node).sip
+    }
 }
 
 /// Why a run could not be carried out (failed calls are not errors: see [`Report`]).
@@ -317,6 +340,7 @@ pub(crate) struct Ctx {
     pub run: u32,
     pub mode: Mode,
     pub transport: Transport,
+    /// Where callers send (devices send to [`Devices::server`]).
     pub server: SocketAddr,
     pub router: Arc<Router>,
     pub devices: Devices,
@@ -359,12 +383,12 @@ pub async fn run(options: &Options, target: &Target) -> Result<Report, LoadgenEr
     };
     let mut callers = Vec::with_capacity(options.sockets);
     for _ in 0..options.sockets {
-        let link = Link::open(options.transport, Side::Caller, target.sip, &router)
+        let link = Link::open(options.transport, Side::Caller, target.node.sip, &router)
             .await
             .map_err(io("opening a caller socket"))?;
         callers.push(link);
     }
-    let opened = Devices::open(options, target.sip, &router, run).await;
+    let opened = Devices::open(options, target.devices_sip(), &router, run).await;
     let (devices, mut pool) = match opened {
         Ok(opened) => opened,
         Err(source) => {
@@ -376,7 +400,7 @@ pub async fn run(options: &Options, target: &Target) -> Result<Report, LoadgenEr
         run,
         mode: options.mode,
         transport: options.transport,
-        server: target.sip,
+        server: target.node.sip,
         router,
         devices,
         callers,
@@ -433,14 +457,15 @@ async fn drive(
         );
     }
     let counters = ctx.router.counters();
-    let before = scrape(client, target.admin).await;
-    let rss_before = server_rss(before.as_ref(), target.server_pid);
-    let cpu_before = (
-        cpu_time("self"),
-        target.server_pid.and_then(|p| cpu_time(&p.to_string())),
-    );
-    let (server_ports, own_ports) = udp_ports(ctx, target);
-    let drops_before = (udp_drops(&server_ports), udp_drops(&own_ports));
+    let node_before = Baseline::take(client, &target.node, ctx.transport).await;
+    let devices_node_before = match &target.devices_node {
+        Some(node) => Some(Baseline::take(client, node, ctx.transport).await),
+        None => None,
+    };
+    let redis_before = redis_stats(target.redis).await;
+    let cpu_before = cpu_time("self");
+    let own_ports = own_udp_ports(ctx);
+    let drops_before = udp_drops(&own_ports);
     let start = Instant::now();
     let progress = options.progress.then(|| {
         let ctx = Arc::clone(ctx);
@@ -448,7 +473,7 @@ async fn drive(
     });
     let (duration, hold) = match options.mode {
         Mode::Hold => {
-            let (duration, hold) = hold(ctx, options, target, client, rss_before).await;
+            let (duration, hold) = hold(ctx, options, target, client, node_before.rss).await;
             (duration, Some(hold))
         }
         Mode::Park | Mode::Relay => (load(ctx, options, pool).await, None),
@@ -456,16 +481,17 @@ async fn drive(
     if let Some(progress) = progress {
         progress.abort();
     }
-    let used = |before: Option<Duration>, now: Option<Duration>| Some(now?.saturating_sub(before?));
-    let loadgen_cpu = used(cpu_before.0, cpu_time("self"));
-    let server_cpu = used(
-        cpu_before.1,
-        target.server_pid.and_then(|p| cpu_time(&p.to_string())),
-    );
-    let dropped = |before: Option<u64>, now: Option<u64>| Some(now?.saturating_sub(before?));
-    let server_drops = dropped(drops_before.0, udp_drops(&server_ports));
-    let loadgen_udp_drops = dropped(drops_before.1, udp_drops(&own_ports));
-    let after = scrape(client, target.admin).await;
+    let loadgen_cpu = grown(cpu_before, cpu_time("self"));
+    let loadgen_udp_drops = grown(drops_before, udp_drops(&own_ports));
+    let server = node_before.figures(client, &target.node).await;
+    let devices_node = match (devices_node_before, &target.devices_node) {
+        (Some(before), Some(node)) => Some(before.figures(client, node).await),
+        _ => None,
+    };
+    let redis = match (redis_before, redis_stats(target.redis).await) {
+        (Some(before), Some(after)) => Some(after.since(&before)),
+        _ => None,
+    };
     let counters = ctx.router.counters().since(&counters);
     for (cause, n) in [
         ("unparsable message from the server", counters.unparsable),
@@ -478,14 +504,6 @@ async fn drive(
         ctx.stats.fail(cause.to_owned(), n);
     }
     let tallied = ctx.stats.tallied();
-    let mut server = server_figures(
-        before.as_ref(),
-        after.as_ref(),
-        rss_before,
-        server_rss(after.as_ref(), target.server_pid),
-    );
-    server.cpu = server_cpu;
-    server.udp_drops = server_drops;
     Ok(Report {
         mode: options.mode,
         transport: options.transport,
@@ -514,23 +532,77 @@ async fn drive(
         loadgen_udp_drops,
         loadgen_peak_rss: status_bytes("self", "VmHWM:"),
         server,
+        devices_node,
+        redis,
     })
 }
 
-/// The UDP ports on 127.0.0.1 of the server and of the load generator's own sockets (none
-/// over TCP).
-fn udp_ports(ctx: &Ctx, target: &Target) -> (Vec<u16>, Vec<u16>) {
+/// The UDP ports on 127.0.0.1 of the load generator's own sockets (none over TCP).
+fn own_udp_ports(ctx: &Ctx) -> Vec<u16> {
     if ctx.transport != Transport::Udp {
-        return (Vec::new(), Vec::new());
+        return Vec::new();
     }
-    let server = if target.sip.ip().is_loopback() {
-        vec![target.sip.port()]
-    } else {
-        Vec::new()
-    };
     let mut own: Vec<u16> = ctx.callers.iter().map(|l| l.local().addr.port()).collect();
     own.extend(ctx.devices.local_ports());
-    (server, own)
+    own
+}
+
+/// What a node had done when the calls began, to subtract from what it did by their end.
+struct Baseline {
+    scrape: Option<Scrape>,
+    rss: Option<u64>,
+    cpu: Option<Duration>,
+    /// Its UDP socket on 127.0.0.1 (none over TCP, or elsewhere).
+    udp_ports: Vec<u16>,
+    udp_drops: Option<u64>,
+}
+
+impl Baseline {
+    async fn take(client: &reqwest::Client, node: &Node, transport: Transport) -> Baseline {
+        let scrape = scrape(client, node.admin).await;
+        let udp = transport == Transport::Udp && node.sip.ip().is_loopback();
+        let udp_ports = if udp {
+            vec![node.sip.port()]
+        } else {
+            Vec::new()
+        };
+        Baseline {
+            rss: server_rss(scrape.as_ref(), node.pid),
+            scrape,
+            cpu: node_cpu(node),
+            udp_drops: udp_drops(&udp_ports),
+            udp_ports,
+        }
+    }
+
+    /// The node's figures over the calls.
+    async fn figures(self, client: &reqwest::Client, node: &Node) -> ServerFigures {
+        let cpu = grown(self.cpu, node_cpu(node));
+        let udp_drops = grown(self.udp_drops, udp_drops(&self.udp_ports));
+        let after = scrape(client, node.admin).await;
+        let rss_after = server_rss(after.as_ref(), node.pid);
+        let mut figures = server_figures(self.scrape.as_ref(), after.as_ref(), self.rss, rss_after);
+        figures.cpu = cpu;
+        figures.udp_drops = udp_drops;
+        figures
+    }
+}
+
+/// How much a count or time grew from `before` to `now`, when both are known.
+fn grown<T: Copy + Ord + std::ops::Sub<Output = T>>(
+    before: Option<T>,
+    now: Option<T>,
+) -> Option<T> {
+    let (before, now) = (before?, now?);
+    Some(now.max(before) - before)
+}
+
+fn node_cpu(node: &Node) -> Option<Duration> {
+    cpu_time(&node.pid?.to_string())
+}
+
+async fn redis_stats(redis: Option<SocketAddr>) -> Option<RedisStats> {
+    RedisStats::read(redis?).await.ok()
 }
 
 /// Datagrams the UDP sockets on 127.0.0.1 with these ports have dropped so far because
@@ -659,7 +731,7 @@ async fn hold(
         let live = calls.saturating_sub(ended);
         let trying = stats.trying.load(Ordering::Relaxed);
         let pushed = stats.pushed.load(Ordering::Relaxed);
-        let now = scrape(client, target.admin).await;
+        let now = scrape(client, target.node.admin).await;
         let gauge = now.as_ref().and_then(|s| s.get(metrics::CALLS_PARKED));
         let parked = match gauge {
             Some(gauge) => gauge >= live as f64,
@@ -672,7 +744,7 @@ async fn hold(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let time_to_hold = start.elapsed();
-    let rss_held = server_rss(at_hold.as_ref(), target.server_pid);
+    let rss_held = server_rss(at_hold.as_ref(), target.node.pid);
     let ended = stats.completed.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
     let held = stats
         .trying
@@ -688,7 +760,7 @@ async fn hold(
     let _ = release.send(true);
     let _ = all.acquire_many(permits as u32).await;
     let duration = start.elapsed();
-    let drained = drained(client, target.admin).await;
+    let drained = drained(client, target.node.admin).await;
     if drained == Some(false) {
         stats.fail(
             "the server still held calls after the release".to_owned(),

@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use pushpark::config::Transport;
 use serde_json::{json, Value};
 
+use super::redis::RedisStats;
 use super::{AnswerFromPush, Mode};
 
 /// How one call ended, as its task saw it.
@@ -393,8 +394,13 @@ pub struct Report {
     pub loadgen_udp_drops: Option<u64>,
     /// The load generator's own peak RSS (an in-process server's included; Linux).
     pub loadgen_peak_rss: Option<u64>,
-    /// The server's own figures.
+    /// The server's own figures (node A's, the callers' node, in a cluster).
     pub server: ServerFigures,
+    /// A cluster: the figures of node B, where the devices registered and woke up.
+    pub devices_node: Option<ServerFigures>,
+    /// A cluster: what the Redis the nodes share did during the calls (the load
+    /// generator's own INFO left out).
+    pub redis: Option<RedisStats>,
 }
 
 /// What the run's tallies hold, for [`Report`].
@@ -452,6 +458,56 @@ impl Report {
         }
     }
 
+    /// `total` divided among the completed calls.
+    fn per_call(&self, total: Duration) -> Option<Duration> {
+        let calls = u32::try_from(self.completed).ok().filter(|&n| n > 0)?;
+        Some(total / calls)
+    }
+
+    /// CPU time the server used during the calls: both nodes' of a cluster, added up.
+    pub fn server_cpu(&self) -> Option<Duration> {
+        match &self.devices_node {
+            Some(b) => Some(self.server.cpu? + b.cpu?),
+            None => self.server.cpu,
+        }
+    }
+
+    /// The server's CPU time per completed call (both nodes of a cluster).
+    pub fn server_cpu_per_call(&self) -> Option<Duration> {
+        self.per_call(self.server_cpu()?)
+    }
+
+    /// Redis commands per completed call.
+    pub fn redis_commands_per_call(&self) -> Option<f64> {
+        let redis = self.redis.as_ref()?;
+        (self.completed > 0).then(|| redis.total_calls() as f64 / self.completed as f64)
+    }
+
+    /// Redis's CPU time per completed call.
+    pub fn redis_cpu_per_call(&self) -> Option<Duration> {
+        self.per_call(self.redis.as_ref()?.cpu?)
+    }
+
+    /// A figure of each node that has it: the server's, or nodes A's and B's.
+    fn by_node<T>(&self, figure: impl Fn(&ServerFigures) -> Option<T>) -> Vec<(&'static str, T)> {
+        let nodes = match &self.devices_node {
+            Some(b) => vec![("node A", &self.server), ("node B", b)],
+            None => vec![("server", &self.server)],
+        };
+        (nodes.into_iter())
+            .filter_map(|(name, node)| Some((name, figure(node)?)))
+            .collect()
+    }
+
+    /// How the calls crossed the servers, for titles.
+    pub fn setup(&self) -> &'static str {
+        if self.devices_node.is_some() {
+            "two nodes on Redis"
+        } else {
+            "one node"
+        }
+    }
+
     /// The report as JSON.
     pub fn to_json(&self) -> Value {
         let percentiles = |p: Option<Percentiles>| p.map_or(Value::Null, Percentiles::to_json);
@@ -469,10 +525,24 @@ impl Report {
                 "drained": h.drained,
             })
         });
-        let s = &self.server;
+        let us = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e6);
+        let redis = self.redis.as_ref().map_or(Value::Null, |r| {
+            let commands: serde_json::Map<_, _> = (r.commands.iter())
+                .map(|(name, c)| (name.clone(), json!({"calls": c.calls, "usec": c.usec})))
+                .collect();
+            json!({
+                "commands": commands,
+                "commands_total": r.total_calls(),
+                "commands_usec_total": r.total_usec(),
+                "commands_per_call": self.redis_commands_per_call(),
+                "cpu_s": r.cpu.map(|d| d.as_secs_f64()),
+                "cpu_per_call_us": us(self.redis_cpu_per_call()),
+            })
+        });
         json!({
             "mode": self.mode.to_string(),
             "transport": self.transport.to_string(),
+            "setup": self.setup(),
             "devices": self.devices,
             "duration_s": self.duration.as_secs_f64(),
             "attempted": self.attempted,
@@ -499,22 +569,74 @@ impl Report {
             "loadgen_cpu_s": self.loadgen_cpu.map(|d| d.as_secs_f64()),
             "loadgen_udp_drops": self.loadgen_udp_drops,
             "loadgen_peak_rss_bytes": self.loadgen_peak_rss,
-            "server": {
-                "rss_before_bytes": s.rss_before,
-                "rss_after_bytes": s.rss_after,
-                "calls": s.calls,
-                "calls_parked": s.calls_parked,
-                "pushes": s.pushes,
-                "outcomes": s.outcomes,
-                "app_answers": s.app_answers,
-                "wakeup_delay_mean_s": s.wakeup_delay_mean.map(|d| d.as_secs_f64()),
-                "core_calls_after": s.core_calls_after,
-                "transactions_after": s.transactions_after,
-                "cpu_s": s.cpu.map(|d| d.as_secs_f64()),
-                "udp_drops": s.udp_drops,
-            },
+            "server": self.server.to_json(),
+            "server_cpu_per_call_us": us(self.server_cpu_per_call()),
+            "devices_node": self.devices_node.as_ref().map_or(Value::Null, ServerFigures::to_json),
+            "redis": redis,
         })
     }
+}
+
+impl ServerFigures {
+    fn to_json(&self) -> Value {
+        json!({
+            "rss_before_bytes": self.rss_before,
+            "rss_after_bytes": self.rss_after,
+            "calls": self.calls,
+            "calls_parked": self.calls_parked,
+            "pushes": self.pushes,
+            "outcomes": self.outcomes,
+            "app_answers": self.app_answers,
+            "wakeup_delay_mean_s": self.wakeup_delay_mean.map(|d| d.as_secs_f64()),
+            "core_calls_after": self.core_calls_after,
+            "transactions_after": self.transactions_after,
+            "cpu_s": self.cpu.map(|d| d.as_secs_f64()),
+            "udp_drops": self.udp_drops,
+        })
+    }
+
+    /// Its metrics in one line (`None` when it exposes none).
+    fn metrics_line(&self) -> Option<String> {
+        let mut figures = Vec::new();
+        let mut add = |name: &str, v: Option<f64>| {
+            if let Some(v) = v {
+                figures.push(format!("{name} {v}"));
+            }
+        };
+        add("calls", self.calls);
+        add("parked", self.calls_parked);
+        add("pushes", self.pushes);
+        add("core calls now", self.core_calls_after);
+        add("transactions now", self.transactions_after);
+        if let Some(d) = self.wakeup_delay_mean {
+            figures.push(format!("mean wake-up delay {}", short(d)));
+        }
+        if !self.outcomes.is_empty() {
+            figures.push(format!("outcomes {}", counts(&self.outcomes)));
+        }
+        if !self.app_answers.is_empty() {
+            figures.push(format!("app answers {}", counts(&self.app_answers)));
+        }
+        (!figures.is_empty()).then(|| figures.join(", "))
+    }
+}
+
+/// Commands per completed call, in all and by command (most called first), and the time
+/// Redis spent executing them.
+fn redis_commands(redis: &RedisStats, completed: u64) -> String {
+    let calls = completed.max(1) as f64;
+    let mut by_command: Vec<_> = redis.commands.iter().collect();
+    by_command.sort_by_key(|(_, c)| std::cmp::Reverse(c.calls));
+    let each = (by_command.iter())
+        .map(|(name, c)| format!("{name} {:.2}", c.calls as f64 / calls))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{:.2} per completed call ({each}; {} in all), executing them {:.1} µs per call",
+        redis.total_calls() as f64 / calls,
+        redis.total_calls(),
+        redis.total_usec() as f64 / calls
+    )
 }
 
 fn counts<K: fmt::Display, V: fmt::Display>(map: &BTreeMap<K, V>) -> String {
@@ -534,8 +656,16 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "pushpark loadgen: {} over {}, {} devices",
-            self.mode, self.transport, self.devices
+            "pushpark loadgen: {} over {}, {} devices, {}{}",
+            self.mode,
+            self.transport,
+            self.devices,
+            self.setup(),
+            if self.devices_node.is_some() {
+                " (INVITEs to node A, REGISTERs to node B)"
+            } else {
+                ""
+            }
         )?;
         line(
             f,
@@ -684,55 +814,136 @@ impl fmt::Display for Report {
             };
             format!("{:.2} s ({percent:.0}% of one core)", cpu.as_secs_f64())
         };
-        let cpu = match (self.loadgen_cpu, self.server.cpu) {
-            (Some(own), Some(server)) => {
-                Some(format!("loadgen {}, server {}", share(own), share(server)))
-            }
-            (Some(own), None) => Some(format!("loadgen process {}", share(own))),
-            (None, Some(server)) => Some(format!("server {}", share(server))),
-            (None, None) => None,
-        };
-        if let Some(cpu) = cpu {
-            line(f, "CPU during the calls", cpu)?;
+        let mut cpu = Vec::new();
+        if let Some(own) = self.loadgen_cpu {
+            cpu.push(format!("loadgen {}", share(own)));
         }
-        let drops = match (self.server.udp_drops, self.loadgen_udp_drops) {
-            (Some(server), Some(own)) => {
-                Some(format!("server socket {server}, loadgen sockets {own}"))
-            }
-            (Some(server), None) => Some(format!("server socket {server}")),
-            (None, Some(own)) => Some(format!("loadgen sockets {own}")),
-            (None, None) => None,
+        for (node, used) in self.by_node(|s| s.cpu) {
+            cpu.push(format!("{node} {}", share(used)));
+        }
+        if let Some(used) = self.redis.as_ref().and_then(|r| r.cpu) {
+            cpu.push(format!("redis {}", share(used)));
+        }
+        if !cpu.is_empty() {
+            line(f, "CPU during the calls", cpu.join(", "))?;
+        }
+        let mut per_call = Vec::new();
+        let server = match self.devices_node {
+            Some(_) => "server (nodes A + B)",
+            None => "server",
         };
-        if let Some(drops) = drops {
-            line(f, "UDP datagrams dropped (buffer full)", drops)?;
+        if let Some(used) = self.server_cpu_per_call() {
+            per_call.push(format!("{server} {}", short(used)));
+        }
+        if let Some(used) = self.redis_cpu_per_call() {
+            per_call.push(format!("redis {}", short(used)));
+        }
+        if let Some(used) = self.loadgen_cpu.and_then(|own| self.per_call(own)) {
+            per_call.push(format!("loadgen {}", short(used)));
+        }
+        if !per_call.is_empty() {
+            line(f, "CPU per completed call", per_call.join(", "))?;
+        }
+        let mut drops: Vec<String> = (self.by_node(|s| s.udp_drops).into_iter())
+            .map(|(node, n)| format!("{node} socket {n}"))
+            .collect();
+        drops.extend(
+            self.loadgen_udp_drops
+                .map(|n| format!("loadgen sockets {n}")),
+        );
+        if !drops.is_empty() {
+            line(f, "UDP datagrams dropped (buffer full)", drops.join(", "))?;
         }
         if let Some(peak) = self.loadgen_peak_rss {
             line(f, "loadgen peak RSS", megabytes(peak))?;
         }
-        let s = &self.server;
-        let mut figures = Vec::new();
-        let mut add = |name: &str, v: Option<f64>| {
-            if let Some(v) = v {
-                figures.push(format!("{name} {v}"));
+        match &self.devices_node {
+            Some(b) => {
+                if let Some(m) = self.server.metrics_line() {
+                    line(f, "node A metrics (callers' INVITEs)", m)?;
+                }
+                if let Some(m) = b.metrics_line() {
+                    line(f, "node B metrics (devices' REGISTERs)", m)?;
+                }
             }
-        };
-        add("calls", s.calls);
-        add("parked", s.calls_parked);
-        add("pushes", s.pushes);
-        add("core calls now", s.core_calls_after);
-        add("transactions now", s.transactions_after);
-        if let Some(d) = s.wakeup_delay_mean {
-            figures.push(format!("mean wake-up delay {}", short(d)));
+            None => {
+                if let Some(m) = self.server.metrics_line() {
+                    line(f, "server metrics", m)?;
+                }
+            }
         }
-        if !s.outcomes.is_empty() {
-            figures.push(format!("outcomes {}", counts(&s.outcomes)));
-        }
-        if !s.app_answers.is_empty() {
-            figures.push(format!("app answers {}", counts(&s.app_answers)));
-        }
-        if !figures.is_empty() {
-            line(f, "server metrics", figures.join(", "))?;
+        if let Some(redis) = &self.redis {
+            line(f, "redis commands", redis_commands(redis, self.completed))?;
         }
         Ok(())
     }
+}
+
+/// Runs side by side, one column each (in the order they ran): throughput, the parking
+/// overheads, CPU and Redis per completed call.
+pub fn side_by_side(runs: &[Report]) -> String {
+    let p50_p99 = |p: Option<Percentiles>| {
+        p.map_or_else(
+            || "-".to_owned(),
+            |p| format!("{} / {}", short(p.p50), short(p.p99)),
+        )
+    };
+    let per_call = |d: Option<Duration>| d.map_or_else(|| "-".to_owned(), short);
+    type Cell<'a> = &'a dyn Fn(&Report) -> String;
+    let rows: [(&str, Cell<'_>); 10] = [
+        ("setup", &|r| r.setup().to_owned()),
+        ("calls completed / failed", &|r| {
+            format!("{} / {}", r.completed, r.failed)
+        }),
+        ("completed calls/s", &|r| {
+            format!("{:.0}", r.calls_per_second())
+        }),
+        ("INVITE → push p50 / p99", &|r| p50_p99(r.push_overhead)),
+        ("REGISTER → INVITE p50 / p99", &|r| {
+            p50_p99(r.wake_overhead)
+        }),
+        ("INVITE → 200 p50 / p99", &|r| p50_p99(r.latency)),
+        ("server CPU per call", &|r| {
+            per_call(r.server_cpu_per_call())
+        }),
+        ("redis commands per call", &|r| {
+            r.redis_commands_per_call()
+                .map_or_else(|| "-".to_owned(), |n| format!("{n:.2}"))
+        }),
+        ("redis CPU per call", &|r| per_call(r.redis_cpu_per_call())),
+        ("loadgen CPU per call", &|r| {
+            per_call(r.loadgen_cpu.and_then(|own| r.per_call(own)))
+        }),
+    ];
+    let cells: Vec<Vec<String>> = (rows.iter())
+        .map(|(_, cell)| runs.iter().map(cell).collect())
+        .collect();
+    let label_width = rows
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    let widths: Vec<usize> = (0..runs.len())
+        .map(|i| {
+            let widest = cells.iter().map(|row| row[i].chars().count()).max();
+            widest.unwrap_or(0).max(format!("run {}", i + 1).len())
+        })
+        .collect();
+    let mut out = String::new();
+    let pad = |s: &str, w: usize| format!("{s}{}", " ".repeat(w.saturating_sub(s.chars().count())));
+    out.push_str(&pad("", label_width));
+    for (i, w) in widths.iter().enumerate() {
+        out.push_str(" | ");
+        out.push_str(&pad(&format!("run {}", i + 1), *w));
+    }
+    out.push('\n');
+    for ((label, _), row) in rows.iter().zip(&cells) {
+        out.push_str(&pad(label, label_width));
+        for (cell, w) in row.iter().zip(&widths) {
+            out.push_str(" | ");
+            out.push_str(&pad(cell, *w));
+        }
+        out.push('\n');
+    }
+    out
 }

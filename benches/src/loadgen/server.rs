@@ -53,15 +53,47 @@ fn duration(d: Duration) -> String {
     format!("\"{}ms\"", d.as_millis())
 }
 
+/// Where a server keeps its bindings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store<'a> {
+    /// Its own SQLite file.
+    Sqlite(&'a Path),
+    /// The Redis a cluster's nodes share (`redis://…`), with the cluster's secret file.
+    Redis {
+        /// The Redis URL.
+        url: &'a str,
+        /// The `[cluster] secret_file` every node of the cluster is given.
+        secret_file: &'a Path,
+    },
+}
+
+impl Store<'_> {
+    /// The `[store]` section, and the `[cluster]` one on Redis.
+    fn sections(&self) -> String {
+        match self {
+            Store::Sqlite(path) => {
+                format!("[store]\npath = {}\n", toml_string(&path.to_string_lossy()))
+            }
+            Store::Redis { url, secret_file } => format!(
+                "[store]\nbackend = \"redis\"\nurl = {}\n\n[cluster]\nsecret_file = {}\n",
+                toml_string(url),
+                toml_string(&secret_file.to_string_lossy())
+            ),
+        }
+    }
+}
+
 /// The configuration a server needs for a run of `options`: loopback listeners, metrics on
 /// the admin listener, `pn-provider=fcm` routed to the load generator's webhook, limits
-/// (calls per callee, pushes per device) out of the way, and the store at `store`. In hold
+/// (calls per callee, pushes per device) out of the way, and its `store`. A node of a
+/// cluster reaches the others over its TCP listener and trusts them as it trusts the
+/// simulated phones (127.0.0.1). In hold
 /// mode a call's record lingers only 2 s after its CANCEL, so the server drains quickly.
 /// The simulated phones keep their sockets open while they "sleep", which no real sleeping
 /// app does, and are called seconds after registering: `awake_window = "0s"` keeps the server
 /// from taking them to be awake, so park and hold runs measure the park path. With
 /// `--answer-from-push` the app API listens on `addrs.app_api` over plain HTTP (loopback).
-pub fn config_text(options: &Options, addrs: &ServerAddrs, store: &Path) -> String {
+pub fn config_text(options: &Options, addrs: &ServerAddrs, store: &Store<'_>) -> String {
     let devices = options.device_count().max(1) as u64;
     let per_callee = match options.mode {
         Mode::Hold => options.calls.div_ceil(devices) + 10,
@@ -87,7 +119,7 @@ pub fn config_text(options: &Options, addrs: &ServerAddrs, store: &Path) -> Stri
          [[listen]]\ntransport = \"tcp\"\naddress = \"{}\"\n\n\
          [parking]\npark_timeout = {}\nended_notice_window = {}\nawake_window = \"0s\"\n\
          max_calls = {max_calls}\nmax_calls_per_callee = {per_callee}\n\n\
-         [store]\npath = {}\n\n\
+         {}\n\
          [push]\nmax_per_device_per_minute = 1000000\nmax_per_caller_per_minute = 1000000\n\n\
          [push.providers.loadgen]\nkind = \"webhook\"\nurl = \"http://{}/push\"\n\n\
          [push.routes]\n{} = \"loadgen\"\n\n\
@@ -97,7 +129,7 @@ pub fn config_text(options: &Options, addrs: &ServerAddrs, store: &Path) -> Stri
         addrs.tcp,
         duration(options.park_timeout),
         duration(linger),
-        toml_string(&store.to_string_lossy()),
+        store.sections(),
         addrs.webhook,
         super::sip::PN_PROVIDER,
         addrs.admin,
@@ -142,14 +174,15 @@ pub struct SpawnedServer {
 }
 
 impl SpawnedServer {
-    /// Writes the configuration for `options` (pushing to `webhook`) into a temporary
-    /// directory and starts `bin run --config` on it; returns once its admin listener
-    /// answers. The server's log goes to `server.log` in that directory (`RUST_LOG`
+    /// Writes the configuration for `options` (pushing to `webhook`, its bindings in
+    /// `shared`, or else in an SQLite file of its own) into a temporary directory and starts
+    /// `bin run --config` on it; returns once its admin listener answers. The server's log goes to `server.log` in that directory (`RUST_LOG`
     /// defaults to `warn`: per-call info lines would slow it down).
     pub async fn start(
         bin: &Path,
         options: &Options,
         webhook: SocketAddr,
+        shared: Option<Store<'_>>,
     ) -> Result<SpawnedServer, LoadgenError> {
         if !bin.is_file() {
             return Err(LoadgenError::Server(format!(
@@ -180,7 +213,9 @@ impl SpawnedServer {
             app_api,
         };
         let config = dir.path().join("pushpark.toml");
-        let text = config_text(options, &addrs, &dir.path().join("bindings.db"));
+        let sqlite = dir.path().join("bindings.db");
+        let store = shared.unwrap_or(Store::Sqlite(&sqlite));
+        let text = config_text(options, &addrs, &store);
         std::fs::write(&config, text).map_err(io("writing the server configuration"))?;
         let log = std::fs::File::create(dir.path().join("server.log"))
             .map_err(io("creating the server log"))?;

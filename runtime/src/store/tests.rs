@@ -219,6 +219,63 @@ fn registers_of_one_aor_on_two_nodes_at_once_all_land() {
     );
 }
 
+/// Runs a batch of three REGISTERs on `store` and tells, in order, when each job ran and
+/// when its outcome was delivered.
+fn batch_order(store: &mut Store) -> Vec<String> {
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = |event: String, events: &std::sync::Mutex<Vec<String>>| {
+        events.lock().expect("not poisoned").push(event);
+    };
+    let batch: Vec<writer::Job<u32>> = (1..=3)
+        .map(|n| {
+            let events = std::sync::Arc::clone(&events);
+            let job: writer::Job<u32> = Box::new(move |store: &mut Store| {
+                let contact = ContactSpec::new(format!("sip:alice@h{n}"));
+                let reg = register(&format!("batch{n}"), 1, vec![upsert(contact, T0 + 3600)]);
+                store.apply(AOR, &reg, T0).expect("stored");
+                log(format!("ran {n}"), &events);
+                Box::new(move |committed| {
+                    assert!(committed.is_ok());
+                    n
+                })
+            });
+            job
+        })
+        .collect();
+    store.run_batch_each(batch, |n| log(format!("delivered {n}"), &events));
+    let order = events.lock().expect("not poisoned").clone();
+    order
+}
+
+#[test]
+fn on_redis_a_jobs_outcome_is_delivered_before_the_next_job_of_its_batch_runs() {
+    // Each job is a MULTI/EXEC of its own, durable at its reply: a REGISTER's 200 OK must
+    // not wait for the batch's other round trips (the other nodes have read its notice).
+    assert_eq!(
+        batch_order(&mut redis_store()),
+        [
+            "ran 1",
+            "delivered 1",
+            "ran 2",
+            "delivered 2",
+            "ran 3",
+            "delivered 3"
+        ]
+    );
+    // On SQLite the batch is one transaction: every outcome after its one commit.
+    assert_eq!(
+        batch_order(&mut mem()),
+        [
+            "ran 1",
+            "ran 2",
+            "ran 3",
+            "delivered 1",
+            "delivered 2",
+            "delivered 3"
+        ]
+    );
+}
+
 fn register(call_id: &str, cseq: u32, changes: Vec<Change>) -> Register {
     Register {
         max_bindings: usize::MAX,

@@ -43,9 +43,7 @@ impl<O: Send + 'static> Writer<O> {
                 while let Ok(first) = queue.recv() {
                     let mut batch = vec![first];
                     batch.extend(queue.try_iter().take(MAX_BATCH - 1));
-                    for outcome in store.run_batch(batch) {
-                        deliver(outcome);
-                    }
+                    store.run_batch_each(batch, &mut deliver);
                 }
             })?;
         Ok(Self {
@@ -84,25 +82,41 @@ impl<O: Send + 'static> Writer<O> {
 
 impl Store {
     /// Runs `batch` in one transaction and returns each job's outcome after the commit:
-    /// what the store's thread does with each batch, and what a caller without that thread
-    /// (the benches, the simulation) does itself.
+    /// what a caller without the store's thread (the benches, the simulation) does itself.
     pub fn run_batch<O>(&mut self, batch: Vec<Job<O>>) -> Vec<O> {
-        // On SQLite, one transaction; if it cannot even begin (the file locked by another
-        // process past the busy timeout), each job runs on its own and its own result tells
-        // how it went. On Redis, each job's writes are one transaction of their own already.
+        let mut outcomes = Vec::with_capacity(batch.len());
+        self.run_batch_each(batch, |outcome| outcomes.push(outcome));
+        outcomes
+    }
+
+    /// Runs `batch` and hands each job's outcome to `deliver`, in order, as soon as what
+    /// the job wrote is durable: on SQLite after the batch's one commit; on Redis after the
+    /// job itself, whose writes were one `MULTI`/`EXEC` of their own, durable at its reply.
+    /// (Holding a Redis job's outcome until the rest of the batch had run, one round trip
+    /// and fsync after another, delayed a REGISTER's 200 OK by up to the whole batch: after
+    /// the other nodes had read its registration notice and sent their calls through.)
+    pub fn run_batch_each<O>(&mut self, batch: Vec<Job<O>>, mut deliver: impl FnMut(O)) {
         let began = match self {
+            Store::Redis(_) => {
+                for job in batch {
+                    let done = job(self);
+                    deliver(done(Ok(())));
+                }
+                return;
+            }
+            // One transaction; if it cannot even begin (the file locked by another process
+            // past the busy timeout), each job runs on its own and its own result tells how
+            // it went.
             Store::Sqlite(s) => s.begin(),
-            Store::Redis(_) => false,
         };
         let dones: Vec<Done<O>> = batch.into_iter().map(|job| job(self)).collect();
         let committed = match self {
             Store::Sqlite(s) if began => s.commit(),
             _ => Ok(()),
         };
-        dones
-            .into_iter()
-            .map(|done| done(committed.as_ref().map(|_| ())))
-            .collect()
+        for done in dones {
+            deliver(done(committed.as_ref().map(|_| ())));
+        }
     }
 }
 
