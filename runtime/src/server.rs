@@ -26,6 +26,11 @@ use crate::transport::{
     BindError, ClusterTls, Inbound, TransportOptions, Transports, UdpBuffers, UdpOutbox,
 };
 
+/// How many connections (threads) a node writes to Redis over: REGISTERs of different
+/// AORs are written side by side, and Redis's per-turn fsync of its append-only file covers
+/// them together (README, "A cluster" under load). SQLite has one writer.
+const REDIS_LANES: usize = 4;
+
 /// How many datagrams the loop reads from a socket before it looks at its other work (one
 /// `recvmmsg` on Linux).
 const UDP_BATCH: usize = 64;
@@ -129,7 +134,15 @@ impl Server {
             _ => None,
         };
         let (done_tx, store_done) = mpsc::unbounded_channel();
-        let writer = Writer::start(store, move |done| {
+        // On Redis, more lanes (connections) than the one the store was opened with: while
+        // one waits for its EXEC and the fsync behind it, the others send theirs.
+        let mut stores = vec![store];
+        if let Some(options) = &redis {
+            for _ in 1..REDIS_LANES {
+                stores.push(Store::open_redis(options)?);
+            }
+        }
+        let writer = Writer::start(stores, move |done| {
             let _ = done_tx.send(done);
         })
         .map_err(StartError::Io)?;
@@ -381,9 +394,13 @@ impl Shell {
         }
         // Let the store commit what it was given: bindings already answered are durable,
         // and the next start must find the file free.
-        if let Some(thread) = self.writer.close() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        let threads = self.writer.close();
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
         info!("stopped");
     }
 
@@ -439,7 +456,7 @@ impl Shell {
             let _ = self.dispatcher.submit(request, tag);
         }
         while let Some(job) = self.node.poll_store() {
-            self.writer.submit_job(job.into_job());
+            self.writer.submit_job(job.key(), job.into_job());
         }
     }
 

@@ -119,22 +119,33 @@ enum Stored {
 /// Work for the bindings store, to run on the store's own thread in the order given; the
 /// node does not run it. [`Store::run_batch`] does, inside one transaction, and gives back
 /// what to hand to the node once that transaction has committed (or failed to).
-pub struct StoreJob(Job<StoreDone>);
+pub struct StoreJob {
+    job: Job<StoreDone>,
+    /// Jobs of one key keep their order (the REGISTERs of one AOR): the writer's lane.
+    key: u64,
+}
 
 impl StoreJob {
     fn new<T: Send + 'static>(
+        key: u64,
         work: impl FnOnce(&mut Store) -> T + Send + 'static,
         done: impl FnOnce(T, Result<(), &StoreError>) -> StoreDone + Send + 'static,
     ) -> Self {
-        Self(Box::new(move |store| {
+        let job: Job<StoreDone> = Box::new(move |store| {
             let value = work(store);
             Box::new(move |committed| done(value, committed))
-        }))
+        });
+        Self { job, key }
+    }
+
+    /// What orders it among the other jobs: see [`crate::store::Writer::submit_job`].
+    pub fn key(&self) -> u64 {
+        self.key
     }
 
     /// The job, for the store's thread or [`Store::run_batch`].
     pub fn into_job(self) -> Job<StoreDone> {
-        self.0
+        self.job
     }
 }
 
@@ -707,7 +718,19 @@ impl Node {
         work: impl FnOnce(&mut Store) -> T + Send + 'static,
         done: impl FnOnce(T, Result<(), &StoreError>) -> StoreDone + Send + 'static,
     ) {
-        self.store_jobs.push_back(StoreJob::new(work, done));
+        self.store_jobs.push_back(StoreJob::new(0, work, done));
+    }
+
+    /// [`with_store`](Self::with_store) for work on `aor`'s bindings, which keeps its order
+    /// with the other work on them.
+    fn with_store_for<T: Send + 'static>(
+        &mut self,
+        aor: &str,
+        work: impl FnOnce(&mut Store) -> T + Send + 'static,
+        done: impl FnOnce(T, Result<(), &StoreError>) -> StoreDone + Send + 'static,
+    ) {
+        let key = proxy::fnv(aor);
+        self.store_jobs.push_back(StoreJob::new(key, work, done));
     }
 
     /// A generated response to `request`, sent back where it came from.

@@ -491,8 +491,9 @@ impl Node {
             changes,
             max_bindings: registrar.max_bindings_per_aor,
         };
-        let done_aor = aor.clone();
-        self.with_store(
+        let (done_aor, lane) = (aor.clone(), aor.clone());
+        self.with_store_for(
+            &lane,
             move |store: &mut Store| store.apply(&done_aor, &register, now),
             move |result, committed| {
                 let result = committed

@@ -183,6 +183,51 @@ fn a_register_stored_after_a_node_took_the_streams_end_reaches_it_as_a_notice() 
 }
 
 #[test]
+fn on_redis_lanes_keep_the_order_of_each_aors_registers() {
+    let prefix = fresh_prefix();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lanes = vec![
+        redis_node(&prefix),
+        redis_node(&prefix),
+        redis_node(&prefix),
+    ];
+    let mut writer = Writer::start(lanes, move |outcome| {
+        let _ = tx.send(outcome);
+    })
+    .expect("the lanes start");
+    let users = ["alice", "bob", "carol", "dave"];
+    for cseq in 1..=30 {
+        for (key, user) in users.iter().enumerate() {
+            let aor = format!("sip:{user}@example.com");
+            let register = register(
+                &format!("reg-{user}"),
+                cseq,
+                vec![upsert(ContactSpec::new(format!("sip:{user}@h")), T0 + 60)],
+            );
+            writer.submit_job(
+                key as u64,
+                Box::new(move |store| {
+                    let result = store.apply(&aor, &register, T0).map(drop);
+                    Box::new(move |_| (key, cseq, result.is_ok()))
+                }),
+            );
+        }
+    }
+    let mut seen = vec![0; users.len()];
+    for _ in 0..30 * users.len() {
+        let (key, cseq, ok) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an outcome");
+        assert!(ok, "CSeq {cseq} of {} applied in order", users[key]);
+        assert_eq!(cseq, seen[key] + 1, "in the order sent");
+        seen[key] = cseq;
+    }
+    for thread in writer.close() {
+        thread.join().expect("a lane ends");
+    }
+}
+
+#[test]
 fn registers_of_one_aor_on_two_nodes_at_once_all_land() {
     let prefix = fresh_prefix();
     let threads: Vec<_> = ["a", "b"]

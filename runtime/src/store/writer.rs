@@ -9,6 +9,12 @@
 //!
 //! A job that fails rolls back only its own changes ([`Store::apply`] runs in a savepoint);
 //! if the commit itself fails, every job of the batch is told so and none of it is kept.
+//!
+//! On Redis, where every job is a transaction of its own, the writer may run several
+//! *lanes*, each a thread with its own connection. A job goes to the lane its key names (the
+//! REGISTERs of one AOR to one lane, so they are applied in the order sent); while one lane
+//! waits for its `EXEC` (and the fsync of the append-only file behind it), the others send
+//! theirs, and Redis fsyncs once for all the writes of its event-loop turn.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -23,60 +29,73 @@ pub type Done<O> = Box<dyn FnOnce(Result<(), &StoreError>) -> O + Send>;
 /// Work on the store, run inside a batch's transaction.
 pub type Job<O> = Box<dyn FnOnce(&mut Store) -> Done<O> + Send>;
 
-/// The handle to the store's thread. Dropping it (or [`close`](Self::close)) lets the thread
-/// finish the jobs already sent and end.
+/// The handle to the store's threads. Dropping it (or [`close`](Self::close)) lets each
+/// thread finish the jobs already sent and end.
 pub struct Writer<O> {
-    jobs: Option<mpsc::Sender<Job<O>>>,
-    thread: Option<JoinHandle<()>>,
+    lanes: Vec<mpsc::Sender<Job<O>>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl<O: Send + 'static> Writer<O> {
-    /// Moves `store` to a thread of its own; each job's outcome goes to `deliver`, in order.
+    /// Moves each of `stores` to a thread of its own, a lane; each job's outcome goes to
+    /// `deliver`, in the order of its lane.
     pub fn start(
-        mut store: Store,
-        mut deliver: impl FnMut(O) + Send + 'static,
+        stores: Vec<Store>,
+        deliver: impl Fn(O) + Send + Sync + 'static,
     ) -> std::io::Result<Self> {
-        let (jobs, queue) = mpsc::channel::<Job<O>>();
-        let thread = std::thread::Builder::new()
-            .name("pushpark-store".into())
-            .spawn(move || {
-                while let Ok(first) = queue.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(queue.try_iter().take(MAX_BATCH - 1));
-                    store.run_batch_each(batch, &mut deliver);
-                }
-            })?;
-        Ok(Self {
-            jobs: Some(jobs),
-            thread: Some(thread),
-        })
+        let deliver = std::sync::Arc::new(deliver);
+        let (mut lanes, mut threads) = (Vec::new(), Vec::new());
+        for (n, mut store) in stores.into_iter().enumerate() {
+            let (jobs, queue) = mpsc::channel::<Job<O>>();
+            let deliver = std::sync::Arc::clone(&deliver);
+            let thread = std::thread::Builder::new()
+                .name(format!("pushpark-store-{n}"))
+                .spawn(move || {
+                    while let Ok(first) = queue.recv() {
+                        let mut batch = vec![first];
+                        batch.extend(queue.try_iter().take(MAX_BATCH - 1));
+                        store.run_batch_each(batch, |outcome| deliver(outcome));
+                    }
+                })?;
+            lanes.push(jobs);
+            threads.push(thread);
+        }
+        Ok(Self { lanes, threads })
     }
 
-    /// Queues `work`; once the commit it is part of has ended, `done` turns its result and
-    /// the commit's into what is delivered.
+    /// Queues `work` on the first lane; once the commit it is part of has ended, `done`
+    /// turns its result and the commit's into what is delivered.
     pub fn submit<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Store) -> T + Send + 'static,
         done: impl FnOnce(T, Result<(), &StoreError>) -> O + Send + 'static,
     ) {
-        self.submit_job(Box::new(move |store| {
-            let value = work(store);
-            Box::new(move |committed| done(value, committed))
-        }));
+        self.submit_job(
+            0,
+            Box::new(move |store| {
+                let value = work(store);
+                Box::new(move |committed| done(value, committed))
+            }),
+        );
     }
 
-    /// Queues a job made elsewhere.
-    pub fn submit_job(&self, job: Job<O>) {
-        if let Some(jobs) = &self.jobs {
-            // Only fails once the thread has ended, i.e. never before `close`.
-            let _ = jobs.send(job);
-        }
+    /// Queues a job made elsewhere on the lane `key` names (jobs of one key keep their
+    /// order).
+    pub fn submit_job(&self, key: u64, job: Job<O>) {
+        let Some(lane) = self
+            .lanes
+            .get((key % self.lanes.len().max(1) as u64) as usize)
+        else {
+            return;
+        };
+        // Only fails once the thread has ended, i.e. never before `close`.
+        let _ = lane.send(job);
     }
 
-    /// Stops taking jobs; the returned thread ends once it has committed the queued ones.
-    pub fn close(&mut self) -> Option<JoinHandle<()>> {
-        self.jobs = None;
-        self.thread.take()
+    /// Stops taking jobs; the returned threads end once they have committed the queued ones.
+    pub fn close(&mut self) -> Vec<JoinHandle<()>> {
+        self.lanes.clear();
+        std::mem::take(&mut self.threads)
     }
 }
 
@@ -146,7 +165,7 @@ mod tests {
         let path = dir.path().join("b.db");
         let store = Store::open(&path, &StoreOptions::default()).expect("the store opens");
         let (tx, rx) = channel();
-        let mut writer = Writer::start(store, move |o| {
+        let mut writer = Writer::start(vec![store], move |o| {
             let _ = tx.send(o);
         })
         .expect("the thread starts");
@@ -174,8 +193,9 @@ mod tests {
         let mut expected: Vec<(u32, bool)> = (1..=200).map(|c| (c, true)).collect();
         expected.extend([(0, true), (1000, true)]);
         assert_eq!(outcomes, expected);
-        let thread = writer.close().expect("the thread");
-        thread.join().expect("the thread ends");
+        for thread in writer.close() {
+            thread.join().expect("the thread ends");
+        }
         let store = Store::open(&path, &StoreOptions::default()).expect("reopens");
         let alice = store.bindings("sip:alice@example.com", 1).expect("reads");
         assert_eq!(alice.len(), 1);

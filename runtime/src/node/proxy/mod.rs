@@ -430,8 +430,8 @@ impl Node {
 /// The methods pushpark handles.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO";
 
-/// A small stable hash for stateless branches (FNV-1a).
-fn fnv(s: &str) -> u64 {
+/// A small stable hash for stateless branches and the store's lanes (FNV-1a).
+pub(crate) fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
