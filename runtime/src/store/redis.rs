@@ -242,8 +242,9 @@ impl Redis {
         plan::validate(aor, register)?;
         self.run(|con, keys| {
             let key = keys.aor(aor);
-            watched(con, &key, |con, pipe| {
-                let mut plan = plan::plan(aor, register, now, read_aor(con, &key)?)?;
+            let read = redis::cmd("HGETALL").arg(&key).to_owned();
+            watched(con, &key, &read, |con, stored, pipe| {
+                let mut plan = plan::plan(aor, register, now, decode_all(stored)?)?;
                 for id in &plan.removed {
                     unlink(pipe, keys, &key, *id);
                 }
@@ -396,8 +397,8 @@ impl Redis {
                 return Ok(false);
             };
             let key = keys.aor(&aor);
-            watched(con, &key, |con, pipe| {
-                let json: Option<Vec<u8>> = con.hget(&key, id.0).map_err(failed)?;
+            let read = redis::cmd("HGET").arg(&key).arg(id.0).to_owned();
+            watched(con, &key, &read, |_, json: Option<Vec<u8>>, pipe| {
                 let Some(binding) = json.map(|j| decode(&j)).transpose()? else {
                     unlink(pipe, keys, &key, id);
                     return Ok(false);
@@ -446,13 +447,15 @@ impl Keys {
     }
 }
 
-/// Runs `f` between `WATCH key` and the `EXEC` of the pipeline it fills, and returns what
-/// it returned with the replies of the commands it did not ignore; plans again from what is
-/// stored when another client changed `key` in between. An error of `f` writes nothing.
-fn watched<T>(
+/// Runs `f`, given the reply to `read`, between `WATCH key` and the `EXEC` of the pipeline
+/// it fills, and returns what it returned with the replies of the commands it did not
+/// ignore; reads and plans again when another client changed `key` in between. An error of
+/// `f` writes nothing.
+fn watched<R: redis::FromRedisValue, T>(
     con: &mut Connection,
     key: &str,
-    mut f: impl FnMut(&mut Connection, &mut Pipeline) -> Result<T, StoreError>,
+    read: &redis::Cmd,
+    mut f: impl FnMut(&mut Connection, R, &mut Pipeline) -> Result<T, StoreError>,
 ) -> Result<(T, Vec<redis::Value>), StoreError> {
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
@@ -461,10 +464,17 @@ fn watched<T>(
             let cap = 500u64 << attempt.min(6);
             std::thread::sleep(Duration::from_micros(rand::random_range(0..=cap)));
         }
-        let _: () = redis::cmd("WATCH").arg(key).query(con).map_err(failed)?;
+        // WATCH and what `f` reads, in one round trip.
+        let (read,): (R,) = redis::pipe()
+            .cmd("WATCH")
+            .arg(key)
+            .ignore()
+            .add_command(read.clone())
+            .query(con)
+            .map_err(failed)?;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let value = match f(con, &mut pipe) {
+        let value = match f(con, read, &mut pipe) {
             Ok(value) => value,
             Err(e) => {
                 let _: Result<(), _> = redis::cmd("UNWATCH").query(con);
@@ -507,7 +517,11 @@ fn unlink(pipe: &mut Pipeline, keys: &Keys, key: &str, id: BindingId) {
 
 /// Every binding stored for the AOR at `key`, expired ones too, ordered by id.
 fn read_aor(con: &mut Connection, key: &str) -> Result<Vec<Binding>, StoreError> {
-    let all: Vec<(u64, Vec<u8>)> = con.hgetall(key).map_err(failed)?;
+    decode_all(con.hgetall(key).map_err(failed)?)
+}
+
+/// The bindings of an AOR's hash (`HGETALL`), ordered by id.
+fn decode_all(all: Vec<(u64, Vec<u8>)>) -> Result<Vec<Binding>, StoreError> {
     let mut bindings = all
         .iter()
         .map(|(_, json)| decode(json))
