@@ -1010,12 +1010,42 @@ fn invalid_input_is_rejected_before_touching_the_database(store) {
             AOR,
             register("c", 1, vec![upsert(ContactSpec::new("sip:a@h"), u64::MAX)]),
         ),
+        // Just beyond the latest expiry every backend holds exactly (2^53 - 1).
+        (
+            AOR,
+            register("c", 1, vec![upsert(ContactSpec::new("sip:a@h"), 1 << 53)]),
+        ),
+        (
+            AOR,
+            register(
+                "c",
+                1,
+                vec![upsert(
+                    ContactSpec {
+                        push: Some(PushParams {
+                            provider: String::new(),
+                            prid: "tok".to_owned(),
+                            param: None,
+                        }),
+                        ..ContactSpec::new("sip:a@h")
+                    },
+                    T0 + 1,
+                )],
+            ),
+        ),
     ];
     for (aor, reg) in cases {
         let err = store.apply(aor, &reg, T0).expect_err("invalid");
         assert!(matches!(err, StoreError::Invalid(_)), "{err}");
     }
     assert_eq!(store.count().expect("count"), 0);
+    // The limits themselves are valid: q = 1, and the latest expiry.
+    let edge = register(
+        "c",
+        1,
+        vec![upsert(ContactSpec::new("sip:a@h").q(1000), (1 << 53) - 1)],
+    );
+    store.apply(AOR, &edge, T0).expect("at the limits");
 }
 
 fn contacts_of_one_register_matching_the_same_binding_are_not_out_of_order(store) {
