@@ -218,6 +218,34 @@ fn a_forged_route_token_gets_403_and_nothing_is_sent() {
 }
 
 #[test]
+fn a_forged_path_token_on_an_initial_invite_gets_403_and_nothing_is_sent() {
+    // What a node of a cluster sends another to reach a phone whose flow that node holds
+    // (RFC 3327 Path): a stranger guessing one, with the phone's flow and a made-up MAC,
+    // must not get an INVITE onto the phone's connection.
+    let mut d = Dialog::up();
+    let flow = d.phone.id.0;
+    for token in [
+        format!("pp-f{flow}.1-00000000000000000000"),
+        format!("pp-f{flow}.1"),
+        format!("pp-f{flow}.2-00000000000000000000"),
+    ] {
+        let invite = format!(
+            "INVITE sip:bob@{PHONE};transport=tcp SIP/2.0\r\n\
+Via: SIP/2.0/UDP {CALLER};branch=z9hG4bKpath1;rport\r\n\
+Max-Forwards: 70\r\n\
+Route: <sip:{token}@198.51.100.1;transport=tcp;lr>\r\n\
+From: <sip:mallory@203.0.113.10>;tag=m1\r\n\
+To: <sip:bob@198.51.100.1>\r\n\
+Call-ID: path-forgery@203.0.113.10\r\n\
+CSeq: 1 INVITE\r\n\
+Content-Length: 0\r\n\r\n"
+        );
+        d.feed(1, &udp(CALLER), &invite);
+        refused(&sent(&mut d.node));
+    }
+}
+
+#[test]
 fn a_token_of_another_dialog_gets_403_and_nothing_is_sent() {
     let mut d = Dialog::up();
     let route = format!("<sip:{}@198.51.100.1;lr>", d.token);
