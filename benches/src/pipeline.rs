@@ -135,8 +135,9 @@ impl Fixture {
     fn complete_store_writes(&mut self) {
         let jobs = std::mem::take(&mut self.jobs);
         let batch = jobs.into_iter().map(StoreJob::into_job).collect();
-        for done in self.store.run_batch(batch) {
-            self.node.handle_store_done(Instant::now(), done);
+        let now = Instant::now();
+        for done in self.store.run_batch(batch, now) {
+            self.node.handle_store_done(now, done);
             self.carry_out();
         }
     }

@@ -397,6 +397,12 @@ pub struct Sip {
     /// Transactions held at once (RFC 3261 keeps each up to 32 s after its final response);
     /// beyond, a request that would start one gets 503 with Retry-After.
     pub max_transactions: usize,
+    /// Graceful overload: when even the quickest message of a 100 ms interval waited
+    /// longer than this before the server handled it (or a REGISTER's write, for the
+    /// store), new calls and REGISTERs get 503 with Retry-After until the queues are
+    /// calm again. `0s` never sheds.
+    #[serde(with = "humantime_serde")]
+    pub overload_delay: Duration,
 }
 
 /// Push providers, and which provider serves each RFC 8599 `pn-provider` value.
@@ -568,6 +574,7 @@ impl Default for Sip {
             allowed_targets: Vec::new(),
             shutdown_grace: Duration::from_secs(5),
             max_transactions: 500_000,
+            overload_delay: Duration::from_millis(10),
         }
     }
 }

@@ -84,6 +84,7 @@ struct Data {
     push_latency: BTreeMap<String, Histogram>,
     wakeup: Histogram,
     limit_hits: BTreeMap<&'static str, u64>,
+    shed: BTreeMap<&'static str, u64>,
     app_answers: BTreeMap<(PushAnswer, &'static str), u64>,
     gauges: Gauges,
     /// When the event loop last turned, and how long it may go without turning.
@@ -100,6 +101,7 @@ impl Default for Data {
             push_latency: BTreeMap::new(),
             wakeup: Histogram::new(WAKEUP_BUCKETS),
             limit_hits: BTreeMap::new(),
+            shed: BTreeMap::new(),
             app_answers: BTreeMap::new(),
             gauges: Gauges::default(),
             heartbeat: None,
@@ -122,6 +124,8 @@ pub struct Gauges {
     pub transactions: usize,
     /// Source addresses the rate limiter tracks (counting, or blocked).
     pub rate_limited_sources: usize,
+    /// 1 while the server sheds new work (`sip.overload_delay`), else 0.
+    pub overloaded: usize,
 }
 
 /// The server's counters, histograms and gauges.
@@ -180,6 +184,11 @@ impl Metrics {
     /// A limit was hit (`connections`, `message_timeout`, ...: named as its key).
     pub fn limit_hit(&self, limit: &'static str) {
         *self.data().limit_hits.entry(limit).or_default() += 1;
+    }
+
+    /// A request was refused with 503 because the server is overloaded (`sip.overload_delay`).
+    pub fn shed(&self, method: &'static str) {
+        *self.data().shed.entry(method).or_default() += 1;
     }
 
     /// An app answered `answer` from its push, with `result` (`taken`, `conflict`...).
@@ -284,6 +293,15 @@ impl Metrics {
         }
         let name = header(
             &mut out,
+            "pushpark_shed_total",
+            "counter",
+            "Requests refused with 503 while overloaded (sip.overload_delay), by method.",
+        );
+        for (method, n) in &data.shed {
+            let _ = writeln!(out, "{name}{{method=\"{method}\"}} {n}");
+        }
+        let name = header(
+            &mut out,
             "pushpark_app_answers_total",
             "counter",
             "Answers apps sent from their pushes over the app API, by answer and result.",
@@ -323,6 +341,11 @@ impl Metrics {
                 "pushpark_rate_limit_sources",
                 "Source addresses the rate limiter tracks (counting, or blocked).",
                 g.rate_limited_sources,
+            ),
+            (
+                "pushpark_overloaded",
+                "1 while the server sheds new calls and REGISTERs (sip.overload_delay), else 0.",
+                g.overloaded,
             ),
         ] {
             single(&mut out, name, "gauge", help, value);

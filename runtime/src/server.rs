@@ -17,13 +17,13 @@ use crate::app_api::{self, AppApi, AppApiError, AppRequest};
 use crate::auth::{Secret, UserDb, UsersError};
 use crate::config::{Backend, Config, Transport};
 use crate::metrics::{Gauges, Metrics};
-use crate::node::{Destination, Node, NodeOptions, PushTag, StoreDone};
+use crate::node::{Destination, Node, NodeOptions, PushTag, Queue, StoreDone};
 use crate::push::setup::{self, SetupError};
 use crate::push::{Dispatcher, PushProvider, PushReports};
 use crate::store::{Follower, Notice, RedisOptions, Store, StoreError, StoreOptions, Writer};
 use crate::transaction::Key;
 use crate::transport::{
-    BindError, ClusterTls, Inbound, TransportOptions, Transports, UdpBuffers, UdpOutbox,
+    BindError, ClusterTls, Queued, TransportOptions, Transports, UdpBuffers, UdpOutbox,
 };
 
 /// How many connections (threads) a node writes to Redis over: REGISTERs of different
@@ -295,9 +295,20 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What a turn takes from a channel: the item that woke it, and up to a batch of those
+/// waiting behind it. One item a turn would let a channel fall behind the sockets, whose
+/// reads take a batch (a REGISTER's answer from the store waited seconds so under load).
+fn turn<T>(first: T, mut next: impl FnMut() -> Option<T>, mut each: impl FnMut(T)) {
+    each(first);
+    for _ in 1..UDP_BATCH {
+        let Some(item) = next() else { break };
+        each(item);
+    }
+}
+
 /// What the loop waits for.
 struct Inputs {
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: mpsc::Receiver<Queued>,
     store_done: mpsc::UnboundedReceiver<StoreDone>,
     notices: mpsc::UnboundedReceiver<Notice>,
     reports: PushReports<PushTag>,
@@ -355,19 +366,41 @@ impl Shell {
                 index = transports.udp_readable() => {
                     let now = Instant::now();
                     let node = &mut self.node;
-                    transports.read_udp(index, UDP_BATCH, &mut datagrams, |item| {
+                    let waited = transports.read_udp(index, UDP_BATCH, &mut datagrams, |item| {
                         node.handle_inbound(now, item);
                     });
+                    if let Some(waited) = waited {
+                        self.node.handle_queue_delay(now, Queue::Inbound, waited);
+                    }
                 }
                 // A socket's buffer had no room: what waits for it goes in `carry_out`.
                 _ = transports.udp_writable(&self.outbox), if self.outbox.is_waiting() => {}
-                Some(item) = inbound.recv() => self.node.handle_inbound(Instant::now(), item),
-                Some(done) = store_done.recv() => {
-                    self.node.handle_store_done(Instant::now(), done);
+                Some(first) = inbound.recv() => {
+                    let now = Instant::now();
+                    let node = &mut self.node;
+                    turn(first, || inbound.try_recv().ok(), |(queued, item)| {
+                        let waited = now.saturating_duration_since(queued);
+                        node.handle_queue_delay(now, Queue::Inbound, waited);
+                        node.handle_inbound(now, item);
+                    });
                 }
-                Some(notice) = notices.recv() => self.node.handle_notice(Instant::now(), notice),
-                Some(report) = reports.recv() => {
-                    self.node.handle_push_report(Instant::now(), report);
+                Some(first) = store_done.recv() => {
+                    let now = Instant::now();
+                    turn(first, || store_done.try_recv().ok(), |done| {
+                        self.node.handle_store_done(now, done);
+                    });
+                }
+                Some(first) = notices.recv() => {
+                    let now = Instant::now();
+                    turn(first, || notices.try_recv().ok(), |notice| {
+                        self.node.handle_notice(now, notice);
+                    });
+                }
+                Some(first) = reports.recv() => {
+                    let now = Instant::now();
+                    turn(first, || reports.try_recv().ok(), |report| {
+                        self.node.handle_push_report(now, report);
+                    });
                 }
                 Some(request) = app_requests.recv() => {
                     let AppRequest { peer, token, answer, reply } = request;

@@ -79,7 +79,7 @@ Content-Length: 0\r\n\r\n"
         );
         feed(&mut node, start, &phone, &register);
         while let Some(job) = node.poll_store() {
-            for done in store.run_batch(vec![job.into_job()]) {
+            for done in store.run_batch(vec![job.into_job()], start) {
                 node.handle_store_done(start, done);
             }
         }

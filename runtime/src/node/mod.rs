@@ -26,6 +26,7 @@
 
 mod app;
 mod cluster;
+mod overload;
 mod pike;
 pub(crate) mod proxy;
 pub(crate) mod registrar;
@@ -52,6 +53,8 @@ use crate::transport::{Flow, FlowId, Inbound};
 use crate::Map;
 
 pub use self::app::AppAnswer;
+use self::overload::Overload;
+pub use self::overload::Queue;
 use self::pike::{log_block, Admit, Pike};
 use self::proxy::{Branches, Calls, Dialogs};
 pub(crate) use self::registrar::Bindings;
@@ -105,7 +108,19 @@ pub enum PushTag {
 }
 
 /// A store job's answer, handed back with [`Node::handle_store_done`].
-pub struct StoreDone(Option<Box<Stored>>);
+pub struct StoreDone {
+    stored: Option<Box<Stored>>,
+    /// How long the job waited for the store's thread.
+    waited: Duration,
+}
+
+impl StoreDone {
+    fn new(stored: Option<Stored>) -> Self {
+        let stored = stored.map(Box::new);
+        let waited = Duration::ZERO;
+        Self { stored, waited }
+    }
+}
 
 /// What a store job found that the node acts on.
 enum Stored {
@@ -128,12 +143,17 @@ pub struct StoreJob {
 impl StoreJob {
     fn new<T: Send + 'static>(
         key: u64,
+        queued: Instant,
         work: impl FnOnce(&mut Store) -> T + Send + 'static,
         done: impl FnOnce(T, Result<(), &StoreError>) -> StoreDone + Send + 'static,
     ) -> Self {
-        let job: Job<StoreDone> = Box::new(move |store| {
+        let job: Job<StoreDone> = Box::new(move |store, began| {
+            let waited = began.saturating_duration_since(queued);
             let value = work(store);
-            Box::new(move |committed| done(value, committed))
+            Box::new(move |committed| StoreDone {
+                waited,
+                ..done(value, committed)
+            })
         });
         Self { job, key }
     }
@@ -160,7 +180,7 @@ fn log_failure<T>(
         if let Err(e) = failure {
             tracing::error!("store: {what}: {e}");
         }
-        StoreDone(None)
+        StoreDone::new(None)
     }
 }
 
@@ -232,6 +252,8 @@ pub struct Node {
     budget_hasher: ahash::RandomState,
     /// Requests and failed credentials per source address.
     pike: Pike,
+    /// Whether the node has fallen behind and sheds new work.
+    overload: Overload,
     /// When the registrar's next sweep is due.
     next_sweep: Instant,
     /// Events found out while carrying out a step's effects, fed once all are carried out.
@@ -298,6 +320,7 @@ impl Node {
             caller_budget: PushBudget::new(config.push.max_per_caller_per_minute),
             budget_hasher: ahash::RandomState::new(),
             pike: Pike::new(config.rate_limit.clone(), config.auth.trusted_peers.clone()),
+            overload: Overload::new(now, config.sip.overload_delay),
             next_sweep: now + config.registrar.sweep_interval,
             feedback: Vec::new(),
             transmits: VecDeque::new(),
@@ -423,10 +446,18 @@ impl Node {
         self.drain_transactions();
     }
 
+    /// A message, or a batch of them, waited `delay` in `queue` before the node got it
+    /// (the least of a batch is enough): the measure of graceful overload.
+    pub fn handle_queue_delay(&mut self, now: Instant, queue: Queue, delay: Duration) {
+        self.advance(now);
+        self.overload.observe(now, queue, delay);
+    }
+
     /// A store job has finished and its transaction committed (or failed to).
     pub fn handle_store_done(&mut self, now: Instant, done: StoreDone) {
         self.advance(now);
-        match done.0.map(|b| *b) {
+        self.overload.observe(now, Queue::Store, done.waited);
+        match done.stored.map(|b| *b) {
             Some(Stored::Registered(registered)) => {
                 self.on_registered(registered);
                 self.drain_transactions();
@@ -548,7 +579,10 @@ impl Node {
         .flatten()
         .min();
         let timer = millis.map(|at| self.started + Duration::from_millis(at));
-        timer.map_or(self.next_sweep, |at| at.min(self.next_sweep))
+        let next = timer.map_or(self.next_sweep, |at| at.min(self.next_sweep));
+        // While shedding, the share of new work grows back interval by interval, traffic
+        // or not.
+        self.overload.next_change().map_or(next, |at| at.min(next))
     }
 
     /// What the node holds right now.
@@ -560,6 +594,7 @@ impl Node {
             bindings: self.bindings.count(),
             transactions: self.transactions.len(),
             rate_limited_sources: self.pike.len(),
+            overloaded: usize::from(self.overload.is_shedding()),
         }
     }
 
@@ -568,6 +603,7 @@ impl Node {
     /// Moves the node's clock to `now`; it never runs backwards.
     fn advance(&mut self, now: Instant) {
         self.clock = self.clock.max(now);
+        self.overload.advance(self.clock);
     }
 
     /// The time of the input being handled.
@@ -718,7 +754,9 @@ impl Node {
         work: impl FnOnce(&mut Store) -> T + Send + 'static,
         done: impl FnOnce(T, Result<(), &StoreError>) -> StoreDone + Send + 'static,
     ) {
-        self.store_jobs.push_back(StoreJob::new(0, work, done));
+        let queued = self.instant();
+        self.store_jobs
+            .push_back(StoreJob::new(0, queued, work, done));
     }
 
     /// [`with_store`](Self::with_store) for work on `aor`'s bindings, which keeps its order
@@ -729,8 +767,9 @@ impl Node {
         work: impl FnOnce(&mut Store) -> T + Send + 'static,
         done: impl FnOnce(T, Result<(), &StoreError>) -> StoreDone + Send + 'static,
     ) {
-        let key = proxy::fnv(aor);
-        self.store_jobs.push_back(StoreJob::new(key, work, done));
+        let (key, queued) = (proxy::fnv(aor), self.instant());
+        self.store_jobs
+            .push_back(StoreJob::new(key, queued, work, done));
     }
 
     /// A generated response to `request`, sent back where it came from.

@@ -63,6 +63,11 @@ impl Bindings {
         bindings
     }
 
+    /// The id of `aor`, if it has one (a binding, or a call the core holds).
+    pub fn known_aor(&self, aor: &str) -> Option<AorId> {
+        self.aor_ids.get(aor).copied()
+    }
+
     pub fn aor_id(&mut self, aor: &str) -> AorId {
         if let Some(&id) = self.aor_ids.get(aor) {
             return id;
@@ -499,7 +504,7 @@ impl Node {
                 let result = committed
                     .map_err(|e| StoreError::NotCommitted(e.to_string()))
                     .and(result);
-                StoreDone(Some(Box::new(Stored::Registered(RegisterDone {
+                StoreDone::new(Some(Stored::Registered(RegisterDone {
                     flow,
                     key,
                     request,
@@ -508,7 +513,7 @@ impl Node {
                     feature_caps,
                     outbound,
                     result,
-                }))))
+                })))
             },
         );
     }
@@ -696,11 +701,11 @@ impl Node {
         self.with_store(
             move |store| store.claim_refresh(BindingId(id.0), expires_at, ttl),
             move |claimed, _| match claimed {
-                Ok(true) => StoreDone(Some(Box::new(Stored::RefreshClaimed(id, request)))),
-                Ok(false) => StoreDone(None),
+                Ok(true) => StoreDone::new(Some(Stored::RefreshClaimed(id, request))),
+                Ok(false) => StoreDone::new(None),
                 Err(e) => {
                     tracing::warn!("store: no refresh push for binding {id}: {e}");
-                    StoreDone(None)
+                    StoreDone::new(None)
                 }
             },
         );

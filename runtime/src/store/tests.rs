@@ -206,7 +206,7 @@ fn on_redis_lanes_keep_the_order_of_each_aors_registers() {
             );
             writer.submit_job(
                 key as u64,
-                Box::new(move |store| {
+                Box::new(move |store, _| {
                     let result = store.apply(&aor, &register, T0).map(drop);
                     Box::new(move |_| (key, cseq, result.is_ok()))
                 }),
@@ -274,7 +274,7 @@ fn batch_order(store: &mut Store) -> Vec<String> {
     let batch: Vec<writer::Job<u32>> = (1..=3)
         .map(|n| {
             let events = std::sync::Arc::clone(&events);
-            let job: writer::Job<u32> = Box::new(move |store: &mut Store| {
+            let job: writer::Job<u32> = Box::new(move |store: &mut Store, _| {
                 let contact = ContactSpec::new(format!("sip:alice@h{n}"));
                 let reg = register(&format!("batch{n}"), 1, vec![upsert(contact, T0 + 3600)]);
                 store.apply(AOR, &reg, T0).expect("stored");
@@ -287,7 +287,9 @@ fn batch_order(store: &mut Store) -> Vec<String> {
             job
         })
         .collect();
-    store.run_batch_each(batch, |n| log(format!("delivered {n}"), &events));
+    store.run_batch_each(batch, std::time::Instant::now(), |n| {
+        log(format!("delivered {n}"), &events)
+    });
     let order = events.lock().expect("not poisoned").clone();
     order
 }

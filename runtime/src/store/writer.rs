@@ -18,6 +18,7 @@
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use super::{Store, StoreError};
 
@@ -26,8 +27,9 @@ const MAX_BATCH: usize = 512;
 
 /// What a job hands back once its batch is committed (`Ok`) or lost (`Err`).
 pub type Done<O> = Box<dyn FnOnce(Result<(), &StoreError>) -> O + Send>;
-/// Work on the store, run inside a batch's transaction.
-pub type Job<O> = Box<dyn FnOnce(&mut Store) -> Done<O> + Send>;
+/// Work on the store, run inside a batch's transaction; it is told when its batch began
+/// (how long it waited for the store is the node's measure of the store's load).
+pub type Job<O> = Box<dyn FnOnce(&mut Store, Instant) -> Done<O> + Send>;
 
 /// The handle to the store's threads. Dropping it (or [`close`](Self::close)) lets each
 /// thread finish the jobs already sent and end.
@@ -54,7 +56,8 @@ impl<O: Send + 'static> Writer<O> {
                     while let Ok(first) = queue.recv() {
                         let mut batch = vec![first];
                         batch.extend(queue.try_iter().take(MAX_BATCH - 1));
-                        store.run_batch_each(batch, |outcome| deliver(outcome));
+                        let began = Instant::now();
+                        store.run_batch_each(batch, began, |outcome| deliver(outcome));
                     }
                 })?;
             lanes.push(jobs);
@@ -72,7 +75,7 @@ impl<O: Send + 'static> Writer<O> {
     ) {
         self.submit_job(
             0,
-            Box::new(move |store| {
+            Box::new(move |store, _| {
                 let value = work(store);
                 Box::new(move |committed| done(value, committed))
             }),
@@ -100,25 +103,31 @@ impl<O: Send + 'static> Writer<O> {
 }
 
 impl Store {
-    /// Runs `batch` in one transaction and returns each job's outcome after the commit:
-    /// what a caller without the store's thread (the benches, the simulation) does itself.
-    pub fn run_batch<O>(&mut self, batch: Vec<Job<O>>) -> Vec<O> {
+    /// Runs `batch`, begun at `now`, in one transaction and returns each job's outcome
+    /// after the commit: what a caller without the store's thread (the benches, the
+    /// simulation) does itself.
+    pub fn run_batch<O>(&mut self, batch: Vec<Job<O>>, now: Instant) -> Vec<O> {
         let mut outcomes = Vec::with_capacity(batch.len());
-        self.run_batch_each(batch, |outcome| outcomes.push(outcome));
+        self.run_batch_each(batch, now, |outcome| outcomes.push(outcome));
         outcomes
     }
 
-    /// Runs `batch` and hands each job's outcome to `deliver`, in order, as soon as what
+    /// Runs `batch`, begun at `now`, and hands each job's outcome to `deliver`, in order, as soon as what
     /// the job wrote is durable: on SQLite after the batch's one commit; on Redis after the
     /// job itself, whose writes were one `MULTI`/`EXEC` of their own, durable at its reply.
     /// (Holding a Redis job's outcome until the rest of the batch had run, one round trip
     /// and fsync after another, delayed a REGISTER's 200 OK by up to the whole batch: after
     /// the other nodes had read its registration notice and sent their calls through.)
-    pub fn run_batch_each<O>(&mut self, batch: Vec<Job<O>>, mut deliver: impl FnMut(O)) {
+    pub fn run_batch_each<O>(
+        &mut self,
+        batch: Vec<Job<O>>,
+        now: Instant,
+        mut deliver: impl FnMut(O),
+    ) {
         let began = match self {
             Store::Redis(_) => {
                 for job in batch {
-                    let done = job(self);
+                    let done = job(self, now);
                     deliver(done(Ok(())));
                 }
                 return;
@@ -128,7 +137,7 @@ impl Store {
             // it went.
             Store::Sqlite(s) => s.begin(),
         };
-        let dones: Vec<Done<O>> = batch.into_iter().map(|job| job(self)).collect();
+        let dones: Vec<Done<O>> = batch.into_iter().map(|job| job(self, now)).collect();
         let committed = match self {
             Store::Sqlite(s) if began => s.commit(),
             _ => Ok(()),

@@ -22,6 +22,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::{TcpListener, UdpSocket};
@@ -89,6 +90,10 @@ pub enum Inbound {
     Connected(Flow),
 }
 
+/// What a connection's reader hands the loop, and when: how long it then waits on the
+/// channel is one measure of whether the node keeps up (`sip.overload_delay`).
+pub type Queued = (Instant, Inbound);
+
 /// Why a message could not be sent.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -151,7 +156,7 @@ impl Transports {
     pub async fn bind(
         listeners: &[Listener],
         options: TransportOptions,
-        inbound: mpsc::Sender<Inbound>,
+        inbound: mpsc::Sender<Queued>,
     ) -> Result<Self, BindError> {
         let mut udp_sockets = Vec::new();
         let mut accepting = Vec::new();
@@ -239,17 +244,16 @@ impl Transports {
     /// Reads up to `max` datagrams waiting on UDP socket `index` (see
     /// [`udp_readable`](Self::udp_readable)) into `buffers`, as few system calls as it
     /// takes, and hands each to `each` as what arrived: a message, or garbage that cannot
-    /// be answered.
+    /// be answered. Says how long the newest of them waited in the socket's buffer, where
+    /// the system tells (Linux).
     pub fn read_udp(
         &self,
         index: usize,
         max: usize,
         buffers: &mut UdpBuffers,
         mut each: impl FnMut(Inbound),
-    ) {
-        let Some((local, socket)) = self.inner.udp.get(index) else {
-            return;
-        };
+    ) -> Option<Duration> {
+        let (local, socket) = self.inner.udp.get(index)?;
         let (mut left, mut ask, mut took) = (max, buffers.first_ask(), 0);
         while left > 0 {
             let asked = ask.min(left).min(buffers.slots());
@@ -286,7 +290,7 @@ impl Transports {
             left -= asked;
             ask = left;
         }
-        buffers.took(took);
+        buffers.took(took)
     }
 
     /// The addresses actually bound (port 0 in the configuration picks a free one).

@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 use super::admission::{Admission, Slot};
 use super::tls::ClusterTls;
 use super::tls::TlsFiles;
-use super::{Flow, FlowId, Inbound, SendError};
+use super::{Flow, FlowId, Inbound, Queued, SendError};
 use crate::config::{Connections, Transport};
 use crate::metrics::Metrics;
 use crate::sip::{self, Frame, Message, ParseError};
@@ -46,7 +46,7 @@ pub(super) struct Streams {
     /// Connections in all and per source address.
     admission: Arc<Admission>,
     max_message: usize,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<Queued>,
     metrics: Arc<Metrics>,
 }
 
@@ -70,7 +70,7 @@ impl Streams {
         limits: Connections,
         trusted: Vec<ipnet::IpNet>,
         max_message: usize,
-        inbound: mpsc::Sender<Inbound>,
+        inbound: mpsc::Sender<Queued>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let admission =
@@ -157,7 +157,10 @@ impl Streams {
         }
         let _ = ready.await;
         // Before anything comes back over it: the node may send over it at once.
-        let _ = self.inbound.send(Inbound::Connected(flow.clone())).await;
+        let _ = self
+            .inbound
+            .send((std::time::Instant::now(), Inbound::Connected(flow.clone())))
+            .await;
         self.send(flow.id, bytes)?;
         Ok(flow)
     }
@@ -261,7 +264,10 @@ impl Streams {
         writing.abort();
         lock(&self.table).open.remove(&flow.id);
         drop(slot);
-        let _ = self.inbound.send(Inbound::Closed(flow.id)).await;
+        let _ = self
+            .inbound
+            .send((std::time::Instant::now(), Inbound::Closed(flow.id)))
+            .await;
     }
 
     /// Reads and frames until the connection ends; `Some(limit)` when a limit ended it.
@@ -287,10 +293,13 @@ impl Streams {
                     Err(error) => {
                         let _ = self
                             .inbound
-                            .send(Inbound::Garbage {
-                                flow: flow.clone(),
-                                error,
-                            })
+                            .send((
+                                std::time::Instant::now(),
+                                Inbound::Garbage {
+                                    flow: flow.clone(),
+                                    error,
+                                },
+                            ))
                             .await;
                         return None;
                     }
@@ -318,7 +327,12 @@ impl Streams {
                         }
                     }
                 };
-                if self.inbound.send(item).await.is_err() {
+                if self
+                    .inbound
+                    .send((std::time::Instant::now(), item))
+                    .await
+                    .is_err()
+                {
                     return None;
                 }
             }

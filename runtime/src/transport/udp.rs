@@ -17,6 +17,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
@@ -40,6 +41,15 @@ pub(super) fn bind(address: SocketAddr) -> io::Result<UdpSocket> {
     // Best effort: a smaller buffer than asked for still works.
     let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER);
+    // The kernel's receive time of each datagram: how long it waited for the loop tells
+    // when the server is overloaded (`sip.overload_delay`).
+    #[cfg(target_os = "linux")]
+    nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::ReceiveTimestampns,
+        &true,
+    )
+    .map_err(io::Error::from)?;
     socket.bind(&address.into())?;
     socket.set_nonblocking(true)?;
     UdpSocket::from_std(socket.into())
@@ -72,6 +82,8 @@ pub struct UdpBuffers {
     received: Vec<(usize, usize, SocketAddr)>,
     /// How many datagrams the last turn took.
     last_turn: usize,
+    /// When the kernel received the newest datagram of the turn (Linux: `SO_TIMESTAMPNS`).
+    newest: Option<SystemTime>,
 }
 
 impl UdpBuffers {
@@ -82,6 +94,7 @@ impl UdpBuffers {
             data: vec![0; slots * DATAGRAM_MAX],
             received: Vec::with_capacity(slots),
             last_turn: 0,
+            newest: None,
         }
     }
 
@@ -99,9 +112,13 @@ impl UdpBuffers {
         (self.last_turn * 2).max(FIRST_ASK_MIN)
     }
 
-    /// Notes how many datagrams this turn took, for the next turn's [`first_ask`](Self::first_ask).
-    pub(super) fn took(&mut self, datagrams: usize) {
+    /// Notes how many datagrams this turn took, for the next turn's [`first_ask`](Self::first_ask),
+    /// and says how long the newest of them waited in the socket's buffer: the least wait of
+    /// the turn (none where the system gives no receive times).
+    pub(super) fn took(&mut self, datagrams: usize) -> Option<Duration> {
         self.last_turn = datagrams;
+        let newest = self.newest.take()?;
+        Some(SystemTime::now().duration_since(newest).unwrap_or_default())
     }
 
     /// The datagrams the last read received, in the order they arrived, with their sources.
@@ -128,17 +145,25 @@ pub(super) fn recv_batch(
     buffers: &mut UdpBuffers,
     max: usize,
 ) -> io::Result<usize> {
-    use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use nix::sys::socket::SockaddrStorage;
+    use nix::sys::socket::{recvmmsg, ControlMessageOwned, MsgFlags, MultiHeaders};
+    use nix::sys::time::TimeSpec;
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
     use tokio::io::Interest;
 
     let slots = max.min(buffers.slots());
-    let UdpBuffers { data, received, .. } = buffers;
+    let UdpBuffers {
+        data,
+        received,
+        newest,
+        ..
+    } = buffers;
     received.clear();
     let mut count = 0;
     let read = socket.try_io(Interest::READABLE, || {
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slots, None);
+        let cmsg = nix::cmsg_space!(TimeSpec);
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slots, Some(cmsg));
         let mut slices: Vec<[IoSliceMut<'_>; 1]> = data
             .chunks_exact_mut(DATAGRAM_MAX)
             .take(slots)
@@ -157,6 +182,17 @@ pub(super) fn recv_batch(
                 (address.as_sockaddr_in().map(|&a| SocketAddr::from(a)))
                     .or_else(|| address.as_sockaddr_in6().map(|&a| SocketAddr::from(a)))
             });
+            let stamps = message.cmsgs().into_iter().flatten();
+            for stamp in stamps {
+                if let ControlMessageOwned::ScmTimestampns(at) = stamp {
+                    let since_epoch = Duration::new(
+                        u64::try_from(at.tv_sec()).unwrap_or_default(),
+                        u32::try_from(at.tv_nsec()).unwrap_or_default(),
+                    );
+                    let at = SystemTime::UNIX_EPOCH + since_epoch;
+                    *newest = Some(newest.map_or(at, |n| n.max(at)));
+                }
+            }
             // Every datagram on an IP socket has an IP source; one without is dropped.
             if let Some(peer) = peer {
                 received.push((slot, message.bytes, peer));

@@ -160,6 +160,9 @@ impl Scenario {
 /// binds nothing (the simulation calls `handle_app_answer` itself) and reads neither file.
 pub fn with_app_api() -> Config {
     let mut config = Config::default();
+    // The simulated store takes up to 50 ms per batch, which is no load: shedding is tested
+    // on its own (tests/overload.rs and the node's unit tests).
+    config.sip.overload_delay = std::time::Duration::ZERO;
     let listen = "192.0.2.1:5443".parse().expect("an address");
     config.app_api.listen = Some(toml::Spanned::new(0..0, listen));
     config.app_api.certificate = Some("/sim/app-api.pem".into());
@@ -370,7 +373,7 @@ impl World {
                     .into_iter()
                     .map(StoreJob::into_job)
                     .collect();
-                for done in self.store.run_batch(batch) {
+                for done in self.store.run_batch(batch, now) {
                     self.node.handle_store_done(now, done);
                     self.carry_out();
                 }

@@ -41,6 +41,9 @@ use crate::transaction::{
 };
 use crate::transport::Flow;
 
+/// The `Retry-After` of a request refused because the server is overloaded, in seconds.
+const OVERLOAD_RETRY_AFTER: &str = "5";
+
 /// Branches of requests forwarded without a transaction (in-dialog requests).
 const STATELESS: &str = "z9hG4bKpps";
 /// Branches of INVITEs and CANCELs the proxy sends on behalf of a call.
@@ -192,16 +195,18 @@ impl Node {
         if self.is_routed_through_us(&request) {
             return self.route_in_dialog(&flow, request);
         }
-        // Overload: no new transaction beyond the cap (a retransmission still finds its own,
-        // an ACK needs none).
-        let is_ack = method == transaction::Method::Ack;
+        // Overload: no new transaction beyond the cap, and no new call or registration while
+        // the node is behind (a retransmission still finds its own transaction, an ACK needs
+        // none).
+        let new = method != transaction::Method::Ack && self.transactions.state(&key).is_none();
         let full = self.transactions.len() >= self.config.sip.max_transactions;
-        if full && !is_ack && self.transactions.state(&key).is_none() {
+        if new && full {
             self.metrics.limit_hit("max_transactions");
-            let bytes = (request.response(503).reason("Service Unavailable"))
-                .header("Retry-After", "5")
-                .to_bytes();
-            return self.send(&flow, Bytes::from(bytes));
+            return self.unavailable(&flow, &request);
+        }
+        if let Some(shed) = self.sheds(&request, &method).filter(|_| new) {
+            self.metrics.shed(shed);
+            return self.unavailable(&flow, &request);
         }
         let out = Outgoing {
             flow: flow.clone(),
@@ -253,6 +258,47 @@ impl Node {
             Some(Method::Extension(_)) => self.reply(&flow, &key, &request, 501, &[]),
             _ => self.reply(&flow, &key, &request, 405, &[("Allow", ALLOW.to_owned())]),
         }
+    }
+
+    /// The method of `request`, if it is refused because the node is overloaded (see
+    /// `overload`: while it is, only a share of new requests is let in). What may be
+    /// refused: a new call (an INVITE outside a dialog), and a REGISTER, unless a call waits
+    /// for its AOR (a phone woken by a push, or one that is reachable for a call in
+    /// progress). Everything else finishes work already accepted (CANCEL, BYE, in-dialog
+    /// requests) or costs as little as an answer (OPTIONS).
+    fn sheds(&mut self, request: &Message, method: &transaction::Method) -> Option<&'static str> {
+        let shed = match method.as_str() {
+            "INVITE" if !matches!(request.to_header(), Some(Ok(to)) if to.tag().is_some()) => {
+                "INVITE"
+            }
+            "REGISTER" if !self.awaited(request) => "REGISTER",
+            _ => return None,
+        };
+        (!self.overload.admits(self.instant())).then_some(shed)
+    }
+
+    /// Whether the core holds a call for the AOR a REGISTER names.
+    fn awaited(&self, request: &Message) -> bool {
+        let Some(Ok(to)) = request.to_header() else {
+            return false;
+        };
+        let Uri::Sip(uri) = &to.uri else {
+            return false;
+        };
+        (super::registrar::aor_of(uri)).is_some_and(|aor| {
+            self.bindings
+                .known_aor(&aor)
+                .is_some_and(|id| self.driver.core().holds_callee(id))
+        })
+    }
+
+    /// `503 Service Unavailable` with `Retry-After` (RFC 3261 §21.5.4), statelessly: the
+    /// request never becomes a transaction.
+    fn unavailable(&mut self, flow: &Flow, request: &Message) {
+        let bytes = (request.response(503).reason("Service Unavailable"))
+            .header("Retry-After", OVERLOAD_RETRY_AFTER)
+            .to_bytes();
+        self.send(flow, Bytes::from(bytes));
     }
 
     /// Answers a request through its server transaction.
