@@ -1,18 +1,23 @@
 //! The load generator against an in-process pushpark server, configured with the very text
-//! `loadgen --print-config` gives: small runs that finish in a few seconds each.
+//! `loadgen --print-config` gives: small runs that finish in a few seconds each. And against
+//! a stand-in for a server that sheds load, which today's server does not do yet.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pushpark::config::Config;
 use pushpark::server::Server;
+use pushpark::sip::parse_datagram;
 use pushpark_benches::loadgen::redis::SpawnedRedis;
 use pushpark_benches::loadgen::server::{config_text, free_port, ServerAddrs, Store};
 use pushpark_benches::loadgen::{
-    run, AnswerFromPush, Mode, Node, Options, Report, Target, Transport, Webhook,
+    run, AnswerFromPush, Mode, Node, Options, Overload, Report, Target, Transport, Webhook,
 };
 use tempfile::TempDir;
+use tokio::net::UdpSocket;
 
 fn any() -> SocketAddr {
     "127.0.0.1:0".parse().expect("a literal address")
@@ -383,4 +388,227 @@ fn answer_from_push_is_for_park_mode_alone_and_not_beside_ratios() {
     assert!(options.validate().is_ok());
     options.busy_ratio = 0.5;
     assert!(options.validate().is_err());
+}
+
+/// An overload scenario of a few seconds: 1 s at the base rate, 1 s at twice it, 2 s at it.
+fn short_overload() -> Overload {
+    Overload {
+        factor: 2.0,
+        warm_up: Duration::from_secs(1),
+        overload: Duration::from_secs(1),
+        recovery: Duration::from_secs(2),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_overload_run_reports_its_three_phases_and_no_call_shed_by_todays_server() {
+    let mut options = options(Mode::Park, Transport::Udp, 1, 40.0);
+    options.overload = Some(short_overload());
+    let report = load(&options).await;
+    assert!(report.success(), "{report}");
+    assert_eq!(report.shed, 0, "{report}");
+    assert_eq!(report.accepted_but_failed, 0, "{report}");
+    let overload = report.overload.as_ref().expect("the overload figures");
+    let planned: Vec<u64> = overload.phases.iter().map(|p| p.planned).collect();
+    assert_eq!(planned, [40, 80, 80], "{report}");
+    for phase in &overload.phases {
+        // A call the load generator could not start in time is not started at all.
+        assert_eq!(phase.started + phase.not_started, phase.planned, "{report}");
+        assert_eq!(phase.completed, phase.started, "{report}");
+        assert_eq!((phase.shed, phase.failed), (0, 0), "{report}");
+    }
+    let started: u64 = overload.phases.iter().map(|p| p.started).sum();
+    assert_eq!(report.attempted, started, "{report}");
+    // 1-s windows sliding 100 ms over the 2 s of recovery.
+    assert_eq!(overload.recovery.windows, 11, "{report}");
+    assert!(overload.recovery.threshold.is_some(), "{report}");
+    let text = report.to_string();
+    for label in [
+        "shed (503)",
+        "retransmissions",
+        "phase 1 warm-up",
+        "phase 2 overload",
+        "phase 3 recovery",
+        "goodput",
+        "recovery",
+        "target",
+    ] {
+        assert!(text.contains(label), "{label}: {text}");
+    }
+    let json = report.to_json();
+    assert_eq!(json["shed"].as_u64(), Some(0), "{json}");
+    assert_eq!(json["overload"]["phases"][1]["planned"].as_u64(), Some(80));
+    assert_eq!(json["overload"]["recovery"]["windows"].as_u64(), Some(11));
+    assert!(json["retransmissions"]["sent"].is_u64(), "{json}");
+}
+
+#[test]
+fn the_overload_scenario_needs_a_rate_and_is_for_park_and_relay() {
+    let mut options = Options::new(Mode::Relay);
+    options.overload = Some(short_overload());
+    assert!(options.validate().is_err(), "no rate");
+    options.rate = 100.0;
+    assert!(options.validate().is_ok());
+    // The phases decide the calls.
+    options.calls = 0;
+    assert!(options.validate().is_ok());
+    assert_eq!(options.planned_calls(), 100 + 200 + 200);
+    let mut options = Options::new(Mode::Hold);
+    options.rate = 100.0;
+    options.overload = Some(short_overload());
+    assert!(options.validate().is_err(), "hold");
+}
+
+/// A stand-in for a server that sheds load, over UDP: it registers every device (200),
+/// answers the INVITEs of the 1st, 3rd, 5th… call it sees with a stateless 503 and
+/// `Retry-After: 7`, those of the others with 100 Trying and then a 503 (a call it accepted
+/// and then failed), and notes every ACK it gets.
+struct Shedder {
+    addr: SocketAddr,
+    /// Each call's INVITE branch, by Call-ID.
+    invites: Arc<Mutex<HashMap<String, String>>>,
+    /// The ACKs' (Call-ID, branch).
+    acks: Arc<Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Shedder {
+    async fn start() -> Shedder {
+        let socket = UdpSocket::bind(any()).await.expect("the shedder binds");
+        let addr = socket.local_addr().expect("its address");
+        let invites = Arc::new(Mutex::new(HashMap::new()));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let (seen, acked) = (Arc::clone(&invites), Arc::clone(&acks));
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0; 65_536];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let Ok(request) = parse_datagram(&buf[..n]) else {
+                    continue;
+                };
+                let call_id = match request.call_id() {
+                    Some(Ok(id)) => id.to_owned(),
+                    _ => continue,
+                };
+                let branch = (request.top_via().and_then(Result::ok))
+                    .and_then(|via| via.branch().map(str::to_owned))
+                    .unwrap_or_default();
+                let mut replies = Vec::new();
+                match request.method().map(|m| m.as_str()) {
+                    Some("REGISTER") => replies.push(request.response(200).to_tag("r")),
+                    Some("INVITE") => {
+                        let mut seen = seen.lock().expect("not poisoned");
+                        let nth = seen.len();
+                        seen.entry(call_id).or_insert(branch);
+                        if nth % 2 == 1 {
+                            replies.push(request.response(100));
+                        }
+                        let refused = request.response(503).to_tag("s");
+                        replies.push(refused.header("Retry-After", "7"));
+                    }
+                    Some("ACK") => acked.lock().expect("not poisoned").push((call_id, branch)),
+                    _ => {}
+                }
+                for reply in replies {
+                    let _ = socket.send_to(&reply.to_bytes(), from).await;
+                }
+            }
+        });
+        Shedder {
+            addr,
+            invites,
+            acks,
+            task,
+        }
+    }
+
+    async fn target(&self) -> Target {
+        Target {
+            node: Node {
+                sip: self.addr,
+                admin: None,
+                pid: None,
+            },
+            devices_node: None,
+            redis: None,
+            webhook: Webhook::bind(any()).await.expect("the webhook binds"),
+        }
+    }
+
+    /// Waits (a little) until `n` ACKs came, and gives them.
+    async fn acks(&self, n: usize) -> Vec<(String, String)> {
+        for _ in 0..100 {
+            if self.acks.lock().expect("not poisoned").len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.acks.lock().expect("not poisoned").clone()
+    }
+}
+
+impl Drop for Shedder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_before_anything_else_is_shed_and_acked_and_one_after_a_100_is_a_failure() {
+    let shedder = Shedder::start().await;
+    let options = options(Mode::Relay, Transport::Udp, 40, 0.0);
+    let report = run(&options, &shedder.target().await)
+        .await
+        .expect("the run is carried out");
+    assert_eq!(report.attempted, 40, "{report}");
+    assert_eq!(report.shed, 20, "{report}");
+    assert_eq!(report.retry_after.get(&7), Some(&20), "{report}");
+    assert_eq!(report.shed_without_retry_after, 0, "{report}");
+    assert_eq!(report.completed, 0, "{report}");
+    assert_eq!(report.failed, 20, "{report}");
+    assert_eq!(report.accepted_but_failed, 20, "{report}");
+    assert_eq!(report.failures.get("final 503"), Some(&20), "{report}");
+    assert_eq!(report.outcomes.get(&503), Some(&40), "{report}");
+    assert!(!report.success(), "{report}");
+    // Every 503 ACKed once, on its INVITE's branch (RFC 3261 §17.1.1.3), and not retried.
+    let mut acks = shedder.acks(40).await;
+    acks.sort();
+    let mut invites: Vec<(String, String)> = (shedder.invites.lock().expect("not poisoned"))
+        .iter()
+        .map(|(id, branch)| (id.clone(), branch.clone()))
+        .collect();
+    invites.sort();
+    assert_eq!(acks, invites, "{report}");
+    assert_eq!(report.retransmissions.invites, 0, "{report}");
+    let text = report.to_string();
+    assert!(
+        text.contains("20 shed (503), 20 failed (20 accepted but failed)"),
+        "{text}"
+    );
+    assert!(text.contains("7 s × 20"), "{text}");
+    assert_eq!(report.to_json()["retry_after_s"]["7"].as_u64(), Some(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overload_run_against_a_server_that_sheds_counts_shed_calls_by_phase() {
+    let shedder = Shedder::start().await;
+    let mut options = options(Mode::Relay, Transport::Udp, 1, 20.0);
+    options.overload = Some(short_overload());
+    let report = run(&options, &shedder.target().await)
+        .await
+        .expect("the run is carried out");
+    let overload = report.overload.as_ref().expect("the overload figures");
+    let shed: u64 = overload.phases.iter().map(|p| p.shed).sum();
+    let failed: u64 = overload.phases.iter().map(|p| p.accepted_but_failed).sum();
+    assert_eq!(shed, report.shed, "{report}");
+    assert_eq!(failed, report.accepted_but_failed, "{report}");
+    assert_eq!(report.shed + report.failed, report.attempted, "{report}");
+    assert!(report.shed > 0, "{report}");
+    // No call completed: never back to normal, and the target is not met.
+    assert_eq!(overload.recovery.after, None, "{report}");
+    assert!(
+        overload.phases.iter().all(|p| p.latency.is_none()),
+        "{report}"
+    );
+    assert!(!overload.met_target(), "{report}");
+    assert!(report.to_string().contains("NOT"), "{report}");
 }

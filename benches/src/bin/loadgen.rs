@@ -8,6 +8,14 @@
 //! To compare a busy answered from the push (the app API, specs/parking.md §9) with a busy
 //! answered over SIP, run the same build twice and read "latency push → caller's final
 //! response": `loadgen park --answer-from-push busy` and `loadgen park --busy-ratio 1`.
+//!
+//! To see how the server copes with overload, find the highest `--rate` at which
+//! `loadgen park --rate R --calls N` has no failure, then run `loadgen park --overload
+//! --rate R`: R for 10 s, twice R for 30 s, R again for 15 s, reported phase by phase with
+//! the calls the server shed (503 + Retry-After), how soon it was back to normal, and
+//! whether it met the target (goodput ≥ 90 % of R during the overload, no accepted call
+//! failed, INVITE → 200 p99 < 100 ms, back to normal within 5 s). The exit status says
+//! only whether any call failed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +26,7 @@ use clap::{Parser, ValueEnum};
 use pushpark_benches::loadgen::cluster::SpawnedCluster;
 use pushpark_benches::loadgen::server::{self, ServerAddrs, SpawnedServer, Store};
 use pushpark_benches::loadgen::{
-    run, side_by_side, AnswerFromPush, LoadgenError, Mode, Node, Options, Report, Target,
+    run, side_by_side, AnswerFromPush, LoadgenError, Mode, Node, Options, Overload, Report, Target,
     Transport, Webhook,
 };
 
@@ -27,6 +35,11 @@ const DEFAULT_SIP: &str = "127.0.0.1:5060";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9060";
 const DEFAULT_WEBHOOK: &str = "127.0.0.1:8060";
 const DEFAULT_APP_API: &str = "127.0.0.1:5443";
+/// Calls in flight at most unless told: …
+const DEFAULT_MAX_IN_FLIGHT: usize = 500;
+/// … or, in an overload run, at least the calls of this long at the overload's rate (a
+/// server that keeps calls longer is collapsing; the report then shows calls not started).
+const OVERLOAD_IN_FLIGHT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ModeArg {
@@ -59,7 +72,10 @@ enum TransportArg {
     after_help = "Busy from the push against busy over SIP (same build, two runs; compare \
                   \"latency push → caller's final response\"):\n  \
                   loadgen park --calls 20000 --answer-from-push busy\n  \
-                  loadgen park --calls 20000 --busy-ratio 1"
+                  loadgen park --calls 20000 --busy-ratio 1\n\n\
+                  Overload (find R first: the highest --rate with no failure):\n  \
+                  loadgen park --rate 2000 --calls 60000\n  \
+                  loadgen park --overload --rate 2000 --overload-secs 15"
 )]
 struct Cli {
     /// What to run.
@@ -69,11 +85,32 @@ struct Cli {
     #[arg(long, default_value_t = 10_000)]
     calls: u64,
     /// Calls started per second; 0 = as fast as --max-in-flight allows (open loop).
+    /// With --overload: the base rate.
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// Calls in flight at most (park, relay); hold: calls started and not yet parked.
-    #[arg(long, default_value_t = 500)]
-    max_in_flight: usize,
+    /// Park, relay: the overload scenario instead of --calls: --warm-up-secs at --rate,
+    /// --overload-secs at --overload-factor x --rate, --recovery-secs at --rate again, each
+    /// call open loop on its schedule. Reports each phase (rate offered, goodput, shed,
+    /// failed, accepted but failed, INVITE → 200, retransmissions), the recovery, and the
+    /// target. A call answered 503 before anything else is shed: ACKed, not retried.
+    #[arg(long, conflicts_with = "calls")]
+    overload: bool,
+    /// With --overload: the overload phase's rate as a multiple of --rate.
+    #[arg(long, default_value_t = 2.0, requires = "overload")]
+    overload_factor: f64,
+    /// With --overload: seconds of overload.
+    #[arg(long, default_value_t = 30.0, requires = "overload")]
+    overload_secs: f64,
+    /// With --overload: seconds at --rate before the overload.
+    #[arg(long, default_value_t = 10.0, requires = "overload")]
+    warm_up_secs: f64,
+    /// With --overload: seconds at --rate after the overload (at least 1).
+    #[arg(long, default_value_t = 15.0, requires = "overload")]
+    recovery_secs: f64,
+    /// Calls in flight at most (park, relay); hold: calls started and not yet parked
+    /// [default: 500; with --overload: 2 s of the overload phase's calls, at least 500].
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Devices to register (default: min(calls, 2 x max-in-flight); hold: min(calls, 10000)).
     #[arg(long)]
     devices: Option<usize>,
@@ -157,7 +194,19 @@ impl Cli {
         };
         options.calls = self.calls;
         options.rate = self.rate;
-        options.max_in_flight = self.max_in_flight;
+        let secs = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO);
+        options.overload = self.overload.then(|| Overload {
+            factor: self.overload_factor,
+            warm_up: secs(self.warm_up_secs),
+            overload: secs(self.overload_secs),
+            recovery: secs(self.recovery_secs),
+        });
+        let overload_calls = |o: &Overload| self.rate * o.factor * OVERLOAD_IN_FLIGHT.as_secs_f64();
+        options.max_in_flight = self.max_in_flight.unwrap_or_else(|| {
+            (options.overload.as_ref())
+                .map_or(0, |o| overload_calls(o).ceil() as usize)
+                .max(DEFAULT_MAX_IN_FLIGHT)
+        });
         options.devices = self.devices;
         options.wake_delay = Duration::from_millis(self.wake_delay);
         options.busy_ratio = self.busy_ratio;
@@ -167,8 +216,8 @@ impl Cli {
             AnswerArg::Decline => AnswerFromPush::Decline,
         });
         options.sockets = self.sockets;
-        if let Some(secs) = self.park_timeout {
-            options.park_timeout = Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO);
+        if let Some(park_timeout) = self.park_timeout {
+            options.park_timeout = secs(park_timeout);
         }
         options.progress = !self.quiet;
         options

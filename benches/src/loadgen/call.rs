@@ -8,7 +8,10 @@
 //! with the push's answer token to the push's answer URL (a small task of its own, whose
 //! reply comes back through the router), and the call is over once the caller has the
 //! server's 486 or 603 and the app API said `taken`.
-//! It notes when each step happened, so the report can say what the server added.
+//! A caller whose INVITE gets a `503` before anything else from the server is *shed*: it
+//! ACKs the 503 (RFC 3261 §17.1.1.3) and notes its Retry-After, but does not retry.
+//! It notes when each step happened, so the report can say what the server added, and
+//! what was sent again and received again.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -275,6 +278,7 @@ impl<'a> Call<'a> {
             cancel_turn: None,
             outcome: Outcome {
                 rejected_with: (behaviour != Behaviour::Answer).then(|| behaviour.code()),
+                started: Some(start),
                 ..Outcome::default()
             },
             done: false,
@@ -438,6 +442,10 @@ impl<'a> Call<'a> {
         // Answered: the INVITE is not sent again.
         self.invite_retx = None;
         self.invite = Bytes::new();
+        if code == 503 && !self.outcome.accepted {
+            return self.on_shed(incoming);
+        }
+        self.outcome.accepted = true;
         if code < 200 {
             if !self.provisional {
                 self.provisional = true;
@@ -456,7 +464,9 @@ impl<'a> Call<'a> {
             Err(what) => return self.fail(format!("bad {code}: {what}")),
         }
         if self.final_code.is_some() {
-            return; // a retransmission, ACKed again
+            // A retransmission, ACKed again.
+            self.outcome.retransmissions.finals_again += 1;
+            return;
         }
         self.note_final(code, incoming.at);
         if self.ctx.mode == Mode::Hold {
@@ -472,9 +482,27 @@ impl<'a> Call<'a> {
         }
     }
 
+    /// The server refused the call with a 503 before anything else: the call is shed.
+    /// ACKed (each time it comes, the first time and any retransmission), not retried.
+    fn on_shed(&mut self, incoming: &Incoming) {
+        match sip::ack_non_2xx(&incoming.message) {
+            Ok(ack) => self.send_caller(&ack),
+            Err(what) => return self.fail(format!("bad 503: {what}")),
+        }
+        if self.final_code.is_some() {
+            self.outcome.retransmissions.finals_again += 1;
+            return;
+        }
+        self.note_final(503, incoming.at);
+        self.outcome.shed = true;
+        self.outcome.retry_after = sip::retry_after(&incoming.message);
+        self.succeed();
+    }
+
     fn on_2xx(&mut self, incoming: &Incoming) {
         if let Some(ack) = self.ack.clone() {
             // The 2xx again: our ACK was lost.
+            self.outcome.retransmissions.finals_again += 1;
             return self.send_caller(&ack);
         }
         if self.final_code.is_some() {
@@ -516,7 +544,10 @@ impl<'a> Call<'a> {
                 let code = message.status().unwrap_or(0);
                 if code >= 200 && sip::cseq_is(message, "REGISTER") && self.register.is_some() {
                     self.register_retx = None;
-                    if code != 200 {
+                    if code == 503 {
+                        // A wake-up REGISTER for a parked call must never be shed.
+                        self.fail("wake-up REGISTER shed (503)".to_owned());
+                    } else if code != 200 {
                         self.fail(format!("wake-up REGISTER answered {code}"));
                     }
                 }
@@ -545,6 +576,7 @@ impl<'a> Call<'a> {
             if uas.branch == branch {
                 // A retransmitted INVITE: the last response again.
                 uas.link.send(&uas.last, uas.to);
+                self.outcome.retransmissions.invites_again += 1;
                 return;
             }
         }
@@ -557,6 +589,7 @@ impl<'a> Call<'a> {
             }
             _ => false,
         };
+        self.outcome.accepted = true;
         if !for_us {
             let reply = sip::response(message, 404, None);
             incoming.link.send(&reply, incoming.from);
@@ -599,6 +632,7 @@ impl<'a> Call<'a> {
     fn on_push(&mut self, pushed: Pushed) {
         let at = pushed.at;
         self.pushes += 1;
+        self.outcome.accepted = true;
         if self.pushes > 1 {
             return;
         }
@@ -738,6 +772,13 @@ impl<'a> Call<'a> {
             let cause = self.timeout_cause();
             return self.fail(cause);
         }
+        let again = &mut self.outcome.retransmissions;
+        again.invites += u64::from(Retx::due(&self.invite_retx, now));
+        again.requests += [self.register_retx, self.bye_retx, self.cancel_retx]
+            .iter()
+            .filter(|r| Retx::due(r, now))
+            .count() as u64;
+        again.responses += u64::from(Retx::due(&self.uas.as_ref().and_then(|u| u.retx), now));
         if Retx::due(&self.invite_retx, now) {
             let invite = self.invite.clone();
             self.send_caller(&invite);

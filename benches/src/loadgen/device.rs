@@ -180,6 +180,12 @@ impl Devices {
             match tokio::time::timeout(REGISTER_RETRY / 4, answers.recv()).await {
                 Ok(Some((dev, code))) => {
                     if pending.remove(&dev).is_some() {
+                        if code == 503 {
+                            return Err(format!(
+                                "dev{dev}: REGISTER shed (503): the server was overloaded \
+                                 before the calls began"
+                            ));
+                        }
                         if code != 200 {
                             return Err(format!("dev{dev}: REGISTER answered {code}"));
                         }

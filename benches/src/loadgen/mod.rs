@@ -4,7 +4,9 @@
 //! register with RFC 8599 push parameters; it serves the webhook the server pushes to;
 //! callers INVITE at a set rate (or as fast as a cap on calls in flight allows); each
 //! device wakes on its push after a set delay, REGISTERs again, rings and answers (or is
-//! busy, or declines, at set ratios); ACK and BYE end each call. Three modes:
+//! busy, or declines, at set ratios); ACK and BYE end each call. A call whose INVITE the
+//! server refuses with a 503 before accepting it is *shed*: ACKed, counted apart from the
+//! failures with its Retry-After, not retried. Three modes:
 //!
 //! * [`Mode::Park`]: every call is parked, pushed, woken and delivered (the push path).
 //!   With [`Options::answer_from_push`] the devices never wake their SIP stack: each app
@@ -16,6 +18,11 @@
 //! * [`Mode::Relay`]: devices register without push parameters and stay reachable, so
 //!   calls take the plain proxy path.
 //!
+//! Park and relay also run the overload scenario ([`Options::overload`], see
+//! [`OverloadReport`]): a warm-up at the base rate, an overload at a multiple of it, a
+//! recovery at the base rate, and per phase what was offered, completed and shed, how
+//! fast, and how soon after the overload the server was back to normal.
+//!
 //! It stays cheap: a few sockets shared by all devices and callers (`link.rs`), one task per
 //! call in flight playing both of its ends (`call.rs`), and messages routed to calls by
 //! identifiers written into their Call-IDs and branches (`router.rs`). Answers from the
@@ -24,7 +31,8 @@
 //! 200 latency at the caller, the server's parking overhead (INVITE → push, wake-up
 //! REGISTER → INVITE), and, park mode, the time from the push at the webhook to the caller's
 //! final response, which compares a busy answered from the push with a busy answered over
-//! SIP (`--answer-from-push busy` against `--busy-ratio 1`), see [`Report`].
+//! SIP (`--answer-from-push busy` against `--busy-ratio 1`), calls shed, and the
+//! retransmissions sent and received (a retransmission storm shows there), see [`Report`].
 //!
 //! Library use (what the tests do with an in-process server): bind a [`Webhook`] first, give
 //! its address to [`server::config_text`], start the server on that configuration, then
@@ -40,6 +48,7 @@ pub mod webhook;
 mod call;
 mod device;
 mod link;
+mod overload;
 mod report;
 mod router;
 mod sip;
@@ -54,13 +63,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+pub use overload::{Overload, OverloadReport, PhaseReport, Recovery};
 pub use pushpark::config::Transport;
-pub use report::{side_by_side, HoldReport, Percentiles, Report, ServerFigures};
+pub use report::{side_by_side, HoldReport, Percentiles, Report, Retransmissions, ServerFigures};
 pub use webhook::Webhook;
 
 use device::Devices;
 use link::{Link, Side};
 use metrics::Scrape;
+use overload::Schedule;
 use redis::RedisStats;
 use report::Stats;
 use router::Router;
@@ -150,10 +161,14 @@ pub struct Options {
     pub mode: Mode,
     /// UDP or TCP, for callers and devices alike.
     pub transport: Transport,
-    /// Calls in all (hold: calls held at once).
+    /// Calls in all (hold: calls held at once); an overload run's phases decide instead.
     pub calls: u64,
-    /// Calls started per second; 0 starts them as fast as the other limits allow.
+    /// Calls started per second; 0 starts them as fast as the other limits allow. An
+    /// overload run's base rate.
     pub rate: f64,
+    /// Park, relay: run the overload scenario at base rate [`Options::rate`] instead of
+    /// [`Options::calls`] calls.
+    pub overload: Option<Overload>,
     /// Calls in flight at most (park, relay); hold: calls started and not yet parked.
     pub max_in_flight: usize,
     /// Devices registered; `None` picks a number from the others (see
@@ -187,6 +202,7 @@ impl Options {
             transport: Transport::Udp,
             calls: 10_000,
             rate: 0.0,
+            overload: None,
             max_in_flight: 500,
             devices: None,
             wake_delay: Duration::ZERO,
@@ -206,7 +222,7 @@ impl Options {
     /// in flight (park, relay: a call takes a free device, so this bounds concurrency), or
     /// at most 10,000 (hold: the calls share the devices round robin).
     pub fn device_count(&self) -> usize {
-        let calls = usize::try_from(self.calls).unwrap_or(usize::MAX);
+        let calls = usize::try_from(self.planned_calls()).unwrap_or(usize::MAX);
         let auto = match self.mode {
             Mode::Hold => calls.min(10_000),
             Mode::Park | Mode::Relay => calls.min(self.max_in_flight.saturating_mul(2)),
@@ -214,10 +230,24 @@ impl Options {
         self.devices.unwrap_or(auto).max(1)
     }
 
+    /// Calls the run starts: [`Options::calls`], or all the overload scenario's phases'.
+    pub fn planned_calls(&self) -> u64 {
+        self.schedule().map_or(self.calls, |s| s.calls())
+    }
+
+    fn schedule(&self) -> Option<Schedule> {
+        Some(Schedule::new(self.rate, self.overload.as_ref()?))
+    }
+
     /// Checks the options make sense together.
     pub fn validate(&self) -> Result<(), LoadgenError> {
         let usage = |s: &str| Err(LoadgenError::Usage(s.to_owned()));
-        if self.calls == 0 {
+        if let Some(overload) = &self.overload {
+            if self.mode == Mode::Hold {
+                return usage("--overload is for park and relay");
+            }
+            overload.check(self.rate).map_err(LoadgenError::Usage)?;
+        } else if self.calls == 0 {
             return usage("--calls must be at least 1");
         }
         if !(self.rate.is_finite() && self.rate >= 0.0) {
@@ -453,7 +483,7 @@ async fn drive(
                 Mode::Park => "parking",
                 Mode::Relay => "relaying",
             },
-            options.calls
+            options.planned_calls()
         );
     }
     let counters = ctx.router.counters();
@@ -471,12 +501,15 @@ async fn drive(
         let ctx = Arc::clone(ctx);
         tokio::spawn(async move { ctx.stats.progress(start).await })
     });
-    let (duration, hold) = match options.mode {
+    let (duration, hold, not_started) = match options.mode {
         Mode::Hold => {
             let (duration, hold) = hold(ctx, options, target, client, node_before.rss).await;
-            (duration, Some(hold))
+            (duration, Some(hold), [0; 3])
         }
-        Mode::Park | Mode::Relay => (load(ctx, options, pool).await, None),
+        Mode::Park | Mode::Relay => {
+            let (duration, not_started) = load(ctx, options, pool).await;
+            (duration, None, not_started)
+        }
     };
     if let Some(progress) = progress {
         progress.abort();
@@ -504,6 +537,10 @@ async fn drive(
         ctx.stats.fail(cause.to_owned(), n);
     }
     let tallied = ctx.stats.tallied();
+    let overload = options.overload.as_ref().zip(options.schedule());
+    let overload = overload.map(|(overload, schedule)| {
+        OverloadReport::of(&schedule, overload, ctx.stats.take_records(), not_started)
+    });
     Ok(Report {
         mode: options.mode,
         transport: options.transport,
@@ -512,6 +549,11 @@ async fn drive(
         attempted: ctx.stats.sent.load(Ordering::Relaxed),
         completed: ctx.stats.completed.load(Ordering::Relaxed),
         failed: ctx.stats.failed.load(Ordering::Relaxed),
+        shed: ctx.stats.shed.load(Ordering::Relaxed),
+        accepted_but_failed: tallied.accepted_but_failed,
+        retry_after: tallied.retry_after,
+        shed_without_retry_after: tallied.shed_without_retry_after,
+        retransmissions: tallied.retransmissions,
         outcomes: tallied.outcomes,
         failures: tallied.failures,
         expected_rejections: tallied.expected_rejections,
@@ -528,6 +570,7 @@ async fn drive(
         not_pushed: tallied.not_pushed,
         stray: counters.stray,
         hold,
+        overload,
         loadgen_cpu,
         loadgen_udp_drops,
         loadgen_peak_rss: status_bytes("self", "VmHWM:"),
@@ -648,10 +691,13 @@ fn cpu_time(pid: &str) -> Option<Duration> {
 /// Waits until call `idx` is due at `rate` calls per second from `start`.
 async fn pace(start: Instant, idx: u64, rate: f64) {
     if rate > 0.0 {
-        let due = start + Duration::from_secs_f64(idx as f64 / rate);
-        if due > Instant::now() {
-            tokio::time::sleep_until(due.into()).await;
-        }
+        wait_until(start + Duration::from_secs_f64(idx as f64 / rate)).await;
+    }
+}
+
+async fn wait_until(due: Instant) {
+    if due > Instant::now() {
+        tokio::time::sleep_until(due.into()).await;
     }
 }
 
@@ -667,28 +713,69 @@ fn spawn_call(
     tokio::spawn(call::run(Arc::clone(ctx), idx, dev, events, hold, permit));
 }
 
-/// Park and relay: starts the calls at the rate, each on a free device, at most
-/// `max_in_flight` at once; returns once all have ended.
+/// Park and relay: starts the calls at the rate (an overload run: on its schedule), each
+/// on a free device, at most `max_in_flight` at once; returns once all have ended, with
+/// the calls of each overload phase that could not start before their phase ended.
 async fn load(
     ctx: &Arc<Ctx>,
     options: &Options,
     pool: &mut mpsc::UnboundedReceiver<u32>,
-) -> Duration {
+) -> (Duration, [u64; 3]) {
     let permits = options.max_in_flight;
     let in_flight = Arc::new(Semaphore::new(permits));
+    let schedule = options.schedule();
+    let mut not_started = [0; 3];
     let start = Instant::now();
-    for idx in 0..options.calls {
-        pace(start, idx, options.rate).await;
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-            break;
+    if schedule.is_some() {
+        ctx.stats.keep_records(start);
+    }
+    for idx in 0..options.planned_calls() {
+        // An overload run: the phase of the call, and when it ends.
+        let phase = match &schedule {
+            Some(schedule) => {
+                let Some((due, phase)) = schedule.due(idx) else {
+                    break;
+                };
+                let planned = &schedule.phases()[phase];
+                wait_until(start + due).await;
+                if options.progress && idx == planned.first {
+                    eprintln!(
+                        "loadgen: phase {} ({}): {:.0} calls/s for {:.0} s",
+                        phase + 1,
+                        planned.name,
+                        planned.rate,
+                        (planned.end - planned.start).as_secs_f64()
+                    );
+                }
+                Some((phase, start + planned.end))
+            }
+            None => {
+                pace(start, idx, options.rate).await;
+                None
+            }
         };
-        let Some(dev) = pool.recv().await else {
+        let free = async {
+            let permit = Arc::clone(&in_flight).acquire_owned().await.ok()?;
+            Some((permit, pool.recv().await?))
+        };
+        let free = match phase {
+            // Not started at all once its phase is over.
+            Some((phase, end)) => match tokio::time::timeout_at(end.into(), free).await {
+                Ok(free) if Instant::now() < end => free,
+                _ => {
+                    not_started[phase] += 1;
+                    continue;
+                }
+            },
+            None => free.await,
+        };
+        let Some((permit, dev)) = free else {
             break;
         };
         spawn_call(ctx, idx, dev, None, permit);
     }
     let _ = in_flight.acquire_many(permits as u32).await;
-    start.elapsed()
+    (start.elapsed(), not_started)
 }
 
 /// Hold: starts every call (devices round robin; at most `max_in_flight` not yet parked),
@@ -727,7 +814,7 @@ async fn hold(
     let stats = &ctx.stats;
     let settle = Instant::now() + HOLD_SETTLE;
     let (held_all, parked_gauge, at_hold) = loop {
-        let ended = stats.completed.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
+        let ended = stats.ended();
         let live = calls.saturating_sub(ended);
         let trying = stats.trying.load(Ordering::Relaxed);
         let pushed = stats.pushed.load(Ordering::Relaxed);
@@ -745,7 +832,7 @@ async fn hold(
     };
     let time_to_hold = start.elapsed();
     let rss_held = server_rss(at_hold.as_ref(), target.node.pid);
-    let ended = stats.completed.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed);
+    let ended = stats.ended();
     let held = stats
         .trying
         .load(Ordering::Relaxed)

@@ -1,5 +1,6 @@
 //! What a run measured: counters the progress line reads while calls run, histograms and
-//! tallies each call adds to when it ends, and the final [`Report`] (text and JSON).
+//! tallies each call adds to when it ends (and, in an overload run, a record of each call
+//! for [`OverloadReport`]), and the final [`Report`] (text and JSON).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,6 +12,7 @@ use hdrhistogram::Histogram;
 use pushpark::config::Transport;
 use serde_json::{json, Value};
 
+use super::overload::{CallRecord, End, OverloadReport};
 use super::redis::RedisStats;
 use super::{AnswerFromPush, Mode};
 
@@ -39,6 +41,83 @@ pub(crate) struct Outcome {
     pub pushes: u32,
     /// The device was told to answer with this code instead of 200 (486, 603).
     pub rejected_with: Option<u16>,
+    /// When the call started.
+    pub started: Option<Instant>,
+    /// The server accepted the call: it sent something other than a 503 for it (a response
+    /// to the INVITE, a push, the INVITE at the device).
+    pub accepted: bool,
+    /// The server refused the call: a 503 to its INVITE before anything else.
+    pub shed: bool,
+    /// The shed call's Retry-After, in seconds, if it had one.
+    pub retry_after: Option<u32>,
+    /// What the call's parties sent again, and got again.
+    pub retransmissions: Retransmissions,
+}
+
+/// Retransmissions over UDP (none over TCP): what the load generator sent again on its
+/// RFC 3261 timers, and what it got again from the server. Many of either are a
+/// retransmission storm: a server too slow to answer within T1 (500 ms) doubles its load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retransmissions {
+    /// INVITEs sent again (Timer A: no response yet).
+    pub invites: u64,
+    /// Wake-up REGISTERs, BYEs and CANCELs sent again (Timer E: no final response yet).
+    pub requests: u64,
+    /// The devices' final responses to INVITEs sent again (no ACK yet).
+    pub responses: u64,
+    /// Final responses to INVITEs the callers got again (each ACKed again).
+    pub finals_again: u64,
+    /// INVITEs the devices got again (each answered again).
+    pub invites_again: u64,
+}
+
+impl Retransmissions {
+    /// Messages the load generator sent again.
+    pub fn sent(&self) -> u64 {
+        self.invites + self.requests + self.responses
+    }
+
+    /// Messages the load generator got again.
+    pub fn received(&self) -> u64 {
+        self.finals_again + self.invites_again
+    }
+
+    fn add(&mut self, other: &Retransmissions) {
+        self.invites += other.invites;
+        self.requests += other.requests;
+        self.responses += other.responses;
+        self.finals_again += other.finals_again;
+        self.invites_again += other.invites_again;
+    }
+
+    fn to_json(self) -> Value {
+        json!({
+            "sent": self.sent(),
+            "invites": self.invites,
+            "requests": self.requests,
+            "responses": self.responses,
+            "received": self.received(),
+            "finals_again": self.finals_again,
+            "invites_again": self.invites_again,
+        })
+    }
+}
+
+impl fmt::Display for Retransmissions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} sent (INVITE {}, REGISTER/BYE/CANCEL {}, devices' finals {}), {} received \
+             again (finals at callers {}, INVITEs at devices {})",
+            self.sent(),
+            self.invites,
+            self.requests,
+            self.responses,
+            self.received(),
+            self.finals_again,
+            self.invites_again
+        )
+    }
 }
 
 /// Counters read while the run goes on, and tallies filled as calls end.
@@ -49,6 +128,8 @@ pub(crate) struct Stats {
     pub completed: AtomicU64,
     /// Calls that failed.
     pub failed: AtomicU64,
+    /// Calls the server refused with a 503.
+    pub shed: AtomicU64,
     /// Hold mode: calls that got their 100 Trying.
     pub trying: AtomicU64,
     /// Calls that got at least one push.
@@ -70,14 +151,20 @@ struct Tallies {
     pushed_twice: u64,
     not_pushed: u64,
     expected_rejections: BTreeMap<u16, u64>,
+    accepted_but_failed: u64,
+    retry_after: BTreeMap<u32, u64>,
+    shed_without_retry_after: u64,
+    retransmissions: Retransmissions,
+    /// Overload runs: when the first call was due, and each call's record.
+    timeline: Option<(Instant, Vec<CallRecord>)>,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // Microseconds, 1 µs to an hour, 3 significant digits.
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant, valid histogram bounds")
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
@@ -87,6 +174,7 @@ impl Stats {
             sent: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             trying: AtomicU64::new(0),
             pushed: AtomicU64::new(0),
             tallies: Mutex::new(Tallies {
@@ -103,6 +191,11 @@ impl Stats {
                 pushed_twice: 0,
                 not_pushed: 0,
                 expected_rejections: BTreeMap::new(),
+                accepted_but_failed: 0,
+                retry_after: BTreeMap::new(),
+                shed_without_retry_after: 0,
+                retransmissions: Retransmissions::default(),
+                timeline: None,
             }),
         }
     }
@@ -111,14 +204,49 @@ impl Stats {
         self.tallies.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// From now on, keep a record of each call, its start counted from `start` (the
+    /// overload scenario's phases and recovery need them).
+    pub fn keep_records(&self, start: Instant) {
+        self.tallies().timeline = Some((start, Vec::new()));
+    }
+
+    /// The records kept since [`Stats::keep_records`].
+    pub fn take_records(&self) -> Vec<CallRecord> {
+        (self.tallies().timeline.take()).map_or_else(Vec::new, |(_, records)| records)
+    }
+
     /// A call ended.
     pub fn record(&self, outcome: Outcome) {
-        let counter = if outcome.failure.is_some() {
-            &self.failed
-        } else {
-            &self.completed
+        let end = match (&outcome.failure, outcome.shed, outcome.accepted) {
+            (Some(_), _, true) => End::FailedAccepted,
+            (Some(_), _, false) => End::Failed,
+            (None, true, _) => End::Shed,
+            (None, false, _) => End::Completed,
+        };
+        let counter = match end {
+            End::Completed => &self.completed,
+            End::Shed => &self.shed,
+            End::Failed | End::FailedAccepted => &self.failed,
         };
         let mut t = self.tallies();
+        match end {
+            End::FailedAccepted => t.accepted_but_failed += 1,
+            End::Shed => match outcome.retry_after {
+                Some(secs) => *t.retry_after.entry(secs).or_default() += 1,
+                None => t.shed_without_retry_after += 1,
+            },
+            End::Completed | End::Failed => {}
+        }
+        t.retransmissions.add(&outcome.retransmissions);
+        if let (Some((start, records)), Some(started)) = (&mut t.timeline, outcome.started) {
+            records.push(CallRecord {
+                started: started.saturating_duration_since(*start),
+                end,
+                latency: outcome.latency,
+                retransmitted: outcome.retransmissions.sent(),
+                received_again: outcome.retransmissions.received(),
+            });
+        }
         if let Some(latency) = outcome.latency {
             t.latency.saturating_record(micros(latency));
         }
@@ -162,10 +290,19 @@ impl Stats {
         }
     }
 
+    /// Calls ended, whichever way.
+    pub fn ended(&self) -> u64 {
+        [&self.completed, &self.failed, &self.shed]
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Calls started and not ended yet.
     pub fn in_flight(&self) -> u64 {
-        let ended = self.completed.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
-        self.sent.load(Ordering::Relaxed).saturating_sub(ended)
+        self.sent
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.ended())
     }
 
     /// Prints a progress line to stderr once a second until the task is aborted.
@@ -175,18 +312,18 @@ impl Stats {
         let mut last = 0;
         loop {
             tick.tick().await;
-            let completed = self.completed.load(Ordering::Relaxed);
-            let failed = self.failed.load(Ordering::Relaxed);
+            let ended = self.ended();
             eprintln!(
-                "[{:7.1}s] sent {:>8}  completed {:>8}  failed {:>6}  in flight {:>6}  {:>7} calls/s",
+                "[{:7.1}s] sent {:>8}  completed {:>8}  shed {:>7}  failed {:>6}  in flight {:>6}  {:>7} calls/s",
                 start.elapsed().as_secs_f64(),
                 self.sent.load(Ordering::Relaxed),
-                completed,
-                failed,
+                self.completed.load(Ordering::Relaxed),
+                self.shed.load(Ordering::Relaxed),
+                self.failed.load(Ordering::Relaxed),
                 self.in_flight(),
-                completed + failed - last,
+                ended - last,
             );
-            last = completed + failed;
+            last = ended;
         }
     }
 }
@@ -209,7 +346,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Option<Percentiles> {
+    pub(crate) fn of(h: &Histogram<u64>) -> Option<Percentiles> {
         let at = |q: f64| Duration::from_micros(h.value_at_quantile(q));
         (!h.is_empty()).then(|| Percentiles {
             count: h.len(),
@@ -221,7 +358,7 @@ impl Percentiles {
         })
     }
 
-    fn to_json(self) -> Value {
+    pub(crate) fn to_json(self) -> Value {
         let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         json!({
             "count": self.count,
@@ -250,7 +387,7 @@ impl fmt::Display for Percentiles {
 }
 
 /// `812 µs`, `12.3 ms`, `4.56 s`.
-fn short(d: Duration) -> String {
+pub(crate) fn short(d: Duration) -> String {
     let us = d.as_micros();
     if us < 10_000 {
         format!("{us} µs")
@@ -351,6 +488,17 @@ pub struct Report {
     pub completed: u64,
     /// Calls that failed.
     pub failed: u64,
+    /// Calls the server refused: a 503 to the INVITE before anything else (ACKed, not
+    /// retried, not a failure).
+    pub shed: u64,
+    /// Of the failed calls, those the server had accepted (sent anything but a 503 for).
+    pub accepted_but_failed: u64,
+    /// The shed calls' Retry-After, in seconds: how many calls got each value.
+    pub retry_after: BTreeMap<u32, u64>,
+    /// Shed calls whose 503 had no (readable) Retry-After.
+    pub shed_without_retry_after: u64,
+    /// What was sent and received again, over all calls.
+    pub retransmissions: Retransmissions,
     /// Final responses to the INVITEs, by code.
     pub outcomes: BTreeMap<u16, u64>,
     /// Failures by cause (calls, and problems of no one call).
@@ -386,6 +534,8 @@ pub struct Report {
     pub stray: u64,
     /// Hold mode figures.
     pub hold: Option<HoldReport>,
+    /// The overload scenario's phases and recovery (`--overload`).
+    pub overload: Option<OverloadReport>,
     /// CPU time (user and system) this process used during the calls (an in-process
     /// server's included).
     pub loadgen_cpu: Option<Duration>,
@@ -418,6 +568,10 @@ pub(crate) struct Tallied {
     pub pushes: u64,
     pub pushed_twice: u64,
     pub not_pushed: u64,
+    pub accepted_but_failed: u64,
+    pub retry_after: BTreeMap<u32, u64>,
+    pub shed_without_retry_after: u64,
+    pub retransmissions: Retransmissions,
 }
 
 impl Stats {
@@ -438,14 +592,20 @@ impl Stats {
             pushes: t.pushes,
             pushed_twice: t.pushed_twice,
             not_pushed: t.not_pushed,
+            accepted_but_failed: t.accepted_but_failed,
+            retry_after: t.retry_after.clone(),
+            shed_without_retry_after: t.shed_without_retry_after,
+            retransmissions: t.retransmissions,
         }
     }
 }
 
 impl Report {
-    /// No call failed and nothing else went wrong.
+    /// No call failed and nothing else went wrong: every call completed or was shed (a
+    /// shed call is the server's to decide; whether an overload run met its target is
+    /// [`OverloadReport::met_target`]).
     pub fn success(&self) -> bool {
-        self.failed == 0 && self.failures.is_empty() && self.completed == self.attempted
+        self.failed == 0 && self.failures.is_empty() && self.completed + self.shed == self.attempted
     }
 
     /// Completed calls per second of the run.
@@ -539,6 +699,12 @@ impl Report {
                 "cpu_per_call_us": us(self.redis_cpu_per_call()),
             })
         });
+        let mut retry_after: serde_json::Map<_, _> = (self.retry_after.iter())
+            .map(|(secs, n)| (secs.to_string(), json!(n)))
+            .collect();
+        if self.shed_without_retry_after > 0 {
+            retry_after.insert("none".to_owned(), json!(self.shed_without_retry_after));
+        }
         json!({
             "mode": self.mode.to_string(),
             "transport": self.transport.to_string(),
@@ -548,6 +714,10 @@ impl Report {
             "attempted": self.attempted,
             "completed": self.completed,
             "failed": self.failed,
+            "shed": self.shed,
+            "accepted_but_failed": self.accepted_but_failed,
+            "retry_after_s": retry_after,
+            "retransmissions": self.retransmissions.to_json(),
             "calls_per_second": self.calls_per_second(),
             "success": self.success(),
             "outcomes": self.outcomes.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
@@ -566,6 +736,7 @@ impl Report {
             "calls_not_pushed": self.not_pushed,
             "stray_messages": self.stray,
             "hold": hold,
+            "overload": self.overload.as_ref().map_or(Value::Null, OverloadReport::to_json),
             "loadgen_cpu_s": self.loadgen_cpu.map(|d| d.as_secs_f64()),
             "loadgen_udp_drops": self.loadgen_udp_drops,
             "loadgen_peak_rss_bytes": self.loadgen_peak_rss,
@@ -672,14 +843,18 @@ impl fmt::Display for Report {
             "duration",
             format!("{:.2} s", self.duration.as_secs_f64()),
         )?;
-        line(
-            f,
-            "calls",
+        let calls = if self.shed > 0 || self.accepted_but_failed > 0 || self.overload.is_some() {
+            format!(
+                "{} attempted, {} completed, {} shed (503), {} failed ({} accepted but failed)",
+                self.attempted, self.completed, self.shed, self.failed, self.accepted_but_failed
+            )
+        } else {
             format!(
                 "{} attempted, {} completed, {} failed",
                 self.attempted, self.completed, self.failed
-            ),
-        )?;
+            )
+        };
+        line(f, "calls", calls)?;
         if self.mode != Mode::Hold {
             line(
                 f,
@@ -696,6 +871,20 @@ impl fmt::Display for Report {
             )?;
         }
         line(f, "failures", counts(&self.failures))?;
+        if self.shed > 0 {
+            let mut retry_after: Vec<String> = (self.retry_after.iter())
+                .map(|(secs, n)| format!("{secs} s × {n}"))
+                .collect();
+            if self.shed_without_retry_after > 0 {
+                retry_after.push(format!("none × {}", self.shed_without_retry_after));
+            }
+            line(
+                f,
+                "shed: Retry-After",
+                format!("{} (not retried)", retry_after.join(", ")),
+            )?;
+        }
+        line(f, "retransmissions", self.retransmissions.to_string())?;
         let none = || "no data".to_owned();
         if self.mode != Mode::Hold {
             line(
@@ -874,6 +1063,9 @@ impl fmt::Display for Report {
         }
         if let Some(redis) = &self.redis {
             line(f, "redis commands", redis_commands(redis, self.completed))?;
+        }
+        if let Some(overload) = &self.overload {
+            overload.write(f, &line)?;
         }
         Ok(())
     }

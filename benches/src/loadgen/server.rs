@@ -99,7 +99,7 @@ pub fn config_text(options: &Options, addrs: &ServerAddrs, store: &Store<'_>) ->
         Mode::Hold => options.calls.div_ceil(devices) + 10,
         Mode::Park | Mode::Relay => 1000,
     };
-    let max_calls = (options.calls * 2).max(200_000);
+    let max_calls = (options.planned_calls() * 2).max(200_000);
     let linger = match options.mode {
         Mode::Hold => Duration::from_secs(2),
         Mode::Park | Mode::Relay => Duration::from_secs(30),

@@ -151,6 +151,14 @@ pub(crate) fn method(message: &Message) -> Option<&str> {
     message.method().map(|m| m.as_str())
 }
 
+/// A response's Retry-After in seconds (RFC 3261 §20.33: delta-seconds, then maybe a
+/// comment and parameters); `None` without one, or unreadable.
+pub(crate) fn retry_after(message: &Message) -> Option<u32> {
+    let value = message.first(HeaderName::RetryAfter)?;
+    let digits = value.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&value[..digits]).ok()?.parse().ok()
+}
+
 /// The top Via's branch.
 pub(crate) fn top_branch(message: &Message) -> Option<&str> {
     message.top_via()?.ok()?.branch()
