@@ -417,6 +417,12 @@ async fn a_short_overload_run_reports_its_three_phases_and_no_call_shed_by_today
         assert_eq!(phase.completed, phase.started, "{report}");
         assert_eq!((phase.shed, phase.failed), (0, 0), "{report}");
     }
+    // This process's CPU time (the in-process server's included), sampled at each phase's
+    // ends (Linux).
+    assert!(
+        overload.phases.iter().all(|p| p.loadgen_cpu.is_some()),
+        "{report}"
+    );
     let started: u64 = overload.phases.iter().map(|p| p.started).sum();
     assert_eq!(report.attempted, started, "{report}");
     // 1-s windows sliding 100 ms over the 2 s of recovery.

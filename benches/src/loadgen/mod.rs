@@ -71,7 +71,7 @@ pub use webhook::Webhook;
 use device::Devices;
 use link::{Link, Side};
 use metrics::Scrape;
-use overload::Schedule;
+use overload::{CpuSample, Observed, Schedule};
 use redis::RedisStats;
 use report::Stats;
 use router::Router;
@@ -501,14 +501,16 @@ async fn drive(
         let ctx = Arc::clone(ctx);
         tokio::spawn(async move { ctx.stats.progress(start).await })
     });
-    let (duration, hold, not_started) = match options.mode {
+    let (duration, hold, observed) = match options.mode {
         Mode::Hold => {
             let (duration, hold) = hold(ctx, options, target, client, node_before.rss).await;
-            (duration, Some(hold), [0; 3])
+            (duration, Some(hold), Observed::default())
         }
         Mode::Park | Mode::Relay => {
-            let (duration, not_started) = load(ctx, options, pool).await;
-            (duration, None, not_started)
+            let nodes = [Some(&target.node), target.devices_node.as_ref()];
+            let pids = nodes.into_iter().flatten().map(|n| n.pid).collect();
+            let (duration, observed) = load(ctx, options, pool, pids).await;
+            (duration, None, observed)
         }
     };
     if let Some(progress) = progress {
@@ -539,7 +541,7 @@ async fn drive(
     let tallied = ctx.stats.tallied();
     let overload = options.overload.as_ref().zip(options.schedule());
     let overload = overload.map(|(overload, schedule)| {
-        OverloadReport::of(&schedule, overload, ctx.stats.take_records(), not_started)
+        OverloadReport::of(&schedule, overload, ctx.stats.take_records(), &observed)
     });
     Ok(Report {
         mode: options.mode,
@@ -715,20 +717,32 @@ fn spawn_call(
 
 /// Park and relay: starts the calls at the rate (an overload run: on its schedule), each
 /// on a free device, at most `max_in_flight` at once; returns once all have ended, with
-/// the calls of each overload phase that could not start before their phase ended.
+/// what an overload run saw beside the calls: each phase's calls that could not start
+/// before the phase ended, and the CPU time used by then by this process and by the
+/// server's processes `server_pids`.
 async fn load(
     ctx: &Arc<Ctx>,
     options: &Options,
     pool: &mut mpsc::UnboundedReceiver<u32>,
-) -> (Duration, [u64; 3]) {
+    server_pids: Vec<Option<u32>>,
+) -> (Duration, Observed) {
     let permits = options.max_in_flight;
     let in_flight = Arc::new(Semaphore::new(permits));
     let schedule = options.schedule();
-    let mut not_started = [0; 3];
+    let mut observed = Observed::default();
     let start = Instant::now();
-    if schedule.is_some() {
+    let sampler = schedule.as_ref().map(|schedule| {
         ctx.stats.keep_records(start);
-    }
+        let boundaries = schedule.boundaries().map(|at| start + at);
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            for at in boundaries {
+                wait_until(at).await;
+                samples.push(cpu_sample(&server_pids));
+            }
+            samples
+        })
+    });
     for idx in 0..options.planned_calls() {
         // An overload run: the phase of the call, and when it ends.
         let phase = match &schedule {
@@ -763,7 +777,7 @@ async fn load(
             Some((phase, end)) => match tokio::time::timeout_at(end.into(), free).await {
                 Ok(free) if Instant::now() < end => free,
                 _ => {
-                    not_started[phase] += 1;
+                    observed.not_started[phase] += 1;
                     continue;
                 }
             },
@@ -775,7 +789,20 @@ async fn load(
         spawn_call(ctx, idx, dev, None, permit);
     }
     let _ = in_flight.acquire_many(permits as u32).await;
-    (start.elapsed(), not_started)
+    let duration = start.elapsed();
+    if let Some(sampler) = sampler {
+        observed.cpu = sampler.await.unwrap_or_default();
+    }
+    (duration, observed)
+}
+
+/// The CPU time used so far by the server's processes `pids` (`None` unless all are known)
+/// and by this one.
+fn cpu_sample(pids: &[Option<u32>]) -> CpuSample {
+    CpuSample {
+        server: pids.iter().map(|pid| cpu_time(&(*pid)?.to_string())).sum(),
+        loadgen: cpu_time("self"),
+    }
 }
 
 /// Hold: starts every call (devices round robin; at most `max_in_flight` not yet parked),

@@ -14,8 +14,9 @@
 //! its phase ends, for want of a free device or of room under `--max-in-flight`, is not
 //! started at all, and counted so), the goodput (completed calls per second of the phase),
 //! shed, failed, failed after the server had accepted them, INVITE → 200 percentiles of the
-//! completed calls, and retransmissions. Then [`Recovery`], by the rule it states, and
-//! the target ([`OverloadReport::target`]).
+//! completed calls, retransmissions, and the CPU time the server and the load generator
+//! used. Then [`Recovery`], by the rule it states, and the target
+//! ([`OverloadReport::target`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -94,6 +95,24 @@ impl Overload {
     }
 }
 
+/// CPU time used so far, at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CpuSample {
+    /// By the server (all its nodes; `None` unless each one's pid is known).
+    pub server: Option<Duration>,
+    /// By the load generator's process (an in-process server's included).
+    pub loadgen: Option<Duration>,
+}
+
+/// What the load generator saw of the phases beside the calls.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Observed {
+    /// Each phase's calls that could not start before the phase ended.
+    pub not_started: [u64; 3],
+    /// CPU time used so far at the start of each phase and at the end of the last.
+    pub cpu: Vec<CpuSample>,
+}
+
 /// One phase as planned.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Planned {
@@ -158,6 +177,12 @@ impl Schedule {
     /// The phases in order.
     pub fn phases(&self) -> &[Planned; 3] {
         &self.phases
+    }
+
+    /// When each phase starts, and the last ends, from the first call's start.
+    pub fn boundaries(&self) -> [Duration; 4] {
+        let [w, o, r] = &self.phases;
+        [w.start, o.start, r.start, r.end]
     }
 
     /// When call `idx` is due, from the first call's start, and the index of its phase.
@@ -236,6 +261,10 @@ pub struct PhaseReport {
     pub retransmitted: u64,
     /// Messages its calls got again from the server.
     pub received_again: u64,
+    /// CPU time the server used during the phase (its pid known).
+    pub server_cpu: Option<Duration>,
+    /// CPU time the load generator used during the phase (an in-process server's included).
+    pub loadgen_cpu: Option<Duration>,
 }
 
 impl PhaseReport {
@@ -278,6 +307,8 @@ impl PhaseReport {
             "latency_invite_to_200": self.latency.map_or(Value::Null, Percentiles::to_json),
             "retransmitted": self.retransmitted,
             "received_again": self.received_again,
+            "server_cpu_s": self.server_cpu.map(|d| d.as_secs_f64()),
+            "loadgen_cpu_s": self.loadgen_cpu.map(|d| d.as_secs_f64()),
         })
     }
 }
@@ -400,21 +431,25 @@ pub struct OverloadReport {
 }
 
 impl OverloadReport {
-    /// Sums `records` up by phase; `not_started` holds each phase's calls the load
-    /// generator could not start.
+    /// Sums `records` up by phase, with what the load generator `observed` beside them.
     pub(crate) fn of(
         schedule: &Schedule,
         overload: &Overload,
         mut records: Vec<CallRecord>,
-        not_started: [u64; 3],
+        observed: &Observed,
     ) -> OverloadReport {
         records.sort_by_key(|r| r.started);
         let mut by_phase: [Vec<CallRecord>; 3] = Default::default();
         for record in &records {
             by_phase[schedule.phase_of(record.started)].push(*record);
         }
-        let phases = (schedule.phases().iter().zip(by_phase).zip(not_started))
-            .map(|((planned, calls), not_started)| {
+        // CPU time used during phase `i`, when sampled at both of its ends.
+        let used = |i: usize, of: fn(&CpuSample) -> Option<Duration>| {
+            let (from, to) = (observed.cpu.get(i)?, observed.cpu.get(i + 1)?);
+            Some(of(to)?.saturating_sub(of(from)?))
+        };
+        let phases = (schedule.phases().iter().zip(by_phase).enumerate())
+            .map(|(i, (planned, calls))| {
                 let count = |end| calls.iter().filter(|r| r.end == end).count() as u64;
                 let mut latency = histogram();
                 for d in completed_latencies(&calls) {
@@ -427,7 +462,7 @@ impl OverloadReport {
                     planned_rate: planned.rate,
                     planned: planned.calls,
                     started: calls.len() as u64,
-                    not_started,
+                    not_started: observed.not_started[i],
                     completed: count(End::Completed),
                     shed: count(End::Shed),
                     failed: count(End::Failed) + accepted_but_failed,
@@ -435,6 +470,8 @@ impl OverloadReport {
                     latency: Percentiles::of(&latency),
                     retransmitted: calls.iter().map(|r| r.retransmitted).sum(),
                     received_again: calls.iter().map(|r| r.received_again).sum(),
+                    server_cpu: used(i, |s| s.server),
+                    loadgen_cpu: used(i, |s| s.loadgen),
                 }
             })
             .collect();
@@ -614,6 +651,17 @@ impl OverloadReport {
                     phase.retransmissions_per_call()
                 ),
             )?;
+            let share = |cpu: Duration| {
+                let percent = cpu.as_secs_f64() / phase.duration.as_secs_f64() * 100.0;
+                format!("{:.2} s ({percent:.0}% of one core)", cpu.as_secs_f64())
+            };
+            let cpu: Vec<String> = [("server", phase.server_cpu), ("loadgen", phase.loadgen_cpu)]
+                .into_iter()
+                .filter_map(|(who, cpu)| Some(format!("{who} {}", share(cpu?))))
+                .collect();
+            if !cpu.is_empty() {
+                line(f, "", format!("CPU {}", cpu.join(", ")))?;
+            }
         }
         let r = &self.recovery;
         let threshold = match (r.warm_up_p99, r.threshold) {
@@ -724,7 +772,24 @@ mod tests {
         let mut records = calls(0, 2000, 100, End::Completed, 4);
         records.extend(calls(2000, 4000, 200, End::Completed, 5));
         records.extend(calls(4000, 7000, 100, End::Completed, 4));
-        let report = OverloadReport::of(&schedule, &overload(2, 2, 3), records, [0; 3]);
+        let sample = |server: u64, loadgen: Option<u64>| CpuSample {
+            server: Some(ms(server)),
+            loadgen: loadgen.map(ms),
+        };
+        let observed = Observed {
+            not_started: [0; 3],
+            cpu: vec![
+                sample(100, Some(0)),
+                sample(1100, Some(500)),
+                sample(3100, None),
+                sample(4100, Some(2000)),
+            ],
+        };
+        let report = OverloadReport::of(&schedule, &overload(2, 2, 3), records, &observed);
+        let cpu: Vec<_> = report.phases.iter().map(|p| p.server_cpu).collect();
+        assert_eq!(cpu, [Some(ms(1000)), Some(ms(2000)), Some(ms(1000))]);
+        let cpu: Vec<_> = report.phases.iter().map(|p| p.loadgen_cpu).collect();
+        assert_eq!(cpu, [Some(ms(500)), None, None]);
         assert_eq!(report.recovery.after, Some(Duration::ZERO), "{report:?}");
         assert_eq!(report.recovery.abnormal_windows, 0);
         assert_eq!(report.recovery.windows, 21);
@@ -756,7 +821,8 @@ mod tests {
                 record.retransmitted = 1;
             }
         }
-        let report = OverloadReport::of(&schedule, &overload(2, 2, 5), records, [0; 3]);
+        let report =
+            OverloadReport::of(&schedule, &overload(2, 2, 5), records, &Observed::default());
         assert_eq!(report.recovery.threshold, Some(ms(40)));
         // The last window holding both 6.0 s calls starts at 6.0 s: recovered from 6.1 s.
         assert_eq!(report.recovery.after, Some(ms(2100)), "{report:?}");
@@ -779,7 +845,8 @@ mod tests {
             retransmitted: 0,
             received_again: 0,
         });
-        let report = OverloadReport::of(&schedule, &overload(1, 1, 2), records, [0; 3]);
+        let report =
+            OverloadReport::of(&schedule, &overload(1, 1, 2), records, &Observed::default());
         assert_eq!(report.recovery.after, None, "{report:?}");
         assert_eq!(report.phases[2].accepted_but_failed, 1);
         assert_eq!(report.phases[2].failed, 1);
@@ -794,7 +861,11 @@ mod tests {
         // The recovery phase's first second offered at half the rate.
         records.extend(calls(2000, 3000, 50, End::Completed, 5));
         records.extend(calls(3000, 4000, 100, End::Completed, 5));
-        let report = OverloadReport::of(&schedule, &overload(1, 1, 2), records, [0, 0, 50]);
+        let observed = Observed {
+            not_started: [0, 0, 50],
+            cpu: Vec::new(),
+        };
+        let report = OverloadReport::of(&schedule, &overload(1, 1, 2), records, &observed);
         // [2.7 s, 3.7 s) holds 15 + 70 calls, [2.8 s, 3.8 s) 10 + 80: 90 % of 100.
         assert_eq!(report.recovery.after, Some(ms(800)), "{report:?}");
         assert_eq!(report.phases[2].not_started, 50);
