@@ -768,19 +768,37 @@ async fn load(
                 None
             }
         };
+        let mut held_up = false;
         let free = async {
-            let permit = Arc::clone(&in_flight).acquire_owned().await.ok()?;
-            Some((permit, pool.recv().await?))
+            let permit = match Arc::clone(&in_flight).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    held_up = true;
+                    Arc::clone(&in_flight).acquire_owned().await.ok()?
+                }
+            };
+            let dev = match pool.try_recv() {
+                Ok(dev) => dev,
+                Err(_) => {
+                    held_up = true;
+                    pool.recv().await?
+                }
+            };
+            Some((permit, dev))
         };
         let free = match phase {
             // Not started at all once its phase is over.
-            Some((phase, end)) => match tokio::time::timeout_at(end.into(), free).await {
-                Ok(free) if Instant::now() < end => free,
-                _ => {
-                    observed.not_started[phase] += 1;
-                    continue;
+            Some((phase, end)) => {
+                let free = tokio::time::timeout_at(end.into(), free).await;
+                observed.held_up[phase] += u64::from(held_up);
+                match free {
+                    Ok(free) if Instant::now() < end => free,
+                    _ => {
+                        observed.not_started[phase] += 1;
+                        continue;
+                    }
                 }
-            },
+            }
             None => free.await,
         };
         let Some((permit, dev)) = free else {

@@ -109,6 +109,9 @@ pub(crate) struct CpuSample {
 pub(crate) struct Observed {
     /// Each phase's calls that could not start before the phase ended.
     pub not_started: [u64; 3],
+    /// Each phase's calls that had to wait for room under `--max-in-flight` or for a free
+    /// device (started or not).
+    pub held_up: [u64; 3],
     /// CPU time used so far at the start of each phase and at the end of the last.
     pub cpu: Vec<CpuSample>,
 }
@@ -245,8 +248,11 @@ pub struct PhaseReport {
     /// Calls started.
     pub started: u64,
     /// Calls not started before the phase ended: the load generator had no free device or
-    /// no room under `--max-in-flight`.
+    /// no room under `--max-in-flight` (see `held_up`), or was itself too slow.
     pub not_started: u64,
+    /// Calls that had to wait for room under `--max-in-flight` or for a free device
+    /// (started or not): the calls in flight, which the server kept, held them up.
+    pub held_up: u64,
     /// Calls that ended as expected.
     pub completed: u64,
     /// Calls the server refused with a 503.
@@ -278,10 +284,17 @@ impl PhaseReport {
         per_second(self.completed, self.duration)
     }
 
-    /// The load generator started too few of the planned calls for the phase to say what
-    /// the server does at the planned rate.
+    /// The load generator started too few of the planned calls (under 95 %): held up by
+    /// the calls in flight, or too slow itself (see [`PhaseReport::short_by_loadgen`]).
     pub fn fell_short(&self) -> bool {
         (self.started as f64) < OFFERED_ENOUGH * self.planned as f64
+    }
+
+    /// The load generator fell short of the plan with no call held up by the calls in
+    /// flight: too slow itself (its CPU), so the phase says nothing of the server at the
+    /// planned rate.
+    pub fn short_by_loadgen(&self) -> bool {
+        self.fell_short() && self.held_up == 0
     }
 
     /// Retransmissions (sent and received) per call started.
@@ -297,6 +310,7 @@ impl PhaseReport {
             "planned": self.planned,
             "started": self.started,
             "not_started": self.not_started,
+            "held_up": self.held_up,
             "offered_rate": self.offered_rate(),
             "fell_short": self.fell_short(),
             "completed": self.completed,
@@ -463,6 +477,7 @@ impl OverloadReport {
                     planned: planned.calls,
                     started: calls.len() as u64,
                     not_started: observed.not_started[i],
+                    held_up: observed.held_up[i],
                     completed: count(End::Completed),
                     shed: count(End::Shed),
                     failed: count(End::Failed) + accepted_but_failed,
@@ -485,13 +500,25 @@ impl OverloadReport {
 
     /// The target, item by item, with whether each was met: goodput during the overload
     /// at least 90 % of the base rate, no call the server accepted failed, INVITE → 200
-    /// p99 below 100 ms in every phase, back to normal within 5 s. Empty when the load
-    /// generator fell short of the plan in a phase, which leaves the target unjudged.
+    /// p99 below 100 ms in every phase, back to normal within 5 s, and the plan offered:
+    /// a phase in which the calls in flight held up so many calls that the load generator
+    /// fell short of the plan fails the target (a server that sheds gracefully completes or
+    /// refuses calls quickly). Empty when the load generator fell short by itself (its
+    /// CPU), which leaves the target unjudged.
     pub fn target(&self) -> Vec<(String, bool)> {
-        if self.phases.iter().any(PhaseReport::fell_short) {
+        if self.phases.iter().any(PhaseReport::short_by_loadgen) {
             return Vec::new();
         }
         let mut checks = Vec::new();
+        for phase in self.phases.iter().filter(|p| p.fell_short()) {
+            checks.push((
+                format!(
+                    "{}: {} of {} calls not started, held up by the calls in flight",
+                    phase.name, phase.not_started, phase.planned
+                ),
+                false,
+            ));
+        }
         if let Some(overload) = self.phases.get(1) {
             let goal = TARGET_GOODPUT * self.base_rate;
             checks.push((
@@ -593,14 +620,23 @@ impl OverloadReport {
                 to.as_secs_f64()
             );
             from = to;
-            let short_of_plan = if phase.fell_short() {
+            let short_of_plan = if phase.short_by_loadgen() {
                 format!(
-                    " — SHORT of the plan: the load generator could not offer it ({} calls \
-                     not started: no free device or --max-in-flight reached; or its CPU)",
+                    " — SHORT of the plan: {} calls not started, the load generator too slow \
+                     (no call held up by the calls in flight)",
                     phase.not_started
                 )
-            } else if phase.not_started > 0 {
-                format!(" ({} calls not started)", phase.not_started)
+            } else if phase.fell_short() {
+                format!(
+                    " — SHORT of the plan: {} calls not started, {} held up by the calls in \
+                     flight (--max-in-flight reached or no free device)",
+                    phase.not_started, phase.held_up
+                )
+            } else if phase.not_started > 0 || phase.held_up > 0 {
+                format!(
+                    " ({} calls not started, {} held up by the calls in flight)",
+                    phase.not_started, phase.held_up
+                )
             } else {
                 String::new()
             };
@@ -699,7 +735,7 @@ impl OverloadReport {
         )?;
         let target = self.target();
         let verdict = if target.is_empty() {
-            "not judged: the load generator fell short of the plan".to_owned()
+            "not judged: the load generator itself fell short of the plan".to_owned()
         } else if self.met_target() {
             format!(
                 "met: {}",
@@ -778,6 +814,7 @@ mod tests {
         };
         let observed = Observed {
             not_started: [0; 3],
+            held_up: [0; 3],
             cpu: vec![
                 sample(100, Some(0)),
                 sample(1100, Some(500)),
@@ -861,16 +898,28 @@ mod tests {
         // The recovery phase's first second offered at half the rate.
         records.extend(calls(2000, 3000, 50, End::Completed, 5));
         records.extend(calls(3000, 4000, 100, End::Completed, 5));
-        let observed = Observed {
+        let mut observed = Observed {
             not_started: [0, 0, 50],
+            held_up: [0; 3],
             cpu: Vec::new(),
         };
-        let report = OverloadReport::of(&schedule, &overload(1, 1, 2), records, &observed);
+        let report = OverloadReport::of(&schedule, &overload(1, 1, 2), records.clone(), &observed);
         // [2.7 s, 3.7 s) holds 15 + 70 calls, [2.8 s, 3.8 s) 10 + 80: 90 % of 100.
         assert_eq!(report.recovery.after, Some(ms(800)), "{report:?}");
         assert_eq!(report.phases[2].not_started, 50);
         assert!(report.phases[2].fell_short());
+        // Nothing held the calls up: the load generator was too slow, nothing is judged.
+        assert!(report.phases[2].short_by_loadgen());
         assert!(report.target().is_empty());
+        assert!(!report.met_target());
+        // Held up by the calls in flight: the server kept them, and fails the target.
+        observed.held_up = [0, 0, 60];
+        let report = OverloadReport::of(&schedule, &overload(1, 1, 2), records, &observed);
+        assert!(!report.phases[2].short_by_loadgen());
+        let target = report.target();
+        assert!(target
+            .iter()
+            .any(|(what, met)| what.starts_with("recovery: 50 of 200") && !met));
         assert!(!report.met_target());
     }
 
