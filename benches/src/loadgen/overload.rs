@@ -513,7 +513,8 @@ impl OverloadReport {
         for phase in self.phases.iter().filter(|p| p.fell_short()) {
             checks.push((
                 format!(
-                    "{}: {} of {} calls not started, held up by the calls in flight",
+                    "{}: {} of {} calls not started, held up by the calls in flight (must \
+                     all start)",
                     phase.name, phase.not_started, phase.planned
                 ),
                 false,
@@ -523,7 +524,7 @@ impl OverloadReport {
             let goal = TARGET_GOODPUT * self.base_rate;
             checks.push((
                 format!(
-                    "overload goodput {:.0} calls/s ≥ {:.0} (90 % of the base rate)",
+                    "overload goodput {:.0} calls/s (must be ≥ {:.0}, 90 % of the base rate)",
                     overload.goodput(),
                     goal
                 ),
@@ -532,7 +533,7 @@ impl OverloadReport {
         }
         let accepted_but_failed: u64 = self.phases.iter().map(|p| p.accepted_but_failed).sum();
         checks.push((
-            format!("{accepted_but_failed} accepted calls failed (0 allowed)"),
+            format!("{accepted_but_failed} accepted calls failed (must be 0)"),
             accepted_but_failed == 0,
         ));
         let worst = (self.phases.iter())
@@ -541,22 +542,25 @@ impl OverloadReport {
         checks.push((
             match worst {
                 Some(p99) => format!(
-                    "worst phase INVITE → 200 p99 {} < {} (no retransmission storm)",
+                    "worst phase INVITE → 200 p99 {} (must be < {}: no retransmission storm)",
                     short(p99),
                     short(TARGET_P99)
                 ),
-                None => "no call completed".to_owned(),
+                None => "no call completed (INVITE → 200 p99 must be < 100 ms)".to_owned(),
             },
             worst.is_some_and(|p| p < TARGET_P99),
         ));
         checks.push((
             match self.recovery.after {
                 Some(after) => format!(
-                    "back to normal {:.1} s after the overload (≤ {} s)",
+                    "back to normal {:.1} s after the overload (must be ≤ {} s)",
                     after.as_secs_f64(),
                     TARGET_RECOVERY.as_secs()
                 ),
-                None => "not back to normal".to_owned(),
+                None => format!(
+                    "not back to normal within the recovery phase (must be within {} s)",
+                    TARGET_RECOVERY.as_secs()
+                ),
             },
             self.recovery.after.is_some_and(|d| d <= TARGET_RECOVERY),
         ));
