@@ -37,3 +37,5 @@ pub mod transport;
 /// AORs), so hashed with a per-process random key (HashDoS), by aHash, which costs a
 /// fraction of SipHash on the SIP path.
 pub(crate) type Map<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+/// The hash set of the event loop's tables, hashed as [`Map`] is.
+pub(crate) type Set<K> = std::collections::HashSet<K, ahash::RandomState>;
