@@ -136,3 +136,43 @@ async fn while_overloaded_new_calls_and_registers_get_503_and_a_parked_call_stil
     assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_transactions_a_parked_calls_wake_up_register_still_goes_through() {
+    let h = Harness::start(|config, _| {
+        config.sip.max_transactions = 4;
+        config.admin.listen = Some("127.0.0.1:0".parse().expect("an address"));
+    })
+    .await;
+    let bob = h.sleeping_phone("sip:bob@localhost", "bob1", ANSWER).await;
+    h.gateway.wake_on_push(&bob, Duration::from_millis(800));
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    alice.expect_response(100, STEP).await.expect("100 Trying");
+    // OPTIONS over UDP keep their transactions 32 s: the table fills.
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("a socket");
+    let local = socket.local_addr().expect("bound");
+    for n in 0..4 {
+        let options = format!(
+            "OPTIONS sip:localhost SIP/2.0\r\n\
+Via: SIP/2.0/UDP {local};branch=z9hG4bKfill{n}\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:load@localhost>;tag=f\r\n\
+To: <sip:localhost>\r\n\
+Call-ID: fill{n}@test\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n"
+        );
+        let _ = common::final_response(&socket, h.udp, &options).await;
+    }
+    let answer = common::final_response(&socket, h.udp, &register("dave", local)).await;
+    assert!(answer.starts_with("SIP/2.0 503"), "{answer}");
+    // Bob's wake-up REGISTER is not refused: the call is delivered and answered.
+    let ok = alice.expect_response(200, STEP).await.expect("answered");
+    alice.ack_and_hang_up(&ok).await;
+    assert!(common::limit_hits(h.server(), "max_transactions").await >= 1);
+    h.stop().await;
+}

@@ -200,7 +200,9 @@ impl Node {
         // none).
         let new = method != transaction::Method::Ack && self.transactions.state(&key).is_none();
         let full = self.transactions.len() >= self.config.sip.max_transactions;
-        if new && full {
+        // Past the cap, what ends accepted work still goes through (a CANCEL, the wake-up
+        // REGISTER of a phone a call waits for): at most one each per call the core holds.
+        if new && full && !self.finishes_accepted_work(&request, &method) {
             self.metrics.limit_hit("max_transactions");
             return self.unavailable(&flow, &request);
         }
@@ -275,6 +277,16 @@ impl Node {
             _ => return None,
         };
         (!self.overload.admits(self.instant())).then_some(shed)
+    }
+
+    /// Whether `request` only ends work already accepted: a CANCEL, or the REGISTER of a
+    /// phone a call waits for.
+    fn finishes_accepted_work(&self, request: &Message, method: &transaction::Method) -> bool {
+        match method.as_str() {
+            "CANCEL" => true,
+            "REGISTER" => self.awaited(request),
+            _ => false,
+        }
     }
 
     /// Whether the core holds a call for the AOR a REGISTER names.
