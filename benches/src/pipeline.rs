@@ -7,13 +7,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pushpark::auth::Secret;
 use pushpark::config::{Config, Transport};
 use pushpark::metrics::Metrics;
-use pushpark::node::{Destination, Node, NodeOptions, StoreJob};
+use pushpark::node::{Destination, Node, NodeOptions, Queue, StoreJob};
 use pushpark::sip;
 use pushpark::store::{Store, StoreOptions};
 use pushpark::transport::{Flow, Inbound};
@@ -100,6 +100,22 @@ impl Fixture {
                 fixture.sent(phone(k), b"SIP/2.0 200"),
                 "callee {k} is registered"
             );
+        }
+        fixture
+    }
+
+    /// [`new`](Self::new), then overloaded: ten seconds of messages that each waited a
+    /// second, as the kernel would say of a socket the server cannot keep up with, so that
+    /// (nearly) every new call is shed with a 503.
+    pub fn overloaded(asleep: bool) -> Self {
+        let mut fixture = Self::new(asleep);
+        let start = Instant::now();
+        for interval in 0..200 {
+            let at = start + Duration::from_millis(50 * interval);
+            for _ in 0..10 {
+                let waited = Duration::from_secs(1);
+                fixture.node.handle_queue_delay(at, Queue::Inbound, waited);
+            }
         }
         fixture
     }
@@ -260,5 +276,24 @@ mod tests {
             .iter()
             .any(|(a, b)| *a == phone(1) && b.starts_with(b"INVITE sip:u1@")));
         assert_eq!(f.node.gauges().parked_calls, 0);
+    }
+
+    #[test]
+    fn while_overloaded_a_new_call_gets_503_and_nothing_else() {
+        let mut f = Fixture::overloaded(true);
+        assert_eq!(f.node.gauges().overloaded, 1);
+        for _ in 0..100 {
+            let invite = f.next_invite();
+            f.receive_invite(invite);
+            let sent = f.take_sent();
+            assert_eq!(sent.len(), 1, "one answer, no INVITE out");
+            assert!(sent[0].1.starts_with(b"SIP/2.0 503"), "shed");
+        }
+        assert_eq!(f.pushes, 0, "no push");
+        assert_eq!(
+            f.node.gauges().core_calls,
+            0,
+            "the core never heard of them"
+        );
     }
 }

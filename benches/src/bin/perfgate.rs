@@ -13,12 +13,13 @@ use pushpark_benches::udp::UdpFixture;
 use pushpark_benches::{invite_1k, parked_call_life};
 use pushpark_model::{CallId, Config, Core};
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "core_parked_call_life",
     "sip_parse_invite",
     "sip_forward_invite",
     "pipeline_invite_to_push",
     "pipeline_relay_invite",
+    "pipeline_invite_shed",
     "udp_receive_batch",
     "udp_send_batch",
 ];
@@ -60,15 +61,19 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    if let Some(asleep) = match scenario.as_str() {
-        "pipeline_invite_to_push" => Some(true),
-        "pipeline_relay_invite" => Some(false),
+    // The pipeline's: N INVITEs through the node, for a sleeping phone (parked and pushed),
+    // an awake one (relayed), or while the node is overloaded (shed with a 503).
+    let fresh: Option<fn() -> Fixture> = match scenario.as_str() {
+        "pipeline_invite_to_push" => Some(|| Fixture::new(true)),
+        "pipeline_relay_invite" => Some(|| Fixture::new(false)),
+        "pipeline_invite_shed" => Some(|| Fixture::overloaded(true)),
         _ => None,
-    } {
-        let mut fixture = Fixture::new(asleep);
+    };
+    if let Some(fresh) = fresh {
+        let mut fixture = fresh();
         for _ in 0..n {
             if fixture.calls() == CALLS_PER_SERVER {
-                fixture = Fixture::new(asleep);
+                fixture = fresh();
             }
             let invite = fixture.next_invite();
             fixture.receive_invite(invite);

@@ -269,6 +269,9 @@ impl Node {
     /// progress). Everything else finishes work already accepted (CANCEL, BYE, in-dialog
     /// requests) or costs as little as an answer (OPTIONS).
     fn sheds(&mut self, request: &Message, method: &transaction::Method) -> Option<&'static str> {
+        if !self.overload.is_shedding() {
+            return None;
+        }
         let shed = match method.as_str() {
             "INVITE" if !matches!(request.to_header(), Some(Ok(to)) if to.tag().is_some()) => {
                 "INVITE"
