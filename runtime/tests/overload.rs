@@ -30,23 +30,49 @@ fn flood(server: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(
     tokio::spawn(async move {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("a socket");
         let local = socket.local_addr().expect("bound");
-        let mut n = 0u32;
         while !stop.load(Ordering::Relaxed) {
-            n += 1;
-            let options = format!(
-                "OPTIONS sip:localhost SIP/2.0\r\n\
-Via: SIP/2.0/UDP {local};branch=z9hG4bKflood{n}\r\n\
-Max-Forwards: 70\r\n\
-From: <sip:load@localhost>;tag=f\r\n\
-To: <sip:localhost>\r\n\
-Call-ID: flood@test\r\n\
-CSeq: {n} OPTIONS\r\n\
-Content-Length: 0\r\n\r\n"
-            );
-            let _ = socket.send_to(options.as_bytes(), server).await;
+            let _ = socket.send_to(options(local).as_bytes(), server).await;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })
+}
+
+/// An OPTIONS from `local`, a new transaction each.
+fn options(local: SocketAddr) -> String {
+    let n = next_number();
+    format!(
+        "OPTIONS sip:localhost SIP/2.0\r\n\
+Via: SIP/2.0/UDP {local};branch=z9hG4bKload{n}\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:load@localhost>;tag=f\r\n\
+To: <sip:localhost>\r\n\
+Call-ID: load{n}@test\r\n\
+CSeq: 1 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The server on `adjust`'s configuration (with an admin listener), and alice's call to
+/// bob's sleeping phone parked and pushed; the phone wakes `wake_after` the push.
+async fn parked_call(
+    adjust: impl FnOnce(&mut pushpark::config::Config),
+    wake_after: Duration,
+) -> (Harness, ua::Device, ua::Caller) {
+    let h = Harness::start(|config, _| {
+        adjust(config);
+        config.admin.listen = Some("127.0.0.1:0".parse().expect("an address"));
+    })
+    .await;
+    let bob = h.sleeping_phone("sip:bob@localhost", "bob1", ANSWER).await;
+    h.gateway.wake_on_push(&bob, wake_after);
+    let alice = h.caller().await;
+    alice
+        .invite("sip:bob@localhost", h.udp)
+        .await
+        .expect("INVITE sent");
+    alice.expect_response(100, STEP).await.expect("100 Trying");
+    h.gateway.wait_for_push(STEP).await.expect("pushed");
+    (h, bob, alice)
 }
 
 /// A REGISTER of `user` from a UDP phone nobody calls.
@@ -76,21 +102,11 @@ fn next_number() -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_overloaded_new_calls_and_registers_get_503_and_a_parked_call_still_completes() {
-    let h = Harness::start(|config, _| {
-        config.sip.overload_delay = Duration::from_nanos(1);
-        config.admin.listen = Some("127.0.0.1:0".parse().expect("an address"));
-    })
-    .await;
     // A call parked before the load comes; its phone wakes once the server is shedding.
-    let bob = h.sleeping_phone("sip:bob@localhost", "bob1", ANSWER).await;
-    h.gateway.wake_on_push(&bob, Duration::from_millis(1500));
-    let alice = h.caller().await;
-    alice
-        .invite("sip:bob@localhost", h.udp)
-        .await
-        .expect("INVITE sent");
-    alice.expect_response(100, STEP).await.expect("100 Trying");
-    h.gateway.wait_for_push(STEP).await.expect("pushed");
+    let overloadable = |config: &mut pushpark::config::Config| {
+        config.sip.overload_delay = Duration::from_nanos(1);
+    };
+    let (h, bob, alice) = parked_call(overloadable, Duration::from_millis(1500)).await;
     assert_eq!(common::counter(h.server(), "pushpark_overloaded").await, 0);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -139,34 +155,13 @@ async fn while_overloaded_new_calls_and_registers_get_503_and_a_parked_call_stil
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_transactions_a_parked_calls_wake_up_register_still_goes_through() {
-    let h = Harness::start(|config, _| {
-        config.sip.max_transactions = 4;
-        config.admin.listen = Some("127.0.0.1:0".parse().expect("an address"));
-    })
-    .await;
-    let bob = h.sleeping_phone("sip:bob@localhost", "bob1", ANSWER).await;
-    h.gateway.wake_on_push(&bob, Duration::from_millis(800));
-    let alice = h.caller().await;
-    alice
-        .invite("sip:bob@localhost", h.udp)
-        .await
-        .expect("INVITE sent");
-    alice.expect_response(100, STEP).await.expect("100 Trying");
+    let small = |config: &mut pushpark::config::Config| config.sip.max_transactions = 4;
+    let (h, _bob, alice) = parked_call(small, Duration::from_millis(800)).await;
     // OPTIONS over UDP keep their transactions 32 s: the table fills.
     let socket = UdpSocket::bind("127.0.0.1:0").await.expect("a socket");
     let local = socket.local_addr().expect("bound");
-    for n in 0..4 {
-        let options = format!(
-            "OPTIONS sip:localhost SIP/2.0\r\n\
-Via: SIP/2.0/UDP {local};branch=z9hG4bKfill{n}\r\n\
-Max-Forwards: 70\r\n\
-From: <sip:load@localhost>;tag=f\r\n\
-To: <sip:localhost>\r\n\
-Call-ID: fill{n}@test\r\n\
-CSeq: 1 OPTIONS\r\n\
-Content-Length: 0\r\n\r\n"
-        );
-        let _ = common::final_response(&socket, h.udp, &options).await;
+    for _ in 0..4 {
+        let _ = common::final_response(&socket, h.udp, &options(local)).await;
     }
     let answer = common::final_response(&socket, h.udp, &register("dave", local)).await;
     assert!(answer.starts_with("SIP/2.0 503"), "{answer}");
