@@ -13,13 +13,14 @@ use pushpark_benches::udp::UdpFixture;
 use pushpark_benches::{invite_1k, parked_call_life};
 use pushpark_model::{CallId, Config, Core};
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "core_parked_call_life",
     "sip_parse_invite",
     "sip_forward_invite",
     "pipeline_invite_to_push",
     "pipeline_relay_invite",
     "pipeline_invite_shed",
+    "pipeline_wakeup_register",
     "udp_receive_batch",
     "udp_send_batch",
 ];
@@ -63,6 +64,24 @@ fn main() -> ExitCode {
     }
     // The pipeline's: N INVITEs through the node, for a sleeping phone (parked and pushed),
     // an awake one (relayed), or while the node is overloaded (shed with a 503).
+    // A parked call's wake-up REGISTER: its write to the store (in memory), the 200 OK and
+    // the parked INVITE delivered. Only the REGISTER is counted, not the INVITE that parks.
+    if scenario == "pipeline_wakeup_register" {
+        let mut fixture = Fixture::new(true);
+        for _ in 0..n {
+            if fixture.calls() == CALLS_PER_SERVER {
+                fixture = Fixture::new(true);
+            }
+            let invite = fixture.next_invite();
+            fixture.receive_invite(invite);
+            let callee = fixture.last_callee();
+            let register = fixture.next_register(callee);
+            fixture.receive_register(callee, register);
+            sink += fixture.take_sent().len();
+        }
+        black_box(sink);
+        return ExitCode::SUCCESS;
+    }
     let fresh: Option<fn() -> Fixture> = match scenario.as_str() {
         "pipeline_invite_to_push" => Some(|| Fixture::new(true)),
         "pipeline_relay_invite" => Some(|| Fixture::new(false)),
